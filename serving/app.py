@@ -1,0 +1,46 @@
+"""Builder: config -> Ray Serve Application.
+
+Usable from code (``serve.run(build_app({"config": "cascade.yaml"}))``), from the command line
+(``serve run serving.app:build_app config=cascade.yaml``) and from a Serve config YAML
+(``import_path: serving.app:build_app`` with ``args: {config: <path or inline mapping>}``).
+Serve's gRPC proxy needs ``grpc_options.grpc_servicer_functions: [serving.app.SERVICER]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from ray.serve import Application
+
+from serving.config import CascadeConfig, load_config, parse_config
+from serving.deployments.router import Router
+from serving.deployments.tier import TierDeployment
+
+SERVICER = "serving._proto.cascade.v1.cascade_pb2_grpc.add_CascadeServicer_to_server"
+
+
+def resolve_config(args: Union[dict[str, Any], CascadeConfig, None]) -> CascadeConfig:
+    """``args["config"]`` may be a YAML path, an inline mapping, or absent (the shipped default)."""
+    if isinstance(args, CascadeConfig):
+        return args
+    cfg = (args or {}).get("config")
+    if cfg is None or cfg == "default":
+        return load_config(None)
+    if isinstance(cfg, (dict, CascadeConfig)):
+        return parse_config(cfg, origin="args.config")
+    return load_config(cfg)
+
+
+def grpc_options(cfg: CascadeConfig) -> dict[str, Any]:
+    return {"port": cfg.server.grpc_port, "grpc_servicer_functions": [SERVICER],
+            "request_timeout_s": cfg.server.request_timeout_s}
+
+
+def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Application:
+    cfg = resolve_config(args)
+    tiers = {
+        t.name: TierDeployment.options(name=f"tier-{t.name}", **t.serve.deployment_options())
+        .bind(t.model_dump(mode="json"))
+        for t in cfg.tiers
+    }
+    return Router.options(name="Router", **cfg.router.deployment_options()).bind(cfg.model_dump(mode="json"), tiers)

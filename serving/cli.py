@@ -1,0 +1,145 @@
+"""``cascade`` command line: serve the cascade, query it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import Optional
+
+from serving.config import CascadeConfig, ConfigError, load_config
+
+
+def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
+    """Custom resources named by the deployments: declared on the local node so that every pool
+    exists on a one-machine Ray (on a cluster, the pools' nodes declare them)."""
+    names = set()
+    for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
+        names.update((opts.ray_actor_options.get("resources") or {}).keys())
+    return {n: 64.0 for n in sorted(names)}
+
+
+def ensure_ray(cfg: CascadeConfig, address: Optional[str]) -> bool:
+    """Connect to a running Ray (``--address`` / RAY_ADDRESS / a local one), else start an embedded
+    one that declares the config's pool resources. Returns True when we started it."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], logging_level="WARNING")
+        return False
+    try:
+        ray.init(address="auto", logging_level="WARNING")
+        return False
+    except ConnectionError:
+        ray.init(resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING")
+        return True
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.port:
+        cfg.server.grpc_port = args.port
+    import ray
+    from ray import serve
+
+    from serving.app import build_app, grpc_options
+
+    started = ensure_ray(cfg, args.address)
+    stop = {"flag": False}
+
+    def _stop(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        serve.start(http_options={"host": cfg.server.host, "port": cfg.server.http_port},
+                    grpc_options=grpc_options(cfg))
+        serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=None)
+        tiers = " -> ".join(cfg.tier_names)
+        print(f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
+              f"(tiers {tiers}; rule {cfg.deferral.rule}, threshold {cfg.deferral.threshold})", flush=True)
+        while not stop["flag"]:
+            time.sleep(0.2)
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return 0
+
+
+def _print_table(d: dict) -> None:
+    rows = [("text", d.get("text", "")), ("tier", d.get("tier")), ("deferred", d.get("deferred")),
+            ("score", d.get("score")), ("threshold", d.get("threshold")), ("rule", d.get("rule")),
+            ("usage", f"{d['usage'].get('prompt_tokens', 0)} prompt + {d['usage'].get('completion_tokens', 0)} completion tokens"),
+            ("total_ms", f"{d.get('total_latency_ms', 0):.1f}"), ("request_id", d.get("request_id"))]
+    for t in d.get("tiers", []):
+        score = f" score {t['score']:.4f}" if "score" in t else ""
+        rows.append((f"  {t['tier']}", f"{t['latency_ms']:.1f} ms{score}: {t['text']!r}"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import grpc
+
+    from serving.client import CascadeClient, make_request, to_dict
+
+    req = make_request(args.prompt, max_new_tokens=args.max_new_tokens, force_tier=args.tier or "",
+                       threshold=args.threshold)
+    with CascadeClient(args.address, timeout=args.timeout) as client:
+        try:
+            if args.stream:
+                final = None
+                for msg in client.stream(req):
+                    if msg.finished:
+                        final = msg
+                    elif not args.json:
+                        print(msg.text, end="", flush=True)
+                if args.json:
+                    print(json.dumps(to_dict(final), indent=2))
+                else:
+                    print(f"\n[{final.tier}, deferred={final.deferred}, score={final.score:.4f}]")
+                return 0
+            resp = client.generate(req)
+        except grpc.RpcError as e:
+            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 2
+    d = to_dict(resp)
+    print(json.dumps(d, indent=2)) if args.json else _print_table(d)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="cascade", description="Serve and query a language-model cascade over gRPC.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="deploy the cascade on Ray Serve and serve gRPC until Ctrl-C / SIGTERM")
+    s.add_argument("--config", help="cascade YAML (default: the shipped weak/strong arithmetic pair)")
+    s.add_argument("--address", help="Ray address to connect to (default: a running local Ray, else start one)")
+    s.add_argument("--port", type=int, help="gRPC port (overrides server.grpc_port)")
+    s.set_defaults(func=cmd_serve)
+    q = sub.add_parser("query", help="send one request")
+    q.add_argument("prompt")
+    q.add_argument("--address", default="127.0.0.1:9000")
+    q.add_argument("--tier", help="force this tier (skip the deferral rule)")
+    q.add_argument("--threshold", type=float, help="per-request deferral threshold")
+    q.add_argument("--max-new-tokens", type=int, default=0)
+    q.add_argument("--stream", action="store_true", help="use GenerateStream and print text as it arrives")
+    q.add_argument("--timeout", type=float, default=60.0)
+    q.add_argument("--json", action="store_true", help="print the response as JSON")
+    q.set_defaults(func=cmd_query)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""A small gRPC client for the cascade (used by the CLI, tests and benchmarks)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from serving._proto.cascade.v1 import cascade_pb2 as pb
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:9000"
+
+
+def make_request(prompt: str = "", *, messages: Optional[list[dict[str, str]]] = None, max_new_tokens: int = 0,
+                 force_tier: str = "", threshold: Optional[float] = None) -> pb.GenerateRequest:
+    req = pb.GenerateRequest(prompt=prompt, max_new_tokens=max_new_tokens, force_tier=force_tier,
+                             messages=[pb.Message(**m) for m in messages or []])
+    if threshold is not None:
+        req.threshold = threshold
+    return req
+
+
+class CascadeClient:
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = 60.0):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.CascadeStub(self.channel)
+        self.timeout = timeout
+
+    def generate(self, req: pb.GenerateRequest, metadata=None) -> pb.GenerateResponse:
+        return self.stub.Generate(req, timeout=self.timeout, metadata=metadata)
+
+    def stream(self, req: pb.GenerateRequest, metadata=None) -> Iterator[pb.GenerateResponse]:
+        return self.stub.GenerateStream(req, timeout=self.timeout, metadata=metadata)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "CascadeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def to_dict(msg) -> dict:
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -1,0 +1,210 @@
+"""The one config model: YAML <-> validated objects.
+
+A cascade is an ordered list of tiers; tier k answers, and the deferral rule decides from tier k's
+token log-probs whether tier k+1 is asked. The same file drives ``cascade serve``, Serve config
+YAML (``import_path: serving.app:build_app`` with ``args: {config: ...}``) and cluster deploys.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ray.serve.config import AutoscalingConfig
+
+PACKAGE_DIR = Path(__file__).parent
+DEFAULT_CONFIG = PACKAGE_DIR / "default_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names each bad field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSource(_Strict):
+    """Where a tier's weights come from: a hub id, a local directory, or a GGUF file."""
+
+    source: str = Field(description="hub id (org/name), local directory, or path to a .gguf file")
+    gguf_file: Optional[str] = Field(
+        None, description="GGUF file name inside `source` (a hub repo or directory); "
+        "not needed when `source` itself is a .gguf path")
+    revision: Optional[str] = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    chat_template: Literal["auto", "never"] = Field(
+        "auto", description="auto: apply the tokenizer's chat template when it has one")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
+    trust_remote_code: bool = False
+
+
+class Generation(_Strict):
+    """Generation defaults of a tier (a request may lower max_new_tokens)."""
+
+    max_new_tokens: int = Field(32, ge=1, le=8192)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class Batching(_Strict):
+    """Dynamic batching of concurrent requests into one forward pass (`@serve.batch`)."""
+
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+
+
+class ServeOptions(_Strict):
+    """Ray Serve deployment options; passed to `.options()` as they are."""
+
+    num_replicas: Optional[int] = Field(None, ge=0, description="fixed replicas; leave unset with autoscaling_config")
+    autoscaling_config: Optional[AutoscalingConfig] = None
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    health_check_period_s: Optional[float] = Field(None, gt=0)
+    health_check_timeout_s: Optional[float] = Field(None, gt=0)
+    graceful_shutdown_timeout_s: Optional[float] = Field(None, ge=0)
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _actor_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env", "label_selector"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown key(s) {bad}; allowed: {sorted(allowed)}")
+        res = v.get("resources", {})
+        if not isinstance(res, dict) or not all(isinstance(x, (int, float)) and x >= 0 for x in res.values()):
+            raise ValueError("resources must map resource names to non-negative numbers")
+        return v
+
+    @model_validator(mode="after")
+    def _scaling(self) -> "ServeOptions":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        a = self.autoscaling_config
+        if a is not None and a.target_ongoing_requests is not None and a.target_ongoing_requests >= self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling_config.target_ongoing_requests ({a.target_ongoing_requests}) must be below "
+                f"max_ongoing_requests ({self.max_ongoing_requests})")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        opts = self.model_dump(exclude_none=True, exclude={"autoscaling_config"})
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_unset=True)
+        return opts
+
+
+class Tier(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+    model: ModelSource
+    generation: Generation = Field(default_factory=Generation)
+    batching: Batching = Field(default_factory=Batching)
+    serve: ServeOptions = Field(default_factory=ServeOptions)
+
+
+RuleName = Literal["chow_sum", "chow_average", "chow_quantile"]
+
+
+class Deferral(_Strict):
+    """The rule that scores a tier's answer; the next tier is asked when score < threshold."""
+
+    rule: RuleName = "chow_quantile"
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="quantile for chow_quantile (0 = least likely token)")
+    threshold: float = Field(description="defer when the confidence score is below this")
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if math.isnan(v):
+            raise ValueError("threshold must be a number, not NaN")
+        return v
+
+
+class Limits(_Strict):
+    """Request bounds enforced by the router (bad requests get INVALID_ARGUMENT)."""
+
+    max_new_tokens: int = Field(256, ge=1, description="largest max_new_tokens a request may ask for")
+    max_prompt_chars: int = Field(16384, ge=1)
+
+
+class Server(_Strict):
+    host: str = Field("127.0.0.1", description="address Serve's proxies bind to (0.0.0.0 on clusters)")
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    http_port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cascade"
+    request_timeout_s: Optional[float] = Field(None, gt=0)
+
+
+class CascadeConfig(_Strict):
+    tiers: list[Tier] = Field(min_length=1)
+    deferral: Deferral
+    limits: Limits = Field(default_factory=Limits)
+    server: Server = Field(default_factory=Server)
+    router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_names(cls, tiers: list[Tier]) -> list[Tier]:
+        names = [t.name for t in tiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tier names must be unique; repeated: {dup}")
+        return tiers
+
+    def tier(self, name: str) -> Tier:
+        return next(t for t in self.tiers if t.name == name)
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid cascade config ({origin}):"]
+    for e in err.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "<root>"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative model paths in a YAML file are relative to that file, when they exist there."""
+    for tier in raw.get("tiers") or []:
+        model = tier.get("model") if isinstance(tier, dict) else None
+        src = model.get("source") if isinstance(model, dict) else None
+        if isinstance(src, str) and not Path(src).is_absolute() and (base / src).exists():
+            model["source"] = str((base / src).resolve())
+    return raw
+
+
+def parse_config(raw: Any, origin: str = "<dict>", base: Path | None = None) -> CascadeConfig:
+    if isinstance(raw, CascadeConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid cascade config ({origin}): expected a mapping at the top level")
+    if base is not None:
+        raw = _resolve_paths(raw, base)
+    try:
+        return CascadeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None = None) -> CascadeConfig:
+    """Load and validate a YAML config; ``None`` loads the shipped default."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    return parse_config(raw, origin=str(path), base=path.parent)

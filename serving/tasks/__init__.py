@@ -1,0 +1,1 @@
+"""Labelled task generators (pure Python, no Ray, no torch)."""

@@ -1,0 +1,88 @@
+import pytest
+import yaml
+
+from serving.config import ConfigError, load_config, parse_config
+
+
+def minimal(**over):
+    cfg = {"tiers": [{"name": "weak", "model": {"source": "a"}}, {"name": "strong", "model": {"source": "b"}}],
+           "deferral": {"rule": "chow_average", "threshold": -1.0}}
+    cfg.update(over)
+    return cfg
+
+
+def test_default_config_is_the_shipped_pair():
+    cfg = load_config()
+    assert cfg.tier_names == ["weak", "strong"]
+    assert cfg.server.grpc_port == 9000
+    for tier in cfg.tiers:
+        assert (tier.model.source.endswith(f"default_models/{tier.name}"))
+        assert tier.serve.ray_actor_options["resources"] == {f"{tier.name}_pool": 1}
+
+
+def test_bad_enum_names_field_and_allowed_values():
+    raw = minimal(deferral={"rule": "chow_max", "threshold": 0})
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    msg = str(e.value)
+    assert "deferral.rule" in msg and "chow_quantile" in msg and "chow_sum" in msg
+
+
+def test_nested_field_path_and_unknown_keys():
+    raw = minimal()
+    raw["tiers"][1]["model"]["dtype"] = "fp8"
+    raw["tiers"][0]["batching"] = {"max_batch_sz": 4}
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    msg = str(e.value)
+    assert "tiers[1].model.dtype" in msg and "bfloat16" in msg
+    assert "tiers[0].batching.max_batch_sz" in msg
+
+
+def test_target_ongoing_must_stay_below_max_ongoing():
+    raw = minimal()
+    raw["tiers"][0]["serve"] = {"max_ongoing_requests": 4, "autoscaling_config": {"target_ongoing_requests": 8}}
+    with pytest.raises(ConfigError, match="target_ongoing_requests .* must be below max_ongoing_requests"):
+        parse_config(raw)
+
+
+def test_duplicate_tier_names_and_unknown_actor_options():
+    raw = minimal()
+    raw["tiers"][1]["name"] = "weak"
+    with pytest.raises(ConfigError, match="repeated: \\['weak'\\]"):
+        parse_config(raw)
+    raw = minimal()
+    raw["tiers"][0]["serve"] = {"ray_actor_options": {"num_gpu": 1}}
+    with pytest.raises(ConfigError, match="num_gpu.*allowed"):
+        parse_config(raw)
+
+
+def test_yaml_file_relative_model_paths(tmp_path):
+    (tmp_path / "m").mkdir()
+    raw = minimal()
+    raw["tiers"][0]["model"]["source"] = "m"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert cfg.tiers[0].model.source == str(tmp_path / "m")
+    assert cfg.tiers[1].model.source == "b"  # not a local path: left as a hub id
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_deployment_options_pass_through():
+    raw = minimal()
+    raw["tiers"][0]["serve"] = {"max_ongoing_requests": 8,
+                                "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2},
+                                "ray_actor_options": {"num_gpus": 1, "resources": {"weak_pool": 1}}}
+    opts = parse_config(raw).tiers[0].serve.deployment_options()
+    assert opts["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
+    assert opts["ray_actor_options"] == {"num_gpus": 1, "resources": {"weak_pool": 1}}
+    assert opts["max_ongoing_requests"] == 8
