@@ -8,6 +8,7 @@ Serve's gRPC proxy needs ``grpc_options.grpc_servicer_functions: [serving.app.SE
 
 from __future__ import annotations
 
+import os
 from typing import Any, Union
 
 from ray.serve import Application
@@ -17,6 +18,13 @@ from serving.deployments.router import Router
 from serving.deployments.tier import TierDeployment
 
 SERVICER = "serving._proto.cascade.v1.cascade_pb2_grpc.add_CascadeServicer_to_server"
+
+
+def slow_machine_env() -> None:
+    """Serve's proxy must report ready within 5 s by default, which a busy 2-core machine misses
+    while it imports; the processes Ray starts inherit these (set before ``ray.init``)."""
+    for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(var, "60")
 
 
 def resolve_config(args: Union[dict[str, Any], CascadeConfig, None]) -> CascadeConfig:

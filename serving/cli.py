@@ -23,19 +23,26 @@ def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
 
 
 def ensure_ray(cfg: CascadeConfig, address: Optional[str]) -> bool:
-    """Connect to a running Ray (``--address`` / RAY_ADDRESS / a local one), else start an embedded
-    one that declares the config's pool resources. Returns True when we started it."""
+    """Connect to a running Ray (``--address`` / RAY_ADDRESS / the latest local one), else start an
+    embedded one that declares the config's pool resources; ``--address local`` always starts one.
+    Returns True when we started it (and so must stop it)."""
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    from serving.app import slow_machine_env
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, logging_level="WARNING")
         return False
-    try:
-        ray.init(address="auto", logging_level="WARNING")
-        return False
-    except ConnectionError:
-        ray.init(resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING")
-        return True
+    if address is None:
+        try:
+            ray.init(address="auto", logging_level="WARNING")
+            return False
+        except ConnectionError:
+            pass
+    slow_machine_env()
+    ray.init(address="local", resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING")
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -58,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.http_port},
                     grpc_options=grpc_options(cfg))
-        serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=None)
+        serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)
         print(f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
               f"(tiers {tiers}; rule {cfg.deferral.rule}, threshold {cfg.deferral.threshold})", flush=True)
@@ -91,7 +98,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from serving.client import CascadeClient, make_request, to_dict
 
     req = make_request(args.prompt, max_new_tokens=args.max_new_tokens, force_tier=args.tier or "",
-                       threshold=args.threshold)
+                       threshold=args.threshold, include_logprobs=args.logprobs)
     with CascadeClient(args.address, timeout=args.timeout) as client:
         try:
             if args.stream:
@@ -120,7 +127,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="deploy the cascade on Ray Serve and serve gRPC until Ctrl-C / SIGTERM")
     s.add_argument("--config", help="cascade YAML (default: the shipped weak/strong arithmetic pair)")
-    s.add_argument("--address", help="Ray address to connect to (default: a running local Ray, else start one)")
+    s.add_argument("--address", help="Ray address to connect to; 'local' starts a new embedded Ray "
+                   "(default: RAY_ADDRESS, else a running local Ray, else start one)")
     s.add_argument("--port", type=int, help="gRPC port (overrides server.grpc_port)")
     s.set_defaults(func=cmd_serve)
     q = sub.add_parser("query", help="send one request")
@@ -129,6 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     q.add_argument("--tier", help="force this tier (skip the deferral rule)")
     q.add_argument("--threshold", type=float, help="per-request deferral threshold")
     q.add_argument("--max-new-tokens", type=int, default=0)
+    q.add_argument("--logprobs", action="store_true", help="return each tier's per-token log-probs")
     q.add_argument("--stream", action="store_true", help="use GenerateStream and print text as it arrives")
     q.add_argument("--timeout", type=float, default=60.0)
     q.add_argument("--json", action="store_true", help="print the response as JSON")

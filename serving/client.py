@@ -14,9 +14,10 @@ DEFAULT_ADDRESS = "127.0.0.1:9000"
 
 
 def make_request(prompt: str = "", *, messages: Optional[list[dict[str, str]]] = None, max_new_tokens: int = 0,
-                 force_tier: str = "", threshold: Optional[float] = None) -> pb.GenerateRequest:
+                 force_tier: str = "", threshold: Optional[float] = None,
+                 include_logprobs: bool = False) -> pb.GenerateRequest:
     req = pb.GenerateRequest(prompt=prompt, max_new_tokens=max_new_tokens, force_tier=force_tier,
-                             messages=[pb.Message(**m) for m in messages or []])
+                             messages=[pb.Message(**m) for m in messages or []], include_logprobs=include_logprobs)
     if threshold is not None:
         req.threshold = threshold
     return req

@@ -31,6 +31,7 @@ class Plan:
     tiers: list[str]  # tiers to try, in order
     forced: bool
     threshold: float
+    include_logprobs: bool = False
 
 
 @dataclass
@@ -86,16 +87,18 @@ class CascadeCore:
             max_new_tokens=r.max_new_tokens or None,
         )
         tiers = [r.force_tier] if r.force_tier else self.names
-        return Plan(req, tiers, bool(r.force_tier), threshold)
+        return Plan(req, tiers, bool(r.force_tier), threshold, r.include_logprobs)
 
     def _score(self, name: str, gen: Generation) -> Optional[float]:
         """The rule's score for a tier that may defer onward (every tier but the last)."""
         return self.score_fn(gen.logprobs) if name != self.names[-1] else None
 
     @staticmethod
-    def _tier_result(name: str, gen: Generation, score: Optional[float], ms: float) -> pb.TierResult:
+    def _tier_result(plan: Plan, name: str, gen: Generation, score: Optional[float], ms: float) -> pb.TierResult:
         return pb.TierResult(tier=name, text=gen.text, score=score, latency_ms=ms,
-                             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+                             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                             token_logprobs=gen.logprobs if plan.include_logprobs else [],
+                             finish_reason=gen.finish_reason)
 
     async def run(self, plan: Plan, stream_last: bool = False) -> Outcome:
         """Walks the cascade. With ``stream_last`` the tier that will answer unconditionally is not
@@ -112,7 +115,7 @@ class CascadeCore:
             score = self._score(name, gen)
             if k == 0 and score is not None:
                 first_score = score
-            results.append(self._tier_result(name, gen, score, ms))
+            results.append(self._tier_result(plan, name, gen, score, ms))
             if final or not should_defer(score, plan.threshold):
                 return Outcome(gen, name, k > 0, first_score, results)
         raise AssertionError("unreachable: the last tier always answers")
@@ -180,9 +183,10 @@ class Router:
                     else:
                         yield pb.GenerateResponse(text=item, tier=name)
                 ms = (time.perf_counter() - t1) * 1e3
-                out.results.append(self.core._tier_result(name, gen, self.core._score(name, gen), ms))
-                if out.results and len(out.results) == 1 and plan.forced:
-                    out.score = out.results[0].score if out.results[0].HasField("score") else math.nan
+                score = self.core._score(name, gen)
+                if not out.results and score is not None:  # the first tier answered: its score is the score
+                    out.score = score
+                out.results.append(self.core._tier_result(plan, name, gen, score, ms))
         except Exception as e:
             log.warning("tier call failed: %r", e)
             yield _reject(grpc_context, grpc.StatusCode.UNAVAILABLE, f"a tier failed: {type(e).__name__}")

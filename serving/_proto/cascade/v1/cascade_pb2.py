@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'serving/_proto/cascade/v1/cascade.proto\x12\ncascade.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9a\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.cascade.v1.Message\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x12\n\nforce_tier\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_threshold\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x8c\x01\n\nTierResult\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\x05score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\rB\x08\n\x06_score\"\xf9\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x03 \x01(\x08\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12 \n\x05usage\x18\x07 \x01(\x0b\x32\x11.cascade.v1.Usage\x12%\n\x05tiers\x18\x08 \x03(\x0b\x32\x16.cascade.v1.TierResult\x12\x18\n\x10total_latency_ms\x18\t \x01(\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x10\n\x08\x66inished\x18\x0b \x01(\x08\x32\x9f\x01\n\x07\x43\x61scade\x12\x45\n\x08Generate\x12\x1b.cascade.v1.GenerateRequest\x1a\x1c.cascade.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x1b.cascade.v1.GenerateRequest\x1a\x1c.cascade.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'serving/_proto/cascade/v1/cascade.proto\x12\ncascade.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb4\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.cascade.v1.Message\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x12\n\nforce_tier\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10include_logprobs\x18\x06 \x01(\x08\x42\x0c\n\n_threshold\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xbb\x01\n\nTierResult\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\x05score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12\x16\n\x0etoken_logprobs\x18\x07 \x03(\x01\x12\x15\n\rfinish_reason\x18\x08 \x01(\tB\x08\n\x06_score\"\xf9\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x03 \x01(\x08\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12 \n\x05usage\x18\x07 \x01(\x0b\x32\x11.cascade.v1.Usage\x12%\n\x05tiers\x18\x08 \x03(\x0b\x32\x16.cascade.v1.TierResult\x12\x18\n\x10total_latency_ms\x18\t \x01(\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x10\n\x08\x66inished\x18\x0b \x01(\x08\x32\x9f\x01\n\x07\x43\x61scade\x12\x45\n\x08Generate\x12\x1b.cascade.v1.GenerateRequest\x1a\x1c.cascade.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x1b.cascade.v1.GenerateRequest\x1a\x1c.cascade.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE']._serialized_start=55
   _globals['_MESSAGE']._serialized_end=95
   _globals['_GENERATEREQUEST']._serialized_start=98
-  _globals['_GENERATEREQUEST']._serialized_end=252
-  _globals['_USAGE']._serialized_start=254
-  _globals['_USAGE']._serialized_end=311
-  _globals['_TIERRESULT']._serialized_start=314
-  _globals['_TIERRESULT']._serialized_end=454
-  _globals['_GENERATERESPONSE']._serialized_start=457
-  _globals['_GENERATERESPONSE']._serialized_end=706
-  _globals['_CASCADE']._serialized_start=709
-  _globals['_CASCADE']._serialized_end=868
+  _globals['_GENERATEREQUEST']._serialized_end=278
+  _globals['_USAGE']._serialized_start=280
+  _globals['_USAGE']._serialized_end=337
+  _globals['_TIERRESULT']._serialized_start=340
+  _globals['_TIERRESULT']._serialized_end=527
+  _globals['_GENERATERESPONSE']._serialized_start=530
+  _globals['_GENERATERESPONSE']._serialized_end=779
+  _globals['_CASCADE']._serialized_start=782
+  _globals['_CASCADE']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

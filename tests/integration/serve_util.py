@@ -1,0 +1,65 @@
+"""Run the real main job, ``cascade serve``, on loopback for the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from serving.config import CascadeConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) -> Iterator[str]:
+    """Start ``cascade serve`` with its own embedded Ray; yield the gRPC address once it says it is
+    ready; on exit send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.server.grpc_port, cfg.server.http_port = free_port(), free_port()
+    path = workdir / "cascade.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    log_path = workdir / "serve.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(path), "--address", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    ready = threading.Event()
+
+    def pump():
+        with open(log_path, "w") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if line.startswith("cascade ready"):
+                    ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
+                                   + log_path.read_text()[-4000:])
+        yield f"127.0.0.1:{cfg.server.grpc_port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        assert rc == 0, f"cascade serve exited with {rc}:\n" + log_path.read_text()[-4000:]

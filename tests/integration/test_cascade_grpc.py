@@ -1,0 +1,165 @@
+"""The served cascade end to end: `cascade serve` (real Ray Serve, its gRPC proxy), the shipped
+weak/strong pair, called over real gRPC."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import grpc
+import pytest
+
+from serving.client import CascadeClient, make_request
+from serving.config import load_config
+from serving.deferral import make_rule, should_defer
+from serving.models import GenerationRequest, HFBackend
+from serving.tasks.arithmetic import examples
+from tests.conftest import ROOT
+from tests.integration.serve_util import cascade_server
+
+pytestmark = pytest.mark.integration
+CFG = load_config()
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory):
+    with cascade_server(CFG, tmp_path_factory.mktemp("serve")) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="module")
+def client(address):
+    with CascadeClient(address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """An easy question the weak tier answers confidently and correctly, and one it gets wrong with
+    a score under the threshold while the strong tier is right: found by running both tiers
+    in-process through the same backend the server uses."""
+    score = make_rule(CFG.deferral.rule, CFG.deferral.alpha)
+    weak, strong = (HFBackend(t.model, t.generation) for t in CFG.tiers)
+    exs = list(examples(3, 200))
+    wg = weak.generate([GenerationRequest(prompt=e.prompt) for e in exs])
+    easy = next(e for e, g in zip(exs, wg) if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold))
+    hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)]
+    sg = strong.generate([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
+    hard, hard_weak = next((e, g) for (e, g), s in zip(hard_pool, sg) if s.text == e.reference)
+    return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text}
+
+
+def test_easy_question_is_answered_by_weak(client, cases):
+    e = cases["easy"]
+    r = client.generate(make_request(e.prompt))
+    assert (r.text, r.tier, r.deferred) == (e.reference, "weak", False)
+    assert r.score >= r.threshold == CFG.deferral.threshold
+    assert [t.tier for t in r.tiers] == ["weak"] and r.usage.completion_tokens == r.tiers[0].completion_tokens > 0
+    assert r.rule == CFG.deferral.rule and r.total_latency_ms > 0 and r.request_id
+
+
+def test_question_weak_gets_wrong_is_deferred_to_strong(client, cases):
+    e = cases["hard"]
+    r = client.generate(make_request(e.prompt, include_logprobs=True))
+    assert (r.text, r.tier, r.deferred) == (e.reference, "strong", True)
+    assert r.score < r.threshold
+    weak, strong = r.tiers
+    assert (weak.tier, weak.text, strong.tier) == ("weak", cases["hard_weak_text"], "strong")
+    assert weak.score == pytest.approx(r.score) and not strong.HasField("score")
+    assert min(weak.token_logprobs) == pytest.approx(r.score)  # chow_quantile(alpha=0) = least likely token
+    assert r.usage.completion_tokens == weak.completion_tokens + strong.completion_tokens
+    assert weak.latency_ms > 0 and strong.latency_ms > 0
+
+
+def test_force_tier_both_ways(client, cases):
+    r = client.generate(make_request(cases["hard"].prompt, force_tier="weak"))
+    assert (r.tier, r.deferred, r.text) == ("weak", False, cases["hard_weak_text"])
+    assert not math.isnan(r.score)
+    r = client.generate(make_request(cases["easy"].prompt, force_tier="strong"))
+    assert (r.tier, r.deferred, r.text) == ("strong", False, cases["easy"].reference)
+    assert math.isnan(r.score) and [t.tier for t in r.tiers] == ["strong"]
+
+
+def test_threshold_override_at_both_extremes(client, cases):
+    never = client.generate(make_request(cases["hard"].prompt, threshold=-1e9))
+    assert (never.tier, never.deferred, never.threshold) == ("weak", False, -1e9)
+    always = client.generate(make_request(cases["easy"].prompt, threshold=1.0))  # log-probs are <= 0
+    assert (always.tier, always.deferred, always.text) == ("strong", True, cases["easy"].reference)
+
+
+def test_stream_deferred_answer_from_strong(client, cases):
+    msgs = list(client.stream(make_request(cases["hard"].prompt)))
+    *chunks, final = msgs
+    assert final.finished and final.text == "" and (final.tier, final.deferred) == ("strong", True)
+    assert chunks and all(c.tier == "strong" and not c.finished for c in chunks)
+    assert "".join(c.text for c in chunks) == cases["hard"].reference
+    assert [t.tier for t in final.tiers] == ["weak", "strong"]
+
+
+def test_stream_weak_answer_and_forced_tier(client, cases):
+    *chunks, final = client.stream(make_request(cases["easy"].prompt))
+    assert "".join(c.text for c in chunks) == cases["easy"].reference
+    assert (final.tier, final.deferred, final.finished) == ("weak", False, True)
+    *chunks, final = client.stream(make_request(cases["hard"].prompt, force_tier="weak"))
+    assert "".join(c.text for c in chunks) == cases["hard_weak_text"]
+    assert final.tier == "weak" and not math.isnan(final.score)
+
+
+def test_chat_messages_and_request_id_metadata(client, cases):
+    e = cases["easy"]
+    r = client.generate(make_request(messages=[{"role": "user", "content": e.prompt}]),
+                        metadata=[("request_id", "test-req-42")])
+    assert r.text == e.reference and r.request_id == "test-req-42"
+
+
+BAD = [
+    (make_request(""), "`prompt`"),
+    (make_request("   "), "`prompt`"),
+    (make_request("What is 1 + 1?", max_new_tokens=100_000), "`max_new_tokens`"),
+    (make_request("What is 1 + 1?", force_tier="medium"), "`force_tier`"),
+    (make_request("What is 1 + 1?", threshold=float("nan")), "`threshold`"),
+    (make_request("What is 1 + 1?", messages=[{"role": "user", "content": "hi"}]), "`prompt` or `messages`"),
+    (make_request(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
+    (make_request(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]), "last of `messages`"),
+    (make_request("x" * (CFG.limits.max_prompt_chars + 1)), "limit"),
+]
+
+
+@pytest.mark.parametrize("req,field", BAD, ids=[f for _, f in BAD])
+def test_bad_requests_get_invalid_argument_naming_the_field(client, req, field):
+    with pytest.raises(grpc.RpcError) as e:
+        client.generate(req)
+    assert e.value.code() == INVALID and field in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        list(client.stream(req))
+    assert e.value.code() == INVALID and field in e.value.details()
+
+
+def test_service_still_answers_after_bad_requests(client, cases):
+    for req, _ in BAD:
+        with pytest.raises(grpc.RpcError):
+            client.generate(req)
+    r = client.generate(make_request(cases["easy"].prompt))
+    assert r.text == cases["easy"].reference
+
+
+def _grpcurl(address, body, *flags):
+    exe = shutil.which("grpcurl")
+    if exe is None:
+        pytest.skip("grpcurl is not installed (the dev extra installs it on Linux x86_64)")
+    cmd = [exe, "-plaintext", *flags, "-import-path", str(ROOT / "protos"), "-proto", "cascade/v1/cascade.proto",
+           "-d", json.dumps(body), address, "cascade.v1.Cascade/Generate"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_grpcurl_a_client_that_is_not_ours(address, cases):
+    out = _grpcurl(address, {"prompt": cases["hard"].prompt}, "-emit-defaults")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["text"] == cases["hard"].reference and body["tier"] == "strong" and body["deferred"] is True
+    assert isinstance(body["score"], float) and body["score"] < body["threshold"]
+    bad = _grpcurl(address, {"prompt": ""})
+    assert bad.returncode != 0 and "InvalidArgument" in bad.stderr and "`prompt`" in bad.stderr
