@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -147,7 +150,7 @@ def test_service_still_answers_after_bad_requests(client, cases):
 
 
 def _grpcurl(address, body, *flags):
-    exe = shutil.which("grpcurl")
+    exe = shutil.which("grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         pytest.skip("grpcurl is not installed (the dev extra installs it on Linux x86_64)")
     cmd = [exe, "-plaintext", *flags, "-import-path", str(ROOT / "protos"), "-proto", "cascade/v1/cascade.proto",
