@@ -105,8 +105,7 @@ class HFBackend:
 
     # ---- generation ----------------------------------------------------------------------
     def _max_new(self, req: GenerationRequest) -> int:
-        return min(req.max_new_tokens or self.defaults.max_new_tokens, self.defaults.max_new_tokens) \
-            if req.max_new_tokens is None else req.max_new_tokens
+        return req.max_new_tokens or self.defaults.max_new_tokens
 
     @torch.inference_mode()
     def generate(self, reqs: list[GenerationRequest], streamer: BaseStreamer | None = None,
