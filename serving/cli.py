@@ -122,6 +122,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from serving.evaluation.data import write_arithmetic_splits
+
+    sizes = {"train": args.n_train, "calibration": args.n_calibration, "test": args.n_test}
+    for split, path in write_arithmetic_splits(args.out, sizes).items():
+        print(f"{split:<12} {sizes[split]:>6}  {path}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="cascade", description="Serve and query a language-model cascade over gRPC.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -142,6 +151,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     q.add_argument("--timeout", type=float, default=60.0)
     q.add_argument("--json", action="store_true", help="print the response as JSON")
     q.set_defaults(func=cmd_query)
+    d = sub.add_parser("data", help="write the arithmetic task's train/calibration/test JSONL splits (fixed seeds)")
+    d.add_argument("--out", default="data")
+    d.add_argument("--n-train", type=int, default=2000)
+    d.add_argument("--n-calibration", type=int, default=1000)
+    d.add_argument("--n-test", type=int, default=1000)
+    d.set_defaults(func=cmd_data)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,22 +110,65 @@ class Tier(_Strict):
     serve: ServeOptions = Field(default_factory=ServeOptions)
 
 
-RuleName = Literal["chow_sum", "chow_average", "chow_quantile"]
+RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
 
 
 class Deferral(_Strict):
-    """The rule that scores a tier's answer; the next tier is asked when score < threshold."""
+    """The rule that scores a tier's answer; the next tier is asked when score < threshold.
+
+    ``artifact`` points at a calibration artifact (``cascade calibrate``); its rule, parameters and
+    threshold then replace ``rule``/``alpha``/``threshold``. ``target_deferral`` turns on the budget
+    controller: the threshold follows the recent score distribution so that about that share of
+    requests is deferred, whatever the query mix; ``threshold`` is used until the window warms up.
+    """
 
     rule: RuleName = "chow_quantile"
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="quantile for chow_quantile (0 = least likely token)")
-    threshold: float = Field(description="defer when the confidence score is below this")
+    threshold: Optional[float] = Field(None, description="defer when the confidence score is below this")
+    artifact: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description="calibration artifact (path, or its content inline)")
+    target_deferral: Optional[float] = Field(None, gt=0.0, lt=1.0, description="budget controller's target share")
+    controller_window: int = Field(500, ge=10, description="recent scores the controller keeps")
+    controller_warmup: int = Field(50, ge=1, description="scores seen before the controller takes over")
 
     @field_validator("threshold")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if math.isnan(v):
+    def _finite(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and math.isnan(v):
             raise ValueError("threshold must be a number, not NaN")
         return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Deferral":
+        if self.artifact is None:
+            if self.threshold is None:
+                raise ValueError("set threshold, or artifact (a calibration artifact that holds one)")
+            if self.rule.startswith("post_hoc"):
+                raise ValueError(f"rule {self.rule} is learned: set artifact to its calibration artifact")
+        if self.controller_warmup > self.controller_window:
+            raise ValueError("controller_warmup must not exceed controller_window")
+        return self
+
+    def load_artifact(self) -> Optional[dict[str, Any]]:
+        if self.artifact is None or isinstance(self.artifact, dict):
+            return self.artifact
+        import json
+
+        try:
+            return json.loads(Path(self.artifact).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"deferral.artifact: cannot read calibration artifact {self.artifact}: {e}") from None
+
+    def resolved(self) -> dict[str, Any]:
+        """rule, alpha, model (post-hoc), threshold: from the artifact when there is one."""
+        art = self.load_artifact()
+        if art is None:
+            return {"rule": self.rule, "alpha": self.alpha, "model": None, "threshold": self.threshold}
+        missing = [k for k in ("rule", "threshold") if k not in art]
+        if missing:
+            raise ConfigError(f"deferral.artifact: not a calibration artifact (missing {missing})")
+        return {"rule": art["rule"], "alpha": art.get("alpha") or 0.0, "model": art.get("model"),
+                "threshold": float(art["threshold"])}
 
 
 class Limits(_Strict):
@@ -176,7 +219,13 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative model paths in a YAML file are relative to that file, when they exist there."""
+    """Relative model and artifact paths in a YAML file are relative to that file, when they exist
+    there; an artifact path is read in, so the config carries it to wherever the router runs."""
+    deferral = raw.get("deferral")
+    art = deferral.get("artifact") if isinstance(deferral, dict) else None
+    if isinstance(art, str):
+        path = Path(art) if Path(art).is_absolute() else base / art
+        deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None

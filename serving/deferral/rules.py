@@ -12,11 +12,13 @@ An answer with no tokens has log-probability 0 under every rule (nothing uncerta
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 Score = Callable[[Sequence[float]], float]
+POST_HOC_RULES = ("post_hoc_quantile", "post_hoc_embed")
 
 
 def chow_sum(logprobs: Sequence[float]) -> float:
@@ -48,6 +50,35 @@ def make_rule(name: str, alpha: float = 0.0) -> Score:
         chow_quantile([], alpha)  # validates alpha once, up front
         return lambda lp: chow_quantile(lp, alpha)
     return RULES[name]
+
+
+@dataclass
+class Scorer:
+    """A rule ready to score one answer: ``scorer(logprobs, embedding) -> confidence``."""
+
+    rule: str
+    fn: Callable[[Sequence[float], Optional[Sequence[float]]], float]
+    needs_embedding: bool = False
+
+    def __call__(self, logprobs: Sequence[float], embedding: Optional[Sequence[float]] = None) -> float:
+        return self.fn(logprobs, embedding)
+
+
+def build_scorer(rule: str, alpha: float = 0.0, model: Optional[dict[str, Any]] = None) -> Scorer:
+    """A Chow rule by name, or a post-hoc rule from its fitted model (a calibration artifact's ``model``)."""
+    if rule in POST_HOC_RULES:
+        from serving.deferral.posthoc import PostHocModel
+
+        if model is None:
+            raise ValueError(f"rule {rule!r} needs a fitted model: point deferral.artifact at a calibration artifact")
+        m = PostHocModel.from_dict(model)
+        if ("post_hoc_" + m.kind) != rule:
+            raise ValueError(f"artifact holds a post_hoc_{m.kind} model, not {rule}")
+        return Scorer(rule, m.score, m.needs_embedding)
+    if rule not in RULES:
+        raise ValueError(f"unknown deferral rule {rule!r}; valid rules: {sorted(RULES) + list(POST_HOC_RULES)}")
+    fn = make_rule(rule, alpha)
+    return Scorer(rule, lambda lp, emb=None: fn(lp))
 
 
 def should_defer(score: float, threshold: float) -> bool:

@@ -13,6 +13,7 @@ class GenerationRequest:
     prompt: str = ""
     messages: list[dict[str, str]] = field(default_factory=list)
     max_new_tokens: Optional[int] = None  # None: the tier's default
+    embed: bool = False  # also return the answer's embedding (for rules that read it)
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Generation:
     logprobs: list[float]
     prompt_tokens: int
     finish_reason: str  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
-    embedding: Optional[list[float]] = None
+    embedding: Optional[list[float]] = None  # final hidden state, mean-pooled over the generated tokens
 
     @property
     def completion_tokens(self) -> int:

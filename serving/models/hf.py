@@ -136,7 +136,23 @@ class HFBackend:
                 token_ids=ids, logprobs=lps, prompt_tokens=len(encoded[i]),
                 finish_reason="stop" if stop is not None else "length",
             ))
+        if any(r.embed for r in reqs):
+            self._embed(out.sequences, batch["attention_mask"], results)
         return results
+
+    def _embed(self, sequences: torch.Tensor, prompt_mask: torch.Tensor, results: list[Generation]) -> None:
+        """Final hidden state, mean-pooled over each answer's generated tokens (one extra forward)."""
+        width = prompt_mask.shape[1]
+        gen_mask = torch.zeros((len(results), sequences.shape[1] - width), dtype=prompt_mask.dtype, device=self.device)
+        for i, g in enumerate(results):
+            gen_mask[i, : len(g.token_ids)] = 1
+        mask = torch.cat([prompt_mask, gen_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses under left padding
+        hidden = self.model(input_ids=sequences, attention_mask=mask, position_ids=positions,
+                            output_hidden_states=True).hidden_states[-1].float()
+        for i, g in enumerate(results):
+            n = max(len(g.token_ids), 1)
+            g.embedding = hidden[i, width : width + n].mean(0).tolist()
 
     def stream(self, req: GenerationRequest, cancel: threading.Event | None = None
                ) -> Iterator[Union[str, Generation]]:

@@ -77,3 +77,16 @@ def test_gguf_paths_split_into_directory_and_file():
     assert resolve_source(ModelSource(source="/m/x.Q4.gguf")) == ("/m", "x.Q4.gguf")
     assert resolve_source(ModelSource(source="org/repo", gguf_file="f.gguf")) == ("org/repo", "f.gguf")
     assert resolve_source(ModelSource(source="org/repo")) == ("org/repo", None)
+
+
+def test_embedding_is_mean_final_hidden_state_over_the_answer(backend):
+    reqs = [GenerationRequest(prompt=p, embed=True, max_new_tokens=5) for p in PROMPTS[:2]]
+    gens = backend.generate(reqs)
+    for req, g in zip(reqs, gens):
+        ids = backend.encode(req)
+        with torch.no_grad():
+            h = backend.model(torch.tensor([ids + g.token_ids]), output_hidden_states=True).hidden_states[-1][0]
+        want = h[len(ids) : len(ids) + len(g.token_ids)].mean(0)
+        assert len(g.embedding) == backend.model.config.hidden_size
+        assert torch.allclose(torch.tensor(g.embedding), want, atol=1e-4)
+    assert backend.generate([GenerationRequest(prompt=PROMPTS[0])])[0].embedding is None

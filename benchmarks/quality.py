@@ -1,0 +1,112 @@
+"""Deferral-curve benchmark: how well does each rule pick the requests to defer?
+
+    python benchmarks/quality.py --config serving/default_config.yaml \
+        --train-data data/arithmetic_train.jsonl --data data/arithmetic_test.jsonl \
+        --out results/quality.json --plot results/quality.png
+
+(`cascade data --out data` writes those splits.) Runs the first two tiers over the data in-process
+(cached), scores every weak answer with every rule — chow_sum, chow_average, chow_quantile_<α>,
+post_hoc_quantile, post_hoc_embed (trained on --train-data, or 2-fold cross-fitted on --data when
+it is absent) — plus random and oracle, and reports per rule the AUC of the deferral curve, APGR
+and CPT(50/80/95). Also plots the length bias: Chow-Sum and Chow-Average vs output length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serving.config import load_config
+from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize
+from serving.evaluation.data import data_hash, load_jsonl
+from serving.evaluation.offline import DEFAULT_CACHE, run_offline
+from serving.evaluation.rules import BENCH_RULES, cross_fitted_scores, fit_rule, parse_rule, score_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config")
+    ap.add_argument("--train-data", help="labelled JSONL the post-hoc rules learn from")
+    ap.add_argument("--data", required=True, help="labelled JSONL the curves are measured on")
+    ap.add_argument("--metric", default="exact_match")
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE))
+    ap.add_argument("--out", default="results/quality.json")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    weak_name, strong_name = cfg.tier_names[:2]
+    rows = load_jsonl(args.data)
+    runs = run_offline(cfg, rows, args.metric, Path(args.cache), tiers=[weak_name, strong_name])
+    weak, strong = runs[weak_name], runs[strong_name]
+    train = None
+    if args.train_data:
+        train = run_offline(cfg, load_jsonl(args.train_data), args.metric, Path(args.cache), tiers=[weak_name])[weak_name]
+
+    curves, scores = {}, {}
+    for name in BENCH_RULES:
+        rule, alpha = parse_rule(name)
+        if rule.startswith("post_hoc") and train is None:
+            scores[name] = cross_fitted_scores(rule, alpha, weak)
+        else:
+            scorer, _ = fit_rule(rule, alpha, train)
+            scores[name] = score_run(scorer, weak)
+        curves[name] = deferral_curve(scores[name], weak.quality, strong.quality)
+    curves["random"] = random_curve(weak.quality, strong.quality)
+    curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
+
+    report = {
+        "n": len(rows), "metric": args.metric, "data": args.data, "data_sha256": data_hash(rows),
+        "train_data": args.train_data, "weak_accuracy": float(weak.quality.mean()),
+        "strong_accuracy": float(strong.quality.mean()),
+        "rules": {name: summarize(c) for name, c in curves.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(f"n={report['n']}  weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  ({args.metric})")
+    print(f"{'rule':<20} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6}")
+    for name, r in report["rules"].items():
+        print(f"{name:<20} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(curves, weak, scores, args.plot)
+
+
+def plot(curves, weak, scores, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, c in curves.items():
+        style = {"random": dict(ls="--", c="grey"), "oracle": dict(ls=":", c="black")}.get(name, {})
+        ax.plot(c.share, c.quality, label=name, **style)
+    ax.set_xlabel("share deferred to the strong tier")
+    ax.set_ylabel("cascade quality")
+    ax.set_title("Deferral curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ok = weak.quality >= 0.5
+    rng = np.random.default_rng(0)
+    for ax, name in zip(axes, ["chow_sum", "chow_average"]):
+        jitter = rng.uniform(-0.25, 0.25, len(ok))
+        for mask, label, color in [(ok, "weak correct", "tab:green"), (~ok, "weak wrong", "tab:red")]:
+            ax.scatter(weak.lengths[mask] + jitter[mask], scores[name][mask], s=6, alpha=0.4, label=label, c=color)
+        ax.set_xlabel("output length (tokens)")
+        ax.set_ylabel(f"{name} score")
+        ax.set_title(f"Length bias: {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(Path(path).with_name(Path(path).stem + "_length.png")), dpi=120)
+
+
+if __name__ == "__main__":
+    main()

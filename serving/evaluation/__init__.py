@@ -1,0 +1,1 @@
+"""Offline evaluation: labelled data, correctness metrics, deferral curves. Pure code, no Ray."""

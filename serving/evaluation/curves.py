@@ -1,0 +1,90 @@
+"""Deferral curves and their summaries (Gupta et al., 2024).
+
+Given per-example confidence scores of the weak answer and the per-example quality of the weak and
+strong answers, deferring the ``k`` least confident examples gives the cascade quality
+``q(k) = (sum of strong quality over deferred + weak quality over the rest) / n``. The deferral
+curve is ``q`` against the share deferred ``k / n``. Ties in the score are deferred together, and
+the curve runs straight across a tied group (the expectation under random tie-breaking).
+
+- AUC: area under the deferral curve, share in [0, 1].
+- PGR(share) = (q - q_weak) / (q_strong - q_weak): the share of the quality gap recovered.
+- APGR: area under the PGR curve (random deferral: 0.5 in expectation).
+- CPT(p): the smallest share deferred at which PGR reaches p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Curve:
+    share: np.ndarray    # share deferred at each curve point, from 0 to 1
+    quality: np.ndarray  # cascade quality at that share
+    q_weak: float
+    q_strong: float
+
+    @property
+    def pgr(self) -> np.ndarray:
+        gap = self.q_strong - self.q_weak
+        return (self.quality - self.q_weak) / gap if gap else np.zeros_like(self.quality)
+
+
+def deferral_curve(scores, weak_q, strong_q) -> Curve:
+    scores, weak_q, strong_q = (np.asarray(x, dtype=np.float64) for x in (scores, weak_q, strong_q))
+    n = len(scores)
+    if not n == len(weak_q) == len(strong_q) or n == 0:
+        raise ValueError("scores, weak_q and strong_q must be non-empty and of one length")
+    order = np.argsort(scores, kind="stable")
+    s, gain = scores[order], (strong_q - weak_q)[order]
+    # Curve points only at the ends of groups of tied scores.
+    ends = np.r_[np.nonzero(np.diff(s))[0] + 1, n]
+    cum_gain = np.r_[0.0, np.cumsum(gain)[ends - 1]]
+    share = np.r_[0, ends] / n
+    quality = (weak_q.sum() + cum_gain) / n
+    return Curve(share, quality, float(weak_q.mean()), float(strong_q.mean()))
+
+
+def auc(curve: Curve) -> float:
+    return float(np.trapezoid(curve.quality, curve.share))
+
+
+def apgr(curve: Curve) -> float:
+    return float(np.trapezoid(curve.pgr, curve.share))
+
+
+def cpt(curve: Curve, target: float) -> float:
+    """Smallest share deferred reaching PGR >= target, interpolating along the curve (1.0 if never)."""
+    pgr, share = curve.pgr, curve.share
+    hit = np.nonzero(pgr >= target - 1e-12)[0]
+    if len(hit) == 0:
+        return 1.0
+    i = hit[0]
+    if i == 0:
+        return float(share[0])
+    p0, p1 = pgr[i - 1], pgr[i]
+    return float(share[i - 1] + (share[i] - share[i - 1]) * (target - p0) / (p1 - p0))
+
+
+def quality_at_share(curve: Curve, share: float) -> float:
+    return float(np.interp(share, curve.share, curve.quality))
+
+
+def summarize(curve: Curve) -> dict:
+    return {"auc": auc(curve), "apgr": apgr(curve),
+            "cpt": {str(p): cpt(curve, p / 100) for p in (50, 80, 95)}}
+
+
+def random_curve(weak_q, strong_q) -> Curve:
+    """Random deferral in expectation: a straight line from weak-only to strong-only."""
+    w, s = float(np.mean(weak_q)), float(np.mean(strong_q))
+    return Curve(np.array([0.0, 1.0]), np.array([w, s]), w, s)
+
+
+def oracle_scores(weak_q, strong_q) -> np.ndarray:
+    """Scores for the oracle that defers exactly the weak model's mistakes (those the strong model
+    fixes first): a higher score keeps the weak answer."""
+    weak_q, strong_q = np.asarray(weak_q, float), np.asarray(strong_q, float)
+    return weak_q - 1e-3 * np.clip(strong_q - weak_q, 0, None)

@@ -1,0 +1,51 @@
+"""Labelled sets: JSONL, one {"prompt": ..., "reference": ...} a line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from serving.tasks.arithmetic import examples
+
+# Fixed seeds of the arithmetic task's splits (1 is the validation set training stops on).
+SPLIT_SEEDS = {"train": 4, "calibration": 2, "test": 3}
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "reference" not in row:
+                raise ValueError(f'{path}:{i}: expected {{"prompt": str, "reference": ...}}')
+            rows.append({"prompt": row["prompt"], "reference": str(row["reference"])})
+    if not rows:
+        raise ValueError(f"{path}: no examples")
+    return rows
+
+
+def data_hash(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["prompt"], r["reference"]]).encode())
+    return h.hexdigest()
+
+
+def write_arithmetic_splits(out_dir: str | Path, sizes: dict[str, int]) -> dict[str, Path]:
+    """Write train / calibration / test JSONL splits of the arithmetic task with fixed seeds."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n in sizes.items():
+        path = out / f"arithmetic_{split}.jsonl"
+        with open(path, "w") as f:
+            for e in examples(SPLIT_SEEDS[split], n):
+                f.write(json.dumps({"prompt": e.prompt, "reference": e.reference}) + "\n")
+        paths[split] = path
+    return paths

@@ -1,0 +1,82 @@
+"""Run every tier over a labelled set in-process, through the server's own backend, with a cache.
+
+Per example and tier the cache keeps the output text, token log-probs, the answer embedding (final
+hidden state mean-pooled over generated tokens) and length; correctness is computed from the text
+with the chosen metric. A rerun with the same model files, generation settings and data reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from serving.config import CascadeConfig, Tier
+from serving.evaluation.data import data_hash
+from serving.evaluation.metrics import get_metric
+
+DEFAULT_CACHE = Path(os.environ.get("CASCADE_CACHE", Path.home() / ".cache" / "cascade" / "offline"))
+
+
+@dataclass
+class TierRun:
+    tier: str
+    texts: list[str]
+    logprobs: list[list[float]]
+    embeddings: np.ndarray  # (n, hidden)
+    quality: np.ndarray     # (n,) per-example metric value
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(lp) for lp in self.logprobs])
+
+
+def model_fingerprint(tier: Tier) -> str:
+    """Identifies the weights: file names, sizes and mtimes for a local source; id + revision for a hub id."""
+    src = Path(tier.model.source)
+    parts = [tier.model.model_dump_json(exclude={"torch_threads", "device"}), tier.generation.model_dump_json()]
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
+    parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batch: int = 64) -> dict:
+    key = hashlib.sha256((model_fingerprint(tier) + data_hash(rows)).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{tier.name}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from serving.models import GenerationRequest, HFBackend
+
+    backend = HFBackend(tier.model, tier.generation)
+    out = {"texts": [], "logprobs": [], "embeddings": []}
+    for i in tqdm(range(0, len(rows), batch), desc=f"{tier.name}", unit="batch"):
+        gens = backend.generate([GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]])
+        out["texts"] += [g.text for g in gens]
+        out["logprobs"] += [g.logprobs for g in gens]
+        out["embeddings"] += [g.embedding for g in gens]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
+    return out
+
+
+def run_offline(cfg: CascadeConfig, rows: list[dict], metric: str = "exact_match",
+                cache_dir: Path = DEFAULT_CACHE, tiers: list[str] | None = None) -> dict[str, TierRun]:
+    score = get_metric(metric)
+    runs = {}
+    for tier in cfg.tiers:
+        if tiers and tier.name not in tiers:
+            continue
+        raw = run_tier(tier, rows, Path(cache_dir))
+        runs[tier.name] = TierRun(
+            tier=tier.name, texts=raw["texts"], logprobs=raw["logprobs"],
+            embeddings=np.asarray(raw["embeddings"], dtype=np.float64),
+            quality=np.array([score(t, r["reference"]) for t, r in zip(raw["texts"], rows)]),
+        )
+    return runs
