@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 from serving.config import CascadeConfig, ConfigError, load_config
@@ -122,6 +123,28 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from serving.evaluation.calibrate import calibrate
+
+    cfg = load_config(args.config)
+    art = calibrate(cfg, args.data, target_deferral=args.target_deferral, target_pgr=args.target_pgr,
+                    rule=args.rule, alpha=args.alpha, train_data=args.train_data, eval_data=args.eval_data,
+                    metric=args.metric)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(art, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(art["metrics"], indent=2))
+        return 0
+    target = f"{art['target']['kind']} {art['target']['value']}"
+    print(f"rule {art['rule']}  threshold {art['threshold']:.6f}  (target {target})  -> {args.out}")
+    print(f"{'split':<8} {'n':>6} {'deferred':>9} {'quality':>8} {'weak':>6} {'strong':>7} {'PGR':>6}")
+    for split, m in art["metrics"].items():
+        print(f"{split:<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} {m['weak_quality']:>6.3f} "
+              f"{m['strong_quality']:>7.3f} {m['pgr']:>6.3f}")
+    print(f"use it: deferral: {{artifact: {args.out}}} in the cascade config")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from serving.evaluation.data import write_arithmetic_splits
 
@@ -151,6 +174,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     q.add_argument("--timeout", type=float, default=60.0)
     q.add_argument("--json", action="store_true", help="print the response as JSON")
     q.set_defaults(func=cmd_query)
+    c = sub.add_parser("calibrate", help="fit the deferral rule and pick its threshold for a target; write an artifact")
+    c.add_argument("--config")
+    c.add_argument("--data", required=True, help="labelled JSONL the threshold is picked on")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-deferral", type=float, help="share of requests to defer, e.g. 0.3")
+    g.add_argument("--target-pgr", type=float, help="share of the weak->strong quality gap to recover, e.g. 0.95")
+    c.add_argument("--out", required=True, help="artifact JSON to write")
+    c.add_argument("--rule", help="rule to calibrate (default: the config's)")
+    c.add_argument("--alpha", type=float, help="chow_quantile's alpha (default: the config's)")
+    c.add_argument("--train-data", help="labelled JSONL a post-hoc rule learns from (default: the fit part of --data)")
+    c.add_argument("--eval-data", help="held-out labelled JSONL for the report (default: half of --data held out)")
+    c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
     d = sub.add_parser("data", help="write the arithmetic task's train/calibration/test JSONL splits (fixed seeds)")
     d.add_argument("--out", default="data")
     d.add_argument("--n-train", type=int, default=2000)

@@ -13,7 +13,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import CascadeConfig, parse_config
-from serving.deferral import make_rule, should_defer
+from serving.deferral import build_scorer, should_defer
+from serving.deferral.controller import BudgetController
 from serving.models import Generation, GenerationRequest
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 
@@ -30,7 +31,7 @@ class Plan:
     request: GenerationRequest
     tiers: list[str]  # tiers to try, in order
     forced: bool
-    threshold: float
+    threshold: Optional[float]  # None: the budget controller decides
     include_logprobs: bool = False
 
 
@@ -50,8 +51,12 @@ class CascadeCore:
         self.cfg = config
         self.handles = tiers
         self.names = config.tier_names
-        self.rule = config.deferral.rule
-        self.score_fn = make_rule(config.deferral.rule, config.deferral.alpha)
+        d = config.deferral
+        rule = d.resolved()
+        self.rule, self.threshold = rule["rule"], rule["threshold"]
+        self.scorer = build_scorer(rule["rule"], rule["alpha"], rule["model"])
+        self.controller = (BudgetController(d.target_deferral, self.threshold, d.controller_window, d.controller_warmup)
+                           if d.target_deferral is not None else None)
 
     def plan(self, r: pb.GenerateRequest) -> Plan:
         lim = self.cfg.limits
@@ -77,21 +82,28 @@ class CascadeCore:
                              f"got {r.max_new_tokens}")
         if r.force_tier and r.force_tier not in self.names:
             raise BadRequest(f"`force_tier` {r.force_tier!r} is not a tier; known tiers: {self.names}")
-        threshold = self.cfg.deferral.threshold
+        threshold = None if self.controller else self.threshold
         if r.HasField("threshold"):
             if math.isnan(r.threshold):
                 raise BadRequest("`threshold` must be a number, not NaN")
             threshold = r.threshold
         req = GenerationRequest(
             prompt=r.prompt, messages=[{"role": m.role, "content": m.content} for m in r.messages],
-            max_new_tokens=r.max_new_tokens or None,
+            max_new_tokens=r.max_new_tokens or None, embed=self.scorer.needs_embedding,
         )
         tiers = [r.force_tier] if r.force_tier else self.names
         return Plan(req, tiers, bool(r.force_tier), threshold, r.include_logprobs)
 
     def _score(self, name: str, gen: Generation) -> Optional[float]:
         """The rule's score for a tier that may defer onward (every tier but the last)."""
-        return self.score_fn(gen.logprobs) if name != self.names[-1] else None
+        return self.scorer(gen.logprobs, gen.embedding) if name != self.names[-1] else None
+
+    def _defer(self, plan: Plan, score: float) -> bool:
+        """Applies the threshold (the request's, the configured one, or the budget controller's)."""
+        if plan.threshold is None:
+            defer, plan.threshold = self.controller.decide(score)
+            return defer
+        return should_defer(score, plan.threshold)
 
     @staticmethod
     def _tier_result(plan: Plan, name: str, gen: Generation, score: Optional[float], ms: float) -> pb.TierResult:
@@ -116,7 +128,7 @@ class CascadeCore:
             if k == 0 and score is not None:
                 first_score = score
             results.append(self._tier_result(plan, name, gen, score, ms))
-            if final or not should_defer(score, plan.threshold):
+            if final or not self._defer(plan, score):
                 return Outcome(gen, name, k > 0, first_score, results)
         raise AssertionError("unreachable: the last tier always answers")
 
@@ -125,7 +137,7 @@ class CascadeCore:
                          completion_tokens=sum(t.completion_tokens for t in out.results))
         return pb.GenerateResponse(
             text=text, tier=out.answered_by, deferred=out.deferred, score=out.score,
-            threshold=plan.threshold, rule=self.rule, usage=usage, tiers=out.results,
+            threshold=self.threshold if plan.threshold is None else plan.threshold, rule=self.rule, usage=usage, tiers=out.results,
             total_latency_ms=(time.perf_counter() - t0) * 1e3, request_id=request_id,
         )
 

@@ -20,20 +20,20 @@ class Example:
     reference: str
 
 
-def _operand(rng: random.Random, max_digits: int) -> int:
-    digits = rng.randint(1, max_digits)
+def _operand(rng: random.Random, max_digits: int, min_digits: int = 1) -> int:
+    digits = rng.randint(min_digits, max_digits)
     if digits == 1:
         return rng.randint(0, 9)
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-def make_example(rng: random.Random, max_digits: int = MAX_DIGITS) -> Example:
-    a, b = _operand(rng, max_digits), _operand(rng, max_digits)
+def make_example(rng: random.Random, max_digits: int = MAX_DIGITS, min_digits: int = 1) -> Example:
+    a, b = _operand(rng, max_digits, min_digits), _operand(rng, max_digits, min_digits)
     return Example(prompt=f"What is {a} + {b}?", reference=str(a + b))
 
 
-def examples(seed: int, n: int, max_digits: int = MAX_DIGITS) -> Iterator[Example]:
+def examples(seed: int, n: int, max_digits: int = MAX_DIGITS, min_digits: int = 1) -> Iterator[Example]:
     """``n`` examples from a generator seeded with ``seed`` (same seed, same examples)."""
     rng = random.Random(seed)
     for _ in range(n):
-        yield make_example(rng, max_digits)
+        yield make_example(rng, max_digits, min_digits)

@@ -1,0 +1,70 @@
+"""`cascade calibrate`: fit the configured rule and pick its threshold for a target, write an artifact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from serving.config import CascadeConfig
+from serving.deferral.calibration import operating_point, threshold_for_deferral, threshold_for_pgr
+from serving.evaluation.data import data_hash, load_jsonl
+from serving.evaluation.offline import DEFAULT_CACHE, model_fingerprint, run_offline
+from serving.evaluation.rules import fit_rule, score_run
+
+ARTIFACT_FORMAT = "cascade-calibration/1"
+
+
+def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float] = None,
+              target_pgr: Optional[float] = None, rule: Optional[str] = None, alpha: Optional[float] = None,
+              train_data: Optional[str] = None, eval_data: Optional[str] = None, metric: str = "exact_match",
+              cache: Path = DEFAULT_CACHE, holdout: float = 0.5, seed: int = 0) -> dict:
+    """Returns the artifact. The threshold is picked on ``data`` (its fit part); quality and the
+    realised deferral share are reported on ``eval_data``, or on a held-out part of ``data``."""
+    if (target_deferral is None) == (target_pgr is None):
+        raise ValueError("give exactly one of target_deferral and target_pgr")
+    current = cfg.deferral.resolved()
+    rule = rule or current["rule"]
+    alpha = current["alpha"] if alpha is None else alpha
+    weak_name, strong_name = cfg.tier_names[:2]
+    rows = load_jsonl(data)
+    runs = run_offline(cfg, rows, metric, cache, tiers=[weak_name, strong_name])
+    weak, strong = runs[weak_name], runs[strong_name]
+    n = len(rows)
+    if eval_data:
+        fit_idx, held = np.arange(n), None
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        cut = int(round(n * (1 - holdout)))
+        fit_idx, held_idx = np.sort(perm[:cut]), np.sort(perm[cut:])
+    train_run = run_offline(cfg, load_jsonl(train_data), metric, cache, tiers=[weak_name])[weak_name] if train_data else weak
+    scorer, model = fit_rule(rule, alpha, train_run, None if train_data else fit_idx)
+    fit_scores = score_run(scorer, weak, fit_idx)
+    wq, sq = weak.quality[fit_idx], strong.quality[fit_idx]
+    if target_deferral is not None:
+        threshold, target = threshold_for_deferral(fit_scores, target_deferral), {"kind": "deferral", "value": target_deferral}
+    else:
+        threshold, target = threshold_for_pgr(fit_scores, wq, sq, target_pgr), {"kind": "pgr", "value": target_pgr}
+    metrics = {"fit": operating_point(fit_scores, wq, sq, threshold)}
+    if eval_data:
+        erows = load_jsonl(eval_data)
+        eruns = run_offline(cfg, erows, metric, cache, tiers=[weak_name, strong_name])
+        metrics["heldout"] = operating_point(score_run(scorer, eruns[weak_name]), eruns[weak_name].quality,
+                                             eruns[strong_name].quality, threshold)
+        held_desc = {"path": str(eval_data), "sha256": data_hash(erows)}
+    else:
+        metrics["heldout"] = operating_point(score_run(scorer, weak, held_idx), weak.quality[held_idx],
+                                             strong.quality[held_idx], threshold)
+        held_desc = {"path": str(data), "part": f"{holdout:.0%} held out of it (seed {seed})"}
+    return {
+        "format": ARTIFACT_FORMAT, "rule": rule, "alpha": alpha if rule == "chow_quantile" else None,
+        "model": model, "threshold": threshold, "target": target, "metric": metric,
+        "data": {"path": str(data), "sha256": data_hash(rows), "n": n, "n_fit": int(len(fit_idx))},
+        "train_data": ({"path": str(train_data), "sha256": data_hash(load_jsonl(train_data))} if train_data
+                       else ("fit part of data" if model else None)),
+        "heldout_data": held_desc, "metrics": metrics,
+        "tiers": {t.name: {"source": t.model.source, "fingerprint": model_fingerprint(t)} for t in cfg.tiers[:2]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

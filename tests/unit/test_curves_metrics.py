@@ -1,0 +1,70 @@
+"""Deferral-curve math and correctness metrics against hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from serving.evaluation.curves import (apgr, auc, cpt, deferral_curve, oracle_scores, quality_at_share, random_curve,
+                                       summarize)
+from serving.evaluation.metrics import contains, exact_match, get_metric, numeric_match, token_f1
+
+SCORES = [0.1, 0.2, 0.3, 0.4]
+WEAK = [0, 1, 0, 1]
+STRONG = [1, 1, 1, 0]
+
+
+def test_curve_by_hand():
+    c = deferral_curve(SCORES, WEAK, STRONG)
+    # defer lowest scores first: gains 1, 0, 1, -1 on top of q_weak = 0.5
+    assert c.share.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert c.quality.tolist() == [0.5, 0.75, 0.75, 1.0, 0.75]
+    assert (c.q_weak, c.q_strong) == (0.5, 0.75)
+    assert c.pgr.tolist() == [0, 1, 1, 2, 1]
+    assert auc(c) == pytest.approx(0.78125)
+    assert apgr(c) == pytest.approx(1.125)
+    assert cpt(c, 0.5) == pytest.approx(0.125)   # interpolated between (0, 0) and (0.25, 1)
+    assert cpt(c, 0.95) == pytest.approx(0.2375)
+    assert cpt(c, 3.0) == 1.0                   # never reached
+    assert quality_at_share(c, 0.6) == pytest.approx(0.85)
+
+
+def test_ties_are_deferred_together():
+    c = deferral_curve([0.1, 0.1, 0.3, 0.4], WEAK, STRONG)
+    assert c.share.tolist() == [0, 0.5, 0.75, 1.0]
+    assert c.quality.tolist() == [0.5, 0.75, 1.0, 0.75]
+    assert auc(c) == pytest.approx(0.75)
+
+
+def test_random_and_oracle():
+    r = random_curve(WEAK, STRONG)
+    assert apgr(r) == pytest.approx(0.5) and auc(r) == pytest.approx(0.625)
+    assert summarize(r)["cpt"] == {"50": pytest.approx(0.5), "80": pytest.approx(0.8), "95": pytest.approx(0.95)}
+    o = deferral_curve(oracle_scores(WEAK, STRONG), WEAK, STRONG)
+    # the oracle defers the two weak mistakes (both fixed by strong) first: quality 1.0 at share 0.5
+    assert quality_at_share(o, 0.5) == pytest.approx(1.0)
+    assert cpt(o, 1.0) == pytest.approx(0.25)  # the strong-only quality (0.75) is already matched there
+    assert cpt(o, 2.0) == pytest.approx(0.5)
+    # an informative rule lies between random and oracle
+    rng = np.random.default_rng(0)
+    w = rng.random(400) < 0.6
+    s = np.ones(400)
+    noisy = w + rng.normal(0, 0.7, 400)
+    rule = apgr(deferral_curve(noisy, w, s))
+    assert apgr(random_curve(w, s)) < rule < apgr(deferral_curve(oracle_scores(w, s), w, s))
+
+
+def test_curve_input_checks():
+    with pytest.raises(ValueError):
+        deferral_curve([], [], [])
+    with pytest.raises(ValueError):
+        deferral_curve([1, 2], [1], [1, 0])
+
+
+def test_metrics():
+    assert exact_match(" The Answer. ", "answer") == 1.0 and exact_match("5198", "5199") == 0.0
+    assert numeric_match("It is 5,198.", "5198") == 1.0 and numeric_match("none", "1") == 0.0
+    assert numeric_match("-3.50", "-3.5") == 1.0
+    assert contains("The capital is Paris.", "paris") == 1.0 and contains("Lyon", "Paris") == 0.0
+    assert token_f1("the cat sat", "cat sat down") == pytest.approx(0.8)  # p = 2/2, r = 2/3
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    with pytest.raises(ValueError, match="valid metrics"):
+        get_metric("bleu")
