@@ -1,4 +1,4 @@
-"""``cascade`` command line: serve the cascade, query it."""
+"""``cascade`` command line: serve, query, calibrate, write task data."""
 
 from __future__ import annotations
 
