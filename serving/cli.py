@@ -145,6 +145,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from serving.build import TARGETS, render
+
+    cfg = load_config(args.config)
+    text = render(TARGETS[args.target](cfg))
+    if args.output in (None, "-"):
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.target} artefact to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from serving.evaluation.data import write_arithmetic_splits
 
@@ -188,6 +201,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
+    b = sub.add_parser("build", help="generate a deploy artefact from the config: Serve config, cluster YAML, RayService")
+    b.add_argument("--config")
+    b.add_argument("--target", choices=["serve", "cluster", "kuberay"], default="serve",
+                   help="serve: Serve config file for serve deploy/run; cluster: Ray cluster launcher YAML; "
+                        "kuberay: RayService manifest")
+    b.add_argument("-o", "--output", help="file to write (default: stdout)")
+    b.set_defaults(func=cmd_build)
     d = sub.add_parser("data", help="write the arithmetic task's train/calibration/test JSONL splits (fixed seeds)")
     d.add_argument("--out", default="data")
     d.add_argument("--n-train", type=int, default=2000)

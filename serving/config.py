@@ -7,6 +7,7 @@ YAML (``import_path: serving.app:build_app`` with ``args: {config: ...}``) and c
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -218,19 +219,36 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative model and artifact paths in a YAML file are relative to that file, when they exist
-    there; an artifact path is read in, so the config carries it to wherever the router runs."""
+def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
+    """A relative model path is relative to the YAML file, else to the installed ``serving`` package
+    (where the shipped models live, on every node that has the package); a path that exists in
+    neither is left alone (a hub id). An artifact path is read in, so the config carries it to
+    wherever the router runs."""
+    raw = copy.deepcopy(raw)
     deferral = raw.get("deferral")
     art = deferral.get("artifact") if isinstance(deferral, dict) else None
     if isinstance(art, str):
-        path = Path(art) if Path(art).is_absolute() else base / art
+        path = Path(art) if Path(art).is_absolute() or base is None else base / art
         deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None
-        if isinstance(src, str) and not Path(src).is_absolute() and (base / src).exists():
-            model["source"] = str((base / src).resolve())
+        if isinstance(src, str) and not Path(src).is_absolute():
+            for root in ([base] if base is not None else []) + [PACKAGE_DIR]:
+                if (root / src).exists():
+                    model["source"] = str((root / src).resolve())
+                    break
+    return raw
+
+
+def portable(cfg: CascadeConfig) -> dict[str, Any]:
+    """The config as a plain mapping that resolves the same way on another machine: model paths
+    inside the ``serving`` package become package-relative again."""
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    for tier in raw["tiers"]:
+        src = Path(tier["model"]["source"])
+        if src.is_absolute() and PACKAGE_DIR.resolve() in src.resolve().parents:
+            tier["model"]["source"] = str(src.resolve().relative_to(PACKAGE_DIR.resolve()))
     return raw
 
 
@@ -239,8 +257,7 @@ def parse_config(raw: Any, origin: str = "<dict>", base: Path | None = None) -> 
         return raw
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid cascade config ({origin}): expected a mapping at the top level")
-    if base is not None:
-        raw = _resolve_paths(raw, base)
+    raw = _resolve_paths(raw, base)
     try:
         return CascadeConfig.model_validate(raw)
     except ValidationError as e:

@@ -86,3 +86,12 @@ def test_deployment_options_pass_through():
     assert opts["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
     assert opts["ray_actor_options"] == {"num_gpus": 1, "resources": {"weak_pool": 1}}
     assert opts["max_ongoing_requests"] == 8
+
+
+def test_portable_config_resolves_the_same_elsewhere():
+    from serving.config import portable
+
+    cfg = load_config()
+    raw = portable(cfg)
+    assert [t["model"]["source"] for t in raw["tiers"]] == ["default_models/weak", "default_models/strong"]
+    assert parse_config(raw) == cfg  # package-relative paths resolve against the installed package
