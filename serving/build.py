@@ -26,7 +26,7 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
     if cfg.server.request_timeout_s:
         grpc["request_timeout_s"] = cfg.server.request_timeout_s
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": cfg.server.proxy_location,
         "http_options": {"host": cfg.server.host, "port": cfg.server.http_port},
         "grpc_options": grpc,
         "applications": [{

@@ -64,7 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        serve.start(http_options={"host": cfg.server.host, "port": cfg.server.http_port},
+        serve.start(proxy_location=cfg.server.proxy_location,
+                    http_options={"host": cfg.server.host, "port": cfg.server.http_port},
                     grpc_options=grpc_options(cfg))
         serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)

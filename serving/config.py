@@ -99,7 +99,7 @@ class ServeOptions(_Strict):
         """Keyword arguments for `Deployment.options(...)`."""
         opts = self.model_dump(exclude_none=True, exclude={"autoscaling_config"})
         if self.autoscaling_config is not None:
-            opts["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_unset=True)
+            opts["autoscaling_config"] = self.autoscaling_config.model_dump(mode="json", exclude_unset=True)
         return opts
 
 
@@ -184,6 +184,8 @@ class Server(_Strict):
     grpc_port: int = Field(9000, ge=1, le=65535)
     http_port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cascade"
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)")
     request_timeout_s: Optional[float] = Field(None, gt=0)
 
 

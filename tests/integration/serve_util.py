@@ -18,10 +18,30 @@ import yaml
 from serving.config import CascadeConfig
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a condition"):
+    """Poll ``pred`` until it returns something truthy (no sleeps standing in for readiness)."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return value
 
 
 @contextlib.contextmanager
@@ -29,7 +49,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
     """Start ``cascade serve`` with its own embedded Ray; yield the gRPC address once it says it is
     ready; on exit send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
     cfg = cfg.model_copy(deep=True)
-    cfg.server.grpc_port, cfg.server.http_port = free_port(), free_port()
+    cfg.server.grpc_port, cfg.server.http_port = free_ports(2)
     path = workdir / "cascade.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     log_path = workdir / "serve.log"
