@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from serving.config import CascadeConfig, ConfigError, load_config
+# Clusters that Ray starts (ray start, or ray.init starting one) use token authentication; a
+# client must opt in to present the token Ray keeps in ~/.ray/auth_token. Set before Ray loads.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+from serving.config import CascadeConfig, ConfigError, load_config  # noqa: E402
 
 
 def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
@@ -36,11 +40,11 @@ def ensure_ray(cfg: CascadeConfig, address: Optional[str]) -> bool:
         ray.init(address=address, logging_level="WARNING")
         return False
     if address is None:
-        try:
-            ray.init(address="auto", logging_level="WARNING")
+        from serving.local import find_local_ray
+
+        if running := find_local_ray():
+            ray.init(address=running, logging_level="WARNING")
             return False
-        except ConnectionError:
-            pass
     slow_machine_env()
     ray.init(address="local", resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING")
     return True
@@ -69,8 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     grpc_options=grpc_options(cfg))
         serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)
+        rule = cfg.deferral.resolved()
         print(f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
-              f"(tiers {tiers}; rule {cfg.deferral.rule}, threshold {cfg.deferral.threshold})", flush=True)
+              f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
+              f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}); "
+              f"ray {ray.get_runtime_context().gcs_address}", flush=True)
         while not stop["flag"]:
             time.sleep(0.2)
         print("shutting down", flush=True)
@@ -159,6 +166,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replica_counts(app_name: str) -> dict:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {"app": app_name, "status": "NOT_DEPLOYED", "deployments": {}}
+    val = lambda x: getattr(x, "value", x)  # noqa: E731  (Serve's status enums)
+    return {"app": app_name, "status": val(app.status), "deployments": {
+        name: {"status": val(d.status), "replicas": {val(k): v for k, v in d.replica_states.items()}}
+        for name, d in app.deployments.items()}}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from serving.local import find_local_ray
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or find_local_ray()
+    if not address:
+        print("error: no running Ray found; pass --ray-address (cascade serve prints it)", file=sys.stderr)
+        return 2
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    t0 = time.monotonic()
+    while True:
+        snap = _replica_counts(args.app) | {"t": round(time.monotonic() - t0, 2)}
+        if args.json:
+            print(json.dumps(snap), flush=True)
+        else:
+            print(f"{snap['app']}: {snap['status']}")
+            for name, d in snap["deployments"].items():
+                reps = ", ".join(f"{k.lower()} {v}" for k, v in d["replicas"].items()) or "no replicas"
+                print(f"  {name:<14} {d['status']:<10} {reps}", flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from serving.evaluation.data import write_arithmetic_splits
 
@@ -209,6 +253,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "kuberay: RayService manifest")
     b.add_argument("-o", "--output", help="file to write (default: stdout)")
     b.set_defaults(func=cmd_build)
+    st = sub.add_parser("status", help="the cascade's deployments and their replicas, from Serve")
+    st.add_argument("--ray-address", help="Ray GCS address (cascade serve prints it; default: RAY_ADDRESS or a local Ray)")
+    st.add_argument("--app", default="cascade")
+    st.add_argument("--watch", type=float, help="repeat every this many seconds until interrupted")
+    st.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+    st.set_defaults(func=cmd_status)
     d = sub.add_parser("data", help="write the arithmetic task's train/calibration/test JSONL splits (fixed seeds)")
     d.add_argument("--out", default="data")
     d.add_argument("--n-train", type=int, default=2000)

@@ -110,7 +110,7 @@ class CascadeCore:
         return pb.TierResult(tier=name, text=gen.text, score=score, latency_ms=ms,
                              prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                              token_logprobs=gen.logprobs if plan.include_logprobs else [],
-                             finish_reason=gen.finish_reason)
+                             finish_reason=gen.finish_reason, tier_ms=gen.tier_ms)
 
     async def run(self, plan: Plan, stream_last: bool = False) -> Outcome:
         """Walks the cascade. With ``stream_last`` the tier that will answer unconditionally is not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, AsyncIterator, Union
 
 from ray import serve
@@ -28,14 +29,20 @@ class TierDeployment:
         return await asyncio.to_thread(self.backend.generate, reqs)
 
     async def generate(self, req: GenerationRequest) -> Generation:
-        return await self.generate_batch(req)
+        t0 = time.perf_counter()
+        gen = await self.generate_batch(req)
+        gen.tier_ms = (time.perf_counter() - t0) * 1e3
+        return gen
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Union[str, Generation]]:
         """Text deltas as they are generated, then the finished Generation (unbatched)."""
         cancel = threading.Event()
         it = self.backend.stream(req, cancel)
+        t0 = time.perf_counter()
         try:
             while (item := await asyncio.to_thread(next, it, _END)) is not _END:
+                if isinstance(item, Generation):
+                    item.tier_ms = (time.perf_counter() - t0) * 1e3
                 yield item
         finally:
             cancel.set()  # the client went away or we finished: stop generating

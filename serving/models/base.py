@@ -31,6 +31,7 @@ class Generation:
     prompt_tokens: int
     finish_reason: str  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
     embedding: Optional[list[float]] = None  # final hidden state, mean-pooled over the generated tokens
+    tier_ms: float = 0.0  # set by the serving tier: time inside its replica (batch wait + generation)
 
     @property
     def completion_tokens(self) -> int:

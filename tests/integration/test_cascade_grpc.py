@@ -20,7 +20,7 @@ from serving.deferral import make_rule, should_defer
 from serving.models import GenerationRequest, HFBackend
 from serving.tasks.arithmetic import examples
 from tests.conftest import ROOT
-from tests.integration.serve_util import cascade_server
+from serving.local import cascade_server
 
 pytestmark = pytest.mark.integration
 CFG = load_config()
@@ -29,8 +29,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture(scope="module")
 def address(tmp_path_factory):
-    with cascade_server(CFG, tmp_path_factory.mktemp("serve")) as addr:
-        yield addr
+    with cascade_server(CFG, tmp_path_factory.mktemp("serve")) as server:
+        yield server.address
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import yaml
 
 from serving.client import CascadeClient, make_request
 from serving.config import load_config
-from tests.integration.serve_util import free_ports, wait_for
+from serving.local import free_ports, wait_for
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ from serving.evaluation.calibrate import calibrate
 from serving.evaluation.data import write_arithmetic_splits
 from serving.models import GenerationRequest, HFBackend
 from serving.tasks.arithmetic import examples
-from tests.integration.serve_util import cascade_server
+from serving.local import cascade_server
 
 pytestmark = pytest.mark.integration
 TARGET = 0.4
@@ -32,8 +32,8 @@ def served(artifact, tmp_path_factory):
     raw = load_config().model_dump(mode="json")
     raw["deferral"] = {"artifact": artifact, "target_deferral": TARGET, "controller_window": 40, "controller_warmup": 20}
     cfg = parse_config(raw)
-    with cascade_server(cfg, tmp_path_factory.mktemp("serve")) as addr:
-        with CascadeClient(addr, timeout=120) as c:
+    with cascade_server(cfg, tmp_path_factory.mktemp("serve")) as server:
+        with CascadeClient(server.address, timeout=120) as c:
             yield c, cfg
 
 

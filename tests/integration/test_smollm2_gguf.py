@@ -12,7 +12,7 @@ import pytest
 
 from serving.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from tests.integration.serve_util import cascade_server
+from serving.local import cascade_server
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ def address(tmp_path_factory):
             "generation": {"max_new_tokens": 24},
             "serve": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5, "resources": {"weak_pool": 1}}}}
     cfg = parse_config({**base, "tiers": [smol, base["tiers"][1]]})
-    with cascade_server(cfg, tmp_path_factory.mktemp("smol"), timeout=600) as addr:
-        yield addr
+    with cascade_server(cfg, tmp_path_factory.mktemp("smol"), timeout=600) as server:
+        yield server.address
 
 
 def test_smollm2_gives_a_sensible_chat_answer_with_logprobs(address):

@@ -1,17 +1,19 @@
-"""Run the real main job, ``cascade serve``, on loopback for the integration tests."""
+"""Run the real main job, ``cascade serve``, as a subprocess on loopback (tests and benchmarks)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import yaml
 
@@ -34,6 +36,26 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def find_local_ray() -> Optional[str]:
+    """The address of a Ray running on this machine, or None. Ray records the latest cluster it
+    started in a file that outlives the cluster; a quick TCP probe of its GCS port tells a live one
+    from a stale record (``ray.init(address="auto")`` would wait on a stale one for minutes)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        addr = read_ray_address()
+    except Exception:
+        return None
+    if not addr or ":" not in addr:
+        return None
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return addr
+    except (OSError, ValueError):
+        return None
+
+
 def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a condition"):
     """Poll ``pred`` until it returns something truthy (no sleeps standing in for readiness)."""
     deadline = time.monotonic() + timeout
@@ -44,10 +66,20 @@ def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a 
     return value
 
 
+@dataclass
+class LocalServer:
+    address: str      # gRPC host:port
+    ray_address: str  # the embedded Ray's GCS address, for serve.status() from a driver
+    log: Path
+
+
+READY = re.compile(r"^cascade ready: gRPC on (\S+) .*ray (\S+)")
+
+
 @contextlib.contextmanager
-def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) -> Iterator[str]:
-    """Start ``cascade serve`` with its own embedded Ray; yield the gRPC address once it says it is
-    ready; on exit send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
+def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) -> Iterator[LocalServer]:
+    """Start ``cascade serve`` with its own embedded Ray; yield once it says it is ready; on exit
+    send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
     cfg = cfg.model_copy(deep=True)
     cfg.server.grpc_port, cfg.server.http_port = free_ports(2)
     path = workdir / "cascade.yaml"
@@ -58,13 +90,15 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
     proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(path), "--address", "local"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ready = threading.Event()
+    found: dict[str, str] = {}
 
     def pump():
         with open(log_path, "w") as log:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
-                if line.startswith("cascade ready"):
+                if m := READY.match(line):
+                    found["ray"] = m.group(2)
                     ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -74,7 +108,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
                                    + log_path.read_text()[-4000:])
-        yield f"127.0.0.1:{cfg.server.grpc_port}"
+        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
