@@ -82,6 +82,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
     send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
     cfg = cfg.model_copy(deep=True)
     cfg.server.grpc_port, cfg.server.http_port = free_ports(2)
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "cascade.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     log_path = workdir / "serve.log"
