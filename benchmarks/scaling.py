@@ -94,9 +94,14 @@ def main() -> None:
         peak = {dep: max(s_.get(dep, 0) for s_ in samples) for dep in ("tier-weak", "tier-strong", "Router")}
         scale = {}
         for dep, n in peak.items():
-            scale[dep] = {"peak_replicas": n,
-                          "s_to_peak_after_step_up": reach_time(samples, dep, t_heavy, lambda x, n=n: x >= n) if n > 1 else None,
-                          "s_back_to_1_after_step_down": reach_time(samples, dep, t_light, lambda x: x <= 1) if n > 1 else None}
+            up = reach_time(samples, dep, t_heavy, lambda x, n=n: x >= n) if n > 1 else None
+            # back to one replica: the first sample at 1 after both the step down and the peak
+            after = max(t_light, t_heavy + up) if up is not None else t_light
+            down = reach_time(samples, dep, after, lambda x: x <= 1) if n > 1 else None
+            scale[dep] = {"peak_replicas": n, "s_to_peak_after_step_up": up,
+                          "s_back_to_1_after_step_down": None if down is None else round(after + down - t_light, 1),
+                          "changes": [{"t": s_["t"], "replicas": s_.get(dep, 0)} for i, s_ in enumerate(samples)
+                                      if i == 0 or s_.get(dep, 0) != samples[i - 1].get(dep, 0)]}
         errs_during = {}
         for r in res:
             if r["code"] != "OK" and t_heavy <= r["t"]:
