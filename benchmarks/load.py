@@ -151,6 +151,7 @@ def summarize(results: list[dict], elapsed: float) -> dict:
     weak_answered = [r for r in ok if not r["deferred"] and r["tier"] == "weak"]
     overhead = [r["ms"] - r["tier_ms"] for r in weak_answered]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+    by_answer = {"weak": [r["ms"] for r in weak_answered], "deferred": [r["ms"] for r in ok if r["deferred"]]}
     return {
         "requests": len(results), "ok": len(ok), "elapsed_s": elapsed,
         "throughput_rps": len(ok) / elapsed if elapsed else 0.0,
@@ -165,6 +166,9 @@ def summarize(results: list[dict], elapsed: float) -> dict:
                                "router_code_p50": pct([r["router_ms"] - r["tier_ms"] - r["hop_ms"] for r in weak_answered], 50),
                                "handle_hop_p50": pct([r["hop_ms"] for r in weak_answered], 50)},
         "tier_ms": {"p50": pct([r["tier_ms"] for r in ok], 50)},
+        # weak-only answers vs deferred ones (what a cascade costs when it defers)
+        "latency_by_answer_ms": {k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90)} for k, v in by_answer.items()},
+        "deferred_over_weak_p50": pct(by_answer["deferred"], 50) / pct(by_answer["weak"], 50) if by_answer["weak"] else float("nan"),
     }
 
 
@@ -192,6 +196,11 @@ def print_table(runs: dict) -> None:
         lat, ov = r["latency_ms"], r["router_overhead_ms"]
         print(f"{mode:<12} {r['requests']:>6} {r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} {lat['p90']:>7.1f} "
               f"{lat['p99']:>7.1f} {r['deferral_share']:>6.3f} {ov['p50']:>8.2f} {ov['p99']:>8.2f}  {r['errors'] or '-'}")
+    for mode, r in runs.items():
+        b = r["latency_by_answer_ms"]
+        if b["weak"]["n"] and b["deferred"]["n"]:
+            print(f"{mode}: weak-answered p50 {b['weak']['p50']:.1f} ms (n={b['weak']['n']}), deferred p50 "
+                  f"{b['deferred']['p50']:.1f} ms (n={b['deferred']['n']}) -> {r['deferred_over_weak_p50']:.2f}x")
 
 
 def plot(runs: dict, path: str) -> None:
@@ -218,8 +227,9 @@ def plot(runs: dict, path: str) -> None:
                          label=f"{mode}: {d}" if len(runs) > 1 else d)
     axes[1].set_xlabel("seconds into the run")
     axes[1].set_ylabel("running replicas")
-    axes[1].set_title("Replicas per deployment")
-    axes[1].legend(fontsize=7)
+    axes[1].set_title("Replicas per deployment" if any(r["replicas"] for r in runs.values()) else "(replica polling off)")
+    if any(r["replicas"] for r in runs.values()):
+        axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
