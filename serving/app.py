@@ -40,8 +40,11 @@ def resolve_config(args: Union[dict[str, Any], CascadeConfig, None]) -> CascadeC
 
 
 def grpc_options(cfg: CascadeConfig) -> dict[str, Any]:
-    return {"port": cfg.server.grpc_port, "grpc_servicer_functions": [SERVICER],
-            "request_timeout_s": cfg.server.request_timeout_s}
+    """Serve's gRPC proxy options for this config (used by `cascade serve` and `cascade build`)."""
+    opts = {"port": cfg.server.grpc_port, "grpc_servicer_functions": [SERVICER]}
+    if cfg.server.request_timeout_s:
+        opts["request_timeout_s"] = cfg.server.request_timeout_s
+    return opts
 
 
 def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Application:

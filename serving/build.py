@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from serving.app import SERVICER
+from serving.app import grpc_options
 from serving.config import CascadeConfig, ServeOptions, portable
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
@@ -22,13 +22,10 @@ def _deployment(name: str, opts: ServeOptions) -> dict[str, Any]:
 def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
     """A Serve config file (`serve deploy` / `serve run`): gRPC proxy, the app with its args, and the
     per-deployment settings, all from the cascade config (proxies bind to ``server.host``)."""
-    grpc = {"port": cfg.server.grpc_port, "grpc_servicer_functions": [SERVICER]}
-    if cfg.server.request_timeout_s:
-        grpc["request_timeout_s"] = cfg.server.request_timeout_s
     return {
         "proxy_location": cfg.server.proxy_location,
         "http_options": {"host": cfg.server.host, "port": cfg.server.http_port},
-        "grpc_options": grpc,
+        "grpc_options": grpc_options(cfg),
         "applications": [{
             "name": cfg.server.app_name,
             "route_prefix": "/",
