@@ -1,0 +1,61 @@
+"""The cascade's Prometheus metrics, as data (no Ray here).
+
+The router records them through ``ray.serve.metrics`` (``serving/deployments/metrics.py``); Ray
+exports them on each node's metrics port with a ``ray_`` prefix and adds the ``application``,
+``deployment`` and ``replica`` tags, e.g. ``ray_cascade_requests_total{code="OK",tier="weak",...}``.
+The Grafana dashboard in ``cluster/grafana/`` reads these names; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+LATENCY_MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+# Minus the confidence score (Ray's histograms take positive boundaries only): for the Chow rules
+# the score is a log-prob (<= 0), so this is >= 0; the post-hoc rules' log-odds may fall below 0.
+UNCERTAINTY_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 4, 8, 16]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    description: str
+    tags: tuple[str, ...] = ()
+    buckets: Optional[list[float]] = None
+
+    @property
+    def exported(self) -> str:
+        """The name Prometheus sees (counters get ``_total``; histograms ``_bucket``/``_sum``/``_count``)."""
+        return f"ray_{self.name}" + ("_total" if self.kind == "counter" else "")
+
+
+METRICS = {m.name: m for m in [
+    Metric("cascade_requests", "counter", "Requests finished, by RPC method, gRPC status code and the tier that answered "
+           "(empty when none did).", ("method", "code", "tier")),
+    Metric("cascade_request_latency_ms", "histogram", "Router wall time per request, by RPC method and status code.",
+           ("method", "code"), LATENCY_MS_BUCKETS),
+    Metric("cascade_deferrals", "counter", "Requests a tier's rule sent on to the next tier, by the deferring tier.",
+           ("tier",)),
+    Metric("cascade_strong_calls_avoided", "counter", "Cascade requests answered before the last tier: a call the "
+           "strong tier did not have to make.", ()),
+    Metric("cascade_uncertainty", "histogram", "Minus the first tier's confidence score under the deferral rule "
+           "(a request defers when this exceeds minus the threshold).", ("rule",), UNCERTAINTY_BUCKETS),
+    Metric("cascade_deferral_share", "gauge", "Share of recent cascade requests (the router replica's window) that "
+           "were deferred.", ()),
+    Metric("cascade_tier_latency_ms", "histogram", "Tier call wall time as seen by the router, by tier.", ("tier",),
+           LATENCY_MS_BUCKETS),
+    Metric("cascade_tier_tokens", "counter", "Tokens processed by each tier, by kind (prompt, completion).",
+           ("tier", "kind")),
+    Metric("cascade_tier_errors", "counter", "Failed tier calls, by tier and reason (timeout, replica_died, "
+           "overloaded, unavailable, breaker_open, error).", ("tier", "reason")),
+    Metric("cascade_tier_retries", "counter", "Tier calls retried after their replica died, by tier.", ("tier",)),
+    Metric("cascade_fallbacks", "counter", "Degraded answers: a later tier failed and an earlier tier's answer was "
+           "returned, by the failed tier and reason.", ("tier", "reason")),
+    Metric("cascade_rejections", "counter", "Requests refused before any tier ran, by reason (invalid_argument, "
+           "unauthenticated, overloaded).", ("reason",)),
+    Metric("cascade_cancelled", "counter", "Requests abandoned by the client (deadline or cancel) while in the "
+           "router; their tier work was cancelled.", ("method",)),
+    Metric("cascade_inflight", "gauge", "Requests in the router replica right now.", ()),
+]}
