@@ -13,16 +13,18 @@ from typing import Any, Union
 
 from ray.serve import Application
 
-from serving.config import CascadeConfig, load_config, parse_config
+from serving.config import CascadeConfig, digested, load_config, parse_config
 from serving.deployments.router import Router
 from serving.deployments.tier import TierDeployment
 
-SERVICER = "serving._proto.cascade.v1.cascade_pb2_grpc.add_CascadeServicer_to_server"
+SERVICER = "serving.service.add_cascade_servicer"
 
 
-def slow_machine_env() -> None:
-    """Serve's proxy must report ready within 5 s by default, which a busy 2-core machine misses
-    while it imports; the processes Ray starts inherit these (set before ``ray.init``)."""
+def serve_env(cfg: CascadeConfig) -> None:
+    """Settings Serve reads from the environment of the processes Ray starts (set before ``ray.init``
+    starts an embedded Ray; on clusters, in the nodes' environment): the proxy's largest gRPC message,
+    and ready/health-check timeouts long enough for a busy 2-core machine (5 s by default)."""
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(cfg.limits.max_request_bytes))
     for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(var, "60")
 
@@ -54,4 +56,6 @@ def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Applic
         .bind(t.model_dump(mode="json"))
         for t in cfg.tiers
     }
-    return Router.options(name="Router", **cfg.router.deployment_options()).bind(cfg.model_dump(mode="json"), tiers)
+    # Tokens from the config and the environment of the process building the app, as digests only.
+    router_cfg = digested(cfg, cfg.model_dump(mode="json"), with_env=True)
+    return Router.options(name="Router", **cfg.router.deployment_options()).bind(router_cfg, tiers)

@@ -68,6 +68,8 @@ def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: i
     """A Ray cluster launcher YAML (AWS): a CPU head (Serve controller, proxy, router) and one GPU
     worker node type per pool, declaring the pool's custom resource; min/max workers follow the
     tiers' replica bounds."""
+    env = " ".join(f"{k}={v}" for k, v in node_env(cfg).items())
+    metrics = cfg.server.metrics_port or 8080
     types: dict[str, Any] = {
         "head": {"node_config": {"InstanceType": head_instance}, "resources": {"GPU": 0}, "min_workers": 0, "max_workers": 0},
     }
@@ -93,10 +95,17 @@ def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: i
         "setup_commands": ["pip install -e ~/cascade"],
         "head_start_ray_commands": [
             "ray stop",
-            "ray start --head --port=6379 --dashboard-host=0.0.0.0 --autoscaling-config=~/ray_bootstrap_config.yaml",
+            f"{env} ray start --head --port=6379 --dashboard-host=0.0.0.0 --metrics-export-port={metrics} "
+            "--autoscaling-config=~/ray_bootstrap_config.yaml",
         ],
-        "worker_start_ray_commands": ["ray stop", "ray start --address=$RAY_HEAD_IP:6379"],
+        "worker_start_ray_commands": ["ray stop", f"{env} ray start --address=$RAY_HEAD_IP:6379 "
+                                      f"--metrics-export-port={metrics}"],
     }
+
+
+def node_env(cfg: CascadeConfig) -> dict[str, str]:
+    """Environment of every Ray node: Serve reads its gRPC message limit from it."""
+    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes)}
 
 
 def rayservice(cfg: CascadeConfig, name: str = "cascade", image: str = "cascade-serving:latest",
@@ -110,6 +119,7 @@ def rayservice(cfg: CascadeConfig, name: str = "cascade", image: str = "cascade-
     def container(cpu: str, memory: str, gpus: int, with_ports: list) -> dict[str, Any]:
         limits = {"cpu": cpu, "memory": memory} | ({"nvidia.com/gpu": gpus} if gpus else {})
         return {"name": "ray", "image": image, "ports": with_ports,
+                "env": [{"name": k, "value": v} for k, v in node_env(cfg).items()],
                 "resources": {"limits": limits, "requests": {"cpu": cpu, "memory": memory}}}
 
     workers = []

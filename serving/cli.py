@@ -33,7 +33,7 @@ def ensure_ray(cfg: CascadeConfig, address: Optional[str]) -> bool:
     Returns True when we started it (and so must stop it)."""
     import ray
 
-    from serving.app import slow_machine_env
+    from serving.app import serve_env
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
@@ -45,8 +45,9 @@ def ensure_ray(cfg: CascadeConfig, address: Optional[str]) -> bool:
         if running := find_local_ray():
             ray.init(address=running, logging_level="WARNING")
             return False
-    slow_machine_env()
-    ray.init(address="local", resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING")
+    serve_env(cfg)
+    extra = {"_metrics_export_port": cfg.server.metrics_port} if cfg.server.metrics_port else {}
+    ray.init(address="local", resources=_pool_resources(cfg), include_dashboard=False, logging_level="WARNING", **extra)
     return True
 
 
@@ -73,11 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     grpc_options=grpc_options(cfg))
         serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)
+        metrics = f"metrics http://127.0.0.1:{cfg.server.metrics_port}/metrics; " if started and cfg.server.metrics_port else ""
         rule = cfg.deferral.resolved()
         print(f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
               f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
-              f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}); "
-              f"ray {ray.get_runtime_context().gcs_address}", flush=True)
+              f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
+              f"{', auth on' if cfg.server.auth.digests() else ''}); "
+              f"{metrics}ray {ray.get_runtime_context().gcs_address}", flush=True)
         while not stop["flag"]:
             time.sleep(0.2)
         print("shutting down", flush=True)
@@ -108,7 +111,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     req = make_request(args.prompt, max_new_tokens=args.max_new_tokens, force_tier=args.tier or "",
                        threshold=args.threshold, include_logprobs=args.logprobs)
-    with CascadeClient(args.address, timeout=args.timeout) as client:
+    with CascadeClient(args.address, timeout=args.timeout, token=args.token, tls_ca=args.tls_ca, tls=args.tls) as client:
         try:
             if args.stream:
                 final = None
@@ -175,7 +178,17 @@ def _replica_counts(app_name: str) -> dict:
     val = lambda x: getattr(x, "value", x)  # noqa: E731  (Serve's status enums)
     return {"app": app_name, "status": val(app.status), "deployments": {
         name: {"status": val(d.status), "replicas": {val(k): v for k, v in d.replica_states.items()}}
-        for name, d in app.deployments.items()}}
+        for name, d in app.deployments.items()}, "router": _router_stats(app_name)}
+
+
+def _router_stats(app_name: str) -> Optional[dict]:
+    """One router replica's recent view (deferral share, breakers); None if it does not answer."""
+    from ray import serve
+
+    try:
+        return serve.get_app_handle(app_name).stats.remote().result(timeout_s=5)
+    except Exception:  # noqa: BLE001  (status must print even when the router is down)
+        return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -198,6 +211,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for name, d in snap["deployments"].items():
                 reps = ", ".join(f"{k.lower()} {v}" for k, v in d["replicas"].items()) or "no replicas"
                 print(f"  {name:<14} {d['status']:<10} {reps}", flush=True)
+            if r := snap.get("router"):
+                share = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+                print(f"  router replica {r['replica']}: last {r['recent_requests']} requests: deferral share "
+                      f"{share(r['deferral_share'])}, degraded {share(r['degraded_share'])}; in flight {r['inflight']}; "
+                      f"breakers {', '.join(f'{k} {v}' for k, v in r['breakers'].items())}", flush=True)
         if not args.watch:
             return 0
         time.sleep(args.watch)
@@ -229,7 +247,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     q.add_argument("--max-new-tokens", type=int, default=0)
     q.add_argument("--logprobs", action="store_true", help="return each tier's per-token log-probs")
     q.add_argument("--stream", action="store_true", help="use GenerateStream and print text as it arrives")
-    q.add_argument("--timeout", type=float, default=60.0)
+    q.add_argument("--timeout", type=float, default=60.0, help="the call's gRPC deadline in seconds")
+    q.add_argument("--token", help="bearer token (default: $CASCADE_TOKEN)")
+    q.add_argument("--tls", action="store_true", help="connect with TLS (system CAs), e.g. through the TLS front")
+    q.add_argument("--tls-ca", help="PEM file of the CA that signed the TLS front's certificate (implies --tls)")
     q.add_argument("--json", action="store_true", help="print the response as JSON")
     q.set_defaults(func=cmd_query)
     c = sub.add_parser("calibrate", help="fit the deferral rule and pick its threshold for a target; write an artifact")

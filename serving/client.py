@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterator, Optional
 
 import grpc
@@ -24,16 +26,30 @@ def make_request(prompt: str = "", *, messages: Optional[list[dict[str, str]]] =
 
 
 class CascadeClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = 60.0):
-        self.channel = grpc.insecure_channel(address)
+    """``token``: sent as ``authorization: Bearer <token>`` on every call (default: $CASCADE_TOKEN).
+    ``tls_ca``: PEM file of the CA that signed the server's certificate; turns on TLS (for a TLS
+    front such as cluster/tls/); ``tls=True`` uses the system's CAs."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = 60.0, *,
+                 token: Optional[str] = None, tls_ca: Optional[str] = None, tls: bool = False):
+        if tls_ca or tls:
+            ca = Path(tls_ca).read_bytes() if tls_ca else None
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
+        else:
+            self.channel = grpc.insecure_channel(address)
         self.stub = pb_grpc.CascadeStub(self.channel)
         self.timeout = timeout
+        token = token if token is not None else os.environ.get("CASCADE_TOKEN")
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
 
-    def generate(self, req: pb.GenerateRequest, metadata=None) -> pb.GenerateResponse:
-        return self.stub.Generate(req, timeout=self.timeout, metadata=metadata)
+    def _md(self, metadata) -> list:
+        return self.metadata + list(metadata or [])
+
+    def generate(self, req: pb.GenerateRequest, metadata=None, timeout: Optional[float] = None) -> pb.GenerateResponse:
+        return self.stub.Generate(req, timeout=timeout or self.timeout, metadata=self._md(metadata))
 
     def stream(self, req: pb.GenerateRequest, metadata=None) -> Iterator[pb.GenerateResponse]:
-        return self.stub.GenerateStream(req, timeout=self.timeout, metadata=metadata)
+        return self.stub.GenerateStream(req, timeout=self.timeout, metadata=self._md(metadata))
 
     def close(self) -> None:
         self.channel.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from ray.serve.config import AutoscalingConfig
 
 PACKAGE_DIR = Path(__file__).parent
@@ -106,6 +106,10 @@ class ServeOptions(_Strict):
 class Tier(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
     model: ModelSource
+    timeout_s: float = Field(30.0, gt=0, description="the router gives up on a call to this tier after this long")
+    max_prompt_tokens: Optional[int] = Field(
+        None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
+        "length minus generation.max_new_tokens")
     generation: Generation = Field(default_factory=Generation)
     batching: Batching = Field(default_factory=Batching)
     serve: ServeOptions = Field(default_factory=ServeOptions)
@@ -173,10 +177,57 @@ class Deferral(_Strict):
 
 
 class Limits(_Strict):
-    """Request bounds enforced by the router (bad requests get INVALID_ARGUMENT)."""
+    """Request bounds enforced by the router (bad requests get INVALID_ARGUMENT) and its admission
+    control (beyond ``max_inflight`` requests per router replica: RESOURCE_EXHAUSTED)."""
 
     max_new_tokens: int = Field(256, ge=1, description="largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(16384, ge=1)
+    max_messages: int = Field(256, ge=1, description="most chat messages in one request")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
+        "set where Ray starts); larger ones get RESOURCE_EXHAUSTED from gRPC itself")
+    max_inflight: int = Field(128, ge=1, description="requests one router replica works on at once; more are refused")
+    retry_after_ms: int = Field(500, ge=0, description="retry hint sent with RESOURCE_EXHAUSTED (trailing metadata)")
+
+
+class Reliability(_Strict):
+    """What the router does when a tier fails."""
+
+    on_tier_failure: Literal["degrade", "fail"] = Field(
+        "degrade", description="when a later tier errors, times out or has no healthy replica: degrade = answer "
+        "with the earlier tier's text flagged `degraded`; fail = UNAVAILABLE")
+    retries: int = Field(1, ge=0, le=3, description="retries of a tier call whose replica died (generation is "
+                         "idempotent)")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures of a tier that open its circuit")
+    breaker_cooldown_s: float = Field(10.0, gt=0, description="while open, calls fail fast; then one probe is let through")
+
+
+class Auth(_Strict):
+    """Optional bearer tokens: callers send ``authorization: Bearer <token>`` metadata. Tokens come
+    from ``tokens`` and from the environment variable named by ``tokens_env`` (comma-separated,
+    read where the app is built); only their SHA-256 digests reach the router."""
+
+    tokens: list[SecretStr] = Field(default_factory=list)
+    token_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 digests of accepted tokens")
+    tokens_env: Optional[str] = "CASCADE_AUTH_TOKENS"
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if len(d) != 64 or any(c not in "0123456789abcdef" for c in d.lower())]
+        if bad:
+            raise ValueError("each entry must be 64 hex characters (a SHA-256 digest)")
+        return [d.lower() for d in v]
+
+    def digests(self) -> list[str]:
+        """Every accepted token's SHA-256 (config + environment); empty means auth is off."""
+        import hashlib
+        import os
+
+        plain = [t.get_secret_value() for t in self.tokens]
+        if self.tokens_env:
+            plain += [t.strip() for t in os.environ.get(self.tokens_env, "").split(",") if t.strip()]
+        return sorted(set(self.token_sha256) | {hashlib.sha256(t.encode()).hexdigest() for t in plain})
 
 
 class Server(_Strict):
@@ -186,13 +237,20 @@ class Server(_Strict):
     app_name: str = "cascade"
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)")
-    request_timeout_s: Optional[float] = Field(None, gt=0)
+    request_timeout_s: Optional[float] = Field(
+        120.0, gt=0, description="Serve's proxy ends any request after this long (DEADLINE_EXCEEDED), whatever "
+        "deadline the client set")
+    metrics_port: Optional[int] = Field(
+        8080, ge=1, le=65535, description="Prometheus metrics port of an embedded Ray (`ray start "
+        "--metrics-export-port` on clusters)")
+    auth: Auth = Field(default_factory=Auth)
 
 
 class CascadeConfig(_Strict):
     tiers: list[Tier] = Field(min_length=1)
     deferral: Deferral
     limits: Limits = Field(default_factory=Limits)
+    reliability: Reliability = Field(default_factory=Reliability)
     server: Server = Field(default_factory=Server)
     router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
 
@@ -243,10 +301,23 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
     return raw
 
 
+def digested(cfg: CascadeConfig, raw: dict[str, Any], with_env: bool) -> dict[str, Any]:
+    """``raw`` (a dump of ``cfg``) with plaintext tokens replaced by their digests, so no token is
+    written out or shipped to a replica (a dump would show SecretStr as '**********')."""
+    auth = cfg.server.auth
+    if not (auth.tokens or with_env):
+        return raw
+    digests = auth.digests() if with_env else Auth(tokens=auth.tokens, token_sha256=auth.token_sha256,
+                                                    tokens_env=None).digests()
+    server = raw.setdefault("server", {})
+    server["auth"] = {"token_sha256": digests, "tokens_env": None if with_env else auth.tokens_env}
+    return raw
+
+
 def portable(cfg: CascadeConfig) -> dict[str, Any]:
     """The config as a plain mapping that resolves the same way on another machine: model paths
-    inside the ``serving`` package become package-relative again."""
-    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    inside the ``serving`` package become package-relative again; tokens become digests."""
+    raw = digested(cfg, cfg.model_dump(mode="json", exclude_unset=True), with_env=False)
     for tier in raw["tiers"]:
         src = Path(tier["model"]["source"])
         if src.is_absolute() and PACKAGE_DIR.resolve() in src.resolve().parents:

@@ -71,9 +71,10 @@ class LocalServer:
     address: str      # gRPC host:port
     ray_address: str  # the embedded Ray's GCS address, for serve.status() from a driver
     log: Path
+    metrics_url: Optional[str] = None  # Prometheus endpoint of the embedded Ray
 
 
-READY = re.compile(r"^cascade ready: gRPC on (\S+) .*ray (\S+)")
+READY = re.compile(r"^cascade ready: gRPC on (\S+) .*?(?:metrics (\S+); )?ray (\S+)")
 
 
 @contextlib.contextmanager
@@ -81,7 +82,9 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
     """Start ``cascade serve`` with its own embedded Ray; yield once it says it is ready; on exit
     send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
     cfg = cfg.model_copy(deep=True)
-    cfg.server.grpc_port, cfg.server.http_port = free_ports(2)
+    cfg.server.grpc_port, cfg.server.http_port, metrics_port = free_ports(3)
+    if cfg.server.metrics_port:
+        cfg.server.metrics_port = metrics_port
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "cascade.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
@@ -99,7 +102,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
                 log.write(line)
                 log.flush()
                 if m := READY.match(line):
-                    found["ray"] = m.group(2)
+                    found["metrics"], found["ray"] = m.group(2), m.group(3)
                     ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -109,7 +112,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
                                    + log_path.read_text()[-4000:])
-        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path)
+        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path, found["metrics"])
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+class InvalidInput(ValueError):
+    """A request a tier refuses (e.g. a prompt over its token limit); the router answers
+    INVALID_ARGUMENT with this message."""
+
+
 @dataclass
 class GenerationRequest:
     """One prompt for a tier: either raw ``prompt`` text or chat ``messages`` (role/content dicts)."""

@@ -35,11 +35,14 @@ def resolve_source(src: ModelSource) -> tuple[str, Optional[str]]:
 
 
 class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
+    """Ends the rows whose request was cancelled (the client went away or gave up); generation
+    stops at the next token once every row has ended."""
 
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
+    def __init__(self, events: list[threading.Event]):
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
 
 
 class _QueueStreamer(BaseStreamer):
@@ -107,9 +110,16 @@ class HFBackend:
     def _max_new(self, req: GenerationRequest) -> int:
         return req.max_new_tokens or self.defaults.max_new_tokens
 
+    @property
+    def context_length(self) -> Optional[int]:
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
+
     @torch.inference_mode()
     def generate(self, reqs: list[GenerationRequest], streamer: BaseStreamer | None = None,
-                 cancel: threading.Event | None = None) -> list[Generation]:
+                 cancel: list[threading.Event] | None = None) -> list[Generation]:
+        """``cancel``: one event per request; a set event ends that request's generation early
+        (its result is then incomplete and meant to be discarded)."""
         encoded = [self.encode(r) for r in reqs]
         limits = [self._max_new(r) for r in reqs]
         batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
@@ -131,10 +141,14 @@ class HFBackend:
             stop = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
             if stop is not None:
                 ids, lps = ids[: stop + 1], lps[: stop + 1]
+            reason = "stop" if stop is not None else "length"
+            if cancel and cancel[i].is_set():  # ended early; generate() padded the rest of the row
+                pad = self.tokenizer.pad_token_id
+                cut = next((k for k, t in enumerate(ids) if t == pad), len(ids))
+                ids, lps, reason = ids[:cut], lps[:cut], "cancelled"
             results.append(Generation(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                token_ids=ids, logprobs=lps, prompt_tokens=len(encoded[i]),
-                finish_reason="stop" if stop is not None else "length",
+                token_ids=ids, logprobs=lps, prompt_tokens=len(encoded[i]), finish_reason=reason,
             ))
         if any(r.embed for r in reqs):
             self._embed(out.sequences, batch["attention_mask"], results)
@@ -166,7 +180,7 @@ class HFBackend:
 
         def work():
             try:
-                q.put(("done", self.generate([req], streamer=_QueueStreamer(q), cancel=cancel)[0]))
+                q.put(("done", self.generate([req], streamer=_QueueStreamer(q), cancel=[cancel])[0]))
             except BaseException as e:  # surfaced to the consumer below
                 q.put(("error", e))
 

@@ -61,7 +61,7 @@ class TierResult(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished")
+    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class GenerateResponse(_message.Message):
     TOTAL_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     text: str
     tier: str
     deferred: bool
@@ -84,4 +86,6 @@ class GenerateResponse(_message.Message):
     total_latency_ms: float
     request_id: str
     finished: bool
-    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ...) -> None: ...
+    degraded: bool
+    degraded_reason: str
+    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ...) -> None: ...

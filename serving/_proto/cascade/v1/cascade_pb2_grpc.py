@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class CascadeStub:
     """The cascade service, implemented by the Router deployment behind Ray Serve's gRPC proxy.
+
+    Status codes: INVALID_ARGUMENT (a bad field; the message names it and its limit),
+    UNAUTHENTICATED (auth is on and `authorization: Bearer <token>` metadata is missing or wrong),
+    RESOURCE_EXHAUSTED (overloaded; trailing metadata `retry-after-ms` says when to retry),
+    DEADLINE_EXCEEDED (the client's deadline or the server's request timeout passed; the work is
+    cancelled), UNAVAILABLE (a tier failed and no degraded answer is possible or allowed).
     """
 
     def __init__(self, channel):
@@ -49,6 +55,12 @@ class CascadeStub:
 
 class CascadeServicer:
     """The cascade service, implemented by the Router deployment behind Ray Serve's gRPC proxy.
+
+    Status codes: INVALID_ARGUMENT (a bad field; the message names it and its limit),
+    UNAUTHENTICATED (auth is on and `authorization: Bearer <token>` metadata is missing or wrong),
+    RESOURCE_EXHAUSTED (overloaded; trailing metadata `retry-after-ms` says when to retry),
+    DEADLINE_EXCEEDED (the client's deadline or the server's request timeout passed; the work is
+    cancelled), UNAVAILABLE (a tier failed and no degraded answer is possible or allowed).
     """
 
     def Generate(self, request, context):
@@ -89,6 +101,12 @@ def add_CascadeServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Cascade:
     """The cascade service, implemented by the Router deployment behind Ray Serve's gRPC proxy.
+
+    Status codes: INVALID_ARGUMENT (a bad field; the message names it and its limit),
+    UNAUTHENTICATED (auth is on and `authorization: Bearer <token>` metadata is missing or wrong),
+    RESOURCE_EXHAUSTED (overloaded; trailing metadata `retry-after-ms` says when to retry),
+    DEADLINE_EXCEEDED (the client's deadline or the server's request timeout passed; the work is
+    cancelled), UNAVAILABLE (a tier failed and no degraded answer is possible or allowed).
     """
 
     @staticmethod

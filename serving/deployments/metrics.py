@@ -1,0 +1,30 @@
+"""The metrics of serving/telemetry.py as ``ray.serve.metrics`` objects (exported by Ray to Prometheus)."""
+
+from __future__ import annotations
+
+from ray.serve import metrics
+
+from serving.telemetry import METRICS
+
+
+class Metrics:
+    def __init__(self):
+        self._m = {}
+        for spec in METRICS.values():
+            tags = spec.tags or None
+            if spec.kind == "counter":
+                obj = metrics.Counter(spec.name, description=spec.description, tag_keys=tags)
+            elif spec.kind == "gauge":
+                obj = metrics.Gauge(spec.name, description=spec.description, tag_keys=tags)
+            else:
+                obj = metrics.Histogram(spec.name, description=spec.description, boundaries=spec.buckets, tag_keys=tags)
+            self._m[spec.name] = obj
+
+    def inc(self, name: str, value: float = 1.0, **tags: str) -> None:
+        self._m[name].inc(value, tags=tags or None)
+
+    def observe(self, name: str, value: float, **tags: str) -> None:
+        self._m[name].observe(value, tags=tags or None)
+
+    def set(self, name: str, value: float, **tags: str) -> None:
+        self._m[name].set(value, tags=tags or None)
