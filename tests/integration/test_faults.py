@@ -14,6 +14,7 @@ from collections import Counter
 
 import grpc
 import pytest
+from ray.serve.config import AutoscalingConfig
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.client import CascadeClient, make_request
@@ -148,10 +149,9 @@ def strongless_server(tmp_path_factory):
     cfg = _fixed(load_config(), strong=2.0)
     s = cfg.tier("strong").serve
     s.num_replicas = None
-    s.autoscaling_config = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 2}
+    s.autoscaling_config = AutoscalingConfig(min_replicas=0, initial_replicas=0, max_replicas=1, target_ongoing_requests=2)
     s.ray_actor_options = {"num_cpus": 64}
     cfg.reliability.breaker_failures, cfg.reliability.breaker_cooldown_s = 2, 30
-    cfg = cfg.model_validate(cfg.model_dump())  # re-validate the edited options
     with cascade_server(cfg, tmp_path_factory.mktemp("strongless")) as srv:
         yield srv
 
