@@ -106,6 +106,10 @@ def test_generated_requests_never_get_internal(channel, req, threshold, stream):
 @settings(max_examples=120, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(st.binary(min_size=1, max_size=64),
+                      # the wrong message type: field numbers the request has, with other wire types
+                      st.builds(pb.GenerateResponse, text=text, tier=text, score=st.floats(allow_nan=True),
+                                usage=st.builds(pb.Usage, prompt_tokens=st.integers(0, 2**32 - 1)))
+                      .map(lambda m: m.SerializeToString()).filter(bool),
                       st.binary(max_size=8).map(lambda b: b"\x0a\xff\xff\xff\x0f" + b),  # length past the end
                       st.binary(max_size=8).map(lambda b: b"\x12\x05\x0a\x03\xff\xfe\xfd" + b)))  # bad UTF-8
 def test_malformed_bytes_get_invalid_argument(channel, data):
@@ -230,16 +234,21 @@ def test_prometheus_metrics_move(server, client):
         assert after.get(name, 0) > 0, (name, sorted(after))
 
 
-def test_every_router_log_line_of_a_request_carries_its_id(client, server):
+def test_every_log_line_of_a_request_carries_its_id(client, server):
     rid = "trace-me-5511"
-    r = client.generate(make_request("What is 48213 + 99377?"), metadata=[("request_id", rid)])
-    assert r.request_id == rid
-    lines = wait_for(lambda: [ln for ln in server.log.read_text().splitlines() if "answered by" in ln and rid in ln],
-                     timeout=30, what="the router's log line")
-    assert lines
-    answered = [ln for ln in server.log.read_text().splitlines() if "answered by" in ln]
-    ids = re.compile(r" -- answered by")
-    assert all(re.search(r"\S+ \S+ -- ", ln) for ln in answered) and all(ids.search(ln) for ln in answered)
+    r = client.generate(make_request("What is 48213 + 99377?"), metadata=[("request_id", rid)])  # deferred
+    assert (r.request_id, r.tier) == (rid, "strong")
+    request_line = re.compile(r" -- (answered by|refused|cancelled|tier |CALL )")
+    with_id = re.compile(r"cascade_(Router|tier-\w+) \w+ (\S+) -- ")
+
+    def mine():
+        return {m.group(1) for ln in server.log.read_text().splitlines()
+                if rid in ln and (m := with_id.search(ln)) and m.group(2) == rid}
+
+    # The router's and both tiers' lines for this request (Serve's access lines included) carry its id.
+    wait_for(lambda: mine() >= {"Router", "tier-weak", "tier-strong"}, timeout=30, what="the request's log lines")
+    lines = [ln for ln in server.log.read_text().splitlines() if "cascade_" in ln and request_line.search(ln)]
+    assert lines and all(with_id.search(ln) for ln in lines), [ln for ln in lines if not with_id.search(ln)][:3]
 
 
 def _status(server) -> dict:

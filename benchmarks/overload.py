@@ -1,0 +1,122 @@
+"""Overload benchmark: closed-loop callers well past capacity, with and without admission control.
+
+    python benchmarks/overload.py --out results/overload.json --plot results/overload.png
+
+Starts `cascade serve` on loopback twice (one replica per deployment): once with the router's
+admission limit (`limits.max_inflight`, default 6 here) and once with it effectively off (10000;
+Serve's own queue bounds still apply). For each number of callers it runs a bounded closed loop
+(every caller honours the `retry-after-ms` hint after a RESOURCE_EXHAUSTED) and reports offered and
+admitted request rates, admitted latency p50/p99 and the median/p90 time to a refusal. Never asserts
+timings; the two configurations are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+import tempfile
+
+import grpc
+import numpy as np
+
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+from serving.client import make_request
+from serving.config import load_config
+from serving.local import cascade_server
+from serving.tasks.arithmetic import examples
+
+
+async def closed_loop(address: str, prompts: list[str], callers: int, seconds: float, deadline: float) -> dict:
+    ok, refused, codes = [], [], Counter()
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.CascadeStub(ch)
+        stop = time.monotonic() + seconds
+
+        async def caller(i: int):
+            k = i
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                call = stub.Generate(make_request(prompts[k % len(prompts)]), timeout=deadline)
+                try:
+                    await call
+                    code = "OK"
+                except grpc.aio.AioRpcError as e:
+                    code = e.code().name
+                ms = (time.perf_counter() - t0) * 1e3
+                codes[code] += 1
+                (ok if code == "OK" else refused).append(ms)
+                k += callers
+                hint = dict(await call.trailing_metadata() or ()).get("retry-after-ms")
+                if hint:
+                    await asyncio.sleep(int(hint) / 1e3)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        elapsed = time.monotonic() - t0
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
+    return {"callers": callers, "seconds": elapsed, "codes": dict(codes),
+            "offered_rps": sum(codes.values()) / elapsed, "admitted_rps": len(ok) / elapsed,
+            "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99)},
+            "refused_ms": {"p50": pct(refused, 50), "p90": pct(refused, 90)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--callers", default="4,16,48,96", help="comma-separated numbers of concurrent callers")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each step")
+    ap.add_argument("--max-inflight", type=int, default=6, help="the router's admission limit when on")
+    ap.add_argument("--deadline", type=float, default=30.0, help="each call's gRPC deadline (s)")
+    ap.add_argument("--out", default="results/overload.json")
+    ap.add_argument("--plot", default="results/overload.png")
+    args = ap.parse_args()
+    prompts = [e.prompt for e in examples(3, 500)]
+    callers = [int(c) for c in args.callers.split(",")]
+    runs: dict[str, list[dict]] = {}
+    for label, limit in [("admission on", args.max_inflight), ("admission off", 10_000)]:
+        cfg = load_config()
+        cfg.limits.max_inflight = limit
+        for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
+            opts.autoscaling_config, opts.num_replicas = None, 1
+        with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp)) as server:
+            runs[label] = [asyncio.run(closed_loop(server.address, prompts, n, args.seconds, args.deadline))
+                           for n in callers]
+    print(f"{'config':<14} {'callers':>7} {'offered/s':>9} {'admitted/s':>10} {'ok p50':>8} {'ok p99':>8} "
+          f"{'refused p50':>11} {'codes'}")
+    fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    for label, steps in runs.items():
+        for r in steps:
+            print(f"{label:<14} {r['callers']:>7} {r['offered_rps']:>9.1f} {r['admitted_rps']:>10.1f} "
+                  f"{fmt(r['admitted_ms']['p50']):>8} {fmt(r['admitted_ms']['p99']):>8} "
+                  f"{fmt(r['refused_ms']['p50']):>11} {r['codes']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"max_inflight": args.max_inflight, "runs": runs}, indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, steps in runs.items():
+        xs = [r["callers"] for r in steps]
+        a.plot(xs, [r["admitted_ms"]["p99"] for r in steps], marker="o", label=f"{label}: admitted p99")
+        a.plot(xs, [r["admitted_ms"]["p50"] for r in steps], marker=".", ls="--", label=f"{label}: admitted p50")
+        if any(r["refused_ms"]["p50"] for r in steps):
+            a.plot(xs, [r["refused_ms"]["p50"] or np.nan for r in steps], marker="x", label=f"{label}: refusal p50")
+        b.plot(xs, [r["admitted_rps"] for r in steps], marker="o", label=f"{label}: admitted/s")
+    b.plot(xs, [r["offered_rps"] for r in runs["admission on"]], ls=":", label="admission on: offered/s")
+    a.set(xlabel="concurrent callers", ylabel="ms", yscale="log", title="latency")
+    b.set(xlabel="concurrent callers", ylabel="requests / s", title="throughput")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
