@@ -2,9 +2,10 @@
 
     python benchmarks/overload.py --out results/overload.json --plot results/overload.png
 
-Starts `cascade serve` on loopback twice (one replica per deployment): once with the router's
-admission limit (`limits.max_inflight`, default 6 here) and once with it effectively off (10000;
-Serve's own queue bounds still apply). For each number of callers it runs a bounded closed loop
+Starts `cascade serve` on loopback once per configuration (one replica per deployment): with the
+router's admission limit (`limits.max_inflight`, default 6 here), with it effectively off (10000;
+Serve's own queue bounds still apply), and optionally ("proxy refuses") with the limit moved into
+Serve's proxy (router `max_ongoing_requests` = the limit, `max_queued_requests: 1`). For each number of callers it runs a bounded closed loop
 (every caller honours the `retry-after-ms` hint after a RESOURCE_EXHAUSTED) and reports offered and
 admitted request rates, admitted latency p50/p99 and the median/p90 time to a refusal. Never asserts
 timings; the two configurations are measured side by side in one run.
@@ -71,15 +72,25 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each step")
     ap.add_argument("--max-inflight", type=int, default=6, help="the router's admission limit when on")
     ap.add_argument("--deadline", type=float, default=30.0, help="each call's gRPC deadline (s)")
+    ap.add_argument("--configs", default="admission on,admission off",
+                    help="comma-separated: 'admission on', 'admission off', 'proxy refuses'")
     ap.add_argument("--out", default="results/overload.json")
     ap.add_argument("--plot", default="results/overload.png")
     args = ap.parse_args()
     prompts = [e.prompt for e in examples(3, 500)]
     callers = [int(c) for c in args.callers.split(",")]
     runs: dict[str, list[dict]] = {}
-    for label, limit in [("admission on", args.max_inflight), ("admission off", 10_000)]:
+    configs = {  # label: (router admission limit, router max_ongoing_requests, router max_queued_requests)
+        "admission on": (args.max_inflight, 256, 64),
+        "admission off": (10_000, 256, 64),
+        # refuse in Serve's proxy instead: the router takes max_inflight at once, the proxy queues one
+        "proxy refuses": (10_000, args.max_inflight, 1),
+    }
+    for label in args.configs.split(","):
+        limit, ongoing, queued = configs[label]
         cfg = load_config()
         cfg.limits.max_inflight = limit
+        cfg.router.max_ongoing_requests, cfg.router.max_queued_requests = ongoing, queued
         for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
             opts.autoscaling_config, opts.num_replicas = None, 1
         with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp)) as server:
@@ -108,7 +119,7 @@ def main() -> None:
         if any(r["refused_ms"]["p50"] for r in steps):
             a.plot(xs, [r["refused_ms"]["p50"] or np.nan for r in steps], marker="x", label=f"{label}: refusal p50")
         b.plot(xs, [r["admitted_rps"] for r in steps], marker="o", label=f"{label}: admitted/s")
-    b.plot(xs, [r["offered_rps"] for r in runs["admission on"]], ls=":", label="admission on: offered/s")
+        b.plot(xs, [r["offered_rps"] for r in steps], ls=":", label=f"{label}: offered/s")
     a.set(xlabel="concurrent callers", ylabel="ms", yscale="log", title="latency")
     b.set(xlabel="concurrent callers", ylabel="requests / s", title="throughput")
     a.legend(fontsize=7)

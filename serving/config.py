@@ -66,7 +66,7 @@ class ServeOptions(_Strict):
     num_replicas: Optional[int] = Field(None, ge=0, description="fixed replicas; leave unset with autoscaling_config")
     autoscaling_config: Optional[AutoscalingConfig] = None
     max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1)
+    max_queued_requests: int = Field(-1, ge=-1, description="-1: no limit; else at least 1 (Serve's rule)")
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     health_check_period_s: Optional[float] = Field(None, gt=0)
     health_check_timeout_s: Optional[float] = Field(None, gt=0)
@@ -82,6 +82,13 @@ class ServeOptions(_Strict):
         res = v.get("resources", {})
         if not isinstance(res, dict) or not all(isinstance(x, (int, float)) and x >= 0 for x in res.values()):
             raise ValueError("resources must map resource names to non-negative numbers")
+        return v
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (no limit) or a positive integer")
         return v
 
     @model_validator(mode="after")

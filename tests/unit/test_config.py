@@ -95,3 +95,12 @@ def test_portable_config_resolves_the_same_elsewhere():
     raw = portable(cfg)
     assert [t["model"]["source"] for t in raw["tiers"]] == ["default_models/weak", "default_models/strong"]
     assert parse_config(raw) == cfg  # package-relative paths resolve against the installed package
+
+
+def test_max_queued_requests_follows_serves_rule():
+    from serving.config import ServeOptions
+
+    assert ServeOptions(max_queued_requests=-1).max_queued_requests == -1
+    assert ServeOptions(max_queued_requests=1).max_queued_requests == 1
+    with pytest.raises(ValueError, match="-1 \\(no limit\\) or a positive integer"):
+        ServeOptions(max_queued_requests=0)
