@@ -16,54 +16,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from collections import Counter
 from pathlib import Path
 import tempfile
 
-import grpc
 import numpy as np
 
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.client import make_request
 from serving.config import load_config
-from serving.local import cascade_server
+from serving.local import cascade_server, closed_loop
 from serving.tasks.arithmetic import examples
 
 
-async def closed_loop(address: str, prompts: list[str], callers: int, seconds: float, deadline: float) -> dict:
-    ok, refused, codes = [], [], Counter()
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-        stop = time.monotonic() + seconds
-
-        async def caller(i: int):
-            k = i
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                call = stub.Generate(make_request(prompts[k % len(prompts)]), timeout=deadline)
-                try:
-                    await call
-                    code = "OK"
-                except grpc.aio.AioRpcError as e:
-                    code = e.code().name
-                ms = (time.perf_counter() - t0) * 1e3
-                codes[code] += 1
-                (ok if code == "OK" else refused).append(ms)
-                k += callers
-                hint = dict(await call.trailing_metadata() or ()).get("retry-after-ms")
-                if hint:
-                    await asyncio.sleep(int(hint) / 1e3)
-
-        t0 = time.monotonic()
-        await asyncio.gather(*(caller(i) for i in range(callers)))
-        elapsed = time.monotonic() - t0
+def summarize(results: list[tuple[str, float, dict]], callers: int, elapsed: float) -> dict:
+    ok = [ms for c, ms, _ in results if c == "OK"]
+    refused = [ms for c, ms, _ in results if c != "OK"]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
-    return {"callers": callers, "seconds": elapsed, "codes": dict(codes),
-            "offered_rps": sum(codes.values()) / elapsed, "admitted_rps": len(ok) / elapsed,
+    return {"callers": callers, "seconds": elapsed, "codes": dict(Counter(c for c, _, _ in results)),
+            "offered_rps": len(results) / elapsed, "admitted_rps": len(ok) / elapsed,
             "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99)},
             "refused_ms": {"p50": pct(refused, 50), "p90": pct(refused, 90)}}
+
+
+def step(address: str, prompts: list[str], callers: int, seconds: float, deadline: float) -> dict:
+    t0 = time.monotonic()
+    results = asyncio.run(closed_loop(address, prompts, callers, seconds, deadline=deadline))
+    return summarize(results, callers, time.monotonic() - t0)
 
 
 def main() -> None:
@@ -94,8 +72,7 @@ def main() -> None:
         for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
             opts.autoscaling_config, opts.num_replicas = None, 1
         with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp)) as server:
-            runs[label] = [asyncio.run(closed_loop(server.address, prompts, n, args.seconds, args.deadline))
-                           for n in callers]
+            runs[label] = [step(server.address, prompts, n, args.seconds, args.deadline) for n in callers]
     print(f"{'config':<14} {'callers':>7} {'offered/s':>9} {'admitted/s':>10} {'ok p50':>8} {'ok p99':>8} "
           f"{'refused p50':>11} {'codes'}")
     fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from load import ReplicaPoller, arrivals, prompts, run_load, step_arrivals, summarize  # noqa: E402
+from load import ReplicaPoller, prompts, run_load, step_arrivals, summarize  # noqa: E402
 
 from serving.config import load_config, parse_config  # noqa: E402
 from serving.local import cascade_server  # noqa: E402

@@ -34,7 +34,7 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
     weak, strong = runs[weak_name], runs[strong_name]
     n = len(rows)
     if eval_data:
-        fit_idx, held = np.arange(n), None
+        fit_idx = np.arange(n)
     else:
         perm = np.random.default_rng(seed).permutation(n)
         cut = int(round(n * (1 - holdout)))

@@ -10,7 +10,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 
 import grpc
@@ -18,10 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.local import cascade_server, wait_for
+from serving.local import cascade_server, closed_loop, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-7c1e4f"
@@ -155,35 +153,9 @@ def test_right_token_is_served_and_never_logged(client, server):
 
 
 # ---- overload ------------------------------------------------------------------------------------
-async def _hammer(address: str, workers: int, seconds: float) -> list[tuple[str, float, dict]]:
-    out: list[tuple[str, float, dict]] = []
-    prompts = [f"What is {a} + {b}?" for a in range(10, 99, 7) for b in range(100, 999, 97)]
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-        stop = time.monotonic() + seconds
-
-        async def worker(i: int):
-            k = i
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                call = stub.Generate(make_request(prompts[k % len(prompts)]), metadata=AUTH, timeout=30)
-                try:
-                    await call
-                    code = "OK"
-                except grpc.aio.AioRpcError as e:
-                    code = e.code().name
-                trailing = dict(await call.trailing_metadata() or ())
-                out.append((code, (time.perf_counter() - t0) * 1e3, trailing))
-                k += workers
-                if "retry-after-ms" in trailing:  # a well-behaved client honours the hint
-                    await asyncio.sleep(int(trailing["retry-after-ms"]) / 1e3)
-
-        await asyncio.gather(*(worker(i) for i in range(workers)))
-    return out
-
-
 def test_overload_is_refused_quickly_with_a_retry_hint(server, client):
-    results = asyncio.run(_hammer(server.address, workers=48, seconds=10))
+    prompts = [f"What is {a} + {b}?" for a in range(10, 99, 7) for b in range(100, 999, 97)]
+    results = asyncio.run(closed_loop(server.address, prompts, callers=48, seconds=10, metadata=tuple(AUTH)))
     codes = {c for c, _, _ in results}
     ok = sorted(ms for c, ms, _ in results if c == "OK")
     rejected = [(ms, t) for c, ms, t in results if c == "RESOURCE_EXHAUSTED"]

@@ -1,6 +1,5 @@
 """The transformers backend on real (tiny, random) Llama models: no mocks."""
 
-import math
 
 import pytest
 import torch
