@@ -24,10 +24,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from string import Template
 from typing import Iterator, Optional, Sequence
+
+from serving.local import wait_for
 
 TEMPLATE = "tls_nginx.conf"
 PLACEHOLDERS = ("listen", "upstream", "cert", "key", "prefix")
@@ -180,18 +181,20 @@ def nginx_front(listen: str, upstream: str, cert: Path, key: Path, workdir: Path
             text += (workdir / "error.log").read_text()
         return text[-4000:]
 
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode} before listening on {listen}:\n{_log()}")
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {proc.returncode} before listening on {listen}:\n{_log()}")
-            try:
-                with socket.create_connection((host, port), timeout=1.0):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nginx did not listen on {listen} within {timeout}s:\n{_log()}")
-                time.sleep(0.05)
+        try:
+            wait_for(listening, timeout=timeout, interval=0.05, what=f"nginx to listen on {listen}")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}:\n{_log()}") from None
         yield conf
     finally:
         for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
