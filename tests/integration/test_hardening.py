@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ for opts in [CFG.router] + [t.serve for t in CFG.tiers]:  # fixed sizes: the ove
     opts.autoscaling_config, opts.num_replicas = None, 1
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 C = grpc.StatusCode
-SEEN: dict[str, int] = {}  # status counts over the hostile run, checked at the end
+FLOOD = [f"What is {a} + {b}?" for a in range(10, 99, 7) for b in range(100, 999, 97)]  # prompts for overload
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,6 @@ def _call(channel, data: bytes, method: str = "Generate", metadata=AUTH, timeout
 
 
 def _check(status, details):
-    SEEN[status.name] = SEEN.get(status.name, 0) + 1
     assert status in (C.OK, C.INVALID_ARGUMENT), f"{status.name}: {details}"
     assert "Traceback" not in details and "File \"" not in details
     if status == C.INVALID_ARGUMENT:
@@ -90,28 +90,60 @@ requests = st.builds(
     include_logprobs=st.booleans(),
 )
 thresholds = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
-
-
-@settings(max_examples=220, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(req=requests, threshold=thresholds, stream=st.booleans())
-def test_generated_requests_never_get_internal(channel, req, threshold, stream):
-    if threshold is not None:
-        req.threshold = threshold
-    _check(*_call(channel, req.SerializeToString(), "GenerateStream" if stream else "Generate"))
-
-
-@settings(max_examples=120, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(min_size=1, max_size=64),
+malformed = st.one_of(st.binary(min_size=1, max_size=64),
                       # the wrong message type: field numbers the request has, with other wire types
                       st.builds(pb.GenerateResponse, text=text, tier=text, score=st.floats(allow_nan=True),
                                 usage=st.builds(pb.Usage, prompt_tokens=st.integers(0, 2**32 - 1)))
                       .map(lambda m: m.SerializeToString()).filter(bool),
                       st.binary(max_size=8).map(lambda b: b"\x0a\xff\xff\xff\x0f" + b),  # length past the end
-                      st.binary(max_size=8).map(lambda b: b"\x12\x05\x0a\x03\xff\xfe\xfd" + b)))  # bad UTF-8
+                      st.binary(max_size=8).map(lambda b: b"\x12\x05\x0a\x03\xff\xfe\xfd" + b))  # bad UTF-8
+# The two hostile runs (searches and settings), shared by their tests and by the `hostile_statuses` fixture.
+generated_settings = settings(max_examples=220, deadline=None, database=None, derandomize=True,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+given_generated = given(req=requests, threshold=thresholds, stream=st.booleans())
+malformed_settings = settings(max_examples=120, deadline=None, database=None, derandomize=True,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture])
+given_malformed = given(data=malformed)
+
+
+def _send_generated(channel, req, threshold, stream):
+    if threshold is not None:
+        req.threshold = threshold
+    return _call(channel, req.SerializeToString(), "GenerateStream" if stream else "Generate")
+
+
+@generated_settings
+@given_generated
+def test_generated_requests_never_get_internal(channel, req, threshold, stream):
+    _check(*_send_generated(channel, req, threshold, stream))
+
+
+@malformed_settings
+@given_malformed
 def test_malformed_bytes_get_invalid_argument(channel, data):
     _check(*_call(channel, data))
+
+
+@pytest.fixture
+def hostile_statuses(channel) -> Counter:
+    """Status counts of a hostile run of its own (the two searches above, same strategies and
+    settings), so that what follows it does not depend on other tests having run first."""
+    seen: Counter = Counter()
+
+    @generated_settings
+    @given_generated
+    def generated(req, threshold, stream):
+        seen[_send_generated(channel, req, threshold, stream)[0].name] += 1
+
+    @malformed_settings
+    @given_malformed
+    def malformed_bytes(data):
+        seen[_call(channel, data)[0].name] += 1
+
+    generated()
+    malformed_bytes()
+    return seen
 
 
 def test_oversize_message_is_refused_by_grpc_not_internal(channel):
@@ -126,10 +158,11 @@ def test_prompt_over_the_tier_token_limit_names_the_limit(client):
     assert e.value.code() == C.INVALID_ARGUMENT and "tokens for tier 'weak'; its limit is" in e.value.details()
 
 
-def test_service_is_healthy_after_the_hostile_run(client, server):
-    bad = sum(v for k, v in SEEN.items() if k != "OK")
-    print(f"hostile requests: {sum(SEEN.values())} sent, statuses {SEEN}")
-    assert bad >= 200 and set(SEEN) <= {"OK", "INVALID_ARGUMENT"}
+def test_service_is_healthy_after_the_hostile_run(hostile_statuses, client, server):
+    seen = dict(hostile_statuses)
+    bad = sum(v for k, v in seen.items() if k != "OK")
+    print(f"hostile requests: {sum(seen.values())} sent, statuses {seen}")
+    assert bad >= 200 and set(seen) <= {"OK", "INVALID_ARGUMENT"}
     r = client.generate(make_request("What is 2 + 3?"))
     assert r.text == "5"
     snap = _status(server)
@@ -154,8 +187,7 @@ def test_right_token_is_served_and_never_logged(client, server):
 
 # ---- overload ------------------------------------------------------------------------------------
 def test_overload_is_refused_quickly_with_a_retry_hint(server, client):
-    prompts = [f"What is {a} + {b}?" for a in range(10, 99, 7) for b in range(100, 999, 97)]
-    results = asyncio.run(closed_loop(server.address, prompts, callers=48, seconds=10, metadata=tuple(AUTH)))
+    results = asyncio.run(closed_loop(server.address, FLOOD, callers=48, seconds=10, metadata=tuple(AUTH)))
     codes = {c for c, _, _ in results}
     ok = sorted(ms for c, ms, _ in results if c == "OK")
     rejected = [(ms, t) for c, ms, t in results if c == "RESOURCE_EXHAUSTED"]
@@ -189,13 +221,21 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-def test_prometheus_metrics_move(server, client):
+def test_prometheus_metrics_move(server, client, channel):
     assert server.metrics_url
-    before = wait_for(lambda: (s := _scrape(server.metrics_url)) and "ray_cascade_requests_total|code=OK|tier=weak" in s and s,
+    key = "ray_cascade_requests_total|code=OK|tier=weak"
+    # This test makes every kind of request whose metrics it checks, refusals included, so it does
+    # not depend on other tests having run first: one weak answer, then a refusal of each reason.
+    assert client.generate(make_request("What is 2 + 3?")).tier == "weak"
+    assert _call(channel, make_request("What is 2 + 3?").SerializeToString(), metadata=[])[0] == C.UNAUTHENTICATED
+    assert _call(channel, pb.GenerateRequest(prompt="").SerializeToString())[0] == C.INVALID_ARGUMENT
+    flood = asyncio.run(closed_loop(server.address, FLOOD, callers=48, seconds=3, metadata=tuple(AUTH)))
+    assert "RESOURCE_EXHAUSTED" in {c for c, _, _ in flood}  # 48 callers against an admission limit of 6
+    refused = [f"ray_cascade_rejections_total|reason={r}" for r in ("unauthenticated", "invalid_argument", "overloaded")]
+    before = wait_for(lambda: (s := _scrape(server.metrics_url)) and key in s and all(r in s for r in refused) and s,
                       timeout=90, interval=2, what="the cascade's metrics on the Prometheus endpoint")
     for p in ["What is 2 + 3?", "What is 48213 + 99377?", "What is 31 + 4?"]:
         client.generate(make_request(p))
-    key = "ray_cascade_requests_total|code=OK|tier=weak"
     after = wait_for(lambda: (s := _scrape(server.metrics_url)) and s.get(key, 0) > before[key] and s,
                      timeout=90, interval=2, what="the request counter to move")
     for name in ["ray_cascade_uncertainty_count", "ray_cascade_tier_latency_ms_count|tier=weak",

@@ -20,37 +20,11 @@ from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.client import CascadeClient, make_request
 from serving.local import free_port
-from serving.tls import find_nginx, nginx_front, render_nginx_conf, self_signed_cert
+from serving.tls import nginx_front, render_nginx_conf, self_signed_cert
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 PROMPT = "What is 2 + 3?"
-
-
-def _install_nginx() -> str:
-    """Debian as root (CI): install nginx-light with apt-get (updating the index only if the
-    first try fails). Returns what went wrong, or "" when it worked."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get") or not Path("/etc/debian_version").exists():
-        return "not root on Debian with apt-get"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"]
-    out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    return "" if out.returncode == 0 else f"apt-get install nginx-light failed: {out.stderr[-500:]}"
-
-
-@pytest.fixture(scope="module")
-def nginx() -> str:
-    exe = find_nginx()
-    if exe is None:
-        why = _install_nginx()
-        exe = find_nginx()
-        if exe is None:
-            pytest.skip(f"nginx is not installed and could not be installed ({why or 'no nginx after install'}); "
-                        "Debian: apt-get install nginx-light")
-    return exe
 
 
 @pytest.fixture(scope="module")

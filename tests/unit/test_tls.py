@@ -1,5 +1,6 @@
 """The TLS front's nginx config (serving/tls_nginx.conf) and helpers; no nginx needed, except for
-the `nginx -t` check, which runs when nginx is installed."""
+the `nginx -t` check, which gets nginx from the `nginx` fixture (tests/conftest.py: installed with
+apt-get where it can be, as on CI) and is skipped only when nginx cannot be had."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 import pytest
 
 from serving import tls
-from serving.tls import PLACEHOLDERS, find_nginx, nginx_test, render_nginx_conf, self_signed_cert, template_text
+from serving.tls import PLACEHOLDERS, nginx_test, render_nginx_conf, self_signed_cert, template_text
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "cluster" / "tls" / "nginx-grpc-tls.conf"
@@ -83,10 +84,9 @@ def test_cli_renders_with_a_self_signed_cert(tmp_path, capsys):
         tls.main(["--listen", "127.0.0.1:9443"])  # no certificate
 
 
-@pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (Debian: apt-get install nginx-light)")
-def test_nginx_accepts_the_rendered_config(tmp_path):
+def test_nginx_accepts_the_rendered_config(nginx, tmp_path):
     cert, key = self_signed_cert(tmp_path / "certs")
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx_conf("127.0.0.1:9443", "127.0.0.1:9000", cert, key, tmp_path))
-    out = nginx_test(conf, tmp_path)
+    out = nginx_test(conf, tmp_path, nginx)
     assert out.returncode == 0, out.stderr
