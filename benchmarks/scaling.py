@@ -4,13 +4,13 @@
 
 1. router overhead: closed loop at concurrency 1, weak-answered requests: client latency minus the
    time inside the tier, p50/p99, and where it goes (Serve's gRPC proxy, router code, handle hop);
-2. batching: weak-only throughput at concurrency 32 with the configured batching vs max_batch_size=1;
-3. cascade throughput at concurrency 32 vs the ideal 1 / (c_weak + d * c_strong), with c_tier the
+2. cascade throughput at concurrency 32 vs the ideal 1 / (c_weak + d * c_strong), with c_tier the
    measured seconds per request of each tier alone (weak-only / strong-only runs) and d the
    cascade's deferral share;
-4. autoscaling: open-loop steps light -> heavy -> light on the default (autoscaling) config; the
+3. autoscaling: open-loop steps light -> heavy -> light on the default (autoscaling) config; the
    time for each tier to reach its new replica count and the errors during the change.
-Runs 1-3 pin every deployment to one replica so the tiers' costs are comparable. Each part starts
+Engines (continuous vs static batching) are compared by benchmarks/engine.py. Runs 1-2 pin every
+deployment to one replica so the tiers' costs are comparable. Each part starts
 `cascade serve` (serving.local) with its own embedded Ray and stops it.
 """
 
@@ -33,14 +33,12 @@ from serving.config import load_config, parse_config  # noqa: E402
 from serving.local import cascade_server  # noqa: E402
 
 
-def config(batch: int | None = None, fixed: bool = True):
+def config(fixed: bool = True):
     raw = load_config().model_dump(mode="json", exclude_none=True)
     for t in raw["tiers"]:
         if fixed:
             t["serve"].pop("autoscaling_config", None)
             t["serve"]["num_replicas"] = 1
-        if batch is not None:
-            t["batching"]["max_batch_size"] = batch
     if fixed:
         raw["router"].pop("autoscaling_config", None)
         raw["router"]["num_replicas"] = 1
@@ -74,14 +72,9 @@ def main() -> None:
             report["router_overhead"] = solo["router_overhead_ms"] | {"client_p50_ms": solo["latency_ms"]["p50"]}
             runs = {mode: closed(srv.address, texts, 32, args.duration, tier)
                     for mode, tier in (("cascade", ""), ("weak_only", "weak"), ("strong_only", "strong"))}
-        with cascade_server(config(batch=1), Path(tmp) / "b") as srv:
-            unbatched = closed(srv.address, texts, 32, args.duration, "weak")
         w, s, c = (runs[m]["throughput_rps"] for m in ("weak_only", "strong_only", "cascade"))
         d = runs["cascade"]["deferral_share"]
         ideal = 1.0 / (1.0 / w + d / s)
-        report["batching"] = {"weak_rps_batched": w, "weak_rps_max_batch_size_1": unbatched["throughput_rps"],
-                              "speedup": w / unbatched["throughput_rps"],
-                              "max_batch_size": load_config().tiers[0].batching.max_batch_size}
         report["cascade_vs_ideal"] = {"cascade_rps": c, "deferral_share": d, "c_weak_s": 1 / w, "c_strong_s": 1 / s,
                                       "ideal_rps": ideal, "ratio": c / ideal}
         report["closed_loop_c32"] = runs
@@ -111,9 +104,6 @@ def main() -> None:
     print(f"router overhead (c=1, weak answers): p50 {report['router_overhead']['p50']:.1f} ms, "
           f"p99 {report['router_overhead']['p99']:.1f} ms  [proxy {report['router_overhead']['proxy_p50']:.1f}, "
           f"router code {report['router_overhead']['router_code_p50']:.2f}, handle hop {report['router_overhead']['handle_hop_p50']:.1f}]")
-    b = report["batching"]
-    print(f"batching (weak-only, c=32): {b['weak_rps_batched']:.1f} rps vs {b['weak_rps_max_batch_size_1']:.1f} rps "
-          f"with max_batch_size=1 -> {b['speedup']:.2f}x")
     cv = report["cascade_vs_ideal"]
     print(f"cascade (c=32): {cv['cascade_rps']:.1f} rps, d={cv['deferral_share']:.3f}, ideal {cv['ideal_rps']:.1f} rps "
           f"-> ratio {cv['ratio']:.2f}")

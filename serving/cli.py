@@ -216,6 +216,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  router replica {r['replica']}: last {r['recent_requests']} requests: deferral share "
                       f"{share(r['deferral_share'])}, degraded {share(r['degraded_share'])}; in flight {r['inflight']}; "
                       f"breakers {', '.join(f'{k} {v}' for k, v in r['breakers'].items())}", flush=True)
+                for tier, e in (r.get("engines") or {}).items():
+                    if "error" in e:
+                        print(f"  engine {tier:<8} no answer ({e['error']})", flush=True)
+                        continue
+                    print(f"  engine {tier:<8} {e['engine']}: running {e['running']}, waiting {e['waiting']}, "
+                          f"KV cache {e['kv_cache_usage']:.0%}, {e['tokens_per_s']:.1f} tokens/s, "
+                          f"{e['requests']} requests (replica {e['replica']})", flush=True)
         if not args.watch:
             return 0
         time.sleep(args.watch)

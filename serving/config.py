@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -53,11 +53,39 @@ class Generation(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
-class Batching(_Strict):
-    """Dynamic batching of concurrent requests into one forward pass (`@serve.batch`)."""
+class ContinuousEngineConfig(_Strict):
+    """transformers' continuous batching (the default): requests join and leave the running batch at
+    every decoding step; paged KV cache. Defaults work on a small CPU box and on a GPU."""
 
-    max_batch_size: int = Field(8, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    name: Literal["continuous"] = "continuous"
+    max_requests_per_batch: int = Field(32, ge=1, le=4096, description="most requests decoding at once")
+    max_batch_tokens: Optional[int] = Field(
+        None, ge=8, description="most tokens (prefill + decode) in one forward; default 1024 on CPU, "
+        "transformers' own on GPU")
+    kv_cache_tokens: Optional[int] = Field(
+        None, ge=16, description="KV-cache capacity in tokens; default on CPU: min(max_requests_per_batch x "
+        "context, 8192); on GPU sized from free memory (max_memory_percent)")
+    max_memory_percent: Optional[float] = Field(
+        None, gt=0, le=1, description="GPU: share of free memory (after the weights) for the KV cache")
+    page_size: Optional[int] = Field(None, ge=4, description="tokens per KV-cache page; default 64 on CPU, 256 on GPU")
+    prefix_caching: bool = Field(True, description="share KV blocks of identical prompt prefixes")
+    attn_implementation: Optional[str] = Field(
+        None, description="passed to from_pretrained (sdpa, paged|eager, flash_attention_2, ...); default: "
+        "the model's, switched to flash attention on GPU when installed")
+    use_cuda_graph: Optional[bool] = Field(None, description="GPU: CUDA graphs (default: transformers decides)")
+    compile_level: int = Field(0, ge=0, le=3, description="torch.compile level for the forward (0 = off)")
+
+
+class StaticEngineConfig(_Strict):
+    """The baseline: requests that arrive within ``batch_wait_timeout_s`` form one batch that
+    ``model.generate`` runs to completion."""
+
+    name: Literal["static"]
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+
+EngineConfig = Annotated[Union[ContinuousEngineConfig, StaticEngineConfig], Field(discriminator="name")]
 
 
 class ServeOptions(_Strict):
@@ -118,8 +146,24 @@ class Tier(_Strict):
         None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
         "length minus generation.max_new_tokens")
     generation: Generation = Field(default_factory=Generation)
-    batching: Batching = Field(default_factory=Batching)
+    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static, "
+                                 "with that engine's options")
     serve: ServeOptions = Field(default_factory=ServeOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "batching" in data:
+                raise ValueError("`batching` is gone: batching lives in the engine now (`engine: continuous` batches "
+                                 "at every token and needs no settings; the old behaviour is `engine: {name: static, "
+                                 "max_batch_size: N, batch_wait_timeout_s: S}`)")
+            engine = data.get("engine")
+            if isinstance(engine, str):
+                data = {**data, "engine": {"name": engine}}
+            elif isinstance(engine, dict) and "name" not in engine:
+                data = {**data, "engine": {"name": "continuous", **engine}}
+        return data
 
 
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]

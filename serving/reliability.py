@@ -38,6 +38,11 @@ class CircuitBreaker:
     def success(self) -> None:
         self.consecutive, self.opened_at, self.probing = 0, None, False
 
+    def release(self) -> None:
+        """The call ended without saying anything about the tier's health (the caller gave up, or the
+        tier only pushed back): a half-open probe slot is freed so that the next call probes again."""
+        self.probing = False
+
     def failure(self) -> None:
         self.consecutive += 1
         if self.probing or self.consecutive >= self.threshold:

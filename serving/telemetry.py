@@ -58,4 +58,12 @@ METRICS = {m.name: m for m in [
     Metric("cascade_cancelled", "counter", "Requests abandoned by the client (deadline or cancel) while in the "
            "router; their tier work was cancelled.", ("method",)),
     Metric("cascade_inflight", "gauge", "Requests in the router replica right now.", ()),
+    Metric("cascade_engine_running", "gauge", "Requests in the engine's running batch, per tier replica.",
+           ("tier", "engine")),
+    Metric("cascade_engine_waiting", "gauge", "Requests waiting for a slot in the engine, per tier replica.",
+           ("tier", "engine")),
+    Metric("cascade_engine_kv_cache_usage", "gauge", "Share of the engine's KV-cache blocks in use (continuous "
+           "engine), per tier replica.", ("tier", "engine")),
+    Metric("cascade_engine_tokens_per_s", "gauge", "Tokens the engine generated per second (last 5 s), per tier "
+           "replica.", ("tier", "engine")),
 ]}

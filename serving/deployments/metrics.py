@@ -8,9 +8,10 @@ from serving.telemetry import METRICS
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, names: tuple[str, ...] | None = None):
+        """Every metric of serving/telemetry.py, or only ``names`` (a tier records its engine's)."""
         self._m = {}
-        for spec in METRICS.values():
+        for spec in (METRICS[n] for n in names) if names else METRICS.values():
             tags = spec.tags or None
             if spec.kind == "counter":
                 obj = metrics.Counter(spec.name, description=spec.description, tag_keys=tags)

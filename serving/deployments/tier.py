@@ -1,43 +1,46 @@
-"""One cascade tier: a model backend behind dynamic batching."""
+"""One cascade tier: an engine (which batches on its own) behind a streaming Serve method."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from typing import Any, AsyncIterator, Optional, Union
+from dataclasses import asdict
+from typing import Any, AsyncIterator, Optional
 
 from ray import serve
 
 from serving.config import Tier
-from serving.models import Generation, GenerationRequest, HFBackend, InvalidInput
+from serving.deployments.metrics import Metrics
+from serving.models import Chunk, GenerationRequest, InvalidInput, build_engine
 
 log = logging.getLogger("ray.serve")  # Serve stamps these lines with the request id
-_END = object()
+ENGINE_METRICS = ("cascade_engine_running", "cascade_engine_waiting", "cascade_engine_kv_cache_usage",
+                  "cascade_engine_tokens_per_s")
+STATS_PERIOD_S = 2.0
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class TierDeployment:
     def __init__(self, tier: dict[str, Any]):
         self.tier = Tier.model_validate(tier)
-        self.backend = HFBackend(self.tier.model, self.tier.generation)
-        self.generate_batch.set_max_batch_size(self.tier.batching.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(self.tier.batching.batch_wait_timeout_s)
+        self.engine = build_engine(self.tier)
         self.max_prompt_tokens = self._prompt_limit()
+        self.metrics = Metrics(ENGINE_METRICS)
+        self._stats_task: Optional[asyncio.Task] = None
 
     def _prompt_limit(self) -> Optional[int]:
         if self.tier.max_prompt_tokens:
             return self.tier.max_prompt_tokens
-        ctx = self.backend.context_length
+        ctx = self.engine.context_length
         return max(ctx - self.tier.generation.max_new_tokens, 1) if ctx else None
 
     def _check(self, req: GenerationRequest) -> None:
-        """Refuses a prompt this tier cannot take, before it joins a batch."""
-        ctx = self.backend.context_length
+        """Refuses a prompt this tier cannot take, before it reaches the engine."""
+        ctx = self.engine.context_length
         if self.max_prompt_tokens is None and ctx is None:
             return
-        n = self.backend.count_tokens(req)
+        n = self.engine.count_tokens(req)
         if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
             raise InvalidInput(f"prompt is {n} tokens for tier {self.tier.name!r}; its limit is "
                                f"{self.max_prompt_tokens} (tiers[].max_prompt_tokens)")
@@ -46,40 +49,51 @@ class TierDeployment:
             raise InvalidInput(f"prompt ({n} tokens) + max_new_tokens ({new}) exceed tier {self.tier.name!r}'s "
                                f"context of {ctx} tokens; lower `max_new_tokens` to at most {max(ctx - n, 0)}")
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate_batch(self, items: list[tuple[GenerationRequest, threading.Event]]) -> list[Generation]:
-        # The forward pass runs off the event loop, so health checks and queueing go on meanwhile.
-        reqs, cancel = [r for r, _ in items], [c for _, c in items]
-        return await asyncio.to_thread(self.backend.generate, reqs, cancel=cancel)
-
-    async def generate(self, req: GenerationRequest) -> Generation:
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
+        """The engine's chunks for one request. A caller that goes away (Serve cancels this generator)
+        cancels the request in the engine, which frees its slot at the next step."""
+        self._start_stats()
         self._check(req)
         t0 = time.perf_counter()
-        cancel = threading.Event()
+        it = self.engine.stream(req)
         try:
-            gen = await self.generate_batch((req, cancel))
+            async for chunk in it:
+                yield chunk
         except asyncio.CancelledError:
-            cancel.set()  # the caller gave up: end this row of the batch at the next token
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise
-        gen.tier_ms = (time.perf_counter() - t0) * 1e3
-        return gen
-
-    async def stream(self, req: GenerationRequest) -> AsyncIterator[Union[str, Generation]]:
-        """Text deltas as they are generated, then the finished Generation (unbatched)."""
-        self._check(req)
-        cancel = threading.Event()
-        it = self.backend.stream(req, cancel)
-        t0 = time.perf_counter()
-        try:
-            while (item := await asyncio.to_thread(next, it, _END)) is not _END:
-                if isinstance(item, Generation):
-                    item.tier_ms = (time.perf_counter() - t0) * 1e3
-                yield item
         finally:
-            cancel.set()  # the client went away or we finished: stop generating
+            await it.aclose()
+
+    # ---- operations --------------------------------------------------------------------------
+    def _start_stats(self) -> None:
+        if self._stats_task is None:
+            self._stats_task = asyncio.get_running_loop().create_task(self._export_stats())
+
+    async def _export_stats(self) -> None:
+        while True:
+            s = self.engine.stats()
+            name = self.tier.name
+            self.metrics.set("cascade_engine_running", s.running, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_waiting", s.waiting, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_kv_cache_usage", s.kv_cache_usage, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_tokens_per_s", s.tokens_per_s, tier=name, engine=s.engine)
+            await asyncio.sleep(STATS_PERIOD_S)
+
+    def check_health(self) -> None:
+        healthy = getattr(self.engine, "healthy", None)
+        if healthy is not None and not healthy():
+            raise RuntimeError(f"tier {self.tier.name!r}: the {self.engine.name} engine stopped")
+
+    def stats(self) -> dict[str, Any]:
+        self._start_stats()
+        return {"tier": self.tier.name, "replica": serve.get_replica_context().replica_id.unique_id,
+                **asdict(self.engine.stats())}
 
     def info(self) -> dict[str, Any]:
-        b = self.backend
-        return {"tier": self.tier.name, "params": b.params, "device": str(b.device), "chat_template": b.use_chat,
-                "max_batch_size": self.tier.batching.max_batch_size, "max_prompt_tokens": self.max_prompt_tokens}
+        return {"tier": self.tier.name, **self.engine.info(), "max_prompt_tokens": self.max_prompt_tokens}
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()

@@ -1,4 +1,4 @@
-"""Run every tier over a labelled set in-process, through the server's own backend, with a cache.
+"""Run every tier over a labelled set in-process, through the server's own engine, with a cache.
 
 Per example and tier the cache keeps the output text, token log-probs, the answer embedding (final
 hidden state mean-pooled over generated tokens) and length; correctness is computed from the text
@@ -37,9 +37,11 @@ class TierRun:
 
 
 def model_fingerprint(tier: Tier) -> str:
-    """Identifies the weights: file names, sizes and mtimes for a local source; id + revision for a hub id."""
+    """Identifies the weights (file names, sizes and mtimes for a local source; id + revision for a hub
+    id), the generation settings and the engine (log-probs differ between engines by float noise)."""
     src = Path(tier.model.source)
-    parts = [tier.model.model_dump_json(exclude={"torch_threads", "device"}), tier.generation.model_dump_json()]
+    parts = [tier.model.model_dump_json(exclude={"torch_threads", "device"}), tier.generation.model_dump_json(),
+             f"engine:{tier.engine.name}"]
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
     parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -50,15 +52,18 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     path = Path(cache_dir) / f"{tier.name}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from serving.models import GenerationRequest, HFBackend
+    from serving.models import GenerationRequest, build_engine
 
-    backend = HFBackend(tier.model, tier.generation)
+    engine = build_engine(tier)  # the server's own engine for this tier
     out = {"texts": [], "logprobs": [], "embeddings": []}
-    for i in tqdm(range(0, len(rows), batch), desc=f"{tier.name}", unit="batch"):
-        gens = backend.generate([GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]])
-        out["texts"] += [g.text for g in gens]
-        out["logprobs"] += [g.logprobs for g in gens]
-        out["embeddings"] += [g.embedding for g in gens]
+    try:
+        for i in tqdm(range(0, len(rows), batch), desc=f"{tier.name}", unit="batch"):
+            gens = engine.generate_many([GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]])
+            out["texts"] += [g.text for g in gens]
+            out["logprobs"] += [g.logprobs for g in gens]
+            out["embeddings"] += [g.embedding for g in gens]
+    finally:
+        engine.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))

@@ -1,6 +1,27 @@
-"""Model backends: text in -> generations with token ids and token log-probs out. No Ray here."""
+"""Engines: text in -> a token stream with log-probs out. No Ray here.
 
-from serving.models.base import Generation, GenerationRequest, InvalidInput
-from serving.models.hf import HFBackend
+``ENGINES`` is the one registry: a tier's ``engine.name`` picks the class; a new engine is one
+module plus one entry here (and its options model in ``serving.config``).
+"""
 
-__all__ = ["Generation", "GenerationRequest", "HFBackend", "InvalidInput"]
+from __future__ import annotations
+
+import importlib
+
+from serving.models.base import (Chunk, Engine, EngineError, EngineStats, Generation, GenerationRequest,
+                                 InvalidInput)
+
+ENGINES = {
+    "continuous": "serving.models.continuous:ContinuousEngine",
+    "static": "serving.models.static:StaticEngine",
+}
+
+
+def build_engine(tier) -> Engine:
+    """The engine a tier's config names, loaded with the tier's model (imports torch lazily)."""
+    module, _, cls = ENGINES[tier.engine.name].partition(":")
+    return getattr(importlib.import_module(module), cls)(tier)
+
+
+__all__ = ["Chunk", "ENGINES", "Engine", "EngineError", "EngineStats", "Generation", "GenerationRequest",
+           "InvalidInput", "build_engine"]

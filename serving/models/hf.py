@@ -1,26 +1,21 @@
-"""Hugging Face transformers backend.
+"""Loading a transformers model for an engine: tokenizer, weights, chat template, prompt encoding,
+incremental detokenisation and the answer embedding. Shared by every transformers-based engine.
 
 Loads with AutoTokenizer / AutoModelForCausalLM from a hub id, a local directory, or a GGUF file
-(through transformers' own GGUF loading), applies the chat template when the tokenizer has one,
-decodes greedily by default, and returns the chosen tokens' log-probs (log-softmax of the raw
-logits). Batches are left-padded, so a prompt gives the same tokens alone or in a batch.
+(through transformers' own GGUF loading); applies the chat template when the tokenizer has one.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from serving.config import Generation as GenerationDefaults
 from serving.config import ModelSource
-from serving.models.base import Generation, GenerationRequest
+from serving.models.base import GenerationRequest
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -34,36 +29,11 @@ def resolve_source(src: ModelSource) -> tuple[str, Optional[str]]:
     return src.source, src.gguf_file
 
 
-class _Cancelled(StoppingCriteria):
-    """Ends the rows whose request was cancelled (the client went away or gave up); generation
-    stops at the next token once every row has ended."""
+class HFModel:
+    """A tokenizer and a causal LM, ready for an engine."""
 
-    def __init__(self, events: list[threading.Event]):
-        self.events = events
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
-
-
-class _QueueStreamer(BaseStreamer):
-    """Hands each newly generated token id to a queue (the prompt, sent first, is skipped)."""
-
-    def __init__(self, q: queue.Queue):
-        self.q, self.prompt_seen = q, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.q.put(("token", int(value.reshape(-1)[0])))
-
-    def end(self) -> None:
-        pass
-
-
-class HFBackend:
-    def __init__(self, source: ModelSource, defaults: GenerationDefaults | None = None):
-        self.source, self.defaults = source, defaults or GenerationDefaults()
+    def __init__(self, source: ModelSource, attn_implementation: Optional[str] = None):
+        self.source = source
         if source.torch_threads:
             torch.set_num_threads(source.torch_threads)
         path, gguf = resolve_source(source)
@@ -80,7 +50,8 @@ class HFBackend:
         dtype = _DTYPES.get(source.dtype, "auto")
         if dtype == "auto" and (gguf or device == "cpu"):
             dtype = torch.float32  # GGUF dequantises; half precision is slow or unsupported on CPU
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common).to(device).eval()
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common, **extra).to(device).eval()
         self.device = torch.device(device)
         self.use_chat = source.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
         eos = self.model.generation_config.eos_token_id
@@ -106,104 +77,58 @@ class HFBackend:
     def count_tokens(self, req: GenerationRequest) -> int:
         return len(self.encode(req))
 
-    # ---- generation ----------------------------------------------------------------------
-    def _max_new(self, req: GenerationRequest) -> int:
-        return req.max_new_tokens or self.defaults.max_new_tokens
-
     @property
     def context_length(self) -> Optional[int]:
         n = getattr(self.model.config, "max_position_embeddings", None)
         return n if isinstance(n, int) and n > 0 else None
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def info(self) -> dict:
+        return {"params": self.params, "device": str(self.device), "chat_template": self.use_chat,
+                "dtype": str(self.model.dtype).replace("torch.", "")}
+
+    # ---- answers -------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, reqs: list[GenerationRequest], streamer: BaseStreamer | None = None,
-                 cancel: list[threading.Event] | None = None) -> list[Generation]:
-        """``cancel``: one event per request; a set event ends that request's generation early
-        (its result is then incomplete and meant to be discarded)."""
-        encoded = [self.encode(r) for r in reqs]
-        limits = [self._max_new(r) for r in reqs]
-        batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
-        width = batch["input_ids"].shape[1]
-        d = self.defaults
-        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(
-            **batch, max_new_tokens=max(limits), **sampling, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids, streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]) if cancel else None,
-        )
-        new = out.sequences[:, width:]
-        logits = torch.stack(out.logits, dim=1)[:, : new.shape[1]].float()
-        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        results = []
-        for i, limit in enumerate(limits):
-            ids, lps = new[i, :limit].tolist(), chosen[i, :limit].tolist()
-            stop = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
-            if stop is not None:
-                ids, lps = ids[: stop + 1], lps[: stop + 1]
-            reason = "stop" if stop is not None else "length"
-            if cancel and cancel[i].is_set():  # ended early; generate() padded the rest of the row
-                pad = self.tokenizer.pad_token_id
-                cut = next((k for k, t in enumerate(ids) if t == pad), len(ids))
-                ids, lps, reason = ids[:cut], lps[:cut], "cancelled"
-            results.append(Generation(
-                text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                token_ids=ids, logprobs=lps, prompt_tokens=len(encoded[i]), finish_reason=reason,
-            ))
-        if any(r.embed for r in reqs):
-            self._embed(out.sequences, batch["attention_mask"], results)
-        return results
+    def embed(self, prompt_ids: list[int], answer_ids: list[int]) -> list[float]:
+        """Final hidden state over prompt + answer, mean-pooled over the answer's tokens (one forward)."""
+        ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
+        hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].float()
+        n = max(len(answer_ids), 1)
+        return hidden[len(prompt_ids) : len(prompt_ids) + n].mean(0).tolist()
 
-    def _embed(self, sequences: torch.Tensor, prompt_mask: torch.Tensor, results: list[Generation]) -> None:
-        """Final hidden state, mean-pooled over each answer's generated tokens (one extra forward)."""
-        width = prompt_mask.shape[1]
-        gen_mask = torch.zeros((len(results), sequences.shape[1] - width), dtype=prompt_mask.dtype, device=self.device)
-        for i, g in enumerate(results):
-            gen_mask[i, : len(g.token_ids)] = 1
-        mask = torch.cat([prompt_mask, gen_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses under left padding
-        hidden = self.model(input_ids=sequences, attention_mask=mask, position_ids=positions,
-                            output_hidden_states=True).hidden_states[-1].float()
-        for i, g in enumerate(results):
-            n = max(len(g.token_ids), 1)
-            g.embedding = hidden[i, width : width + n].mean(0).tolist()
 
-    def stream(self, req: GenerationRequest, cancel: threading.Event | None = None
-               ) -> Iterator[Union[str, Generation]]:
-        """Yields text deltas as tokens are generated, then the finished ``Generation``.
+class TextStream:
+    """Incremental detokenisation: the text each new token adds, without re-decoding the prefix
+    (tokenizers' DecodeStream for fast tokenizers, else a re-decode of the answer so far)."""
 
-        Generation runs in a thread; setting ``cancel`` (or closing the iterator) stops it at the
-        next token.
-        """
-        q: queue.Queue = queue.Queue()
-        cancel = cancel or threading.Event()
+    def __init__(self, model: HFModel):
+        self.model, self.ids, self.sent = model, [], ""
+        backend = getattr(model.tokenizer, "_tokenizer", None)
+        self.backend = None
+        if backend is not None:
+            from tokenizers.decoders import DecodeStream
 
-        def work():
-            try:
-                q.put(("done", self.generate([req], streamer=_QueueStreamer(q), cancel=[cancel])[0]))
-            except BaseException as e:  # surfaced to the consumer below
-                q.put(("error", e))
+            self.backend, self.ds = backend, DecodeStream(skip_special_tokens=True)
 
-        threading.Thread(target=work, daemon=True, name="hf-stream").start()
-        ids: list[int] = []
-        sent = ""
-        try:
-            while True:
-                kind, value = q.get()
-                if kind == "token":
-                    if value in self.eos_ids:
-                        continue
-                    ids.append(value)
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                    if len(text) > len(sent) and not text.endswith("\ufffd"):
-                        yield text[len(sent):]
-                        sent = text
-                elif kind == "error":
-                    raise value
-                else:
-                    if len(value.text) > len(sent):
-                        yield value.text[len(sent):]
-                    yield value
-                    return
-        finally:
-            cancel.set()
+    def push(self, ids: list[int]) -> str:
+        if self.backend is not None:
+            out = []
+            for i in ids:
+                piece = self.ds.step(self.backend, i)
+                if piece:
+                    out.append(piece)
+            delta = "".join(out)
+            self.sent += delta
+            return delta
+        self.ids += ids
+        text = self.model.decode(self.ids)
+        if len(text) > len(self.sent) and not text.endswith("\ufffd") and text.startswith(self.sent):
+            delta, self.sent = text[len(self.sent):], text
+            return delta
+        return ""
+
+    def finish(self, text: str) -> str:
+        """The rest of the final text (whatever the incremental pieces have not covered yet)."""
+        return text[len(self.sent):] if text.startswith(self.sent) else ""

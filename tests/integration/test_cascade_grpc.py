@@ -17,7 +17,7 @@ import pytest
 from serving.client import CascadeClient, make_request
 from serving.config import load_config
 from serving.deferral import make_rule, should_defer
-from serving.models import GenerationRequest, HFBackend
+from serving.models import GenerationRequest, build_engine
 from serving.tasks.arithmetic import examples
 from tests.conftest import ROOT
 from serving.local import cascade_server
@@ -43,14 +43,14 @@ def client(address):
 def cases():
     """An easy question the weak tier answers confidently and correctly, and one it gets wrong with
     a score under the threshold while the strong tier is right: found by running both tiers
-    in-process through the same backend the server uses."""
+    in-process through the same engines the server uses."""
     score = make_rule(CFG.deferral.rule, CFG.deferral.alpha)
-    weak, strong = (HFBackend(t.model, t.generation) for t in CFG.tiers)
+    weak, strong = (build_engine(t) for t in CFG.tiers)
     exs = list(examples(3, 200))
-    wg = weak.generate([GenerationRequest(prompt=e.prompt) for e in exs])
+    wg = weak.generate_many([GenerationRequest(prompt=e.prompt) for e in exs])
     easy = next(e for e, g in zip(exs, wg) if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold))
     hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)]
-    sg = strong.generate([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
+    sg = strong.generate_many([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
     hard, hard_weak = next((e, g) for (e, g), s in zip(hard_pool, sg) if s.text == e.reference)
     return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text}
 

@@ -18,7 +18,7 @@ from ray.serve.config import AutoscalingConfig
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.client import CascadeClient, make_request
-from serving.config import load_config
+from serving.config import StaticEngineConfig, load_config
 from serving.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration
@@ -88,8 +88,9 @@ def failing_server(tmp_path_factory):
     cfg = _fixed(load_config(), strong=8.0)
     cfg.tier("strong").serve.num_replicas = 2
     cfg.reliability.on_tier_failure = "fail"
-    # A lone strong request waits up to 0.5 s for its batch to fill: time for a deadline to pass mid-call.
-    cfg.tier("strong").batching.batch_wait_timeout_s = 0.5
+    # The static engine, whose lone request waits up to 0.5 s for its batch to fill: time for a deadline to
+    # pass mid-call.
+    cfg.tier("strong").engine = StaticEngineConfig(name="static", batch_wait_timeout_s=0.5)
     with cascade_server(cfg, tmp_path_factory.mktemp("faults")) as s:
         yield s
 

@@ -11,7 +11,7 @@ from serving.config import load_config, parse_config
 from serving.deferral import build_scorer
 from serving.evaluation.calibrate import calibrate
 from serving.evaluation.data import write_arithmetic_splits
-from serving.models import GenerationRequest, HFBackend
+from serving.models import GenerationRequest, build_engine
 from serving.tasks.arithmetic import examples
 from serving.local import cascade_server
 
@@ -39,7 +39,7 @@ def served(artifact, tmp_path_factory):
 
 def test_router_scores_with_the_post_hoc_model_and_controller(served, artifact):
     client, cfg = served
-    weak = HFBackend(cfg.tiers[0].model, cfg.tiers[0].generation)
+    weak = build_engine(cfg.tiers[0])
     scorer = build_scorer("post_hoc_embed", model=artifact["model"])
     prompts = [e.prompt for e in examples(77, 100)]
     deferred = []
@@ -50,7 +50,7 @@ def test_router_scores_with_the_post_hoc_model_and_controller(served, artifact):
         if i < 20:  # before the controller warms up: the artifact's calibrated threshold
             assert r.threshold == pytest.approx(artifact["threshold"])
         if i % 25 == 0:  # the served score is the artifact's model applied to the weak answer
-            g = weak.generate([GenerationRequest(prompt=p, embed=True)])[0]
+            g = weak.generate_many([GenerationRequest(prompt=p, embed=True)])[0]
             assert r.score == pytest.approx(scorer(g.logprobs, g.embedding), abs=1e-3)
         deferred.append(r.deferred)
     assert abs(np.mean(deferred[20:]) - TARGET) <= 0.12

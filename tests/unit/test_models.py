@@ -1,0 +1,172 @@
+"""The engines (serving/models/) on real (tiny, random) Llama models: no mocks. Every behaviour the
+cascade relies on is checked for both engines; the continuous engine against the static one."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from serving.config import Tier
+from serving.models import ENGINES, Chunk, Generation, GenerationRequest, build_engine
+from serving.models.hf import resolve_source
+from serving.config import ModelSource
+
+PROMPTS = ["What is 1 + 2?", "What is 48213 + 377?", "Hi", "What is 99999 + 99999? Tell me."]
+
+
+def tier(model_dir, engine="continuous", max_new_tokens=12, **model) -> Tier:
+    return Tier.model_validate({"name": "t", "model": {"source": str(model_dir), **model},
+                                "generation": {"max_new_tokens": max_new_tokens}, "engine": engine})
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine(request, tiny_model_dir):
+    e = build_engine(tier(tiny_model_dir, request.param))
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    engines = {name: build_engine(tier(tiny_model_dir, name)) for name in ENGINES}
+    yield engines
+    for e in engines.values():
+        e.close()
+
+
+def collect(engine, req) -> list[Chunk]:
+    async def run():
+        return [c async for c in engine.stream(req)]
+    return asyncio.run(run())
+
+
+def test_logprobs_are_the_chosen_tokens_log_softmax(engine):
+    req = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=6)
+    gen = engine.generate_many([req])[0]
+    ids = engine.hf.encode(req)
+    assert len(gen.token_ids) == len(gen.logprobs) and 1 <= len(gen.token_ids) <= 6
+    assert gen.prompt_tokens == len(ids) == engine.count_tokens(req)
+    # Recompute each chosen token's log-prob with a plain forward pass over prompt + answer.
+    with torch.no_grad():
+        logits = engine.hf.model(torch.tensor([ids + gen.token_ids])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    for k, (tok, got) in enumerate(zip(gen.token_ids, gen.logprobs)):
+        assert got == pytest.approx(lp[len(ids) + k - 1, tok].item(), abs=1e-4)
+        assert tok == int(lp[len(ids) + k - 1].argmax())  # greedy
+    assert all(x <= 0 for x in gen.logprobs)
+
+
+def test_same_prompt_same_answer_alone_or_in_a_batch(engine):
+    reqs = [GenerationRequest(prompt=p) for p in PROMPTS]
+    batched = engine.generate_many(reqs * 3)  # 12 at once: the batch composition changes as rows end
+    for i, req in enumerate(reqs):
+        alone = engine.generate_many([req])[0]
+        for b in batched[i::4]:
+            assert alone.token_ids == b.token_ids and alone.text == b.text
+            assert alone.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_per_request_max_new_tokens_in_one_batch(engine):
+    gens = engine.generate_many([GenerationRequest(prompt="What is 5 + 5?", max_new_tokens=n) for n in (1, 3, 12)])
+    assert [len(g.token_ids) <= n for g, n in zip(gens, (1, 3, 12))] == [True] * 3
+    assert gens[1].token_ids == gens[2].token_ids[: len(gens[1].token_ids)]
+    if gens[2].finish_reason == "length":
+        assert len(gens[2].token_ids) == 12
+
+
+def test_stream_chunks_add_up_to_the_answer(engine):
+    req = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=10)
+    chunks = collect(engine, req)
+    final = chunks[-1].final
+    assert isinstance(final, Generation) and all(c.final is None for c in chunks[:-1])
+    assert "".join(c.text for c in chunks) == final.text
+    assert sum((c.token_ids for c in chunks), []) == final.token_ids
+    assert sum((c.logprobs for c in chunks), []) == pytest.approx(final.logprobs)
+    assert final.token_ids == engine.generate_many([req])[0].token_ids
+    if engine.name == "continuous":  # token by token (chunks only merge when the reader falls behind)
+        assert len(chunks) > 1
+
+
+def test_continuous_equals_static(pair):
+    reqs = [GenerationRequest(prompt=p, max_new_tokens=n) for p in PROMPTS for n in (4, 12)]
+    a, b = (pair[name].generate_many(reqs) for name in ("continuous", "static"))
+    for x, y in zip(a, b):
+        assert (x.token_ids, x.text, x.finish_reason, x.prompt_tokens) == (y.token_ids, y.text, y.finish_reason,
+                                                                           y.prompt_tokens)
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
+def test_chat_template_is_applied_when_present(engine, tiny_model_dir):
+    assert engine.hf.use_chat
+    assert engine.hf.render(GenerationRequest(prompt="What is 1 + 2?")) == "<s>What is 1 + 2?\n"
+    msgs = [{"role": "user", "content": "What is 3 + 4?"}]
+    assert engine.hf.render(GenerationRequest(messages=msgs)) == "<s>What is 3 + 4?\n"
+
+
+def test_embedding_is_mean_final_hidden_state_over_the_answer(engine):
+    reqs = [GenerationRequest(prompt=p, embed=True, max_new_tokens=5) for p in PROMPTS[:2]]
+    for req, g in zip(reqs, engine.generate_many(reqs)):
+        ids = engine.hf.encode(req)
+        with torch.no_grad():
+            h = engine.hf.model(torch.tensor([ids + g.token_ids]), output_hidden_states=True).hidden_states[-1][0]
+        want = h[len(ids) : len(ids) + len(g.token_ids)].mean(0)
+        assert len(g.embedding) == engine.hf.model.config.hidden_size
+        assert torch.allclose(torch.tensor(g.embedding), want, atol=1e-4)
+    assert engine.generate_many([GenerationRequest(prompt=PROMPTS[0])])[0].embedding is None
+
+
+def test_closing_a_stream_cancels_the_request(tiny_model_dir):
+    """A random model rarely emits end-of-sequence, so an uncancelled request runs to max_new_tokens;
+    a reader that stops after 2 chunks frees the slot at the next step, while a neighbour finishes."""
+    e = build_engine(tier(tiny_model_dir, "continuous", max_new_tokens=60))
+    try:
+        async def run():
+            keep = asyncio.ensure_future(e.generate(GenerationRequest(prompt=PROMPTS[2])))
+            stream = e.stream(GenerationRequest(prompt=PROMPTS[3]))
+            got = [await stream.__anext__(), await stream.__anext__()]
+            await stream.aclose()
+            full = await keep
+            return got, full
+        got, full = asyncio.run(run())
+        assert full.completion_tokens == 60 and sum(len(c.token_ids) for c in got) < 60
+        assert e.stats().running == 0 and e.stats().waiting == 0  # nothing left decoding for the dropped reader
+        assert e.manager.output_router.result_handlers == {}
+    finally:
+        e.close()
+
+
+def test_static_engine_cancelled_rows_stop_generating(tiny_model_dir):
+    e = build_engine(tier(tiny_model_dir, "static", max_new_tokens=60))
+    try:
+        reqs = [GenerationRequest(prompt="What is 1 + 2?"), GenerationRequest(prompt="What is 3 + 4?")]
+        keep, drop = threading.Event(), threading.Event()
+        drop.set()
+        full, cut = e.generate_batch(reqs, cancel=[keep, drop])
+        assert cut.completion_tokens <= 1 and cut.finish_reason == "cancelled"
+        assert full.completion_tokens == 60
+        assert all(g.finish_reason == "cancelled" for g in e.generate_batch(reqs, cancel=[drop, drop]))
+    finally:
+        e.close()
+
+
+def test_many_streams_no_thread_growth(engine):
+    engine.generate_many([GenerationRequest(prompt=PROMPTS[0])])
+    before = threading.active_count()
+    gens = engine.generate_many([GenerationRequest(prompt=p) for p in PROMPTS * 10])
+    assert len(gens) == 40 and threading.active_count() == before
+
+
+def test_stats_count_requests_and_tokens(engine):
+    before = engine.stats()
+    gens = engine.generate_many([GenerationRequest(prompt=p) for p in PROMPTS])
+    after = engine.stats()
+    assert after.engine == engine.name and after.requests - before.requests == 4
+    assert after.generated_tokens - before.generated_tokens == sum(g.completion_tokens for g in gens)
+    assert after.tokens_per_s > 0 and after.running == 0
+
+
+def test_gguf_paths_split_into_directory_and_file():
+    assert resolve_source(ModelSource(source="/m/x.Q4.gguf")) == ("/m", "x.Q4.gguf")
+    assert resolve_source(ModelSource(source="org/repo", gguf_file="f.gguf")) == ("org/repo", "f.gguf")
+    assert resolve_source(ModelSource(source="org/repo")) == ("org/repo", None)
