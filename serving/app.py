@@ -16,15 +16,24 @@ from ray.serve import Application
 from serving.config import CascadeConfig, digested, load_config, parse_config
 from serving.deployments.router import Router
 from serving.deployments.tier import TierDeployment
+from serving.serve_tuning import SERVE_TUNING
 
 SERVICER = "serving.service.add_cascade_servicer"
 
 
+def node_env(cfg: CascadeConfig) -> dict[str, str]:
+    """Environment of every Ray node (Serve reads these where its processes start): the proxy's largest
+    gRPC message and Serve's data-path settings (serving/serve_tuning.py)."""
+    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes), **SERVE_TUNING}
+
+
 def serve_env(cfg: CascadeConfig) -> None:
     """Settings Serve reads from the environment of the processes Ray starts (set before ``ray.init``
-    starts an embedded Ray; on clusters, in the nodes' environment): the proxy's largest gRPC message,
-    and ready/health-check timeouts long enough for a busy 2-core machine (5 s by default)."""
-    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(cfg.limits.max_request_bytes))
+    starts an embedded Ray; on clusters, in the nodes' environment): ``node_env`` (an environment
+    variable already set wins), and ready/health-check timeouts long enough for a busy 2-core machine
+    (5 s by default)."""
+    for k, v in node_env(cfg).items():
+        os.environ.setdefault(k, v)
     for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(var, "60")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from serving.app import grpc_options
+from serving.app import grpc_options, node_env
 from serving.config import CascadeConfig, ServeOptions, portable
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
@@ -101,11 +101,6 @@ def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: i
         "worker_start_ray_commands": ["ray stop", f"{env} ray start --address=$RAY_HEAD_IP:6379 "
                                       f"--metrics-export-port={metrics}"],
     }
-
-
-def node_env(cfg: CascadeConfig) -> dict[str, str]:
-    """Environment of every Ray node: Serve reads its gRPC message limit from it."""
-    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes)}
 
 
 def rayservice(cfg: CascadeConfig, name: str = "cascade", image: str = "cascade-serving:latest",

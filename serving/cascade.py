@@ -36,11 +36,12 @@ class TierFailure(Exception):
 
 
 class TierClient(Protocol):
-    """Calls one tier. ``stream`` yields the tier's chunks (the last carries ``final``); it raises
+    """Calls one tier. ``stream`` yields the tier's chunks (the last carries ``final``); with
+    ``tokens=False`` only that last chunk (one message instead of one per decoding step). It raises
     TierFailure when the tier cannot answer and BadRequest when it refuses the input. Closing the
     iterator early cancels the tier's work."""
 
-    def stream(self, tier: str, req: GenerationRequest) -> AsyncIterator[Chunk]: ...
+    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True) -> AsyncIterator[Chunk]: ...
 
 
 class Recorder(Protocol):
@@ -63,6 +64,7 @@ class Plan:
     forced: bool
     threshold: Optional[float]  # None: the budget controller decides
     include_logprobs: bool = False
+    stream: bool = False  # the caller sends text as it comes (GenerateStream): the last tier streams tokens
 
 
 @dataclass
@@ -133,7 +135,8 @@ class Cascade:
             gen: Optional[Generation] = None
             sent = False
             try:
-                async with aclosing(self.client.stream(name, plan.request)) as chunks:  # closed early: cancelled
+                tokens = final and plan.stream  # per-token chunks only where someone reads them
+                async with aclosing(self.client.stream(name, plan.request, tokens)) as chunks:  # closing cancels
                     async for chunk in chunks:
                         if final and chunk.text:  # the last tier answers whatever it says: stream it on
                             sent = True

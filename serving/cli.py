@@ -14,6 +14,12 @@ from typing import Optional
 # Clusters that Ray starts (ray start, or ray.init starting one) use token authentication; a
 # client must opt in to present the token Ray keeps in ~/.ray/auth_token. Set before Ray loads.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Serve's data-path settings: Ray reads them when its modules load (and they reach the processes an
+# embedded Ray starts), so before anything imports Ray. An environment variable already set wins.
+from serving.serve_tuning import SERVE_TUNING  # noqa: E402
+
+for _k, _v in SERVE_TUNING.items():
+    os.environ.setdefault(_k, _v)
 
 from serving.config import CascadeConfig, ConfigError, load_config  # noqa: E402
 

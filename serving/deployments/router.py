@@ -131,7 +131,7 @@ class Router:
             ok |= hmac.compare_digest(presented, d)
         return ok and scheme.lower() == "bearer"
 
-    def _prepare(self, request, grpc_context) -> Plan:
+    def _prepare(self, request, grpc_context, stream: bool = False) -> Plan:
         if not self._authorized(grpc_context):
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
                           "missing or invalid bearer token: send metadata `authorization: Bearer <token>`",
@@ -143,7 +143,9 @@ class Router:
                           f"{self.limits.max_inflight}); retry after {ms} ms", "overloaded",
                           [("retry-after-ms", str(ms))])
         try:
-            return plan_request(self.cascade, self.limits, request)
+            plan = plan_request(self.cascade, self.limits, request)
+            plan.stream = stream
+            return plan
         except BadRequest as e:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_argument") from None
 
@@ -231,7 +233,7 @@ class Router:
         t0 = self._enter()
         out = None
         try:
-            plan = self._prepare(request, grpc_context)
+            plan = self._prepare(request, grpc_context, stream=True)
             async with aclosing(self.cascade.walk(plan)) as events:
                 async for ev in events:
                     if isinstance(ev, Text):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import asdict
 from typing import Any, AsyncIterator, Optional
@@ -49,16 +50,18 @@ class TierDeployment:
             raise InvalidInput(f"prompt ({n} tokens) + max_new_tokens ({new}) exceed tier {self.tier.name!r}'s "
                                f"context of {ctx} tokens; lower `max_new_tokens` to at most {max(ctx - n, 0)}")
 
-    async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
-        """The engine's chunks for one request. A caller that goes away (Serve cancels this generator)
-        cancels the request in the engine, which frees its slot at the next step."""
+    async def stream(self, req: GenerationRequest, tokens: bool = True) -> AsyncIterator[Chunk]:
+        """The engine's chunks for one request (``tokens=False``: only the last, which carries the whole
+        answer; one message instead of one per decoding step). A caller that goes away (Serve cancels
+        this generator) cancels the request in the engine, which frees its slot at the next step."""
         self._start_stats()
         self._check(req)
         t0 = time.perf_counter()
         it = self.engine.stream(req)
         try:
             async for chunk in it:
-                yield chunk
+                if tokens or chunk.final is not None:
+                    yield chunk
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise
@@ -88,7 +91,7 @@ class TierDeployment:
     def stats(self) -> dict[str, Any]:
         self._start_stats()
         return {"tier": self.tier.name, "replica": serve.get_replica_context().replica_id.unique_id,
-                **asdict(self.engine.stats())}
+                "threads": threading.active_count(), **asdict(self.engine.stats())}
 
     def info(self) -> dict[str, Any]:
         return {"tier": self.tier.name, **self.engine.info(), "max_prompt_tokens": self.max_prompt_tokens}

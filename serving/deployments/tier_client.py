@@ -32,7 +32,7 @@ class ServeTierClient:
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
 
-    async def stream(self, name: str, req: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, name: str, req: GenerationRequest, tokens: bool = True) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
         breaker = self.breakers[name]
@@ -43,7 +43,7 @@ class ServeTierClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for attempt in range(self.cfg.reliability.retries + 1):
-            gen = self.handles[name].stream.remote(req)
+            gen = self.handles[name].stream.remote(req, tokens)
             got_any, ended = False, False
             try:
                 while True:

