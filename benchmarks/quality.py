@@ -9,6 +9,11 @@
 post_hoc_quantile, post_hoc_embed (trained on --train-data, or 2-fold cross-fitted on --data when
 it is absent) — plus random and oracle, and reports per rule the AUC of the deferral curve, APGR
 and CPT(50/80/95). Also plots the length bias: Chow-Sum and Chow-Average vs output length.
+
+Decision windows (``deferral.decide_within_tokens: k``): rows ``<rule>@k`` score only the first k
+tokens of each weak answer (post-hoc rules fitted on those prefixes), for each k in --windows, so the
+quality cost of deciding after k tokens sits next to the full-answer rule. (post_hoc_embed has no
+window form: it reads the whole answer's embedding.)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="labelled JSONL the curves are measured on")
     ap.add_argument("--metric", default="exact_match")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
+    ap.add_argument("--windows", default="2,4,8", help="decision windows k for the <rule>@k rows ('' for none)")
     ap.add_argument("--out", default="results/quality.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -47,14 +53,20 @@ def main() -> None:
         train = run_offline(cfg, load_jsonl(args.train_data), args.metric, Path(args.cache), tiers=[weak_name])[weak_name]
 
     curves, scores = {}, {}
-    for name in BENCH_RULES:
-        rule, alpha = parse_rule(name)
-        if rule.startswith("post_hoc") and train is None:
-            scores[name] = cross_fitted_scores(rule, alpha, weak)
-        else:
-            scorer, _ = fit_rule(rule, alpha, train)
-            scores[name] = score_run(scorer, weak)
-        curves[name] = deferral_curve(scores[name], weak.quality, strong.quality)
+    windows = [None] + [int(k) for k in args.windows.split(",") if k.strip()]
+    for k in windows:
+        w, t = weak.prefix(k), train.prefix(k) if train is not None else None
+        for name in BENCH_RULES:
+            if k is not None and name == "post_hoc_embed":
+                continue
+            rule, alpha = parse_rule(name)
+            row = name if k is None else f"{name}@{k}"
+            if rule.startswith("post_hoc") and t is None:
+                scores[row] = cross_fitted_scores(rule, alpha, w)
+            else:
+                scorer, _ = fit_rule(rule, alpha, t)
+                scores[row] = score_run(scorer, w)
+            curves[row] = deferral_curve(scores[row], weak.quality, strong.quality)
     curves["random"] = random_curve(weak.quality, strong.quality)
     curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
 
@@ -66,9 +78,9 @@ def main() -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"n={report['n']}  weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  ({args.metric})")
-    print(f"{'rule':<20} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6}")
+    print(f"{'rule':<22} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6}")
     for name, r in report["rules"].items():
-        print(f"{name:<20} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}")
+        print(f"{name:<22} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:
@@ -83,6 +95,8 @@ def plot(curves, weak, scores, path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, c in curves.items():
+        if "@" in name and not name.startswith("chow_quantile_0@"):
+            continue  # the window rows of the default rule only: the table has them all
         style = {"random": dict(ls="--", c="grey"), "oracle": dict(ls=":", c="black")}.get(name, {})
         ax.plot(c.share, c.quality, label=name, **style)
     ax.set_xlabel("share deferred to the strong tier")

@@ -16,9 +16,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional, Protocol, Union
 
-from serving.config import CascadeConfig
-from serving.deferral import build_scorer, should_defer
+from serving.config import CascadeConfig, Deferral
+from serving.deferral import Scorer, build_scorer
 from serving.deferral.controller import BudgetController
+from serving.deferral.incremental import Decision, Verdict
 from serving.models.base import Chunk, Generation, GenerationRequest
 
 
@@ -62,7 +63,7 @@ class Plan:
     request: GenerationRequest
     tiers: list[str]  # tiers to try, in order
     forced: bool
-    threshold: Optional[float]  # None: the budget controller decides
+    threshold: Optional[float]  # the request's override for every boundary; None: configured / controller
     include_logprobs: bool = False
     stream: bool = False  # the caller sends text as it comes (GenerateStream): the last tier streams tokens
 
@@ -72,9 +73,11 @@ class TierRun:
     """What one tier did for a request."""
 
     tier: str
-    generation: Generation
+    generation: Generation  # finish_reason "deferred": the rule stopped it early (its tokens so far)
     score: Optional[float]  # the rule's score, for a tier that may defer onward
     latency_ms: float       # wall time of the call as the walk saw it
+    decided_at: Optional[int] = None  # answer tokens the rule had read when it decided
+    decided_early: bool = False       # decided before the tier's answer was complete
 
 
 @dataclass
@@ -89,12 +92,42 @@ class Outcome:
     answered_by: str
     deferred: bool
     score: float  # the first tier's confidence (NaN when it has none)
-    threshold: float
+    threshold: Optional[float]  # the threshold at the first boundary (None when no rule ran)
     runs: list[TierRun] = field(default_factory=list)
     degraded: str = ""  # why the answer is an earlier tier's, when a later tier failed
 
 
 Event = Union[Text, Outcome]
+
+
+@dataclass
+class Boundary:
+    """The rule between a tier and the next one: scorer, threshold (or budget controller), window."""
+
+    rule: str
+    alpha: float
+    threshold: float
+    scorer: Scorer
+    controller: Optional[BudgetController]
+    window: Optional[int]
+    early: bool
+
+    @classmethod
+    def from_config(cls, d: Deferral) -> "Boundary":
+        r = d.resolved()
+        controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
+                      if d.target_deferral is not None else None)
+        return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
+                   d.decide_within_tokens, d.early_deferral)
+
+    def decision(self) -> Decision:
+        return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
+
+    def current(self, override: Optional[float]) -> float:
+        """The threshold in force: the request's, else the budget controller's, else the configured one."""
+        if override is not None:
+            return override
+        return self.controller.threshold() if self.controller else self.threshold
 
 
 class Cascade:
@@ -105,75 +138,117 @@ class Cascade:
         self.client = client
         self.metrics = metrics or NoMetrics()
         self.names = config.tier_names
-        d = config.deferral
-        rule = d.resolved()
-        self.rule, self.threshold = rule["rule"], rule["threshold"]
-        self.scorer = build_scorer(rule["rule"], rule["alpha"], rule["model"])
-        self.controller = (BudgetController(d.target_deferral, self.threshold, d.controller_window, d.controller_warmup)
-                           if d.target_deferral is not None else None)
+        # boundaries[k]: the rule after tier k (every tier but the last)
+        self.boundaries = [Boundary.from_config(config.boundary(k)) for k in range(len(self.names) - 1)]
+        first = self.boundaries[0] if self.boundaries else Boundary.from_config(config.deferral)
+        self.rule, self.threshold, self.scorer = first.rule, first.threshold, first.scorer
+        self.controller = first.controller
 
-    def _score(self, name: str, gen: Generation) -> Optional[float]:
-        """The rule's score for a tier that may defer onward (every tier but the last)."""
-        return self.scorer(gen.logprobs, gen.embedding) if name != self.names[-1] else None
-
-    def _defer(self, plan: Plan, score: float) -> bool:
-        """Applies the threshold (the request's, the configured one, or the budget controller's)."""
-        if plan.threshold is None:
-            defer, plan.threshold = self.controller.decide(score)
-            return defer
-        return should_defer(score, plan.threshold)
+    @property
+    def needs_embedding(self) -> bool:
+        return any(b.scorer.needs_embedding for b in self.boundaries)
 
     async def walk(self, plan: Plan) -> AsyncIterator[Event]:
         """Runs the cascade for one request. Raises TierFailure when no tier can answer (or a failure
         cannot be degraded) and BadRequest when a tier refuses the input."""
         runs: list[TierRun] = []
-        first_score = math.nan
+        first_score, first_threshold = math.nan, None
         prev: Optional[TierRun] = None
         for k, name in enumerate(plan.tiers):
             final = plan.forced or k == len(plan.tiers) - 1
+            index = self.names.index(name)
+            boundary = self.boundaries[index] if index < len(self.boundaries) else None
+            decision = boundary.decision() if boundary is not None and not final else None
+            early = decision is not None and decision.can_decide_early
+            flowing = final and plan.stream  # this tier's text goes to the client as it comes
             t0 = time.perf_counter()
             gen: Optional[Generation] = None
-            sent = False
+            sent, held = False, []
+            ids, lps, prompt_tokens = [], [], 0
+            verdict = Verdict.UNDECIDED
             try:
-                tokens = final and plan.stream  # per-token chunks only where someone reads them
-                async with aclosing(self.client.stream(name, plan.request, tokens)) as chunks:  # closing cancels
-                    async for chunk in chunks:
-                        if final and chunk.text:  # the last tier answers whatever it says: stream it on
+                # Per-token chunks only where someone reads them: the streamed answer, an early decision.
+                async with aclosing(self.client.stream(name, plan.request, flowing or early)) as chunks:
+                    async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
+                        ids += chunk.token_ids
+                        lps += chunk.logprobs
+                        prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                        gen = chunk.final or gen
+                        if early and verdict is Verdict.UNDECIDED and chunk.token_ids:
+                            verdict = decision.push(chunk.logprobs, boundary.current(plan.threshold))
+                            if verdict is Verdict.DEFER:
+                                break
+                            if verdict is Verdict.ACCEPT and plan.stream:
+                                flowing = True  # accepted within the window: what was held goes now
+                                chunk_text = "".join(held) + chunk.text
+                                held = []
+                                if chunk_text:
+                                    sent = True
+                                    yield Text(name, chunk_text)
+                                continue
+                        if flowing and chunk.text:
                             sent = True
                             yield Text(name, chunk.text)
-                        if chunk.final is not None:
-                            gen = chunk.final
+                        else:
+                            held.append(chunk.text)
                 if gen is None:
-                    raise TierFailure(name, "error", f"tier {name!r} ended its stream without an answer")
+                    if verdict is not Verdict.DEFER:
+                        raise TierFailure(name, "error", f"tier {name!r} ended its stream without an answer")
+                    gen = Generation(text="".join(held), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
+                                     finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3)
             except TierFailure as f:
                 self.metrics.inc("cascade_tier_errors", tier=name, reason=f.reason)
                 if prev is None or sent or self.cfg.reliability.on_tier_failure != "degrade":
                     raise
                 self.metrics.inc("cascade_fallbacks", tier=name, reason=f.reason)
-                yield Text(prev.tier, prev.generation.text)
-                yield Outcome(prev.generation, prev.tier, True, first_score, self._threshold(plan), runs,
+                answer = await self._complete(prev, plan, f)
+                yield Text(prev.tier, answer.text)
+                yield Outcome(answer, prev.tier, True, first_score, first_threshold, runs,
                               degraded=f"{f}; answered by {prev.tier!r}")
                 return
             ms = (time.perf_counter() - t0) * 1e3
             self.metrics.observe("cascade_tier_latency_ms", ms, tier=name)
             self.metrics.inc("cascade_tier_tokens", gen.prompt_tokens, tier=name, kind="prompt")
             self.metrics.inc("cascade_tier_tokens", gen.completion_tokens, tier=name, kind="completion")
-            score = self._score(name, gen)
-            if k == 0 and score is not None:
-                first_score = score
-            run = TierRun(name, gen, score, ms)
+            score, threshold = None, None
+            if boundary is not None:
+                threshold = boundary.current(plan.threshold)
+                if decision is None:  # a forced tier: its score is still reported
+                    score = boundary.scorer(gen.logprobs, gen.embedding)
+                else:
+                    verdict, score = decision.finish(gen.logprobs, threshold, gen.embedding)
+                    if boundary.controller is not None and plan.threshold is None:
+                        boundary.controller.record(score)
+                if k == 0:
+                    first_score, first_threshold = score, threshold
+            at = decision.decided_at if decision is not None else None
+            run = TierRun(name, gen, score, ms, at, at is not None and (gen.finish_reason == "deferred"
+                                                                          or at < gen.completion_tokens))
             runs.append(run)
-            if final or not self._defer(plan, score):
-                if not final:
+            if run.decided_early:
+                self.metrics.inc("cascade_early_decisions", tier=name, verdict=verdict.value)
+            if final or verdict is Verdict.ACCEPT:
+                if not sent and not flowing:
                     yield Text(name, gen.text)
-                yield Outcome(gen, name, k > 0, first_score, self._threshold(plan), runs)
+                yield Outcome(gen, name, k > 0, first_score, first_threshold, runs)
                 return
             self.metrics.inc("cascade_deferrals", tier=name)
             prev = run
         raise AssertionError("unreachable: the last tier always answers")
 
-    def _threshold(self, plan: Plan) -> float:
-        return self.threshold if plan.threshold is None else plan.threshold
+    async def _complete(self, prev: TierRun, plan: Plan, failure: TierFailure) -> Generation:
+        """The earlier tier's whole answer for a degraded reply: its own, or, when the rule stopped it
+        early, a second call that runs it to the end (raises ``failure`` if that fails too)."""
+        if prev.generation.finish_reason != "deferred":
+            return prev.generation
+        try:
+            async with aclosing(self.client.stream(prev.tier, plan.request, False)) as chunks:
+                async for chunk in chunks:
+                    if chunk.final is not None:
+                        return chunk.final
+        except TierFailure:
+            pass
+        raise failure
 
     async def run(self, plan: Plan) -> Outcome:
         """The walk collected: what unary calls use (the answer's text is ``outcome.answer.text``)."""

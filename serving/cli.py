@@ -146,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     art = calibrate(cfg, args.data, target_deferral=args.target_deferral, target_pgr=args.target_pgr,
                     rule=args.rule, alpha=args.alpha, train_data=args.train_data, eval_data=args.eval_data,
-                    metric=args.metric)
+                    metric=args.metric, decide_within_tokens=args.decide_within_tokens)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(art, indent=2) + "\n")
     if args.json:
@@ -192,7 +192,7 @@ def _router_stats(app_name: str) -> Optional[dict]:
     from ray import serve
 
     try:
-        return serve.get_app_handle(app_name).stats.remote().result(timeout_s=5)
+        return serve.get_app_handle(app_name).stats.remote().result(timeout_s=20)
     except Exception:  # noqa: BLE001  (status must print even when the router is down)
         return None
 
@@ -278,6 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--train-data", help="labelled JSONL a post-hoc rule learns from (default: the fit part of --data)")
     c.add_argument("--eval-data", help="held-out labelled JSONL for the report (default: half of --data held out)")
     c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
+    c.add_argument("--decide-within-tokens", type=int, metavar="K",
+                   help="fit and apply the rule on each answer's first K tokens (deferral.decide_within_tokens)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
     b = sub.add_parser("build", help="generate a deploy artefact from the config: Serve config, cluster YAML, RayService")

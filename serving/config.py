@@ -148,6 +148,9 @@ class Tier(_Strict):
     generation: Generation = Field(default_factory=Generation)
     engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static, "
                                  "with that engine's options")
+    deferral: Optional["Deferral"] = Field(
+        None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
+        "the top-level `deferral`. Ignored on the last tier")
     serve: ServeOptions = Field(default_factory=ServeOptions)
 
     @model_validator(mode="before")
@@ -186,6 +189,13 @@ class Deferral(_Strict):
     target_deferral: Optional[float] = Field(None, gt=0.0, lt=1.0, description="budget controller's target share")
     controller_window: int = Field(500, ge=10, description="recent scores the controller keeps")
     controller_warmup: int = Field(50, ge=1, description="scores seen before the controller takes over")
+    early_deferral: bool = Field(
+        True, description="monotone rules (chow_sum, chow_quantile with alpha 0) defer as soon as the running "
+        "score falls below the threshold: the same decision as at the end, fewer tokens")
+    decide_within_tokens: Optional[int] = Field(
+        None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
+        "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
+        "see benchmarks/quality.py rows <rule>@k")
 
     @field_validator("threshold")
     @classmethod
@@ -203,6 +213,15 @@ class Deferral(_Strict):
                 raise ValueError(f"rule {self.rule} is learned: set artifact to its calibration artifact")
         if self.controller_warmup > self.controller_window:
             raise ValueError("controller_warmup must not exceed controller_window")
+        art = self.artifact if isinstance(self.artifact, dict) else None
+        rule = art.get("rule", self.rule) if art else self.rule
+        if self.decide_within_tokens is not None and rule == "post_hoc_embed":
+            raise ValueError("decide_within_tokens does not work with post_hoc_embed (it reads the whole answer's "
+                             "embedding); use post_hoc_quantile or a chow rule")
+        if art and rule.startswith("post_hoc") and art.get("decide_within_tokens") != self.decide_within_tokens:
+            raise ValueError(f"the artifact's {rule} model was fitted for decide_within_tokens="
+                             f"{art.get('decide_within_tokens')}, the config sets {self.decide_within_tokens}: "
+                             "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value")
         return self
 
     def load_artifact(self) -> Optional[dict[str, Any]]:
@@ -297,6 +316,9 @@ class Server(_Strict):
     auth: Auth = Field(default_factory=Auth)
 
 
+Tier.model_rebuild()
+
+
 class CascadeConfig(_Strict):
     tiers: list[Tier] = Field(min_length=1)
     deferral: Deferral
@@ -317,6 +339,10 @@ class CascadeConfig(_Strict):
     def tier(self, name: str) -> Tier:
         return next(t for t in self.tiers if t.name == name)
 
+    def boundary(self, k: int) -> "Deferral":
+        """The deferral settings after tier k (its own, or the top-level ones)."""
+        return self.tiers[k].deferral or self.deferral
+
     @property
     def tier_names(self) -> list[str]:
         return [t.name for t in self.tiers]
@@ -336,11 +362,12 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
     neither is left alone (a hub id). An artifact path is read in, so the config carries it to
     wherever the router runs."""
     raw = copy.deepcopy(raw)
-    deferral = raw.get("deferral")
-    art = deferral.get("artifact") if isinstance(deferral, dict) else None
-    if isinstance(art, str):
-        path = Path(art) if Path(art).is_absolute() or base is None else base / art
-        deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
+    deferrals = [raw.get("deferral")] + [t.get("deferral") for t in raw.get("tiers") or [] if isinstance(t, dict)]
+    for deferral in deferrals:
+        art = deferral.get("artifact") if isinstance(deferral, dict) else None
+        if isinstance(art, str):
+            path = Path(art) if Path(art).is_absolute() or base is None else base / art
+            deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None

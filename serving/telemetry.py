@@ -44,6 +44,8 @@ METRICS = {m.name: m for m in [
            "(a request defers when this exceeds minus the threshold).", ("rule",), UNCERTAINTY_BUCKETS),
     Metric("cascade_deferral_share", "gauge", "Share of recent cascade requests (the router replica's window) that "
            "were deferred.", ()),
+    Metric("cascade_early_decisions", "counter", "Deferral decisions reached before the tier's answer was complete "
+           "(an exact early DEFER of a monotone rule, or a decision window), by tier and verdict.", ("tier", "verdict")),
     Metric("cascade_tier_latency_ms", "histogram", "Tier call wall time as seen by the router, by tier.", ("tier",),
            LATENCY_MS_BUCKETS),
     Metric("cascade_tier_tokens", "counter", "Tokens processed by each tier, by kind (prompt, completion).",

@@ -1,10 +1,11 @@
-"""Train the shipped default model pair (``weak`` and ``strong``) on the arithmetic task.
+"""Train the shipped models (``weak`` and ``strong``, the default pair, and ``medium``, the middle tier of
+the 3-tier example) on the arithmetic task.
 
 Both are small Llama models with a character-level tokenizer, saved with ``save_pretrained`` so that
 they load with ``AutoTokenizer`` / ``AutoModelForCausalLM`` from a directory exactly like a hub model.
 
-    python -m serving.default_models.train            # both, into serving/default_models/{weak,strong}
-    python -m serving.default_models.train --only weak
+    python -m serving.default_models.train            # all three, into serving/default_models/{weak,medium,strong}
+    python -m serving.default_models.train --only medium
 
 Deterministic: fixed seeds, fixed thread count, data drawn from seeded generators. Training stops
 at the first evaluation whose held-out exact match reaches the tier's `stop_at` (or at ``max_steps``), so rerunning
@@ -45,6 +46,11 @@ PAIR = {
     "weak": dict(
         arch=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
         lr=3e-3, batch=64, max_steps=4000, eval_every=100, stop_at=0.70,
+    ),
+    # the third tier of the 3-tier example (serving/three_tier_config.yaml): between the pair
+    "medium": dict(
+        arch=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4),
+        lr=2.5e-3, batch=64, max_steps=3000, eval_every=250, stop_at=0.90,
     ),
     "strong": dict(
         arch=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
@@ -159,7 +165,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    for name in args.only or ["weak", "strong"]:
+    for name in args.only or ["weak", "medium", "strong"]:
         info = train(name, args.out / name, args.threads)
         print(json.dumps({k: info[k] for k in ("name", "params", "steps", "exact_match_held_out")}))
 

@@ -29,5 +29,11 @@ class BudgetController:
     def decide(self, score: float) -> tuple[bool, float]:
         """(defer?, threshold used) for one score, then remember the score."""
         t = self.threshold()
-        self.scores.append(score)
+        self.record(score)
         return (not score >= t), t
+
+    def record(self, score: float) -> None:
+        """Remember a score decided against ``threshold()`` elsewhere (the cascade's incremental
+        decisions: an early DEFER records the score of the prefix it decided on, which lies below the
+        threshold like the whole answer's would)."""
+        self.scores.append(score)

@@ -33,7 +33,8 @@ def _tier_result(plan: Plan, run: TierRun) -> pb.TierResult:
     return pb.TierResult(tier=run.tier, text=g.text, score=run.score, latency_ms=run.latency_ms,
                          prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
                          token_logprobs=g.logprobs if plan.include_logprobs else [],
-                         finish_reason=g.finish_reason, tier_ms=g.tier_ms)
+                         finish_reason=g.finish_reason, tier_ms=g.tier_ms, decision_tokens=run.decided_at or 0,
+                         decided_early=run.decided_early)
 
 
 class Refusal(Exception):
@@ -73,14 +74,14 @@ def plan_request(cascade: Cascade, limits, r: pb.GenerateRequest) -> Plan:
                          f"got {r.max_new_tokens}")
     if r.force_tier and r.force_tier not in cascade.names:
         raise BadRequest(f"`force_tier` {r.force_tier!r} is not a tier; known tiers: {cascade.names}")
-    threshold = None if cascade.controller else cascade.threshold
+    threshold = None  # the configured one (or the budget controller's), per boundary
     if r.HasField("threshold"):
         if not math.isfinite(r.threshold):
             raise BadRequest(f"`threshold` must be a finite number, got {r.threshold}")
         threshold = r.threshold
     req = GenerationRequest(
         prompt=r.prompt, messages=[{"role": m.role, "content": m.content} for m in r.messages],
-        max_new_tokens=r.max_new_tokens or None, embed=cascade.scorer.needs_embedding,
+        max_new_tokens=r.max_new_tokens or None, embed=cascade.needs_embedding,
     )
     tiers = [r.force_tier] if r.force_tier else cascade.names
     return Plan(req, tiers, bool(r.force_tier), threshold, r.include_logprobs)
@@ -91,7 +92,8 @@ def response(cascade: Cascade, plan: Plan, out: Outcome, text: str, t0: float, r
     usage = pb.Usage(prompt_tokens=sum(t.prompt_tokens for t in results),
                      completion_tokens=sum(t.completion_tokens for t in results))
     return pb.GenerateResponse(
-        text=text, tier=out.answered_by, deferred=out.deferred, score=out.score, threshold=out.threshold,
+        text=text, tier=out.answered_by, deferred=out.deferred, score=out.score,
+        threshold=cascade.threshold if out.threshold is None else out.threshold,
         rule=cascade.rule, usage=usage, tiers=results, total_latency_ms=(time.perf_counter() - t0) * 1e3,
         request_id=request_id, degraded=bool(out.degraded), degraded_reason=out.degraded,
     )

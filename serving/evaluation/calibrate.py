@@ -20,9 +20,12 @@ ARTIFACT_FORMAT = "cascade-calibration/1"
 def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float] = None,
               target_pgr: Optional[float] = None, rule: Optional[str] = None, alpha: Optional[float] = None,
               train_data: Optional[str] = None, eval_data: Optional[str] = None, metric: str = "exact_match",
-              cache: Path = DEFAULT_CACHE, holdout: float = 0.5, seed: int = 0) -> dict:
+              cache: Path = DEFAULT_CACHE, holdout: float = 0.5, seed: int = 0,
+              decide_within_tokens: Optional[int] = None) -> dict:
     """Returns the artifact. The threshold is picked on ``data`` (its fit part); quality and the
-    realised deferral share are reported on ``eval_data``, or on a held-out part of ``data``."""
+    realised deferral share are reported on ``eval_data``, or on a held-out part of ``data``. With
+    ``decide_within_tokens`` k the rule is fitted and applied on each answer's first k tokens (a
+    decision window, config ``deferral.decide_within_tokens``)."""
     if (target_deferral is None) == (target_pgr is None):
         raise ValueError("give exactly one of target_deferral and target_pgr")
     current = cfg.deferral.resolved()
@@ -31,7 +34,7 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
     weak_name, strong_name = cfg.tier_names[:2]
     rows = load_jsonl(data)
     runs = run_offline(cfg, rows, metric, cache, tiers=[weak_name, strong_name])
-    weak, strong = runs[weak_name], runs[strong_name]
+    weak, strong = runs[weak_name].prefix(decide_within_tokens), runs[strong_name]
     n = len(rows)
     if eval_data:
         fit_idx = np.arange(n)
@@ -39,7 +42,8 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
         perm = np.random.default_rng(seed).permutation(n)
         cut = int(round(n * (1 - holdout)))
         fit_idx, held_idx = np.sort(perm[:cut]), np.sort(perm[cut:])
-    train_run = run_offline(cfg, load_jsonl(train_data), metric, cache, tiers=[weak_name])[weak_name] if train_data else weak
+    train_run = (run_offline(cfg, load_jsonl(train_data), metric, cache, tiers=[weak_name])[weak_name]
+                 .prefix(decide_within_tokens) if train_data else weak)
     scorer, model = fit_rule(rule, alpha, train_run, None if train_data else fit_idx)
     fit_scores = score_run(scorer, weak, fit_idx)
     wq, sq = weak.quality[fit_idx], strong.quality[fit_idx]
@@ -51,7 +55,8 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
     if eval_data:
         erows = load_jsonl(eval_data)
         eruns = run_offline(cfg, erows, metric, cache, tiers=[weak_name, strong_name])
-        metrics["heldout"] = operating_point(score_run(scorer, eruns[weak_name]), eruns[weak_name].quality,
+        metrics["heldout"] = operating_point(score_run(scorer, eruns[weak_name].prefix(decide_within_tokens)),
+                                             eruns[weak_name].quality,
                                              eruns[strong_name].quality, threshold)
         held_desc = {"path": str(eval_data), "sha256": data_hash(erows)}
     else:
@@ -61,6 +66,7 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
     return {
         "format": ARTIFACT_FORMAT, "rule": rule, "alpha": alpha if rule == "chow_quantile" else None,
         "model": model, "threshold": threshold, "target": target, "metric": metric,
+        "decide_within_tokens": decide_within_tokens,
         "data": {"path": str(data), "sha256": data_hash(rows), "n": n, "n_fit": int(len(fit_idx))},
         "train_data": ({"path": str(train_data), "sha256": data_hash(load_jsonl(train_data))} if train_data
                        else ("fit part of data" if model else None)),

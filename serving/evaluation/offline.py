@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -34,6 +35,12 @@ class TierRun:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(lp) for lp in self.logprobs])
+
+    def prefix(self, k: Optional[int]) -> "TierRun":
+        """The run as a k-token decision window sees it: each answer's first k token log-probs."""
+        if k is None:
+            return self
+        return TierRun(self.tier, self.texts, [lp[:k] for lp in self.logprobs], self.embeddings, self.quality)
 
 
 def model_fingerprint(tier: Tier) -> str:

@@ -66,6 +66,7 @@ class Chunk:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     final: Optional[Generation] = None
+    prompt_tokens: int = 0
 
 
 @dataclass

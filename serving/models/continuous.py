@@ -105,7 +105,7 @@ class ContinuousEngine(Engine):
                 ids, lps = out.generated_tokens[seen:], out.logprobs[seen:]
                 seen += len(ids)
                 self.rate.add(len(ids))
-                chunk = Chunk(token_ids=ids, logprobs=lps, text=text.push(ids))
+                chunk = Chunk(token_ids=ids, logprobs=lps, text=text.push(ids), prompt_tokens=len(prompt))
                 if out.is_finished():
                     done = True
                     chunk.final = await self._final(req, prompt, out.generated_tokens, out.logprobs, max_new, t0)

@@ -104,7 +104,7 @@ class StaticEngine(Engine):
         gen.tier_ms = (time.perf_counter() - t0) * 1e3
         self.rate.add(len(gen.token_ids))
         self.finished += 1
-        yield Chunk(token_ids=gen.token_ids, logprobs=gen.logprobs, text=gen.text, final=gen)
+        yield Chunk(token_ids=gen.token_ids, logprobs=gen.logprobs, text=gen.text, final=gen, prompt_tokens=gen.prompt_tokens)
 
     # ---- the forward passes (worker thread) ----------------------------------------------------
     @torch.inference_mode()

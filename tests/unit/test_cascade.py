@@ -55,9 +55,8 @@ UNSURE = [("5", -0.01), ("3", -1.5)]     # min -1.5: deferred
 STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
 
 
-def plan(cascade, tiers=None, threshold="default", forced=False):
-    th = cascade.threshold if threshold == "default" else threshold
-    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, th, stream=True)
+def plan(cascade, tiers=None, threshold=None, forced=False):
+    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, threshold, stream=True)
 
 
 def walk(cascade, p):
@@ -162,7 +161,7 @@ def test_a_reader_that_stops_cancels_the_tier_stream():
                 assert isinstance(ev, Text)
                 break  # the client went away after the first piece
     asyncio.run(run())
-    assert fake.closed_early == ["strong"]
+    assert fake.closed_early == ["weak", "strong"]  # weak: stopped by the early DEFER; strong: by the reader
 
 
 def test_run_collects_the_walk():
@@ -172,14 +171,14 @@ def test_run_collects_the_walk():
     p.stream = False
     out = asyncio.run(c.run(p))
     assert (out.answered_by, out.answer.text) == ("strong", "439")
-    assert fake.tokens == [False, False]  # nobody reads tokens: one message per tier call
+    assert fake.tokens == [True, False]  # weak: tokens for the early decision; strong: nobody reads them
 
 
-def test_only_the_streamed_last_tier_is_asked_for_tokens():
+def test_tokens_are_asked_for_only_where_someone_reads_them():
     fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
-    c = Cascade(config(), fake)
+    c = Cascade(config(deferral={"rule": "chow_average", "threshold": -0.5}), fake)
     walk(c, plan(c))
-    assert fake.tokens == [False, True]
+    assert fake.tokens == [False, True]  # average cannot decide early; the streamed last tier can be read
 
 
 def test_budget_controller_sets_the_threshold_when_the_request_has_none():
@@ -209,3 +208,64 @@ def test_metrics_per_tier():
     assert m.counts[("cascade_deferrals", (("tier", "weak"),))] == 1
     assert m.counts[("cascade_tier_tokens", (("kind", "completion"), ("tier", "strong")))] == 3
     assert m.counts[("cascade_tier_latency_ms:n", (("tier", "weak"),))] == 1
+
+
+LONG_UNSURE = [("1", -0.01), ("2", -2.0), ("3", -0.01), ("4", -0.01), ("5", -0.01)]
+
+
+def test_exact_early_deferral_stops_the_weak_tier_at_the_first_certain_token():
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c))
+    weak = out.runs[0]
+    assert fake.closed_early[0] == "weak" and weak.generation.finish_reason == "deferred"
+    assert (weak.decided_at, weak.decided_early, weak.generation.completion_tokens) == (2, True, 2)
+    assert weak.score == -2.0 == out.score  # min of the prefix = min of the whole answer: same decision
+    assert out.answered_by == "strong" and all(t.tier == "strong" for t in texts)
+
+
+def test_early_deferral_off_reads_the_whole_weak_answer():
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral={"rule": "chow_quantile", "threshold": -0.5, "early_deferral": False}), fake)
+    *_, out = walk(c, plan(c))
+    assert fake.closed_early == [] and fake.tokens == [False, True]
+    assert out.runs[0].generation.completion_tokens == 5 and not out.runs[0].decided_early
+    assert out.answered_by == "strong" and out.score == -2.0
+
+
+def test_a_window_accepts_early_and_streams_the_weak_answer_from_there():
+    answer = [("1", -0.01), ("2", -0.02), ("3", -3.0), ("4", -0.01)]  # unsure only after the window
+    fake = FakeTiers({"weak": answer, "strong": STRONG})
+    c = Cascade(config(deferral={"rule": "chow_quantile", "threshold": -0.5, "decide_within_tokens": 2}), fake)
+    *texts, out = walk(c, plan(c))
+    assert texts == [Text("weak", "12"), Text("weak", "3"), Text("weak", "4")]  # held until the verdict, then flows
+    assert fake.calls == ["weak"] and out.answered_by == "weak" and out.answer.text == "1234"
+    assert out.runs[0].decided_at == 2 and out.runs[0].decided_early and out.score == pytest.approx(-0.02)
+
+
+def test_a_window_defers_on_its_prefix():
+    answer = [("1", -0.01), ("2", -3.0), ("3", -0.01)]
+    fake = FakeTiers({"weak": answer, "strong": STRONG})
+    c = Cascade(config(deferral={"rule": "chow_average", "threshold": -0.5, "decide_within_tokens": 2}), fake)
+    *_, out = walk(c, plan(c))
+    assert out.answered_by == "strong" and out.runs[0].decided_at == 2
+    assert out.score == pytest.approx(-1.505)
+
+
+def test_each_boundary_has_its_own_rule():
+    tiers = [{"name": "a", "model": {"source": "a"}, "deferral": {"rule": "chow_quantile", "threshold": -0.5}},
+             {"name": "b", "model": {"source": "b"}, "deferral": {"rule": "chow_quantile", "threshold": -3.0}},
+             {"name": "c", "model": {"source": "c"}}]
+    cfg = parse_config({"tiers": tiers, "deferral": {"rule": "chow_sum", "threshold": -100.0}})
+    fake = FakeTiers({"a": UNSURE, "b": UNSURE, "c": STRONG})
+    *_, out = walk(Cascade(cfg, fake), plan(Cascade(cfg, fake)))
+    assert fake.calls == ["a", "b"] and out.answered_by == "b"  # b's own threshold (-3) accepts -1.5
+    assert [r.decided_early for r in out.runs] == [True, False]
+
+
+def test_degrading_after_an_early_deferral_runs_the_earlier_tier_to_the_end():
+    fake = FakeTiers({"weak": LONG_UNSURE}, {"strong": TierFailure("strong", "timeout", "timed out")})
+    c = Cascade(config(), fake)
+    *texts, out = walk(c, plan(c))
+    assert fake.calls == ["weak", "strong", "weak"]
+    assert texts == [Text("weak", "12345")] and out.answer.text == "12345" and out.degraded

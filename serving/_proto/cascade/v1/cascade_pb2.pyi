@@ -39,7 +39,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class TierResult(_message.Message):
-    __slots__ = ("tier", "text", "score", "latency_ms", "prompt_tokens", "completion_tokens", "token_logprobs", "finish_reason", "tier_ms")
+    __slots__ = ("tier", "text", "score", "latency_ms", "prompt_tokens", "completion_tokens", "token_logprobs", "finish_reason", "tier_ms", "decision_tokens", "decided_early")
     TIER_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,8 @@ class TierResult(_message.Message):
     TOKEN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TIER_MS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_EARLY_FIELD_NUMBER: _ClassVar[int]
     tier: str
     text: str
     score: float
@@ -58,7 +60,9 @@ class TierResult(_message.Message):
     token_logprobs: _containers.RepeatedScalarFieldContainer[float]
     finish_reason: str
     tier_ms: float
-    def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ...) -> None: ...
+    decision_tokens: int
+    decided_early: bool
+    def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ..., decision_tokens: _Optional[int] = ..., decided_early: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason")
