@@ -54,12 +54,15 @@ def cases():
     exs = list(examples(3, 200))
     wg = weak.generate_many([GenerationRequest(prompt=e.prompt) for e in exs])
     easy = next(e for e, g in zip(exs, wg) if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold))
-    hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)]
+    # wrong, deferred, and its least likely token not the last one (so the early DEFER cuts the answer short)
+    hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)
+                 and g.logprobs.index(min(g.logprobs)) < len(g.logprobs) - 1]
     sg = strong.generate_many([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
     weak.close()
     strong.close()
     hard, hard_weak = next((e, g) for (e, g), s in zip(hard_pool, sg) if s.text == e.reference)
-    return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text}
+    return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text,
+            "hard_weak_tokens": hard_weak.completion_tokens}
 
 
 def test_easy_question_is_answered_by_weak(client, cases):
@@ -77,9 +80,14 @@ def test_question_weak_gets_wrong_is_deferred_to_strong(client, cases):
     assert (r.text, r.tier, r.deferred) == (e.reference, "strong", True)
     assert r.score < r.threshold
     weak, strong = r.tiers
-    assert (weak.tier, weak.text, strong.tier) == ("weak", cases["hard_weak_text"], "strong")
+    assert (weak.tier, strong.tier) == ("weak", "strong")
+    # exact early deferral: the weak tier was stopped at the first token whose log-prob fell below the
+    # threshold; its text so far is a prefix of its whole answer
+    assert (weak.finish_reason, weak.decided_early) == ("deferred", True)
+    assert cases["hard_weak_text"].startswith(weak.text)
+    assert weak.decision_tokens == weak.completion_tokens == len(weak.token_logprobs) < cases["hard_weak_tokens"]
     assert weak.score == pytest.approx(r.score) and not strong.HasField("score")
-    assert min(weak.token_logprobs) == pytest.approx(r.score)  # chow_quantile(alpha=0) = least likely token
+    assert min(weak.token_logprobs) == pytest.approx(r.score) == weak.token_logprobs[-1]  # the deciding token
     assert r.usage.completion_tokens == weak.completion_tokens + strong.completion_tokens
     assert weak.latency_ms > 0 and strong.latency_ms > 0
 
