@@ -192,7 +192,12 @@ def _router_stats(app_name: str) -> Optional[dict]:
     from ray import serve
 
     try:
-        return serve.get_app_handle(app_name).stats.remote().result(timeout_s=20)
+        import asyncio
+
+        async def ask():  # inside an event loop: handles work with the router on the caller's loop (SERVE_TUNING)
+            return await asyncio.wait_for(serve.get_app_handle(app_name).stats.remote(), 20)
+
+        return asyncio.run(ask())
     except Exception:  # noqa: BLE001  (status must print even when the router is down)
         return None
 

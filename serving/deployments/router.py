@@ -264,7 +264,7 @@ class Router:
             try:
                 engines[name] = await asyncio.wait_for(h.stats.remote(), 5)
             except Exception as e:  # noqa: BLE001  (status must show what it can)
-                engines[name] = {"error": type(e).__name__}
+                engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
         return {"replica": serve.get_replica_context().replica_id.unique_id, "inflight": self.inflight,
                 "recent_requests": self.recent.n, "deferral_share": self.recent.share,
                 "degraded_share": self.recent_degraded.share, "requests_by_code": dict(self.counts),

@@ -88,7 +88,7 @@ class TierDeployment:
         if healthy is not None and not healthy():
             raise RuntimeError(f"tier {self.tier.name!r}: the {self.engine.name} engine stopped")
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         self._start_stats()
         return {"tier": self.tier.name, "replica": serve.get_replica_context().replica_id.unique_id,
                 "threads": threading.active_count(), **asdict(self.engine.stats())}

@@ -85,9 +85,11 @@ def test_question_weak_gets_wrong_is_deferred_to_strong(client, cases):
     # threshold; its text so far is a prefix of its whole answer
     assert (weak.finish_reason, weak.decided_early) == ("deferred", True)
     assert cases["hard_weak_text"].startswith(weak.text)
-    assert weak.decision_tokens == weak.completion_tokens == len(weak.token_logprobs) < cases["hard_weak_tokens"]
+    # the rule decided at its first unlikely token; the engine may have decoded a few more meanwhile
+    n = weak.decision_tokens
+    assert 0 < n <= weak.completion_tokens == len(weak.token_logprobs) and n < cases["hard_weak_tokens"]
     assert weak.score == pytest.approx(r.score) and not strong.HasField("score")
-    assert min(weak.token_logprobs) == pytest.approx(r.score) == weak.token_logprobs[-1]  # the deciding token
+    assert min(weak.token_logprobs[:n]) == pytest.approx(r.score) == weak.token_logprobs[n - 1]  # the deciding token
     assert r.usage.completion_tokens == weak.completion_tokens + strong.completion_tokens
     assert weak.latency_ms > 0 and strong.latency_ms > 0
 
