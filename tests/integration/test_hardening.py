@@ -197,7 +197,8 @@ def test_overload_is_refused_quickly_with_a_retry_hint(server, client):
           f"{statistics.median(ok):.0f} ms, p99 {p99_ok:.0f} ms), {len(rejected)} RESOURCE_EXHAUSTED "
           f"(median {med_rej:.1f} ms)")
     assert codes <= {"OK", "RESOURCE_EXHAUSTED"}, codes
-    assert ok and len(rejected) > len(ok)  # 48 callers against an admission limit of 6
+    # 48 callers against an admission limit of 6: at least the first burst beyond the limit is refused
+    assert ok and len(rejected) >= 48 - (CFG.limits.max_inflight + 1)
     assert all(t.get("retry-after-ms") == str(CFG.limits.retry_after_ms) for _, t in rejected)
     # Refusing is cheap, waiting is not: measured side by side in one run, not against a fixed time.
     assert med_rej < statistics.median(ok)
