@@ -19,7 +19,7 @@ from typing import AsyncIterator, Optional, Protocol, Union
 from serving.config import CascadeConfig, Deferral
 from serving.deferral import Scorer, build_scorer
 from serving.deferral.controller import BudgetController
-from serving.deferral.incremental import Decision, Verdict
+from serving.deferral.incremental import Decision, StopRule, Verdict
 from serving.models.base import Chunk, Generation, GenerationRequest
 
 
@@ -38,11 +38,14 @@ class TierFailure(Exception):
 
 class TierClient(Protocol):
     """Calls one tier. ``stream`` yields the tier's chunks (the last carries ``final``); with
-    ``tokens=False`` only that last chunk (one message instead of one per decoding step). It raises
+    ``tokens=False`` only that last chunk (one message instead of one per decoding step). ``stop``: the
+    boundary's rule, which the tier may apply itself to end the request at a certain DEFER (its last
+    chunk's ``finish_reason`` is then "deferred") and to hold tokens until the verdict. It raises
     TierFailure when the tier cannot answer and BadRequest when it refuses the input. Closing the
     iterator early cancels the tier's work."""
 
-    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True) -> AsyncIterator[Chunk]: ...
+    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True,
+               stop: Optional[StopRule] = None) -> AsyncIterator[Chunk]: ...
 
 
 class Recorder(Protocol):
@@ -111,6 +114,7 @@ class Boundary:
     controller: Optional[BudgetController]
     window: Optional[int]
     early: bool
+    model: Optional[dict] = None  # a post-hoc rule's fitted model
 
     @classmethod
     def from_config(cls, d: Deferral) -> "Boundary":
@@ -118,10 +122,13 @@ class Boundary:
         controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
                       if d.target_deferral is not None else None)
         return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
-                   d.decide_within_tokens, d.early_deferral)
+                   d.decide_within_tokens, d.early_deferral, r["model"])
 
     def decision(self) -> Decision:
         return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
+
+    def stop_rule(self, threshold: float, model: Optional[dict]) -> StopRule:
+        return StopRule(self.rule, self.alpha, threshold, self.window, self.early, model)
 
     def current(self, override: Optional[float]) -> float:
         """The threshold in force: the request's, else the budget controller's, else the configured one."""
@@ -160,22 +167,27 @@ class Cascade:
             boundary = self.boundaries[index] if index < len(self.boundaries) else None
             decision = boundary.decision() if boundary is not None and not final else None
             early = decision is not None and decision.can_decide_early
+            threshold = boundary.current(plan.threshold) if boundary is not None else None
+            stop = boundary.stop_rule(threshold, boundary.model) if early else None
             flowing = final and plan.stream  # this tier's text goes to the client as it comes
             t0 = time.perf_counter()
             gen: Optional[Generation] = None
-            sent, held = False, []
+            sent, held, pushed = False, [], 0
             ids, lps, prompt_tokens = [], [], 0
             verdict = Verdict.UNDECIDED
             try:
-                # Per-token chunks only where someone reads them: the streamed answer, an early decision.
-                async with aclosing(self.client.stream(name, plan.request, flowing or early)) as chunks:
+                # Per-token chunks only where someone reads them (a streamed answer); the tier applies an
+                # early-deciding rule itself, so a deferred request ends there without a message per token.
+                tokens = flowing or (early and plan.stream)
+                async with aclosing(self.client.stream(name, plan.request, tokens, stop)) as chunks:
                     async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
                         ids += chunk.token_ids
                         lps += chunk.logprobs
                         prompt_tokens = chunk.prompt_tokens or prompt_tokens
                         gen = chunk.final or gen
                         if early and verdict is Verdict.UNDECIDED and chunk.token_ids:
-                            verdict = decision.push(chunk.logprobs, boundary.current(plan.threshold))
+                            verdict = decision.push(chunk.logprobs, threshold)
+                            pushed += len(chunk.logprobs)
                             if verdict is Verdict.DEFER:
                                 break
                             if verdict is Verdict.ACCEPT and plan.stream:
@@ -196,6 +208,8 @@ class Cascade:
                         raise TierFailure(name, "error", f"tier {name!r} ended its stream without an answer")
                     gen = Generation(text="".join(held), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
                                      finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3)
+                elif early and verdict is Verdict.UNDECIDED:  # tokens that came only with the answer
+                    verdict = decision.push(gen.logprobs[pushed:], threshold)
             except TierFailure as f:
                 self.metrics.inc("cascade_tier_errors", tier=name, reason=f.reason)
                 if prev is None or sent or self.cfg.reliability.on_tier_failure != "degrade":
@@ -210,9 +224,8 @@ class Cascade:
             self.metrics.observe("cascade_tier_latency_ms", ms, tier=name)
             self.metrics.inc("cascade_tier_tokens", gen.prompt_tokens, tier=name, kind="prompt")
             self.metrics.inc("cascade_tier_tokens", gen.completion_tokens, tier=name, kind="completion")
-            score, threshold = None, None
+            score = None
             if boundary is not None:
-                threshold = boundary.current(plan.threshold)
                 if decision is None:  # a forced tier: its score is still reported
                     score = boundary.scorer(gen.logprobs, gen.embedding)
                 else:

@@ -21,6 +21,7 @@ Pure code: no Ray, no torch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Sequence
 
@@ -101,3 +102,23 @@ class Decision:
         self.verdict, self.score = verdict, score
         self.decided_at = len(self.logprobs) if at is None else at
         return verdict
+
+
+@dataclass
+class StopRule:
+    """A boundary's decision as plain data, sent with a tier call so that the tier applies the same
+    :class:`Decision` next to its engine and stops a request the moment DEFER is certain (no message
+    per token on the way). The caller runs its own Decision on the tokens it gets back: same data, same
+    verdict."""
+
+    rule: str
+    alpha: float
+    threshold: float
+    window: Optional[int] = None
+    early: bool = True
+    model: Optional[dict] = None  # a post-hoc rule's fitted model
+
+    def decision(self) -> Decision:
+        from serving.deferral.rules import build_scorer
+
+        return Decision(build_scorer(self.rule, self.alpha, self.model), self.rule, self.alpha, self.window, self.early)

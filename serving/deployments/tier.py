@@ -13,7 +13,8 @@ from ray import serve
 
 from serving.config import Tier
 from serving.deployments.metrics import Metrics
-from serving.models import Chunk, GenerationRequest, InvalidInput, build_engine
+from serving.deferral.incremental import StopRule, Verdict
+from serving.models import Chunk, Generation, GenerationRequest, InvalidInput, build_engine
 
 log = logging.getLogger("ray.serve")  # Serve stamps these lines with the request id
 ENGINE_METRICS = ("cascade_engine_running", "cascade_engine_waiting", "cascade_engine_kv_cache_usage",
@@ -50,18 +51,46 @@ class TierDeployment:
             raise InvalidInput(f"prompt ({n} tokens) + max_new_tokens ({new}) exceed tier {self.tier.name!r}'s "
                                f"context of {ctx} tokens; lower `max_new_tokens` to at most {max(ctx - n, 0)}")
 
-    async def stream(self, req: GenerationRequest, tokens: bool = True) -> AsyncIterator[Chunk]:
-        """The engine's chunks for one request (``tokens=False``: only the last, which carries the whole
-        answer; one message instead of one per decoding step). A caller that goes away (Serve cancels
+    async def stream(self, req: GenerationRequest, tokens: bool = True,
+                     stop: Optional[StopRule] = None) -> AsyncIterator[Chunk]:
+        """The engine's chunks for one request. ``tokens=False``: only the last chunk (``final``, the whole
+        answer; one message instead of one per decoding step). ``stop``: the boundary's rule, applied here
+        as tokens come out of the engine: nothing is sent until its verdict; on DEFER the request is
+        cancelled at once and the last chunk carries what was generated (``finish_reason`` "deferred");
+        on ACCEPT the held tokens go out and the rest follows. A caller that goes away (Serve cancels
         this generator) cancels the request in the engine, which frees its slot at the next step."""
         self._start_stats()
         self._check(req)
         t0 = time.perf_counter()
+        decision = stop.decision() if stop is not None else None
+        held, ids, lps, texts, prompt_tokens = Chunk(), [], [], [], 0
         it = self.engine.stream(req)
         try:
             async for chunk in it:
-                if tokens or chunk.final is not None:
-                    yield chunk
+                ids += chunk.token_ids
+                lps += chunk.logprobs
+                texts.append(chunk.text)
+                prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                held.token_ids += chunk.token_ids
+                held.logprobs += chunk.logprobs
+                held.text += chunk.text
+                verdict = Verdict.UNDECIDED if decision is None else decision.verdict
+                if decision is not None and verdict is Verdict.UNDECIDED and chunk.token_ids:
+                    verdict = decision.push(chunk.logprobs, stop.threshold)
+                    if verdict is Verdict.DEFER and chunk.final is None:
+                        yield Chunk(prompt_tokens=prompt_tokens, final=Generation(
+                            text="".join(texts), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
+                            finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3))
+                        return  # closing the engine's stream cancels the request
+                if chunk.final is not None:
+                    yield Chunk(final=chunk.final, prompt_tokens=prompt_tokens,
+                                **(dict(token_ids=held.token_ids, logprobs=held.logprobs, text=held.text)
+                                   if tokens else {}))
+                    return
+                if tokens and (decision is None or verdict is Verdict.ACCEPT):
+                    held.prompt_tokens = prompt_tokens
+                    yield held
+                    held = Chunk()
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise

@@ -27,10 +27,12 @@ class FakeTiers:
         self.calls: list[str] = []
         self.closed_early: list[str] = []
         self.tokens: list[bool] = []
+        self.stops: list = []
 
-    async def stream(self, tier, req, tokens=True):
+    async def stream(self, tier, req, tokens=True, stop=None):
         self.calls.append(tier)
         self.tokens.append(tokens)
+        self.stops.append(stop)
         pieces = self.answers.get(tier, [])
         done = False
         try:
@@ -171,7 +173,8 @@ def test_run_collects_the_walk():
     p.stream = False
     out = asyncio.run(c.run(p))
     assert (out.answered_by, out.answer.text) == ("strong", "439")
-    assert fake.tokens == [True, False]  # weak: tokens for the early decision; strong: nobody reads them
+    assert fake.tokens == [False, False]  # nobody reads tokens: one message per tier call
+    assert fake.stops[0].threshold == -0.5 and fake.stops[0].rule == "chow_quantile" and fake.stops[1] is None
 
 
 def test_tokens_are_asked_for_only_where_someone_reads_them():
@@ -269,3 +272,33 @@ def test_degrading_after_an_early_deferral_runs_the_earlier_tier_to_the_end():
     *texts, out = walk(c, plan(c))
     assert fake.calls == ["weak", "strong", "weak"]
     assert texts == [Text("weak", "12345")] and out.answer.text == "12345" and out.degraded
+
+
+class StoppingTiers(FakeTiers):
+    """Applies the stop rule itself, as the Serve tier does: nothing until the verdict, then a last
+    chunk with finish_reason "deferred" (unary: tokens=False)."""
+
+    async def stream(self, tier, req, tokens=True, stop=None):
+        self.calls.append(tier)
+        pieces = self.answers[tier]
+        d = stop.decision() if stop else None
+        ids, lps, text = [], [], ""
+        for i, (t, lp) in enumerate(pieces):
+            ids.append(i), lps.append(lp)
+            text += t
+            if d is not None and d.push([lp], stop.threshold).value == "defer":
+                yield Chunk(final=Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=3,
+                                             finish_reason="deferred"))
+                return
+        yield Chunk(final=Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=3, finish_reason="stop"))
+
+
+def test_a_tier_that_stops_itself_gives_the_same_decision():
+    fake = StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(), fake)
+    p = plan(c)
+    p.stream = False
+    out = asyncio.run(c.run(p))
+    weak = out.runs[0]
+    assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == ("deferred", 2, True, -2.0)
+    assert out.answered_by == "strong" and out.answer.text == "439"
