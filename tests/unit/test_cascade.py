@@ -61,6 +61,13 @@ def plan(cascade, tiers=None, threshold=None, forced=False):
     return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, threshold, stream=True)
 
 
+def unary(cascade):
+    """A Generate call: the walk collected, nobody reading tokens."""
+    p = plan(cascade)
+    p.stream = False
+    return asyncio.run(cascade.run(p))
+
+
 def walk(cascade, p):
     async def run():
         async with aclosing(cascade.walk(p)) as events:
@@ -168,10 +175,7 @@ def test_a_reader_that_stops_cancels_the_tier_stream():
 
 def test_run_collects_the_walk():
     fake = FakeTiers({"weak": UNSURE, "strong": STRONG})
-    c = Cascade(config(), fake)
-    p = plan(c)
-    p.stream = False
-    out = asyncio.run(c.run(p))
+    out = unary(Cascade(config(), fake))
     assert (out.answered_by, out.answer.text) == ("strong", "439")
     assert fake.tokens == [False, False]  # nobody reads tokens: one message per tier call
     assert fake.stops[0].threshold == -0.5 and fake.stops[0].rule == "chow_quantile" and fake.stops[1] is None
@@ -294,11 +298,7 @@ class StoppingTiers(FakeTiers):
 
 
 def test_a_tier_that_stops_itself_gives_the_same_decision():
-    fake = StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})
-    c = Cascade(config(), fake)
-    p = plan(c)
-    p.stream = False
-    out = asyncio.run(c.run(p))
+    out = unary(Cascade(config(), StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})))
     weak = out.runs[0]
     assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == ("deferred", 2, True, -2.0)
     assert out.answered_by == "strong" and out.answer.text == "439"
