@@ -20,7 +20,7 @@ from serving.config import CascadeConfig, Deferral
 from serving.deferral import Scorer, build_scorer
 from serving.deferral.controller import BudgetController
 from serving.deferral.incremental import Decision, StopRule, Verdict
-from serving.models.base import Chunk, Generation, GenerationRequest
+from serving.models.base import Chunk, Draft, Generation, GenerationRequest
 
 
 class BadRequest(ValueError):
@@ -40,12 +40,13 @@ class TierClient(Protocol):
     """Calls one tier. ``stream`` yields the tier's chunks (the last carries ``final``); with
     ``tokens=False`` only that last chunk (one message instead of one per decoding step). ``stop``: the
     boundary's rule, which the tier may apply itself to end the request at a certain DEFER (its last
-    chunk's ``finish_reason`` is then "deferred") and to hold tokens until the verdict. It raises
+    chunk's ``finish_reason`` is then "deferred") and to hold tokens until the verdict. ``draft``: the
+    previous tier's answer to verify and decode on from (``deferral.on_defer: verify``). It raises
     TierFailure when the tier cannot answer and BadRequest when it refuses the input. Closing the
     iterator early cancels the tier's work."""
 
     def stream(self, tier: str, req: GenerationRequest, tokens: bool = True,
-               stop: Optional[StopRule] = None) -> AsyncIterator[Chunk]: ...
+               stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]: ...
 
 
 class Recorder(Protocol):
@@ -115,6 +116,7 @@ class Boundary:
     window: Optional[int]
     early: bool
     model: Optional[dict] = None  # a post-hoc rule's fitted model
+    verify: bool = False  # on DEFER the next tier verifies this tier's draft
 
     @classmethod
     def from_config(cls, d: Deferral) -> "Boundary":
@@ -122,7 +124,7 @@ class Boundary:
         controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
                       if d.target_deferral is not None else None)
         return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
-                   d.decide_within_tokens, d.early_deferral, r["model"])
+                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify")
 
     def decision(self) -> Decision:
         return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
@@ -179,7 +181,11 @@ class Cascade:
                 # Per-token chunks only where someone reads them (a streamed answer); the tier applies an
                 # early-deciding rule itself, so a deferred request ends there without a message per token.
                 tokens = flowing or (early and plan.stream)
-                async with aclosing(self.client.stream(name, plan.request, tokens, stop)) as chunks:
+                draft = None
+                if prev is not None and self.boundaries[self.names.index(prev.tier)].verify:
+                    g = prev.generation
+                    draft = Draft(g.token_ids, g.text, g.tokenizer)
+                async with aclosing(self.client.stream(name, plan.request, tokens, stop, draft)) as chunks:
                     async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
                         ids += chunk.token_ids
                         lps += chunk.logprobs
@@ -189,6 +195,7 @@ class Cascade:
                             verdict = decision.push(chunk.logprobs, threshold)
                             pushed += len(chunk.logprobs)
                             if verdict is Verdict.DEFER:
+                                held.append(chunk.text)
                                 break
                             if verdict is Verdict.ACCEPT and plan.stream:
                                 flowing = True  # accepted within the window: what was held goes now
@@ -240,6 +247,9 @@ class Cascade:
             runs.append(run)
             if run.decided_early:
                 self.metrics.inc("cascade_early_decisions", tier=name, verdict=verdict.value)
+            if gen.draft_tokens:
+                self.metrics.inc("cascade_draft_tokens", gen.draft_tokens, tier=name, kind="offered")
+                self.metrics.inc("cascade_draft_tokens", gen.draft_accepted, tier=name, kind="accepted")
             if final or verdict is Verdict.ACCEPT:
                 if not sent and not flowing:
                     yield Text(name, gen.text)

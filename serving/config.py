@@ -192,6 +192,10 @@ class Deferral(_Strict):
     early_deferral: bool = Field(
         True, description="monotone rules (chow_sum, chow_quantile with alpha 0) defer as soon as the running "
         "score falls below the threshold: the same decision as at the end, fewer tokens")
+    on_defer: Literal["regenerate", "verify"] = Field(
+        "regenerate", description="what the next tier does with a deferred answer: regenerate = answer from "
+        "scratch; verify = score the draft in one forward pass, keep the prefix that agrees with its own greedy "
+        "choices and decode on from the first disagreement (same answer as regenerate; needs greedy decoding)")
     decide_within_tokens: Optional[int] = Field(
         None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
         "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
@@ -326,6 +330,15 @@ class CascadeConfig(_Strict):
     reliability: Reliability = Field(default_factory=Reliability)
     server: Server = Field(default_factory=Server)
     router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
+
+    @model_validator(mode="after")
+    def _verify_needs_greedy(self) -> "CascadeConfig":
+        for k in range(len(self.tiers) - 1):
+            nxt = self.tiers[k + 1]
+            if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
+                raise ValueError(f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
+                                 f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate")
+        return self
 
     @field_validator("tiers")
     @classmethod

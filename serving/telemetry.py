@@ -46,6 +46,9 @@ METRICS = {m.name: m for m in [
            "were deferred.", ()),
     Metric("cascade_early_decisions", "counter", "Deferral decisions reached before the tier's answer was complete "
            "(an exact early DEFER of a monotone rule, or a decision window), by tier and verdict.", ("tier", "verdict")),
+    Metric("cascade_draft_tokens", "counter", "Speculative deferral: tokens of an earlier tier's draft a tier "
+           "verified (kind=offered) and kept because they agreed with its own greedy choices (kind=accepted).",
+           ("tier", "kind")),
     Metric("cascade_tier_latency_ms", "histogram", "Tier call wall time as seen by the router, by tier.", ("tier",),
            LATENCY_MS_BUCKETS),
     Metric("cascade_tier_tokens", "counter", "Tokens processed by each tier, by kind (prompt, completion).",

@@ -34,7 +34,8 @@ def _tier_result(plan: Plan, run: TierRun) -> pb.TierResult:
                          prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
                          token_logprobs=g.logprobs if plan.include_logprobs else [],
                          finish_reason=g.finish_reason, tier_ms=g.tier_ms, decision_tokens=run.decided_at or 0,
-                         decided_early=run.decided_early)
+                         decided_early=run.decided_early, draft_tokens=g.draft_tokens,
+                         draft_accepted_tokens=g.draft_accepted)
 
 
 class Refusal(Exception):

@@ -14,7 +14,7 @@ from ray import serve
 from serving.config import Tier
 from serving.deployments.metrics import Metrics
 from serving.deferral.incremental import StopRule, Verdict
-from serving.models import Chunk, Generation, GenerationRequest, InvalidInput, build_engine
+from serving.models import Chunk, Draft, Generation, GenerationRequest, InvalidInput, build_engine, verify_draft
 
 log = logging.getLogger("ray.serve")  # Serve stamps these lines with the request id
 ENGINE_METRICS = ("cascade_engine_running", "cascade_engine_waiting", "cascade_engine_kv_cache_usage",
@@ -51,17 +51,29 @@ class TierDeployment:
             raise InvalidInput(f"prompt ({n} tokens) + max_new_tokens ({new}) exceed tier {self.tier.name!r}'s "
                                f"context of {ctx} tokens; lower `max_new_tokens` to at most {max(ctx - n, 0)}")
 
-    async def stream(self, req: GenerationRequest, tokens: bool = True,
-                     stop: Optional[StopRule] = None) -> AsyncIterator[Chunk]:
+    async def stream(self, req: GenerationRequest, tokens: bool = True, stop: Optional[StopRule] = None,
+                     draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
         """The engine's chunks for one request. ``tokens=False``: only the last chunk (``final``, the whole
         answer; one message instead of one per decoding step). ``stop``: the boundary's rule, applied here
         as tokens come out of the engine: nothing is sent until its verdict; on DEFER the request is
         cancelled at once and the last chunk carries what was generated (``finish_reason`` "deferred");
         on ACCEPT the held tokens go out and the rest follows. A caller that goes away (Serve cancels
-        this generator) cancels the request in the engine, which frees its slot at the next step."""
+        this generator) cancels the request in the engine, which frees its slot at the next step.
+        ``draft``: speculative deferral — an earlier tier's answer, verified in one forward pass; its
+        prefix that agrees with this model's greedy choices is kept, this model's own token follows at
+        the first disagreement, and decoding goes on from there (greedy: the answer equals this tier's own)."""
         self._start_stats()
         self._check(req)
         t0 = time.perf_counter()
+        offered = 0
+        if draft is not None:
+            req, offered, done = await verify_draft(self.engine, req, draft,
+                                                    req.max_new_tokens or self.tier.generation.max_new_tokens)
+            if done is not None:  # the agreeing draft already holds the whole answer
+                done.tier_ms = (time.perf_counter() - t0) * 1e3
+                yield Chunk(final=done, prompt_tokens=done.prompt_tokens,
+                            **(dict(token_ids=done.token_ids, logprobs=done.logprobs, text=done.text) if tokens else {}))
+                return
         decision = stop.decision() if stop is not None else None
         held, ids, lps, texts, prompt_tokens = Chunk(), [], [], [], 0
         it = self.engine.stream(req)
@@ -80,9 +92,12 @@ class TierDeployment:
                     if verdict is Verdict.DEFER and chunk.final is None:
                         yield Chunk(prompt_tokens=prompt_tokens, final=Generation(
                             text="".join(texts), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
-                            finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3))
+                            finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3,
+                            tokenizer=self.engine.tokenizer_id))
                         return  # closing the engine's stream cancels the request
                 if chunk.final is not None:
+                    if draft is not None:
+                        chunk.final.draft_tokens, chunk.final.draft_accepted = offered, len(req.prefix_ids) - 1
                     yield Chunk(final=chunk.final, prompt_tokens=prompt_tokens,
                                 **(dict(token_ids=held.token_ids, logprobs=held.logprobs, text=held.text)
                                    if tokens else {}))

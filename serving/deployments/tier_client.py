@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serving.cascade import BadRequest, TierFailure
 from serving.config import CascadeConfig
 from serving.deferral.incremental import StopRule
-from serving.models import Chunk, GenerationRequest, InvalidInput
+from serving.models import Chunk, Draft, GenerationRequest, InvalidInput
 from serving.reliability import CircuitBreaker
 
 log = logging.getLogger("ray.serve")
@@ -34,7 +34,7 @@ class ServeTierClient:
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
 
     async def stream(self, name: str, req: GenerationRequest, tokens: bool = True,
-                     stop: Optional[StopRule] = None) -> AsyncIterator[Chunk]:
+                     stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
         breaker = self.breakers[name]
@@ -45,7 +45,7 @@ class ServeTierClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for attempt in range(self.cfg.reliability.retries + 1):
-            gen = self.handles[name].stream.remote(req, tokens, stop)
+            gen = self.handles[name].stream.remote(req, tokens, stop, draft)
             got_any, ended = False, False
             try:
                 while True:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from serving.models.base import (Chunk, Engine, EngineError, EngineStats, Generation, GenerationRequest,
-                                 InvalidInput)
+from serving.models.base import (Chunk, Draft, Engine, EngineError, EngineStats, Generation, GenerationRequest,
+                                 InvalidInput, agreeing_prefix, verify_draft)
 
 ENGINES = {
     "continuous": "serving.models.continuous:ContinuousEngine",
@@ -23,5 +23,5 @@ def build_engine(tier) -> Engine:
     return getattr(importlib.import_module(module), cls)(tier)
 
 
-__all__ = ["Chunk", "ENGINES", "Engine", "EngineError", "EngineStats", "Generation", "GenerationRequest",
+__all__ = ["Chunk", "Draft", "ENGINES", "agreeing_prefix", "verify_draft", "Engine", "EngineError", "EngineStats", "Generation", "GenerationRequest",
            "InvalidInput", "build_engine"]

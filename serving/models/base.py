@@ -32,6 +32,10 @@ class GenerationRequest:
     messages: list[dict[str, str]] = field(default_factory=list)
     max_new_tokens: Optional[int] = None  # None: the tier's default
     embed: bool = False  # also return the answer's embedding (for rules that read it)
+    # The answer's first tokens, already fixed (a verified draft): the engine decodes on from there and
+    # returns them as part of the answer, with their log-probs.
+    prefix_ids: list[int] = field(default_factory=list)
+    prefix_logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -50,10 +54,22 @@ class Generation:
     finish_reason: str  # "stop" (end-of-sequence), "length" (hit max_new_tokens) or "cancelled"
     embedding: Optional[list[float]] = None  # final hidden state, mean-pooled over the generated tokens
     tier_ms: float = 0.0  # time inside the engine (queue + generation)
+    tokenizer: str = ""  # the engine's vocabulary fingerprint (tiers that share it can exchange token ids)
+    draft_tokens: int = 0  # speculative deferral: tokens of the earlier tier's draft this tier verified
+    draft_accepted: int = 0  # of those, the agreeing prefix kept (its own token follows at the first disagreement)
 
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass
+class Draft:
+    """An earlier tier's answer (possibly cut short by the rule) for the next tier to verify."""
+
+    token_ids: list[int]
+    text: str
+    tokenizer: str  # the drafting engine's vocabulary fingerprint: token ids are reused only when it matches
 
 
 @dataclass
@@ -132,9 +148,30 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats:
         """Live load."""
 
+    @abc.abstractmethod
+    async def score(self, req: GenerationRequest, continuation: list[int]) -> tuple[list[float], list[int], list[float]]:
+        """Prefill only, one forward over the prompt + ``continuation``: each continuation token's
+        log-prob, and this model's greedy token with its log-prob at every position plus the next."""
+
     def info(self) -> dict:
         """Static facts for ``cascade status`` (model size, device, settings)."""
         return {"engine": self.name}
+
+    # transformers-based engines keep their tokenizer and model in ``self.hf`` (serving/models/hf.py)
+    @property
+    def tokenizer_id(self) -> str:
+        return self.hf.tokenizer_id
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of an answer text in this engine's vocabulary (no special tokens added)."""
+        return self.hf.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return self.hf.eos_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids)
 
     def close(self) -> None:
         """Stops background work (threads); the engine takes no requests afterwards."""
@@ -157,3 +194,43 @@ class Engine(abc.ABC):
             return await asyncio.gather(*(self.generate(r) for r in reqs))
 
         return list(asyncio.run(run()))
+
+
+def agreeing_prefix(draft: list[int], greedy: list[int]) -> int:
+    """How many leading draft tokens equal the verifier's own greedy choices (``greedy[i]`` is its
+    choice at draft position i): the part of the draft greedy decoding would have produced itself."""
+    k = 0
+    while k < len(draft) and draft[k] == greedy[k]:
+        k += 1
+    return k
+
+
+async def verify_draft(engine: Engine, req: GenerationRequest, draft: Draft, max_new: int
+                       ) -> tuple[GenerationRequest, int, Optional[Generation]]:
+    """Speculative deferral at ``engine``'s tier: one forward over prompt + draft; the agreeing prefix is
+    kept and this model's own token follows at the first disagreement. Returns (the request that decodes
+    on from that prefix, draft tokens offered, or the finished answer when the prefix already ends it).
+    Greedy decoding from there gives exactly this model's greedy answer. A draft from another vocabulary
+    is re-tokenised from its text (still exact; special tokens in the draft are lost, so less is kept)."""
+    import dataclasses
+
+    ids = draft.token_ids if draft.tokenizer == engine.tokenizer_id else engine.encode_text(draft.text)
+    ids = list(ids)[:max_new]
+    lps, greedy, greedy_lps = await engine.score(req, ids)
+    k = agreeing_prefix(ids, greedy)
+    prefix, prefix_lps = ids[:k] + [greedy[k]], lps[:k] + [greedy_lps[k]]
+    end = next((i for i, t in enumerate(prefix) if t in engine.eos_ids), None)
+    if end is not None:
+        prefix, prefix_lps = prefix[: end + 1], prefix_lps[: end + 1]
+    prefix, prefix_lps = prefix[:max_new], prefix_lps[:max_new]
+    if end is None and len(prefix) < max_new:
+        return dataclasses.replace(req, prefix_ids=prefix, prefix_logprobs=prefix_lps), len(ids), None
+    gen = Generation(text=engine.decode(prefix), token_ids=prefix, logprobs=prefix_lps,
+                     prompt_tokens=engine.count_tokens(req), finish_reason="stop" if end is not None else "length",
+                     tokenizer=engine.tokenizer_id, draft_tokens=len(ids), draft_accepted=min(k, len(prefix)))
+    if req.embed:
+        import asyncio
+
+        hf = engine.hf
+        gen.embedding = await asyncio.get_running_loop().run_in_executor(None, hf.embed, hf.encode(req), prefix)
+    return req, len(ids), gen

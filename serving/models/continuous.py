@@ -89,9 +89,10 @@ class ContinuousEngine(Engine):
         rid = f"r{next(_ids)}"
         outputs: asyncio.Queue = asyncio.Queue()
         self.manager.register_result_handler(rid, outputs.put_nowait)
+        fixed, fixed_lps = list(req.prefix_ids), list(req.prefix_logprobs)  # a verified draft: decode on from it
         max_new = req.max_new_tokens or self.defaults.max_new_tokens
-        self.manager.add_request(prompt, request_id=rid, max_new_tokens=max_new, streaming=True,
-                                 eos_token_id=self.hf.eos_ids)
+        self.manager.add_request(prompt + fixed, request_id=rid, max_new_tokens=max(max_new - len(fixed), 1),
+                                 streaming=True, eos_token_id=self.hf.eos_ids)
         text = TextStream(self.hf)
         seen, done = 0, False
         try:
@@ -103,12 +104,15 @@ class ContinuousEngine(Engine):
                     done = True
                     raise EngineError(f"generation failed: {out.error}")
                 ids, lps = out.generated_tokens[seen:], out.logprobs[seen:]
-                seen += len(ids)
                 self.rate.add(len(ids))
+                if seen == 0:  # the first chunk also carries the fixed prefix
+                    ids, lps = fixed + ids, fixed_lps + lps
+                seen += len(out.generated_tokens[seen:])
                 chunk = Chunk(token_ids=ids, logprobs=lps, text=text.push(ids), prompt_tokens=len(prompt))
                 if out.is_finished():
                     done = True
-                    chunk.final = await self._final(req, prompt, out.generated_tokens, out.logprobs, max_new, t0)
+                    chunk.final = await self._final(req, prompt, fixed + out.generated_tokens,
+                                                    fixed_lps + out.logprobs, max_new, t0)
                     chunk.text += text.finish(chunk.final.text)
                     self.finished += 1
                 yield chunk
@@ -122,12 +126,17 @@ class ContinuousEngine(Engine):
         ids, lps = list(ids), list(lps)
         reason = "stop" if ids and ids[-1] in self.hf.eos_ids else "length"
         gen = Generation(text=self.hf.decode(ids), token_ids=ids, logprobs=lps, prompt_tokens=len(prompt),
-                         finish_reason=reason)
+                         finish_reason=reason, tokenizer=self.hf.tokenizer_id)
         if req.embed:
             loop = asyncio.get_running_loop()
             gen.embedding = await loop.run_in_executor(self._side, self.hf.embed, prompt, ids)
         gen.tier_ms = (time.perf_counter() - t0) * 1e3
         return gen
+
+    async def score(self, req: GenerationRequest, continuation: list[int]):
+        """Prefill only, on the engine's side thread: running requests go on decoding meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._side, self.hf.score, self.hf.encode(req), list(continuation))
 
     def stats(self) -> EngineStats:
         s = EngineStats(engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished,

@@ -89,7 +89,30 @@ class HFModel:
         return {"params": self.params, "device": str(self.device), "chat_template": self.use_chat,
                 "dtype": str(self.model.dtype).replace("torch.", "")}
 
+    @property
+    def tokenizer_id(self) -> str:
+        """A fingerprint of the vocabulary: two tiers with the same one can exchange token ids."""
+        if not hasattr(self, "_tokenizer_id"):
+            import hashlib
+            import json
+
+            vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
+            self._tokenizer_id = hashlib.sha256(vocab.encode()).hexdigest()[:16]
+        return self._tokenizer_id
+
     # ---- answers -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, prompt_ids: list[int], continuation: list[int]) -> tuple[list[float], list[int], list[float]]:
+        """One forward over prompt + continuation: the log-prob of each continuation token, and this
+        model's argmax (greedy choice) with its log-prob at every continuation position plus the one
+        after it (len(continuation) + 1 entries)."""
+        ids = torch.tensor([prompt_ids + continuation], device=self.device)
+        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 :].float()
+        lp = torch.log_softmax(logits, dim=-1)
+        best = lp.argmax(-1)
+        given = lp[: len(continuation)].gather(-1, torch.tensor(continuation, device=self.device).view(-1, 1))
+        return given.view(-1).tolist(), best.tolist(), lp.gather(-1, best.view(-1, 1)).view(-1).tolist()
+
     @torch.inference_mode()
     def embed(self, prompt_ids: list[int], answer_ids: list[int]) -> list[float]:
         """Final hidden state over prompt + answer, mean-pooled over the answer's tokens (one forward)."""

@@ -113,8 +113,9 @@ class StaticEngine(Engine):
         """One left-padded ``model.generate`` over the batch. ``cancel``: one event per request; a set
         event ends that row early (its result is then incomplete and meant to be discarded)."""
         hf = self.hf
-        encoded = [hf.encode(r) for r in reqs]
-        limits = [r.max_new_tokens or self.defaults.max_new_tokens for r in reqs]
+        prompts = [hf.encode(r) for r in reqs]
+        encoded = [p + list(r.prefix_ids) for p, r in zip(prompts, reqs)]  # a verified draft: decode on from it
+        limits = [max((r.max_new_tokens or self.defaults.max_new_tokens) - len(r.prefix_ids), 1) for r in reqs]
         batch = hf.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(hf.device)
         width = batch["input_ids"].shape[1]
         d = self.defaults
@@ -139,9 +140,13 @@ class StaticEngine(Engine):
                 pad = hf.tokenizer.pad_token_id
                 cut = next((k for k, t in enumerate(ids) if t == pad), len(ids))
                 ids, lps, reason = ids[:cut], lps[:cut], "cancelled"
-            results.append(Generation(text=hf.decode(ids), token_ids=ids, logprobs=lps,
-                                      prompt_tokens=len(encoded[i]), finish_reason=reason))
-        if any(r.embed for r in reqs):
+            ids, lps = list(reqs[i].prefix_ids) + ids, list(reqs[i].prefix_logprobs) + lps
+            results.append(Generation(text=hf.decode(ids), token_ids=ids, logprobs=lps, prompt_tokens=len(prompts[i]),
+                                      finish_reason=reason, tokenizer=hf.tokenizer_id))
+        if any(r.embed and r.prefix_ids for r in reqs):  # rare (a verified draft at a tier that embeds)
+            for r, p, g in zip(reqs, prompts, results):
+                g.embedding = hf.embed(p, g.token_ids) if r.embed else None
+        elif any(r.embed for r in reqs):
             self._embed(out.sequences, batch["attention_mask"], results)
         return results
 
@@ -159,6 +164,10 @@ class StaticEngine(Engine):
         for i, g in enumerate(results):
             n = max(len(g.token_ids), 1)
             g.embedding = hidden[i, width : width + n].mean(0).tolist()
+
+    async def score(self, req: GenerationRequest, continuation: list[int]):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self.hf.score, self.hf.encode(req), list(continuation))
 
     def stats(self) -> EngineStats:
         waiting = self._queue.qsize() if self._queue is not None else 0

@@ -28,11 +28,13 @@ class FakeTiers:
         self.closed_early: list[str] = []
         self.tokens: list[bool] = []
         self.stops: list = []
+        self.drafts: list = []
 
-    async def stream(self, tier, req, tokens=True, stop=None):
+    async def stream(self, tier, req, tokens=True, stop=None, draft=None):
         self.calls.append(tier)
         self.tokens.append(tokens)
         self.stops.append(stop)
+        self.drafts.append(draft)
         pieces = self.answers.get(tier, [])
         done = False
         try:
@@ -282,7 +284,7 @@ class StoppingTiers(FakeTiers):
     """Applies the stop rule itself, as the Serve tier does: nothing until the verdict, then a last
     chunk with finish_reason "deferred" (unary: tokens=False)."""
 
-    async def stream(self, tier, req, tokens=True, stop=None):
+    async def stream(self, tier, req, tokens=True, stop=None, draft=None):
         self.calls.append(tier)
         pieces = self.answers[tier]
         d = stop.decision() if stop else None
@@ -302,3 +304,14 @@ def test_a_tier_that_stops_itself_gives_the_same_decision():
     weak = out.runs[0]
     assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == ("deferred", 2, True, -2.0)
     assert out.answered_by == "strong" and out.answer.text == "439"
+
+
+def test_verify_hands_the_weak_draft_to_the_next_tier():
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral={"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify"}), fake)
+    walk(c, plan(c))
+    weak_draft = fake.drafts[1]
+    assert fake.drafts[0] is None and weak_draft.text == "12" and weak_draft.token_ids == [0, 1]  # cut at the DEFER
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    walk(Cascade(config(), fake), plan(c))
+    assert fake.drafts == [None, None]  # regenerate (default): no draft

@@ -121,3 +121,12 @@ def test_max_queued_requests_follows_serves_rule():
     assert ServeOptions(max_queued_requests=1).max_queued_requests == 1
     with pytest.raises(ValueError, match="-1 \\(no limit\\) or a positive integer"):
         ServeOptions(max_queued_requests=0)
+
+
+def test_verify_needs_greedy_decoding_at_the_next_tier():
+    raw = minimal()
+    raw["deferral"]["on_defer"] = "verify"
+    assert parse_config(raw).deferral.on_defer == "verify"
+    raw["tiers"][1]["generation"] = {"do_sample": True}
+    with pytest.raises(ConfigError, match="on_defer: verify .* needs greedy decoding at tier 'strong'"):
+        parse_config(raw)

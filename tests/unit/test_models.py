@@ -170,3 +170,26 @@ def test_gguf_paths_split_into_directory_and_file():
     assert resolve_source(ModelSource(source="/m/x.Q4.gguf")) == ("/m", "x.Q4.gguf")
     assert resolve_source(ModelSource(source="org/repo", gguf_file="f.gguf")) == ("org/repo", "f.gguf")
     assert resolve_source(ModelSource(source="org/repo")) == ("org/repo", None)
+
+
+def test_score_gives_the_continuations_logprobs_and_the_greedy_choices(engine):
+    req = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=6)
+    gen = engine.generate_many([req])[0]
+    lps, greedy, greedy_lps = asyncio.run(engine.score(req, gen.token_ids))
+    assert lps == pytest.approx(gen.logprobs, abs=1e-4)
+    assert greedy[: len(gen.token_ids)] == gen.token_ids  # its own answer is its greedy choice everywhere
+    assert greedy_lps[: len(gen.token_ids)] == pytest.approx(gen.logprobs, abs=1e-4)
+    assert len(greedy) == len(gen.token_ids) + 1
+
+
+def test_decoding_on_from_a_fixed_prefix_gives_the_same_answer(engine):
+    req = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=10)
+    full = engine.generate_many([req])[0]
+    cut = 3
+    on = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=10, prefix_ids=full.token_ids[:cut],
+                           prefix_logprobs=full.logprobs[:cut])
+    chunks = collect(engine, on)
+    gen = chunks[-1].final
+    assert gen.token_ids == full.token_ids and gen.text == full.text and gen.prompt_tokens == full.prompt_tokens
+    assert gen.logprobs == pytest.approx(full.logprobs, abs=1e-4)
+    assert sum((c.token_ids for c in chunks), []) == full.token_ids and "".join(c.text for c in chunks) == full.text

@@ -39,7 +39,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class TierResult(_message.Message):
-    __slots__ = ("tier", "text", "score", "latency_ms", "prompt_tokens", "completion_tokens", "token_logprobs", "finish_reason", "tier_ms", "decision_tokens", "decided_early")
+    __slots__ = ("tier", "text", "score", "latency_ms", "prompt_tokens", "completion_tokens", "token_logprobs", "finish_reason", "tier_ms", "decision_tokens", "decided_early", "draft_tokens", "draft_accepted_tokens")
     TIER_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class TierResult(_message.Message):
     TIER_MS_FIELD_NUMBER: _ClassVar[int]
     DECISION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECIDED_EARLY_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     text: str
     score: float
@@ -62,7 +64,9 @@ class TierResult(_message.Message):
     tier_ms: float
     decision_tokens: int
     decided_early: bool
-    def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ..., decision_tokens: _Optional[int] = ..., decided_early: _Optional[bool] = ...) -> None: ...
+    draft_tokens: int
+    draft_accepted_tokens: int
+    def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ..., decision_tokens: _Optional[int] = ..., decided_early: _Optional[bool] = ..., draft_tokens: _Optional[int] = ..., draft_accepted_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason")
