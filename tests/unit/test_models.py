@@ -193,3 +193,21 @@ def test_decoding_on_from_a_fixed_prefix_gives_the_same_answer(engine):
     assert gen.token_ids == full.token_ids and gen.text == full.text and gen.prompt_tokens == full.prompt_tokens
     assert gen.logprobs == pytest.approx(full.logprobs, abs=1e-4)
     assert sum((c.token_ids for c in chunks), []) == full.token_ids and "".join(c.text for c in chunks) == full.text
+
+
+def test_score_and_embeddings_stay_right_while_the_engine_is_busy(engine):
+    """Our own forwards (score, embed) run beside the decoding loop; they must not see its state."""
+    reqs = [GenerationRequest(prompt=p, max_new_tokens=8) for p in PROMPTS * 3]
+    gens = engine.generate_many(reqs)
+    alone = engine.generate_many([GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=True)])[0]
+
+    async def run():
+        scores = [engine.score(r, g.token_ids) for r, g in zip(reqs, gens)]
+        busy = [engine.generate(GenerationRequest(prompt=p, max_new_tokens=12)) for p in PROMPTS * 4]
+        emb = engine.generate(GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=True))
+        return await asyncio.gather(*scores, emb, *busy)
+
+    out = asyncio.run(run())
+    for (lps, greedy, _), g in zip(out[: len(gens)], gens):
+        assert greedy[: len(g.token_ids)] == g.token_ids and lps == pytest.approx(g.logprobs, abs=1e-4)
+    assert out[len(gens)].embedding == pytest.approx(alone.embedding, abs=1e-4)
