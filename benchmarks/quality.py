@@ -10,6 +10,11 @@ post_hoc_quantile, post_hoc_embed (trained on --train-data, or 2-fold cross-fitt
 it is absent) — plus random and oracle, and reports per rule the AUC of the deferral curve, APGR
 and CPT(50/80/95). Also plots the length bias: Chow-Sum and Chow-Average vs output length.
 
+Speculative deferral rows ``<rule> verify:decode``: the same deferral order, x = the share of requests
+that needed strong decoding when the strong tier verifies the weak draft (a draft it fully agrees with
+needs one strong forward pass and no decoding); the plain rows' x is the share that needed a strong
+forward pass at all.
+
 Decision windows (``deferral.decide_within_tokens: k``): rows ``<rule>@k`` score only the first k
 tokens of each weak answer (post-hoc rules fitted on those prefixes), for each k in --windows, so the
 quality cost of deciding after k tokens sits next to the full-answer rule. (post_hoc_embed has no
@@ -67,7 +72,12 @@ def main() -> None:
                 scorer, _ = fit_rule(rule, alpha, t)
                 scores[row] = score_run(scorer, w)
             curves[row] = deferral_curve(scores[row], weak.quality, strong.quality)
-    curves["random"] = random_curve(weak.quality, strong.quality)
+    # Speculative deferral (deferral.on_defer: verify): the strong tier verifies the weak draft; where its
+    # greedy answer equals the draft (the whole draft agrees) the deferred request needs a strong forward
+    # pass but no strong decoding. Same quality at each deferral share; x = share needing strong decoding.
+    agree = np.array([a == b for a, b in zip(weak.texts, strong.texts)], dtype=float)
+    for name in ("chow_quantile_0", "chow_sum", "post_hoc_quantile"):
+        curves[f"{name} verify:decode"] = deferral_curve(scores[name], weak.quality, strong.quality, 1.0 - agree)
     curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
 
     report = {

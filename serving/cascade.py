@@ -117,6 +117,10 @@ class Boundary:
     early: bool
     model: Optional[dict] = None  # a post-hoc rule's fitted model
     verify: bool = False  # on DEFER the next tier verifies this tier's draft
+    verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
+
+    def wants_verify(self, score: Optional[float]) -> bool:
+        return self.verify and (self.verify_floor is None or (score is not None and score >= self.verify_floor))
 
     @classmethod
     def from_config(cls, d: Deferral) -> "Boundary":
@@ -124,7 +128,7 @@ class Boundary:
         controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
                       if d.target_deferral is not None else None)
         return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
-                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify")
+                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify", d.verify_floor)
 
     def decision(self) -> Decision:
         return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
@@ -182,7 +186,7 @@ class Cascade:
                 # early-deciding rule itself, so a deferred request ends there without a message per token.
                 tokens = flowing or (early and plan.stream)
                 draft = None
-                if prev is not None and self.boundaries[self.names.index(prev.tier)].verify:
+                if prev is not None and self.boundaries[self.names.index(prev.tier)].wants_verify(prev.score):
                     g = prev.generation
                     draft = Draft(g.token_ids, g.text, g.tokenizer)
                 async with aclosing(self.client.stream(name, plan.request, tokens, stop, draft)) as chunks:

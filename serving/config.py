@@ -196,6 +196,10 @@ class Deferral(_Strict):
         "regenerate", description="what the next tier does with a deferred answer: regenerate = answer from "
         "scratch; verify = score the draft in one forward pass, keep the prefix that agrees with its own greedy "
         "choices and decode on from the first disagreement (same answer as regenerate; needs greedy decoding)")
+    verify_floor: Optional[float] = Field(
+        None, description="with on_defer: verify, the verification band's lower edge: a deferred answer scoring "
+        "below it is regenerated without verifying (a draft that unsure rarely agrees); between it and the "
+        "threshold the next tier verifies the draft")
     decide_within_tokens: Optional[int] = Field(
         None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
         "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
@@ -217,6 +221,11 @@ class Deferral(_Strict):
                 raise ValueError(f"rule {self.rule} is learned: set artifact to its calibration artifact")
         if self.controller_warmup > self.controller_window:
             raise ValueError("controller_warmup must not exceed controller_window")
+        if self.verify_floor is not None:
+            if self.on_defer != "verify":
+                raise ValueError("verify_floor needs on_defer: verify")
+            if self.threshold is not None and not self.verify_floor < self.threshold:
+                raise ValueError(f"verify_floor ({self.verify_floor}) must be below threshold ({self.threshold})")
         art = self.artifact if isinstance(self.artifact, dict) else None
         rule = art.get("rule", self.rule) if art else self.rule
         if self.decide_within_tokens is not None and rule == "post_hoc_embed":

@@ -32,18 +32,24 @@ class Curve:
         return (self.quality - self.q_weak) / gap if gap else np.zeros_like(self.quality)
 
 
-def deferral_curve(scores, weak_q, strong_q) -> Curve:
+def deferral_curve(scores, weak_q, strong_q, cost=None) -> Curve:
+    """``cost``: what deferring each example costs, as a share of one strong answer (default 1 each);
+    the curve's x is then the cost spent, e.g. the share of requests that needed strong *decoding* when
+    the strong tier verifies the weak draft and a fully accepted draft costs no decoding (cost 0)."""
     scores, weak_q, strong_q = (np.asarray(x, dtype=np.float64) for x in (scores, weak_q, strong_q))
     n = len(scores)
     if not n == len(weak_q) == len(strong_q) or n == 0:
         raise ValueError("scores, weak_q and strong_q must be non-empty and of one length")
+    cost = np.ones(n) if cost is None else np.asarray(cost, dtype=np.float64)
     order = np.argsort(scores, kind="stable")
     s, gain = scores[order], (strong_q - weak_q)[order]
     # Curve points only at the ends of groups of tied scores.
     ends = np.r_[np.nonzero(np.diff(s))[0] + 1, n]
     cum_gain = np.r_[0.0, np.cumsum(gain)[ends - 1]]
-    share = np.r_[0, ends] / n
+    share = np.r_[0.0, np.cumsum(cost[order])[ends - 1]] / n
     quality = (weak_q.sum() + cum_gain) / n
+    if share[-1] < 1.0:  # cheaper than one strong answer each: a bigger budget buys nothing more
+        share, quality = np.r_[share, 1.0], np.r_[quality, quality[-1]]
     return Curve(share, quality, float(weak_q.mean()), float(strong_q.mean()))
 
 

@@ -315,3 +315,13 @@ def test_verify_hands_the_weak_draft_to_the_next_tier():
     fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
     walk(Cascade(config(), fake), plan(c))
     assert fake.drafts == [None, None]  # regenerate (default): no draft
+
+
+def test_a_verification_band_regenerates_below_its_floor():
+    d = {"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify", "verify_floor": -1.0}
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})  # weak's score -2.0: below the floor
+    walk(Cascade(config(deferral=d), fake), plan(Cascade(config(deferral=d), fake)))
+    assert fake.drafts == [None, None]
+    fake = FakeTiers({"weak": [("1", -0.01), ("2", -0.7)], "strong": STRONG})  # -0.7: inside the band
+    walk(Cascade(config(deferral=d), fake), plan(Cascade(config(deferral=d), fake)))
+    assert fake.drafts[1] is not None and fake.drafts[1].text == "12"

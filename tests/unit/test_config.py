@@ -130,3 +130,15 @@ def test_verify_needs_greedy_decoding_at_the_next_tier():
     raw["tiers"][1]["generation"] = {"do_sample": True}
     with pytest.raises(ConfigError, match="on_defer: verify .* needs greedy decoding at tier 'strong'"):
         parse_config(raw)
+
+
+def test_verify_floor_needs_verify_and_lies_below_the_threshold():
+    raw = minimal()
+    raw["deferral"]["verify_floor"] = -2.0
+    with pytest.raises(ConfigError, match="verify_floor needs on_defer: verify"):
+        parse_config(raw)
+    raw["deferral"]["on_defer"] = "verify"
+    assert parse_config(raw).deferral.verify_floor == -2.0
+    raw["deferral"]["verify_floor"] = 0.5
+    with pytest.raises(ConfigError, match="must be below threshold"):
+        parse_config(raw)

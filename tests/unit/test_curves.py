@@ -56,3 +56,12 @@ def test_curve_input_checks():
         deferral_curve([], [], [])
     with pytest.raises(ValueError):
         deferral_curve([1, 2], [1], [1, 0])
+
+
+def test_a_cost_per_deferral_moves_the_curve_left():
+    scores, weak, strong = [0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1], [1, 0, 1, 1]
+    plain = deferral_curve(scores, weak, strong)
+    cheap = deferral_curve(scores, weak, strong, cost=[1, 0, 0, 1])  # two deferrals cost nothing
+    assert cheap.quality[-1] == plain.quality[-1] == 0.75
+    assert list(cheap.share) == [0.0, 0.25, 0.25, 0.25, 0.5, 1.0]
+    assert list(cheap.quality[:5]) == list(plain.quality)
