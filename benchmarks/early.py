@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from load import run_load, summarize  # noqa: E402
+from load import one_replica, pyplot, run_load, summarize, write_json  # noqa: E402
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
@@ -88,12 +88,7 @@ def offline_decisions(rows: list[dict], window: int) -> dict:
 
 # ---- 2: over gRPC -------------------------------------------------------------------------------------
 def config(mode: str, window: int):
-    raw = load_config().model_dump(mode="json", exclude_none=True)
-    for t in raw["tiers"]:
-        t["serve"].pop("autoscaling_config", None)
-        t["serve"]["num_replicas"] = 1
-    raw["router"].pop("autoscaling_config", None)
-    raw["router"]["num_replicas"] = 1
+    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
     raw["deferral"]["early_deferral"] = mode != "off"
     if mode == "window":
         raw["deferral"]["decide_within_tokens"] = window
@@ -216,13 +211,9 @@ def main() -> None:
         print(f"\nthree tiers on {t['n']} test questions: answers {t['answers_by_tier']}, accuracy {t['accuracy']:.3f} "
               f"(by tier {json.dumps({k: round(v, 3) for k, v in t['accuracy_by_tier'].items()})}), early decisions "
               f"{t['early_decisions_by_tier']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_json(report, args.out)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         modes = list(report["served"])
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 
-from load import prompts, run_load, summarize  # noqa: E402
+from load import one_replica, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
 
 from serving.config import Tier, load_config, parse_config  # noqa: E402
 from serving.local import cascade_server, smollm2_gguf  # noqa: E402
@@ -91,13 +90,9 @@ def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None) -> dict:
 
 # ---- 2: served ------------------------------------------------------------------------------------
 def served_config(engine: str):
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
     for t in raw["tiers"]:
-        t["serve"].pop("autoscaling_config", None)
-        t["serve"]["num_replicas"] = 1
         t["engine"] = {"name": engine}
-    raw["router"].pop("autoscaling_config", None)
-    raw["router"]["num_replicas"] = 1
     return parse_config(raw)
 
 
@@ -320,13 +315,9 @@ def main() -> None:
     d = report["decisions"]
     print(f"\ndecisions on {d['n']} test questions: {d['decision_differences']} differ, {d['text_differences']} texts "
           f"differ; log-prob max abs diff {d['logprob_max_abs_diff']:.2e}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_json(report, args.out)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for name in ENGINES:

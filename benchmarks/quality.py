@@ -78,6 +78,7 @@ def main() -> None:
     agree = np.array([a == b for a, b in zip(weak.texts, strong.texts)], dtype=float)
     for name in ("chow_quantile_0", "chow_sum", "post_hoc_quantile"):
         curves[f"{name} verify:decode"] = deferral_curve(scores[name], weak.quality, strong.quality, 1.0 - agree)
+    curves["random"] = random_curve(weak.quality, strong.quality)
     curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
 
     report = {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from load import run_load, summarize  # noqa: E402
+from load import one_replica, pyplot, run_load, summarize, write_json  # noqa: E402
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
@@ -101,12 +100,7 @@ def offline(texts: list[str]) -> dict:
 
 # ---- 2: over gRPC -------------------------------------------------------------------------------------
 def config(mode: str):
-    raw = load_config().model_dump(mode="json", exclude_none=True)
-    for t in raw["tiers"]:
-        t["serve"].pop("autoscaling_config", None)
-        t["serve"]["num_replicas"] = 1
-    raw["router"].pop("autoscaling_config", None)
-    raw["router"]["num_replicas"] = 1
+    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
     raw["deferral"]["on_defer"] = mode
     return parse_config(raw)
 
@@ -172,13 +166,9 @@ def main() -> None:
         print(f"{mode:<11} deferred p50 {m['deferred_p50_ms']:.1f} ms (n={m['n_deferred']}), weak-answered p50 "
               f"{m['weak_answered_p50_ms']:.1f} ms, c=8 {m['c8']['throughput_rps']:.1f} rps; strong tokens/deferred "
               f"{m['strong_tokens_per_deferred']:.2f}, kept from the draft {m['accepted_per_deferred']:.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_json(report, args.out)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         names = ["regenerate", "verify_full_draft", "verify_early_draft"]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
