@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
               f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
               f"{', auth on' if cfg.server.auth.digests() else ''}); "
+              f"OpenAI API http://{cfg.server.host}:{cfg.server.http_port}/v1; "
               f"{metrics}ray {ray.get_runtime_context().gcs_address}", flush=True)
         while not stop["flag"]:
             time.sleep(0.2)

@@ -83,6 +83,7 @@ class LocalServer:
     ray_address: str  # the embedded Ray's GCS address, for serve.status() from a driver
     log: Path
     metrics_url: Optional[str] = None  # Prometheus endpoint of the embedded Ray
+    http_url: Optional[str] = None  # the OpenAI-compatible API's base URL (…/v1)
 
 
 READY = re.compile(r"^cascade ready: gRPC on (\S+) .*?(?:metrics (\S+); )?ray (\S+)")
@@ -123,7 +124,8 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
                                    + log_path.read_text()[-4000:])
-        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path, found["metrics"])
+        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path, found["metrics"],
+                          f"http://127.0.0.1:{cfg.server.http_port}/v1")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

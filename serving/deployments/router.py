@@ -1,6 +1,5 @@
 """The Router: gRPC ingress that implements cascade.v1.Cascade and applies the deferral rule."""
 
-from __future__ import annotations
 
 import asyncio
 import hashlib
@@ -8,10 +7,13 @@ import hmac
 import logging
 import math
 import time
+import json
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -19,6 +21,7 @@ from serving.cascade import BadRequest, Cascade, Outcome, Plan, Text, TierFailur
 from serving.config import parse_config
 from serving.deployments.metrics import Metrics
 from serving.deployments.tier_client import ServeTierClient
+from serving import openai_api as oa
 from serving.models import GenerationRequest
 from serving.reliability import RecentShare
 from serving.service import MalformedRequest
@@ -104,9 +107,33 @@ def _request_id() -> str:
     return serve.context._get_serve_request_context().request_id
 
 
+http_app = FastAPI(title="cascade: OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+
+# Plain functions rather than class-based views (Serve's rewriting of method signatures did not reach
+# FastAPI's dependency analysis here: the `request` parameter was taken for a query parameter). The
+# replica's Router is found through a module attribute: this module's own globals travel by value with
+# the pickled deployment, a module imported by name does not.
+@http_app.get("/v1/models")
+async def _models(request: Request):
+    return await oa.REPLICA.router.list_models(request)
+
+
+@http_app.post("/v1/chat/completions")
+async def _chat_completions(request: Request):
+    return await oa.REPLICA.router._http(request, oa.ChatRequest, "ChatCompletions")
+
+
+@http_app.post("/v1/completions")
+async def _completions(request: Request):
+    return await oa.REPLICA.router._http(request, oa.CompletionRequest, "Completions")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(http_app)
 class Router:
-    """gRPC ingress: auth, admission control, validation, metrics; the cascade walk does the rest."""
+    """The ingress for gRPC (Serve's gRPC proxy) and HTTP (Serve's HTTP proxy: the OpenAI API): auth,
+    admission control, validation, metrics; the cascade walk does the rest."""
 
     def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
         cfg = parse_config(config)
@@ -114,6 +141,7 @@ class Router:
         self.client = ServeTierClient(cfg, tiers, self.metrics)
         self.cascade = Cascade(cfg, self.client, self.metrics)
         self.tiers = tiers
+        self.name = cfg.server.app_name
         self.limits = cfg.limits
         self.digests = [bytes.fromhex(d) for d in cfg.server.auth.digests()]
         self.inflight = 0
@@ -121,21 +149,23 @@ class Router:
         self.recent_degraded = RecentShare(200)
         self.counts: dict[str, int] = {}
         self.metrics.set("cascade_inflight", 0)
+        oa.REPLICA.router = self  # the HTTP routes below call into this replica's Router
 
     # ---- gates -----------------------------------------------------------------------------
-    def _authorized(self, grpc_context) -> bool:
+    def _authorized(self, authorization: str) -> bool:
+        """``authorization``: the gRPC metadata or HTTP header value ("Bearer <token>")."""
         if not self.digests:
             return True
-        value = dict(grpc_context.invocation_metadata()).get("authorization", "")
-        scheme, _, token = value.partition(" ")
+        scheme, _, token = authorization.partition(" ")
         presented = hashlib.sha256(token.strip().encode()).digest()
         ok = False
         for d in self.digests:  # compare with every digest, constant time each: no early exit
             ok |= hmac.compare_digest(presented, d)
         return ok and scheme.lower() == "bearer"
 
-    def _prepare(self, request, grpc_context, stream: bool = False) -> Plan:
-        if not self._authorized(grpc_context):
+    def _gate(self, authorization: str) -> None:
+        """Auth, then admission control (both fronts)."""
+        if not self._authorized(authorization):
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED,
                           "missing or invalid bearer token: send metadata `authorization: Bearer <token>`",
                           "unauthenticated")
@@ -145,12 +175,18 @@ class Router:
                           f"overloaded: {self.inflight - 1} requests in flight on this router replica (limit "
                           f"{self.limits.max_inflight}); retry after {ms} ms", "overloaded",
                           [("retry-after-ms", str(ms))])
+
+    def _plan(self, request, stream: bool = False) -> Plan:
         try:
             plan = plan_request(self.cascade, self.limits, request)
-            plan.stream = stream
-            return plan
         except BadRequest as e:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_argument") from None
+        plan.stream = stream
+        return plan
+
+    def _prepare(self, request, grpc_context, stream: bool = False) -> Plan:
+        self._gate(dict(grpc_context.invocation_metadata()).get("authorization", ""))
+        return self._plan(request, stream)
 
     def _finish(self, method: str, code: grpc.StatusCode, tier: str, t0: float) -> None:
         self.metrics.inc("cascade_requests", method=method, code=code.name, tier=tier)
@@ -172,15 +208,18 @@ class Router:
         if out.answered_by != self.cascade.names[-1]:
             self.metrics.inc("cascade_strong_calls_avoided")
 
-    def _refuse(self, grpc_context, method: str, r: Refusal, t0: float) -> pb.GenerateResponse:
+    def _refused(self, method: str, r: Refusal, t0: float) -> None:
         if r.reason in ("invalid_argument", "unauthenticated", "overloaded"):
             self.metrics.inc("cascade_rejections", reason=r.reason)
         log.info("refused %s: %s", r.code.name, r)  # never the request's metadata (it may hold a token)
+        self._finish(method, r.code, "", t0)
+
+    def _refuse(self, grpc_context, method: str, r: Refusal, t0: float) -> pb.GenerateResponse:
+        self._refused(method, r, t0)
         grpc_context.set_code(r.code)
         grpc_context.set_details(str(r))
         if r.trailing:
             grpc_context.set_trailing_metadata(r.trailing)
-        self._finish(method, r.code, "", t0)
         return pb.GenerateResponse()
 
     def _refusal(self, e: Exception) -> Refusal:
@@ -255,6 +294,76 @@ class Router:
         final = response(self.cascade, plan, out, "", t0, _request_id())
         final.finished = True
         yield final
+
+    # ---- HTTP: the OpenAI API, thin adapters over the same gates and walk ------------------------------
+    async def list_models(self, request: Request):
+        if not self._authorized(request.headers.get("authorization", "")):
+            return self._http_error("models", Refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer "
+                                                      "token: send `Authorization: Bearer <token>`", "unauthenticated"),
+                                    time.perf_counter())
+        return JSONResponse(oa.models(self.name, self.cascade.names))
+
+    def _http_error(self, method: str, r: Refusal, t0: float, param: Optional[str] = None) -> JSONResponse:
+        self._refused(method, r, t0)
+        code = "DEADLINE_EXCEEDED" if r.reason == "tier_timeout" else r.code.name  # HTTP has 504 for it
+        status, body = oa.error_body(code, oa.http_message(str(r)), param)
+        headers = {}
+        if r.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            headers["Retry-After"] = str(max(1, math.ceil(self.limits.retry_after_ms / 1000)))
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def _http(self, request: Request, kind, method: str):
+        t0 = self._enter()
+        streaming = False
+        try:
+            self._gate(request.headers.get("authorization", ""))
+            req = oa.parse(kind, await request.body())
+            plan = self._plan(oa.to_grpc(req, self.name, self.cascade.names), stream=req.stream)
+            if req.stream:
+                streaming = True  # the event stream owns the in-flight slot from here
+                return StreamingResponse(self._sse(req, plan, method, t0), media_type="text/event-stream")
+            out = await self.cascade.run(plan)
+        except oa.BadHTTPRequest as e:
+            return self._http_error(method, Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_argument"),
+                                    t0, e.param)
+        except asyncio.CancelledError:
+            self._cancelled(method, t0)
+            raise
+        except Exception as e:  # noqa: BLE001
+            return self._http_error(method, self._refusal(e), t0)
+        finally:
+            if not streaming:
+                self._exit()
+        self._answered(method, plan, out, t0)
+        resp = response(self.cascade, plan, out, out.answer.text, t0, _request_id())
+        return JSONResponse(oa.completion(req, resp, out.answer.text))
+
+    async def _sse(self, req, plan: Plan, method: str, t0: float) -> AsyncIterator[bytes]:
+        rid = _request_id()
+        out = None
+        try:
+            yield oa.sse_chunk(req, rid, first=True)
+            async with aclosing(self.cascade.walk(plan)) as events:
+                async for ev in events:
+                    if isinstance(ev, Text):
+                        yield oa.sse_chunk(req, rid, ev.text)
+                    else:
+                        out = ev
+            resp = response(self.cascade, plan, out, "", t0, rid)
+            yield oa.sse_chunk(req, rid, final=resp)
+            if (req.stream_options or {}).get("include_usage"):
+                yield oa.sse_chunk(req, rid, usage_only=resp)
+            yield b"data: [DONE]\n\n"
+            self._answered(method, plan, out, t0)
+        except asyncio.CancelledError:  # the client went away: the walk's tier calls are cancelled with it
+            self._cancelled(method, t0)
+            raise
+        except Exception as e:  # noqa: BLE001  (after the headers went out: an error event)
+            r = self._refusal(e)
+            self._refused(method, r, t0)
+            yield f"data: {json.dumps(oa.error_body(r.code.name, oa.http_message(str(r)))[1])}\n\n".encode()
+        finally:
+            self._exit()
 
     # ---- operations --------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
