@@ -133,8 +133,8 @@ class Boundary:
     def decision(self) -> Decision:
         return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
 
-    def stop_rule(self, threshold: float, model: Optional[dict]) -> StopRule:
-        return StopRule(self.rule, self.alpha, threshold, self.window, self.early, model)
+    def stop_rule(self, threshold: float) -> StopRule:
+        return StopRule(self.rule, self.alpha, threshold, self.window, self.early, self.model)
 
     def current(self, override: Optional[float]) -> float:
         """The threshold in force: the request's, else the budget controller's, else the configured one."""
@@ -154,8 +154,7 @@ class Cascade:
         # boundaries[k]: the rule after tier k (every tier but the last)
         self.boundaries = [Boundary.from_config(config.boundary(k)) for k in range(len(self.names) - 1)]
         first = self.boundaries[0] if self.boundaries else Boundary.from_config(config.deferral)
-        self.rule, self.threshold, self.scorer = first.rule, first.threshold, first.scorer
-        self.controller = first.controller
+        self.rule, self.threshold = first.rule, first.threshold  # what responses report
 
     @property
     def needs_embedding(self) -> bool:
@@ -174,7 +173,7 @@ class Cascade:
             decision = boundary.decision() if boundary is not None and not final else None
             early = decision is not None and decision.can_decide_early
             threshold = boundary.current(plan.threshold) if boundary is not None else None
-            stop = boundary.stop_rule(threshold, boundary.model) if early else None
+            stop = boundary.stop_rule(threshold) if early else None
             flowing = final and plan.stream  # this tier's text goes to the client as it comes
             t0 = time.perf_counter()
             gen: Optional[Generation] = None

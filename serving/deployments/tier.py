@@ -75,37 +75,37 @@ class TierDeployment:
                             **(dict(token_ids=done.token_ids, logprobs=done.logprobs, text=done.text) if tokens else {}))
                 return
         decision = stop.decision() if stop is not None else None
-        held, ids, lps, texts, prompt_tokens = Chunk(), [], [], [], 0
+        ids, lps, text, prompt_tokens = [], [], "", 0
+        sent, sent_text = 0, 0  # how much of ids / text has gone out
+
+        def unsent(**extra) -> Chunk:
+            return Chunk(token_ids=ids[sent:], logprobs=lps[sent:], text=text[sent_text:], prompt_tokens=prompt_tokens,
+                         **extra)
+
         it = self.engine.stream(req)
         try:
             async for chunk in it:
                 ids += chunk.token_ids
                 lps += chunk.logprobs
-                texts.append(chunk.text)
+                text += chunk.text
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
-                held.token_ids += chunk.token_ids
-                held.logprobs += chunk.logprobs
-                held.text += chunk.text
                 verdict = Verdict.UNDECIDED if decision is None else decision.verdict
                 if decision is not None and verdict is Verdict.UNDECIDED and chunk.token_ids:
                     verdict = decision.push(chunk.logprobs, stop.threshold)
                     if verdict is Verdict.DEFER and chunk.final is None:
                         yield Chunk(prompt_tokens=prompt_tokens, final=Generation(
-                            text="".join(texts), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
+                            text=text, token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
                             finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3,
                             tokenizer=self.engine.tokenizer_id))
                         return  # closing the engine's stream cancels the request
                 if chunk.final is not None:
                     if draft is not None:
                         chunk.final.draft_tokens, chunk.final.draft_accepted = offered, len(req.prefix_ids) - 1
-                    yield Chunk(final=chunk.final, prompt_tokens=prompt_tokens,
-                                **(dict(token_ids=held.token_ids, logprobs=held.logprobs, text=held.text)
-                                   if tokens else {}))
+                    yield unsent(final=chunk.final) if tokens else Chunk(final=chunk.final, prompt_tokens=prompt_tokens)
                     return
                 if tokens and (decision is None or verdict is Verdict.ACCEPT):
-                    held.prompt_tokens = prompt_tokens
-                    yield held
-                    held = Chunk()
+                    yield unsent()
+                    sent, sent_text = len(ids), len(text)
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise
