@@ -148,7 +148,7 @@ def error_body(status_name: str, message: str, param: Optional[str] = None) -> t
 def cascade_info(resp: pb.GenerateResponse) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    d = MessageToDict(resp, preserving_proto_field_name=True)
+    d = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     keep = ("tier", "deferred", "score", "threshold", "rule", "tiers", "degraded", "degraded_reason",
             "total_latency_ms", "request_id")
     return {k: d[k] for k in keep if k in d}

@@ -58,14 +58,21 @@ def test_models_lists_the_cascade_and_its_tiers(api):
 
 
 def test_chat_and_completions_unary_with_usage_equal_to_grpc(api, grpc_client):
-    prompt = "What is 48213 + 99377?"
-    r = chat(api, prompt)
-    g = grpc_client.generate(make_request(messages=[{"role": "user", "content": prompt}]), metadata=AUTH)
-    assert r.choices[0].message.content == g.text and r.choices[0].finish_reason == "stop"
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (g.usage.prompt_tokens, g.usage.completion_tokens)
-    c = r.model_extra["cascade"]
-    assert (c["tier"], c["deferred"], c["rule"]) == (g.tier, g.deferred, g.rule)
-    assert c["score"] == pytest.approx(g.score) and [t["tier"] for t in c["tiers"]] == [t.tier for t in g.tiers]
+    for prompt in ("What is 12 + 30?", "What is 48213 + 99377?"):  # answered by weak; deferred to strong
+        r = chat(api, prompt)
+        g = grpc_client.generate(make_request(messages=[{"role": "user", "content": prompt}]), metadata=AUTH)
+        assert r.choices[0].message.content == g.text and r.choices[0].finish_reason == "stop"
+        c = r.model_extra["cascade"]
+        assert (c["tier"], c["deferred"], c["rule"]) == (g.tier, g.deferred, g.rule)
+        assert c["score"] == pytest.approx(g.score) and [t["tier"] for t in c["tiers"]] == [t.tier for t in g.tiers]
+        assert r.usage.prompt_tokens == g.usage.prompt_tokens
+        if not g.deferred:
+            assert r.usage.completion_tokens == g.usage.completion_tokens
+        else:  # the weak tier's tokens decoded before its early DEFER took effect vary by a step or two with
+            # timing (they are real work, so usage counts them); what the rule read and the answer do not
+            assert [t["decision_tokens"] for t in c["tiers"]][0] == g.tiers[0].decision_tokens
+            assert c["tiers"][1]["completion_tokens"] == g.tiers[1].completion_tokens
+            assert r.usage.completion_tokens == sum(t["completion_tokens"] for t in c["tiers"])
     done = api.completions.create(model="cascade", prompt="What is 12 + 30?")
     assert done.choices[0].text == "42" and done.usage.completion_tokens > 0
 
