@@ -33,6 +33,8 @@ import numpy as np  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS, load_jsonl  # noqa: E402
+from serving.planner import tier_summary  # noqa: E402
+from serving.probe import one_replica  # noqa: E402,F401  (the benchmarks' one-replica configs)
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 
@@ -83,15 +85,6 @@ class ReplicaPoller:
             self.thread.join(timeout=10)
 
 
-def one_replica(raw: dict) -> dict:
-    """A config mapping with every deployment pinned to one replica (no autoscaling), so that runs
-    compared side by side see the same capacity."""
-    for d in [t["serve"] for t in raw["tiers"]] + [raw["router"]]:
-        d.pop("autoscaling_config", None)
-        d["num_replicas"] = 1
-    return raw
-
-
 def write_json(report: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1))
@@ -137,7 +130,8 @@ async def _one(stub, prompt: str, force_tier: str, timeout: float) -> dict:
         ms = (time.perf_counter() - t0) * 1e3
         return {"code": "OK", "ms": ms, "tier": r.tier, "deferred": r.deferred,
                 "tier_ms": sum(t.tier_ms for t in r.tiers), "router_ms": r.total_latency_ms,
-                "hop_ms": sum(t.latency_ms - t.tier_ms for t in r.tiers)}
+                "hop_ms": sum(t.latency_ms - t.tier_ms for t in r.tiers),
+                "tier_latency_ms": {t.tier: t.latency_ms for t in r.tiers}}
     except grpc.aio.AioRpcError as e:
         return {"code": e.code().name, "ms": (time.perf_counter() - t0) * 1e3}
 
@@ -193,6 +187,9 @@ def summarize(results: list[dict], elapsed: float) -> dict:
         # weak-only answers vs deferred ones (what a cascade costs when it defers)
         "latency_by_answer_ms": {k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90)} for k, v in by_answer.items()},
         "deferred_over_weak_p50": pct(by_answer["deferred"], 50) / pct(by_answer["weak"], 50) if by_answer["weak"] else float("nan"),
+        # each tier as the router saw it: requests, mean in flight, latency quantiles (cascade plan --measured)
+        "tiers": {t: tier_summary([r["tier_latency_ms"][t] for r in ok if t in r["tier_latency_ms"]], elapsed)
+                  for t in sorted({t for r in ok for t in r["tier_latency_ms"]})},
     }
 
 
@@ -201,6 +198,7 @@ def run_mode(args, texts, force_tier: str, times) -> dict:
         results, elapsed = asyncio.run(run_load(args.address, texts, times=times, concurrency=args.concurrency,
                                                 duration=args.duration, force_tier=force_tier, timeout=args.timeout))
     out = summarize(results, elapsed)
+    out["forced_tier"] = force_tier
     out["replicas"] = getattr(poller, "samples", [])
     out["samples"] = [{"t": round(r["t"], 3), "ms": round(r["ms"], 2), "code": r["code"]} for r in results]
     return out

@@ -240,6 +240,55 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import yaml
+
+    from serving.autoscaling import ENGINE_AUTOSCALING
+    from serving.config import parse_config, portable
+    from serving.planner import PlanError, curves_from_report, format_plan, plan, planned_config
+
+    cfg = load_config(args.config)
+    try:
+        if args.measured:
+            report = json.loads(Path(args.measured).read_text())
+        else:
+            from serving.probe import probe
+
+            concs = [int(c) for c in args.probe_concurrency.split(",")]
+            with tempfile.TemporaryDirectory() as tmp:
+                report = probe(cfg, Path(tmp), concs, args.probe_seconds,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+            if args.probe_out:
+                Path(args.probe_out).write_text(json.dumps(report, indent=1))
+        curves, measured = curves_from_report(report, cfg.tier_names)
+        if args.deferral:
+            deferral = [float(d) for d in args.deferral.split(",")]
+            source = "--deferral"
+        elif all(cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)):
+            deferral = [cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)]
+            source = "the config's deferral.target_deferral"
+        else:
+            deferral, source = measured, "measured"
+        p = plan(curves, args.qps, deferral, utilisation=args.utilisation, p99_ms=args.p99_ms)
+        out = planned_config(portable(cfg), p, ENGINE_AUTOSCALING) if args.out else None
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        parse_config(out, origin="the plan")  # what cascade serve will load
+        Path(args.out).write_text(f"# cascade plan --qps {args.qps:g}: serve it with `cascade serve --config {args.out}`\n"
+                                  + yaml.safe_dump(out, sort_keys=False))
+    if args.json:
+        print(json.dumps(p.to_dict() | {"deferral_source": source, "targets": p.targets()}, indent=1))
+    else:
+        print(format_plan(p) + f"\n(deferral shares from {source})")
+        if args.out:
+            print(f"wrote the planned config to {args.out}: cascade serve --config {args.out}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from serving.evaluation.data import write_arithmetic_splits
 
@@ -301,6 +350,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     st.add_argument("--watch", type=float, help="repeat every this many seconds until interrupted")
     st.add_argument("--json", action="store_true", help="one JSON object per snapshot")
     st.set_defaults(func=cmd_status)
+    pl = sub.add_parser("plan", help="replicas per tier and autoscaling targets for a load, from measured tier latencies")
+    pl.add_argument("--qps", type=float, required=True, help="offered load (requests/s) to plan for")
+    pl.add_argument("--config", help="cascade YAML to plan (default: the shipped one)")
+    pl.add_argument("--deferral", help="share deferred at each boundary, comma-separated (default: the config's "
+                    "deferral.target_deferral, else measured)")
+    pl.add_argument("--p99-ms", type=float, help="bound on the per-tier p99s summed along the longest path")
+    pl.add_argument("--utilisation", type=float, default=0.7, help="most utilisation per replica (default 0.7)")
+    pl.add_argument("--measured", help="a benchmarks/load.py or --probe-out JSON instead of probing")
+    pl.add_argument("--probe-concurrency", default="1,2,4,8,16", help="closed-loop concurrencies of the probe")
+    pl.add_argument("--probe-seconds", type=float, default=4.0, help="seconds per probe run")
+    pl.add_argument("--probe-out", help="write the probe's measurements here (reuse with --measured)")
+    pl.add_argument("--out", help="write the config with the planned replicas and targets (YAML) here")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
     d = sub.add_parser("data", help="write the arithmetic task's train/calibration/test JSONL splits (fixed seeds)")
     d.add_argument("--out", default="data")
     d.add_argument("--n-train", type=int, default=2000)

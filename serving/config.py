@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from ray.serve.config import AutoscalingConfig
 
+from serving.autoscaling import POLICY, EngineLoad
+
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_CONFIG = PACKAGE_DIR / "default_config.yaml"
 
@@ -128,6 +130,12 @@ class ServeOptions(_Strict):
             raise ValueError(
                 f"autoscaling_config.target_ongoing_requests ({a.target_ongoing_requests}) must be below "
                 f"max_ongoing_requests ({self.max_ongoing_requests})")
+        if a is not None and a.policy.policy_function == POLICY:
+            try:  # its kwargs, checked here rather than in Serve's controller
+                EngineLoad(**a.policy.policy_kwargs)
+            except TypeError:
+                raise ValueError(f"autoscaling_config.policy.policy_kwargs: {sorted(a.policy.policy_kwargs)} given; "
+                                 "EngineLoad takes kv_cache_target only") from None
         return self
 
     def deployment_options(self) -> dict[str, Any]:

@@ -11,4 +11,8 @@ SERVE_TUNING = {
     # it: the engines run their forward passes in threads of their own).
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # Autoscaling metrics recorded every look_back_period_s x 0.05 (Serve: x 0.2), at most every
+    # metrics_interval_s: with the tiers' 5 s look-back, 20 samples of the engines' load per window
+    # instead of 5 (serving/autoscaling.py).
+    "RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR": "0.05",
 }

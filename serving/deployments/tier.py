@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Optional
 
 from ray import serve
 
+from serving.autoscaling import engine_metrics
 from serving.config import Tier
 from serving.deployments.metrics import Metrics
 from serving.deferral.incremental import StopRule, Verdict
@@ -126,6 +127,11 @@ class TierDeployment:
             self.metrics.set("cascade_engine_kv_cache_usage", s.kv_cache_usage, tier=name, engine=s.engine)
             self.metrics.set("cascade_engine_tokens_per_s", s.tokens_per_s, tier=name, engine=s.engine)
             await asyncio.sleep(STATS_PERIOD_S)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The engine's load, for Serve's autoscaler (serving/autoscaling.py: EngineLoad)."""
+        s = self.engine.stats()
+        return engine_metrics(s.running, s.waiting, s.kv_cache_usage)
 
     def check_health(self) -> None:
         healthy = getattr(self.engine, "healthy", None)
