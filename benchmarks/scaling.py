@@ -7,8 +7,14 @@
 2. cascade throughput at concurrency 32 vs the ideal 1 / (c_weak + d * c_strong), with c_tier the
    measured seconds per request of each tier alone (weak-only / strong-only runs) and d the
    cascade's deferral share;
-3. autoscaling: open-loop steps light -> heavy -> light on the default (autoscaling) config; the
-   time for each tier to reach its new replica count and the errors during the change.
+3. autoscaling: open-loop steps light -> heavy -> light, side by side: "serve_default" (Serve's own
+   policy and windows: 30 s look-back, 10 s metrics interval, upscale 5 s / downscale 30 s — what the
+   tiers had before) and "engine" (the shipped config: serving/autoscaling.py's EngineLoad on the
+   engines' running + waiting requests and KV-cache use, 1 s metrics, 5 s look-back, upscale 2 s /
+   downscale 20 s). Both use the same replica bounds and targets; the weak tier's target is
+   --weak-target (one replica here holds ~0.4 requests at 20 qps, so the shipped target of 8 would
+   never scale it). Reported: the time for each tier to reach its peak replica count after the step
+   up, back to one after the step down, and the errors during the steps.
 Engines (continuous vs static batching) are compared by benchmarks/engine.py. Runs 1-2 pin every
 deployment to one replica so the tiers' costs are comparable. Each part starts
 `cascade serve` (serving.local) with its own embedded Ray and stops it.
@@ -27,22 +33,50 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from load import ReplicaPoller, prompts, run_load, step_arrivals, summarize  # noqa: E402
+from load import ReplicaPoller, one_replica, prompts, run_load, step_arrivals, summarize  # noqa: E402
 
 from serving.config import load_config, parse_config  # noqa: E402
 from serving.local import cascade_server  # noqa: E402
 
 
-def config(fixed: bool = True):
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+def step_config(policy: str, weak_target: float):
+    """The default config with autoscaling; ``serve_default``: Serve's own policy and windows instead
+    of the engine policy, with the delays the tiers had before (upscale 5 s, downscale 30 s)."""
+    raw = load_config().model_dump(mode="json", exclude_unset=True)
     for t in raw["tiers"]:
-        if fixed:
-            t["serve"].pop("autoscaling_config", None)
-            t["serve"]["num_replicas"] = 1
-    if fixed:
-        raw["router"].pop("autoscaling_config", None)
-        raw["router"]["num_replicas"] = 1
+        a = t["serve"]["autoscaling_config"]
+        if policy == "serve_default":
+            t["serve"]["autoscaling_config"] = {k: a[k] for k in ("min_replicas", "initial_replicas", "max_replicas",
+                                                                  "target_ongoing_requests")} | {
+                "upscale_delay_s": 5, "downscale_delay_s": 30}
+    raw["tiers"][0]["serve"]["autoscaling_config"]["target_ongoing_requests"] = weak_target
     return parse_config(raw)
+
+
+def step_run(cfg, texts, steps, workdir: Path) -> dict:
+    with cascade_server(cfg, workdir) as srv:
+        with ReplicaPoller(srv.ray_address, "cascade", interval=1.0) as poller:
+            res, el = asyncio.run(run_load(srv.address, texts, times=step_arrivals(steps, 0), timeout=60))
+    t_heavy, t_light = steps[0][1], steps[0][1] + steps[1][1]
+    samples = poller.samples
+    peak = {dep: max(s_.get(dep, 0) for s_ in samples) for dep in ("tier-weak", "tier-strong", "Router")}
+    scale = {}
+    for dep, n in peak.items():
+        up = reach_time(samples, dep, t_heavy, lambda x, n=n: x >= n) if n > 1 else None
+        # back to one replica: the first sample at 1 after both the step down and the peak
+        after = max(t_light, t_heavy + up) if up is not None else t_light
+        down = reach_time(samples, dep, after, lambda x: x <= 1) if n > 1 else None
+        scale[dep] = {"peak_replicas": n, "s_to_peak_after_step_up": up,
+                      "s_back_to_1_after_step_down": None if down is None else round(after + down - t_light, 1),
+                      "changes": [{"t": s_["t"], "replicas": s_.get(dep, 0)} for i, s_ in enumerate(samples)
+                                  if i == 0 or s_.get(dep, 0) != samples[i - 1].get(dep, 0)]}
+    errs = {}
+    for r in res:
+        if r["code"] != "OK" and t_heavy <= r["t"]:
+            errs[r["code"]] = errs.get(r["code"], 0) + 1
+    summary = summarize(res, el)
+    return {"per_deployment": scale, "errors": errs, "samples": samples,
+            "summary": {k: summary[k] for k in ("requests", "ok", "latency_ms", "errors", "deferral_share")}}
 
 
 def closed(addr: str, texts, concurrency: int, duration: float, tier: str = "") -> dict:
@@ -60,75 +94,72 @@ def reach_time(samples: list[dict], deployment: str, start: float, target_cmp) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per closed-loop run")
-    ap.add_argument("--steps", default="2:30,20:60,2:90", help="qps:seconds for the autoscaling part")
+    ap.add_argument("--steps", default="2:30,20:90,2:120", help="qps:seconds for the autoscaling part")
+    ap.add_argument("--weak-target", type=float, default=0.1,
+                    help="the weak tier's target_ongoing_requests in the autoscaling part (both policies)")
+    ap.add_argument("--parts", default="overhead,autoscaling", help="which parts to run (overhead = parts 1-2)")
     ap.add_argument("--out", default="results/scaling.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     texts = prompts(None)
     report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration}
     with tempfile.TemporaryDirectory() as tmp:
-        with cascade_server(config(), Path(tmp) / "a") as srv:
-            solo = closed(srv.address, texts, 1, args.duration, "weak")
-            report["router_overhead"] = solo["router_overhead_ms"] | {"client_p50_ms": solo["latency_ms"]["p50"]}
-            runs = {mode: closed(srv.address, texts, 32, args.duration, tier)
-                    for mode, tier in (("cascade", ""), ("weak_only", "weak"), ("strong_only", "strong"))}
-        w, s, c = (runs[m]["throughput_rps"] for m in ("weak_only", "strong_only", "cascade"))
-        d = runs["cascade"]["deferral_share"]
-        ideal = 1.0 / (1.0 / w + d / s)
-        report["cascade_vs_ideal"] = {"cascade_rps": c, "deferral_share": d, "c_weak_s": 1 / w, "c_strong_s": 1 / s,
-                                      "ideal_rps": ideal, "ratio": c / ideal}
-        report["closed_loop_c32"] = runs
-        steps = [tuple(map(float, p.split(":"))) for p in args.steps.split(",")]
-        with cascade_server(config(fixed=False), Path(tmp) / "c") as srv:
-            with ReplicaPoller(srv.ray_address, "cascade", interval=1.0) as poller:
-                res, el = asyncio.run(run_load(srv.address, texts, times=step_arrivals(steps, 0), timeout=60))
-        t_heavy, t_light = steps[0][1], steps[0][1] + steps[1][1]
-        samples = poller.samples
-        peak = {dep: max(s_.get(dep, 0) for s_ in samples) for dep in ("tier-weak", "tier-strong", "Router")}
-        scale = {}
-        for dep, n in peak.items():
-            up = reach_time(samples, dep, t_heavy, lambda x, n=n: x >= n) if n > 1 else None
-            # back to one replica: the first sample at 1 after both the step down and the peak
-            after = max(t_light, t_heavy + up) if up is not None else t_light
-            down = reach_time(samples, dep, after, lambda x: x <= 1) if n > 1 else None
-            scale[dep] = {"peak_replicas": n, "s_to_peak_after_step_up": up,
-                          "s_back_to_1_after_step_down": None if down is None else round(after + down - t_light, 1),
-                          "changes": [{"t": s_["t"], "replicas": s_.get(dep, 0)} for i, s_ in enumerate(samples)
-                                      if i == 0 or s_.get(dep, 0) != samples[i - 1].get(dep, 0)]}
-        errs_during = {}
-        for r in res:
-            if r["code"] != "OK" and t_heavy <= r["t"]:
-                errs_during[r["code"]] = errs_during.get(r["code"], 0) + 1
-        report["autoscaling"] = {"steps": args.steps, "per_deployment": scale, "errors": errs_during,
-                                 "summary": summarize(res, el) | {"replicas": samples}}
-    print(f"router overhead (c=1, weak answers): p50 {report['router_overhead']['p50']:.1f} ms, "
-          f"p99 {report['router_overhead']['p99']:.1f} ms  [proxy {report['router_overhead']['proxy_p50']:.1f}, "
-          f"router code {report['router_overhead']['router_code_p50']:.2f}, handle hop {report['router_overhead']['handle_hop_p50']:.1f}]")
-    cv = report["cascade_vs_ideal"]
-    print(f"cascade (c=32): {cv['cascade_rps']:.1f} rps, d={cv['deferral_share']:.3f}, ideal {cv['ideal_rps']:.1f} rps "
-          f"-> ratio {cv['ratio']:.2f}")
-    for dep, v in report["autoscaling"]["per_deployment"].items():
-        print(f"autoscaling {dep}: peak {v['peak_replicas']} replicas, {v['s_to_peak_after_step_up']} s to peak after the "
-              f"step up, {v['s_back_to_1_after_step_down']} s back to 1 after the step down")
-    print(f"errors during the steps: {report['autoscaling']['errors'] or 0}")
+        if "overhead" in parts:
+            with cascade_server(parse_config(one_replica(load_config().model_dump(mode="json", exclude_none=True))),
+                                Path(tmp) / "a") as srv:
+                solo = closed(srv.address, texts, 1, args.duration, "weak")
+                report["router_overhead"] = solo["router_overhead_ms"] | {"client_p50_ms": solo["latency_ms"]["p50"]}
+                runs = {mode: closed(srv.address, texts, 32, args.duration, tier)
+                        for mode, tier in (("cascade", ""), ("weak_only", "weak"), ("strong_only", "strong"))}
+            w, s, c = (runs[m]["throughput_rps"] for m in ("weak_only", "strong_only", "cascade"))
+            d = runs["cascade"]["deferral_share"]
+            ideal = 1.0 / (1.0 / w + d / s)
+            report["cascade_vs_ideal"] = {"cascade_rps": c, "deferral_share": d, "c_weak_s": 1 / w, "c_strong_s": 1 / s,
+                                          "ideal_rps": ideal, "ratio": c / ideal}
+            report["closed_loop_c32"] = runs
+        if "autoscaling" in parts:
+            steps = [tuple(map(float, p.split(":"))) for p in args.steps.split(",")]
+            report["autoscaling"] = {"steps": args.steps, "weak_target": args.weak_target, "runs": {
+                policy: step_run(step_config(policy, args.weak_target), texts, steps, Path(tmp) / policy)
+                for policy in ("serve_default", "engine")}}
+    if "overhead" in parts:
+        ro = report["router_overhead"]
+        print(f"router overhead (c=1, weak answers): p50 {ro['p50']:.1f} ms, p99 {ro['p99']:.1f} ms  [proxy "
+              f"{ro['proxy_p50']:.1f}, router code {ro['router_code_p50']:.2f}, handle hop {ro['handle_hop_p50']:.1f}]")
+        cv = report["cascade_vs_ideal"]
+        print(f"cascade (c=32): {cv['cascade_rps']:.1f} rps, d={cv['deferral_share']:.3f}, ideal {cv['ideal_rps']:.1f} "
+              f"rps -> ratio {cv['ratio']:.2f}")
+    if "autoscaling" in parts:
+        print(f"autoscaling, steps {args.steps} (qps:s), weak target {args.weak_target}:")
+        print(f"{'policy':<14} {'deployment':<12} {'peak':>5} {'s to peak':>10} {'s back to 1':>12}  errors")
+        for policy, r in report["autoscaling"]["runs"].items():
+            for dep, v in r["per_deployment"].items():
+                print(f"{policy:<14} {dep:<12} {v['peak_replicas']:>5} {v['s_to_peak_after_step_up'] or '-':>10} "
+                      f"{v['s_back_to_1_after_step_down'] or '-':>12}  {r['errors'] or 0}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.plot:
+    if args.plot and "autoscaling" in parts:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for dep in ("tier-weak", "tier-strong", "Router"):
-            ax.step([s_["t"] for s_ in samples], [s_.get(dep, 0) for s_ in samples], where="post", label=dep)
-        for x in (t_heavy, t_light):
-            ax.axvline(x, c="grey", ls="--", lw=0.8)
-        ax.set_xlabel(f"seconds (steps {args.steps} qps:s)")
-        ax.set_ylabel("running replicas")
-        ax.set_title("Autoscaling under a load step")
-        ax.legend()
-        ax.grid(alpha=0.3)
+        t_heavy = steps[0][1]
+        runs = report["autoscaling"]["runs"]
+        fig, axes = plt.subplots(1, len(runs), figsize=(12, 4), sharey=True)
+        for ax, (policy, r) in zip(axes, runs.items()):
+            for dep in ("tier-weak", "tier-strong", "Router"):
+                ax.step([s_["t"] for s_ in r["samples"]], [s_.get(dep, 0) for s_ in r["samples"]], where="post",
+                        label=dep)
+            for x in (t_heavy, t_heavy + steps[1][1]):
+                ax.axvline(x, c="grey", ls="--", lw=0.8)
+            ax.set_xlabel(f"seconds (steps {args.steps} qps:s)")
+            ax.set_title(f"{policy}: weak at peak {r['per_deployment']['tier-weak']['s_to_peak_after_step_up']} s "
+                         "after the step")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("running replicas")
+        axes[0].legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
 

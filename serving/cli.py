@@ -240,6 +240,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated shares like 0.3 or 0.3,0.1; got {text!r}") from None
+
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        out = [int(c) for c in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 1,4,16; got {text!r}")
+    return out
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -256,16 +274,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             from serving.probe import probe
 
-            concs = [int(c) for c in args.probe_concurrency.split(",")]
             with tempfile.TemporaryDirectory() as tmp:
-                report = probe(cfg, Path(tmp), concs, args.probe_seconds,
+                report = probe(cfg, Path(tmp), args.probe_concurrency, args.probe_seconds,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
             if args.probe_out:
                 Path(args.probe_out).write_text(json.dumps(report, indent=1))
         curves, measured = curves_from_report(report, cfg.tier_names)
         if args.deferral:
-            deferral = [float(d) for d in args.deferral.split(",")]
-            source = "--deferral"
+            deferral, source = args.deferral, "--deferral"
         elif all(cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)):
             deferral = [cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)]
             source = "the config's deferral.target_deferral"
@@ -353,12 +369,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     pl = sub.add_parser("plan", help="replicas per tier and autoscaling targets for a load, from measured tier latencies")
     pl.add_argument("--qps", type=float, required=True, help="offered load (requests/s) to plan for")
     pl.add_argument("--config", help="cascade YAML to plan (default: the shipped one)")
-    pl.add_argument("--deferral", help="share deferred at each boundary, comma-separated (default: the config's "
+    pl.add_argument("--deferral", type=_shares, help="share deferred at each boundary, comma-separated (default: the config's "
                     "deferral.target_deferral, else measured)")
     pl.add_argument("--p99-ms", type=float, help="bound on the per-tier p99s summed along the longest path")
     pl.add_argument("--utilisation", type=float, default=0.7, help="most utilisation per replica (default 0.7)")
     pl.add_argument("--measured", help="a benchmarks/load.py or --probe-out JSON instead of probing")
-    pl.add_argument("--probe-concurrency", default="1,2,4,8,16", help="closed-loop concurrencies of the probe")
+    pl.add_argument("--probe-concurrency", type=_counts, default="1,2,4,8,16", help="closed-loop concurrencies of the probe")
     pl.add_argument("--probe-seconds", type=float, default=4.0, help="seconds per probe run")
     pl.add_argument("--probe-out", help="write the probe's measurements here (reuse with --measured)")
     pl.add_argument("--out", help="write the config with the planned replicas and targets (YAML) here")
