@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per closed-loop run")
     ap.add_argument("--steps", default="2:30,20:90,2:120", help="qps:seconds for the autoscaling part")
-    ap.add_argument("--weak-target", type=float, default=0.1,
+    ap.add_argument("--weak-target", type=float, default=0.15,
                     help="the weak tier's target_ongoing_requests in the autoscaling part (both policies)")
     ap.add_argument("--parts", default="overhead,autoscaling", help="which parts to run (overhead = parts 1-2)")
     ap.add_argument("--out", default="results/scaling.json")

@@ -38,18 +38,13 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
         with CascadeClient(server.address, timeout=60) as c:
             assert c.generate(make_request("What is 2 + 2?")).text
 
-        import ray
-        from ray import serve
+        def running():
+            snap = json.loads(subprocess.run([CASCADE, "status", "--json", "--ray-address", server.ray_address],
+                                             capture_output=True, text=True, timeout=120).stdout)
+            got = {n: snap["deployments"][f"tier-{n}"]["replicas"].get("RUNNING", 0) for n in planned}
+            return got == {n: a.initial_replicas for n, a in planned.items()}
 
-        ray.init(address=server.ray_address, logging_level="ERROR", log_to_driver=False)
-        try:
-            def running():
-                deps = serve.status().applications["cascade"].deployments
-                got = {n: deps[f"tier-{n}"].replica_states.get("RUNNING", 0) for n in planned}
-                return got == {n: a.initial_replicas for n, a in planned.items()}
-            wait_for(running, 120, what="the planned replicas")
-        finally:
-            ray.shutdown()
+        wait_for(running, 180, interval=2, what="the planned replicas")
 
 
 def test_a_plan_it_cannot_make_says_why(tmp_path):
