@@ -44,7 +44,7 @@ class ReplicaPoller:
     def __init__(self, ray_address: Optional[str], app: str, interval: float = 1.0):
         self.samples: list[dict] = []
         self.app, self.interval, self.stop = app, interval, threading.Event()
-        self.ok = False
+        self.ok, self.connected = False, False
         try:
             import ray
 
@@ -55,6 +55,7 @@ class ReplicaPoller:
                 raise ConnectionError("no running Ray found on this machine")
             if not ray.is_initialized():
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+                self.connected = True
             self.ok = True
         except Exception as e:  # no Ray to ask: the load still runs
             print(f"replica polling off: {type(e).__name__}: {e}")
@@ -83,6 +84,10 @@ class ReplicaPoller:
         self.stop.set()
         if self.ok:
             self.thread.join(timeout=10)
+        if self.connected:  # before that Ray goes away: a driver left connected to a stopped Ray is killed
+            import ray
+
+            ray.shutdown()
 
 
 def write_json(report: dict, out: str) -> None:

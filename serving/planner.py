@@ -220,8 +220,8 @@ def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, 
                 break
             replicas[k], preds[k] = replicas[k] + 1, trial
     total = path(preds)
-    for p in preds:
-        if p.in_flight_per_replica > max(pt.in_flight for pt in curves[[c.name for c in curves].index(p.tier)].points):
+    for c, p in zip(curves, preds):
+        if p.in_flight_per_replica > c.points[-1].in_flight:
             notes.append(f"tier {p.tier!r}: {p.in_flight_per_replica:.1f} in flight per replica is beyond the measured "
                          "range; its rate is extrapolated flat")
     return Plan(qps=qps, deferral=list(deferral), tiers=preds, p99_bound_ms=p99_ms, utilisation_target=utilisation,
