@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -53,8 +55,16 @@ def step_config(policy: str, weak_target: float):
     return parse_config(raw)
 
 
-def step_run(cfg, texts, steps, workdir: Path) -> dict:
-    with cascade_server(cfg, workdir) as srv:
+def step_run(policy: str, weak_target: float, steps, workdir: Path) -> dict:
+    """One step run in a process of its own (a driver's Serve client outlives its Ray, so a second
+    cluster in the same process would be polled through the first one's stale client)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_step_run, policy, weak_target, steps, workdir).result()
+
+
+def _step_run(policy: str, weak_target: float, steps, workdir: Path) -> dict:
+    texts = prompts(None)
+    with cascade_server(step_config(policy, weak_target), workdir) as srv:
         with ReplicaPoller(srv.ray_address, "cascade", interval=1.0) as poller:
             res, el = asyncio.run(run_load(srv.address, texts, times=step_arrivals(steps, 0), timeout=60))
     t_heavy, t_light = steps[0][1], steps[0][1] + steps[1][1]
@@ -121,7 +131,7 @@ def main() -> None:
         if "autoscaling" in parts:
             steps = [tuple(map(float, p.split(":"))) for p in args.steps.split(",")]
             report["autoscaling"] = {"steps": args.steps, "weak_target": args.weak_target, "runs": {
-                policy: step_run(step_config(policy, args.weak_target), texts, steps, Path(tmp) / policy)
+                policy: step_run(policy, args.weak_target, steps, Path(tmp) / policy)
                 for policy in ("serve_default", "engine")}}
     if "overhead" in parts:
         ro = report["router_overhead"]
