@@ -136,7 +136,8 @@ async def _one(stub, prompt: str, force_tier: str, timeout: float) -> dict:
         return {"code": "OK", "ms": ms, "tier": r.tier, "deferred": r.deferred,
                 "tier_ms": sum(t.tier_ms for t in r.tiers), "router_ms": r.total_latency_ms,
                 "hop_ms": sum(t.latency_ms - t.tier_ms for t in r.tiers),
-                "tier_latency_ms": {t.tier: t.latency_ms for t in r.tiers}}
+                "tier_latency_ms": {t.tier: t.latency_ms for t in r.tiers},
+                "tier_engine_ms": {t.tier: t.tier_ms for t in r.tiers}}
     except grpc.aio.AioRpcError as e:
         return {"code": e.code().name, "ms": (time.perf_counter() - t0) * 1e3}
 
@@ -193,7 +194,8 @@ def summarize(results: list[dict], elapsed: float) -> dict:
         "latency_by_answer_ms": {k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90)} for k, v in by_answer.items()},
         "deferred_over_weak_p50": pct(by_answer["deferred"], 50) / pct(by_answer["weak"], 50) if by_answer["weak"] else float("nan"),
         # each tier as the router saw it: requests, mean in flight, latency quantiles (cascade plan --measured)
-        "tiers": {t: tier_summary([r["tier_latency_ms"][t] for r in ok if t in r["tier_latency_ms"]], elapsed)
+        "tiers": {t: tier_summary([r["tier_latency_ms"][t] for r in ok if t in r["tier_latency_ms"]], elapsed,
+                                  [r["tier_engine_ms"][t] for r in ok if t in r["tier_engine_ms"]])
                   for t in sorted({t for r in ok for t in r["tier_latency_ms"]})},
     }
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from load import ReplicaPoller, arrivals, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
+from load import arrivals, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
 
 from serving.autoscaling import ENGINE_AUTOSCALING  # noqa: E402
 from serving.config import load_config, parse_config, portable  # noqa: E402
@@ -33,6 +35,14 @@ from serving.planner import curves_from_report, format_plan, plan, planned_confi
 from serving.probe import probe  # noqa: E402
 
 METRICS = ("utilisation", "in_flight_per_replica", "mean_ms", "p99_ms")
+
+
+def running_replicas(ray_address: str) -> dict[str, int]:
+    """Running replicas per deployment, from `cascade status` in a process of its own (a Ray driver in
+    this process would share its interpreter with the load generator and skew its timings)."""
+    out = subprocess.run([str(Path(sys.executable).parent / "cascade"), "status", "--json", "--ray-address",
+                          ray_address], capture_output=True, text=True, timeout=120).stdout
+    return {name: d["replicas"].get("RUNNING", 0) for name, d in json.loads(out)["deployments"].items()}
 
 
 def main() -> None:
@@ -55,18 +65,17 @@ def main() -> None:
         print(format_plan(p))
         planned = parse_config(planned_config(portable(cfg), p, ENGINE_AUTOSCALING), origin="the plan")
         with cascade_server(planned, Path(tmp) / "planned") as srv:
-            with ReplicaPoller(srv.ray_address, "cascade", interval=1.0) as poller:
-                res, el = asyncio.run(run_load(srv.address, texts, times=arrivals(args.qps, args.duration, args.seed)))
-    run = summarize(res, el) | {"replicas": poller.samples}
+            res, el = asyncio.run(run_load(srv.address, texts, times=arrivals(args.qps, args.duration, args.seed)))
+            replicas = running_replicas(srv.ray_address)
+    run = summarize(res, el) | {"replicas": replicas}
     rows = {}
     for t in p.tiers:
         s = run["tiers"].get(t.tier, {"n": 0, "in_flight": 0.0, "rate_rps": 0.0})
-        reps = [x.get(f"tier-{t.tier}", 0) for x in poller.samples] or [t.replicas]
-        n = sum(reps) / len(reps)
+        n = replicas.get(f"tier-{t.tier}") or t.replicas
         got = {"utilisation": s["rate_rps"] / (n * t.capacity_rps), "in_flight_per_replica": s["in_flight"] / n,
                "mean_ms": s.get("mean_ms"), "p99_ms": s.get("p99_ms")}
         want = {m: getattr(t, m) for m in METRICS}
-        rows[t.tier] = {"planned_replicas": t.replicas, "mean_running_replicas": n, "arrival_rps": {"predicted": t.arrival_rps,
+        rows[t.tier] = {"planned_replicas": t.replicas, "running_replicas_at_the_end": n, "arrival_rps": {"predicted": t.arrival_rps,
                         "measured": s["rate_rps"]}, "predicted": want, "measured": got,
                         "measured_over_predicted": {m: (got[m] / want[m]) if got[m] and want[m] else None for m in METRICS}}
     report = {"machine": f"{os.cpu_count()} CPUs, shared", "qps": args.qps, "duration_s": args.duration,

@@ -11,9 +11,10 @@
    policy and windows: 30 s look-back, 10 s metrics interval, upscale 5 s / downscale 30 s — what the
    tiers had before) and "engine" (the shipped config: serving/autoscaling.py's EngineLoad on the
    engines' running + waiting requests and KV-cache use, 1 s metrics, 5 s look-back, upscale 2 s /
-   downscale 20 s). Both use the same replica bounds and targets; the weak tier's target is
-   --weak-target (one replica here holds ~0.4 requests at 20 qps, so the shipped target of 8 would
-   never scale it). Reported: the time for each tier to reach its peak replica count after the step
+   downscale 20 s). Both use the same replica bounds; the weak tier's target is --weak-target (one
+   replica here holds ~0.4 requests at 20 qps, so the shipped target of 8 would never scale it), and
+   for the engine policy --engine-weak-target: the same load in its unit (requests inside the engines,
+   ~0.7 of those Serve counts at a replica here; `cascade plan` prints targets in that unit). Reported: the time for each tier to reach its peak replica count after the step
    up, back to one after the step down, and the errors during the steps.
 Engines (continuous vs static batching) are compared by benchmarks/engine.py. Runs 1-2 pin every
 deployment to one replica so the tiers' costs are comparable. Each part starts
@@ -107,6 +108,9 @@ def main() -> None:
     ap.add_argument("--steps", default="2:30,20:90,2:120", help="qps:seconds for the autoscaling part")
     ap.add_argument("--weak-target", type=float, default=0.15,
                     help="the weak tier's target_ongoing_requests in the autoscaling part (both policies)")
+    ap.add_argument("--engine-weak-target", type=float,
+                    help="the engine policy's weak target, in its unit: requests inside the engines, a share of those "
+                         "Serve counts at the replica (cascade plan measures it: ~0.7 here); default --weak-target")
     ap.add_argument("--parts", default="overhead,autoscaling", help="which parts to run (overhead = parts 1-2)")
     ap.add_argument("--out", default="results/scaling.json")
     ap.add_argument("--plot")
@@ -130,9 +134,11 @@ def main() -> None:
             report["closed_loop_c32"] = runs
         if "autoscaling" in parts:
             steps = [tuple(map(float, p.split(":"))) for p in args.steps.split(",")]
-            report["autoscaling"] = {"steps": args.steps, "weak_target": args.weak_target, "runs": {
-                policy: step_run(policy, args.weak_target, steps, Path(tmp) / policy)
-                for policy in ("serve_default", "engine")}}
+            report["autoscaling"] = {"steps": args.steps, "weak_target": args.weak_target,
+                                 "engine_weak_target": args.engine_weak_target or args.weak_target, "runs": {
+                policy: step_run(policy, target, steps, Path(tmp) / policy)
+                for policy, target in (("serve_default", args.weak_target),
+                                       ("engine", args.engine_weak_target or args.weak_target))}}
     if "overhead" in parts:
         ro = report["router_overhead"]
         print(f"router overhead (c=1, weak answers): p50 {ro['p50']:.1f} ms, p99 {ro['p99']:.1f} ms  [proxy "

@@ -36,8 +36,9 @@ ASSUMPTIONS = (
     "a request that finds j others has the latency distribution measured nearest j + 1 in flight, scaled to R(j + 1)",
     "each replica has the resources it had when measured (on a shared machine, more replicas add less)",
     "the end-to-end p99 bound holds when the per-tier p99s summed along the longest path stay within it",
-    "the autoscaling target of a tier is the requests in flight per replica at the plan's load, so that "
-    "Serve's autoscaler asks for the planned replicas at Q and fewer below it",
+    "the autoscaling target of a tier is the requests in flight per replica at the plan's load as its engine "
+    "counts them (the measured share of the tier's time spent inside the replica), so that the engine-load "
+    "policy asks for the planned replicas at Q and fewer below it",
 )
 
 
@@ -45,14 +46,17 @@ class PlanError(ValueError):
     """Measurements or a request the planner cannot work with; the message says what."""
 
 
-def tier_summary(latencies_ms: Sequence[float], elapsed_s: float) -> dict[str, Any]:
-    """One tier in one load run: requests, mean requests in flight (Little: total latency / time),
-    arrival rate, mean/p50/p99 and the latency quantile function (``N_QUANTILES`` points)."""
+def tier_summary(latencies_ms: Sequence[float], elapsed_s: float,
+                 engine_ms: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """One tier in one load run: requests, mean requests in flight (Little: total latency / time; with
+    ``engine_ms``, the time inside the tier replica, also ``engine_in_flight``: what its engine counts
+    as running + waiting), arrival rate, mean/p50/p99 and the latency quantile function."""
     xs = np.asarray(latencies_ms, dtype=float)
     if not len(xs) or elapsed_s <= 0:
         return {"n": int(len(xs)), "in_flight": 0.0, "rate_rps": 0.0}
     qs = np.percentile(xs, (np.arange(N_QUANTILES) + 0.5) * 100 / N_QUANTILES)
-    return {"n": int(len(xs)), "in_flight": float(xs.sum() / 1e3 / elapsed_s), "rate_rps": len(xs) / elapsed_s,
+    engine = {} if engine_ms is None else {"engine_in_flight": float(np.sum(engine_ms) / 1e3 / elapsed_s)}
+    return {"n": int(len(xs)), "in_flight": float(xs.sum() / 1e3 / elapsed_s), **engine, "rate_rps": len(xs) / elapsed_s,
             "mean_ms": float(xs.mean()), "p50_ms": float(np.percentile(xs, 50)), "p99_ms": float(np.percentile(xs, 99)),
             "quantiles_ms": [round(float(q), 3) for q in qs]}
 
@@ -74,6 +78,7 @@ def busy_in_flight(mean_in_flight: float, callers: Optional[float] = None) -> fl
 class Point:
     in_flight: float          # mean requests in the tier (per replica) during the run
     quantiles_ms: list[float]  # its latency quantile function
+    engine_share: float = 1.0  # of the requests in flight at the tier, the share inside its engine
 
     @property
     def mean_ms(self) -> float:
@@ -116,6 +121,7 @@ class TierPrediction:
     replicas: int
     utilisation: float          # arrivals / (replicas x the replica's largest measured completion rate)
     in_flight_per_replica: float
+    engine_in_flight_per_replica: float  # the same as the engine counts it (running + waiting): the target's unit
     mean_ms: float
     p99_ms: float
     capacity_rps: float         # the replica's largest measured completion rate
@@ -127,10 +133,12 @@ def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int
     rho = a / curve.x_max
     base = dict(tier=curve.name, arrival_rps=arrival_rps, replicas=replicas, utilisation=rho, capacity_rps=curve.x_max)
     if a <= 0:
-        return TierPrediction(**base, in_flight_per_replica=0.0, mean_ms=curve.points[0].mean_ms,
+        return TierPrediction(**base, in_flight_per_replica=0.0, engine_in_flight_per_replica=0.0,
+                              mean_ms=curve.points[0].mean_ms,
                               p99_ms=float(np.percentile(curve.points[0].quantiles_ms, 99)))
     if rho >= 1:
-        return TierPrediction(**base, in_flight_per_replica=math.inf, mean_ms=math.inf, p99_ms=math.inf)
+        return TierPrediction(**base, in_flight_per_replica=math.inf, engine_in_flight_per_replica=math.inf,
+                              mean_ms=math.inf, p99_ms=math.inf)
     logp = [0.0]  # log of the unnormalised stationary probability of j in the replica
     while len(logp) < max_states:
         logp.append(logp[-1] + math.log(a / curve.rate(len(logp))))
@@ -151,7 +159,9 @@ def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int
     order = np.argsort(v)
     w = w[order] / w.sum()
     p99 = float(np.interp(0.99, np.cumsum(w) - w / 2, v[order]))  # each quantile point at the middle of its mass
-    return TierPrediction(**base, in_flight_per_replica=mean_n, mean_ms=mean_n / a * 1e3, p99_ms=p99)
+    engine = mean_n * curve.nearest(max(mean_n, 1.0)).engine_share
+    return TierPrediction(**base, in_flight_per_replica=mean_n, engine_in_flight_per_replica=engine,
+                          mean_ms=mean_n / a * 1e3, p99_ms=p99)
 
 
 @dataclass
@@ -170,8 +180,9 @@ class Plan:
         return asdict(self) | {"assumptions": list(self.assumptions)}
 
     def targets(self) -> dict[str, float]:
-        """Each tier's target_ongoing_requests: its replicas' mean requests in flight at Q."""
-        return {t.tier: round(max(t.in_flight_per_replica, 0.01), 3) for t in self.tiers}
+        """Each tier's target_ongoing_requests: its replicas' mean requests in flight at Q, as their engines
+        count them (serving.autoscaling.EngineLoad scales on that count)."""
+        return {t.tier: round(max(t.engine_in_flight_per_replica, 0.01), 3) for t in self.tiers}
 
 
 def arrivals(qps: float, deferral: Sequence[float], n_tiers: int) -> list[float]:
@@ -245,7 +256,7 @@ def curves_from_report(report: dict[str, Any], tier_names: Sequence[str]) -> tup
                 continue
             n = max((r.get(f"tier-{t}", 0) for r in run.get("replicas") or []), default=0) or 1
             points[t].append(Point(busy_in_flight(s["in_flight"] / n, callers / n if callers else None),
-                                   s["quantiles_ms"]))
+                                   s["quantiles_ms"], s.get("engine_in_flight", s["in_flight"]) / s["in_flight"]))
             if not run.get("forced_tier"):
                 reached[t] += s["n"]
     missing = [t for t, p in points.items() if not p]

@@ -37,6 +37,7 @@ async def closed_loop_tiers(address: str, texts: Sequence[str], concurrency: int
     from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 
     per_tier: dict[str, list[float]] = {}
+    engine: dict[str, list[float]] = {}
     ok, errors, deferred = 0, 0, 0
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.CascadeStub(ch)
@@ -55,12 +56,13 @@ async def closed_loop_tiers(address: str, texts: Sequence[str], concurrency: int
                 ok, deferred = ok + 1, deferred + r.deferred
                 for t in r.tiers:
                     per_tier.setdefault(t.tier, []).append(t.latency_ms)
+                    engine.setdefault(t.tier, []).append(t.tier_ms)
 
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
     return {"concurrency": concurrency, "requests": ok + errors, "ok": ok, "errors": errors,
             "throughput_rps": ok / elapsed, "deferral_share": deferred / ok if ok else 0.0, "forced_tier": "",
-            "tiers": {t: tier_summary(v, elapsed) for t, v in per_tier.items()}}
+            "tiers": {t: tier_summary(v, elapsed, engine[t]) for t, v in per_tier.items()}}
 
 
 def probe(cfg: CascadeConfig, workdir: Path, concurrencies: Sequence[int] = (1, 2, 4, 8, 16), seconds: float = 4.0,

@@ -75,7 +75,7 @@ def test_plan_routes_the_deferred_share_and_picks_the_fewest_replicas_under_the_
     assert [t.replicas for t in p.tiers] == [3, 3]  # 150/(0.7*100) -> 3; 30/(0.7*20) -> 3
     assert all(t.utilisation <= 0.7 for t in p.tiers)
     assert p.meets_p99 and p.p99_path_ms == pytest.approx(sum(t.p99_ms for t in p.tiers))
-    assert p.targets() == {t.tier: round(t.in_flight_per_replica, 3) for t in p.tiers}
+    assert p.targets() == {t.tier: round(t.engine_in_flight_per_replica, 3) for t in p.tiers}
     text = format_plan(p)
     assert "weak" in text and "strong" in text and ASSUMPTIONS[0] in text
 
@@ -110,8 +110,9 @@ def test_busy_occupancy_of_closed_and_open_loops():
 
 
 def test_tier_summary_in_flight_is_littles_law():
-    s = tier_summary([100.0] * 50, elapsed_s=10.0)  # 50 requests x 0.1 s over 10 s
+    s = tier_summary([100.0] * 50, elapsed_s=10.0, engine_ms=[40.0] * 50)  # 50 requests x 0.1 s over 10 s
     assert s["in_flight"] == pytest.approx(0.5) and s["rate_rps"] == pytest.approx(5.0)
+    assert s["engine_in_flight"] == pytest.approx(0.2)  # 40 of each 100 ms inside the replica's engine
     assert len(s["quantiles_ms"]) == 100 and s["p99_ms"] == pytest.approx(100.0)
     assert tier_summary([], 10.0)["n"] == 0
 
@@ -121,7 +122,7 @@ def report(runs):
 
 
 def run(weak_n, strong_n, weak_ms=10.0, strong_ms=40.0, elapsed=10.0, replicas=None, forced="", concurrency=None):
-    tiers = {"weak": tier_summary([weak_ms] * weak_n, elapsed)}
+    tiers = {"weak": tier_summary([weak_ms] * weak_n, elapsed, [weak_ms / 2] * weak_n)}
     if strong_n:
         tiers["strong"] = tier_summary([strong_ms] * strong_n, elapsed)
     return {"tiers": tiers, "replicas": replicas or [], "forced_tier": forced, "concurrency": concurrency}
@@ -136,6 +137,16 @@ def test_curves_and_the_deferral_share_from_a_report():
     # busy occupancy per replica: one caller is alone whenever it is in; 2 callers per replica at 0.195 mean
     assert [p.in_flight for p in weak.points] == pytest.approx([1.0, busy_in_flight(300 * 0.013 / 10 / 2, 2)])
     assert len(strong.points) == 3
+    assert [p.engine_share for p in weak.points] == pytest.approx([0.5, 0.5]) and strong.points[0].engine_share == 1.0
+
+
+def test_targets_are_in_the_engines_unit():
+    # half of each request's time at the tier is inside the engine: the target is half the in-flight count
+    curve = TierCurve("t", [Point(j, flat(10.0), engine_share=0.5) for j in range(1, 9)])
+    p = plan([curve], 300.0, [], utilisation=0.7)
+    t = p.tiers[0]
+    assert t.engine_in_flight_per_replica == pytest.approx(t.in_flight_per_replica / 2)
+    assert p.targets() == {"t": round(t.in_flight_per_replica / 2, 3)}
 
 
 def test_a_report_without_per_tier_latencies_is_refused():
