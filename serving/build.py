@@ -56,10 +56,13 @@ def pools(cfg: CascadeConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _node_shape(pool: dict[str, Any], gpus_per_node: int, replicas_per_cpu_node: int) -> tuple[int, dict[str, float]]:
-    per_node = int(gpus_per_node // pool["gpus"]) if pool["gpus"] else replicas_per_cpu_node
+def _node_shape(pool: dict[str, Any], gpus_per_node: int, replicas_per_cpu_node: int) -> tuple[int, float, int]:
+    """(replicas per node, the pool resource a node declares, GPUs a node declares): a replica that spans
+    more GPUs than ``gpus_per_node`` (tensor parallelism) gets nodes with as many as it needs."""
+    gpus = max(gpus_per_node, math.ceil(pool["gpus"])) if pool["gpus"] else 0
+    per_node = int(gpus // pool["gpus"]) if pool["gpus"] else replicas_per_cpu_node
     per_node = max(per_node, 1)
-    return per_node, per_node * pool["per_replica"]
+    return per_node, per_node * pool["per_replica"], gpus
 
 
 def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: int = 1,
@@ -75,10 +78,10 @@ def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: i
     }
     max_workers = 0
     for pool, p in pools(cfg).items():
-        per_node, amount = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
+        per_node, amount, gpus = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
         lo, hi = math.ceil(p["min_replicas"] / per_node), math.ceil(p["max_replicas"] / per_node)
         types[pool] = {"node_config": {"InstanceType": gpu_instance},
-                       "resources": {pool: amount, "GPU": gpus_per_node if p["gpus"] else 0},
+                       "resources": {pool: amount, "GPU": gpus},
                        "min_workers": lo, "max_workers": hi}
         max_workers += hi
     return {
@@ -119,8 +122,7 @@ def rayservice(cfg: CascadeConfig, name: str = "cascade", image: str = "cascade-
 
     workers = []
     for pool, p in pools(cfg).items():
-        per_node, amount = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
-        gpus = gpus_per_node if p["gpus"] else 0
+        per_node, amount, gpus = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
         workers.append({
             "groupName": pool.replace("_", "-"),
             "replicas": math.ceil(p["min_replicas"] / per_node),
