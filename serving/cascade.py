@@ -185,10 +185,19 @@ class Cascade:
             decision = boundary.decision() if boundary is not None and not final else None
             early = decision is not None and decision.can_decide_early
             base = threshold = boundary.current(plan.threshold) if boundary is not None else None
-            if boundary is not None and boundary.load is not None and plan.threshold is None and not final:
-                threshold = boundary.load.threshold(base, self.inflight[self.names[index + 1]])
-                self.metrics.set("cascade_effective_threshold", threshold, tier=name)
-            stop = boundary.stop_rule(threshold) if early else None
+            load = boundary.load if boundary is not None and plan.threshold is None and not final else None
+
+            def now() -> Optional[float]:
+                """The threshold in force: a load-aware boundary's follows the next tier's load as it is now."""
+                nonlocal threshold
+                if load is not None:
+                    threshold = load.threshold(base, self.inflight[self.names[index + 1]])
+                return threshold
+
+            # A load-aware boundary decides at the threshold in force when it decides (a burst that saturates the
+            # next tier while this one is answering counts); the tier stops early only below the floor, where no
+            # load can change the verdict.
+            stop = boundary.stop_rule(threshold if load is None else min(base, load.cfg.floor)) if early else None
             flowing = final and plan.stream  # this tier's text goes to the client as it comes
             t0 = time.perf_counter()
             gen: Optional[Generation] = None
@@ -210,7 +219,7 @@ class Cascade:
                         prompt_tokens = chunk.prompt_tokens or prompt_tokens
                         gen = chunk.final or gen
                         if early and verdict is Verdict.UNDECIDED and chunk.token_ids:
-                            verdict = decision.push(chunk.logprobs, threshold)
+                            verdict = decision.push(chunk.logprobs, now())
                             pushed += len(chunk.logprobs)
                             if verdict is Verdict.DEFER:
                                 held.append(chunk.text)
@@ -234,7 +243,7 @@ class Cascade:
                     gen = Generation(text="".join(held), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
                                      finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3)
                 elif early and verdict is Verdict.UNDECIDED:  # tokens that came only with the answer
-                    verdict = decision.push(gen.logprobs[pushed:], threshold)
+                    verdict = decision.push(gen.logprobs[pushed:], now())
             except TierFailure as f:
                 self.metrics.inc("cascade_tier_errors", tier=name, reason=f.reason)
                 if prev is None or sent or self.cfg.reliability.on_tier_failure != "degrade":
@@ -257,7 +266,10 @@ class Cascade:
                 if decision is None:  # a forced tier: its score is still reported
                     score = boundary.scorer(gen.logprobs, gen.embedding)
                 else:
-                    verdict, score = decision.finish(gen.logprobs, threshold, gen.embedding)
+                    verdict, score = decision.finish(
+                        gen.logprobs, now() if verdict is Verdict.UNDECIDED else threshold, gen.embedding)
+                    if load is not None:
+                        self.metrics.set("cascade_effective_threshold", threshold, tier=name)
                     if boundary.controller is not None and plan.threshold is None:
                         boundary.controller.record(score)
                 if k == 0:

@@ -381,15 +381,19 @@ def test_receipt_of_a_degraded_answer_lists_the_rerun():
 
 
 class GatedTiers(FakeTiers):
-    """The strong tier holds every call until ``gate`` is set (a saturated tier)."""
+    """The strong tier holds every call until ``gate`` is set (a saturated tier); ``hold[(tier, prompt)]``
+    holds that tier's calls for that prompt until it is set."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.gate = asyncio.Event()
+        self.hold: dict = {}
 
     async def stream(self, tier, req, tokens=True, stop=None, draft=None):
         if tier == "strong":
             await self.gate.wait()
+        if (tier, req.prompt) in self.hold:
+            await self.hold[(tier, req.prompt)].wait()
         async for chunk in super().stream(tier, req, tokens, stop, draft):
             yield chunk
 
@@ -432,3 +436,43 @@ def test_load_aware_deferral_does_not_touch_a_request_threshold_or_sure_answers(
     fake.answers["weak"] = UNSURE
     out = asyncio.run(c.run(plan(c, threshold=-1.0)))  # the caller's threshold is taken as given
     assert (out.answered_by, out.load_shed, out.threshold) == ("strong", False, -1.0)
+
+
+LOAD_AWARE = {"rule": "chow_quantile", "threshold": -0.5,
+              "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0}}
+
+
+def test_load_aware_deferral_decides_at_the_load_when_it_decides():
+    """The strong tier saturates while the weak tier is still answering: the decision sees it."""
+    fake = GatedTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral=LOAD_AWARE), fake)
+    fake.hold[("weak", "slow")] = asyncio.Event()
+
+    async def run():
+        slow = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="slow"), c.names, False, None)))
+        while c.inflight["weak"] == 0:  # the slow request is in the weak tier; the strong tier is idle
+            await asyncio.sleep(0)
+        busy = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="busy"), c.names, False, None)))
+        while c.inflight["strong"] == 0:
+            await asyncio.sleep(0)
+        fake.hold[("weak", "slow")].set()  # the slow weak answer is complete now, with strong saturated
+        done, _ = await asyncio.wait([slow], timeout=5)  # a deferred one would wait for the gate
+        fake.gate.set()
+        out = await slow
+        return out, await busy
+
+    slow, busy = asyncio.run(run())
+    assert (slow.answered_by, slow.load_shed, slow.threshold) == ("weak", True, -2.0)
+    assert (busy.answered_by, busy.load_shed) == ("strong", False)
+
+
+def test_a_load_aware_tier_stops_early_only_below_the_floor():
+    fake = StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral=LOAD_AWARE), fake)
+    out = unary(c)
+    # -2.0 is not below the floor: the weak tier answers to the end, and the walk defers at -0.5
+    assert fake.calls == ["weak", "strong"] and out.runs[0].generation.finish_reason == "stop"
+    assert (out.answered_by, out.threshold, out.load_shed) == ("strong", -0.5, False)
+    fake = StoppingTiers({"weak": [("1", -0.01), ("2", -3.0), ("3", -0.01)], "strong": STRONG})
+    out = unary(Cascade(config(deferral=LOAD_AWARE), fake))
+    assert out.runs[0].generation.finish_reason == "deferred" and out.runs[0].generation.completion_tokens == 2
