@@ -228,6 +228,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  router replica {r['replica']}: last {r['recent_requests']} requests: deferral share "
                       f"{share(r['deferral_share'])}, degraded {share(r['degraded_share'])}; in flight {r['inflight']}; "
                       f"breakers {', '.join(f'{k} {v}' for k, v in r['breakers'].items())}", flush=True)
+                if c := r.get("costs"):
+                    ratio = f"{c['strong_only'] / c['total']:.2f}x" if c["total"] else "n/a"
+                    print(f"  costs over {c['requests']} answered requests: total {c['total']:.6g} "
+                          f"({', '.join(f'{k} {v:.6g}' for k, v in c['by_tier'].items()) or 'no tier priced'}); "
+                          f"strong-only {c['strong_only']:.6g} ({ratio} the total), saved {c['saved']:.6g}; "
+                          f"in flight per tier {r.get('tier_inflight')}", flush=True)
                 for tier, e in (r.get("engines") or {}).items():
                     if "error" in e:
                         print(f"  engine {tier:<8} no answer ({e['error']})", flush=True)

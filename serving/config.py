@@ -160,6 +160,15 @@ class ServeOptions(_Strict):
         return opts
 
 
+class Cost(_Strict):
+    """What one call to a tier costs, in the operator's unit (dollars, GPU-seconds, ...): per call, plus
+    per prompt token and per generated token. Every response carries a receipt priced with it."""
+
+    per_prompt_token: float = Field(0.0, ge=0)
+    per_completion_token: float = Field(0.0, ge=0)
+    per_request: float = Field(0.0, ge=0)
+
+
 class Tier(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
     model: ModelSource
@@ -174,6 +183,7 @@ class Tier(_Strict):
         None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
         "the top-level `deferral`. Ignored on the last tier")
     serve: ServeOptions = Field(default_factory=ServeOptions)
+    cost: Cost = Field(default_factory=Cost, description="price of a call (receipts, cost metrics); default 0")
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +238,31 @@ class Tier(_Strict):
         return float(opts.get("ray_actor_options", {}).get("num_gpus", 0))
 
 
+class LoadAware(_Strict):
+    """Load-aware deferral at a boundary: while the next tier is saturated, the effective threshold moves
+    down toward ``floor`` (fewer requests defer; the answers kept only because of it are flagged
+    ``load_shed``), and back to the configured one once the load has fallen.
+
+    Load: the requests this router replica has in flight at the next tier (queued in Serve included).
+    Hysteresis: shedding starts when the load reaches ``high_watermark`` and stops only when it has fallen
+    to ``low_watermark``; in between the threshold keeps moving the way it was going. ``ramp_s``: time to
+    move all the way between the configured threshold and the floor (0: at once)."""
+
+    high_watermark: int = Field(ge=1, description="in-flight requests at the next tier that start shedding")
+    low_watermark: int = Field(0, ge=0, description="in-flight requests at the next tier that stop shedding")
+    floor: float = Field(description="the lowest effective threshold (the score scale of the boundary's rule)")
+    ramp_s: float = Field(2.0, ge=0, le=3600, description="seconds to move between the threshold and the floor")
+
+    @model_validator(mode="after")
+    def _order(self) -> "LoadAware":
+        if not self.low_watermark < self.high_watermark:
+            raise ValueError(f"low_watermark ({self.low_watermark}) must be below high_watermark "
+                             f"({self.high_watermark})")
+        if math.isnan(self.floor):
+            raise ValueError("floor must be a number, not NaN")
+        return self
+
+
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
 
 
@@ -263,6 +298,8 @@ class Deferral(_Strict):
         None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
         "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
         "see benchmarks/quality.py rows <rule>@k")
+    load_aware: Optional[LoadAware] = Field(
+        None, description="off unless set: lower the threshold toward a floor while the next tier is saturated")
 
     @field_validator("threshold")
     @classmethod
@@ -285,6 +322,8 @@ class Deferral(_Strict):
                 raise ValueError("verify_floor needs on_defer: verify")
             if self.threshold is not None and not self.verify_floor < self.threshold:
                 raise ValueError(f"verify_floor ({self.verify_floor}) must be below threshold ({self.threshold})")
+        if self.load_aware is not None and self.threshold is not None and not self.load_aware.floor < self.threshold:
+            raise ValueError(f"load_aware.floor ({self.load_aware.floor}) must be below threshold ({self.threshold})")
         art = self.artifact if isinstance(self.artifact, dict) else None
         rule = art.get("rule", self.rule) if art else self.rule
         if self.decide_within_tokens is not None and rule == "post_hoc_embed":

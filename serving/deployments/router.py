@@ -91,6 +91,16 @@ def plan_request(cascade: Cascade, limits, r: pb.GenerateRequest) -> Plan:
     return Plan(req, tiers, bool(r.force_tier), threshold, r.include_logprobs)
 
 
+def _receipt(r) -> pb.Receipt:
+    return pb.Receipt(lines=[pb.ReceiptLine(tier=x.tier, prompt_tokens=x.prompt_tokens,
+                                            completion_tokens=x.completion_tokens, cost=x.cost, discarded=x.discarded)
+                             for x in r.lines],
+                      total=r.total, strong_tier=r.strong_tier, strong_only=r.strong_only,
+                      strong_only_prompt_tokens=r.strong_only_prompt_tokens,
+                      strong_only_completion_tokens=r.strong_only_completion_tokens,
+                      strong_only_estimated=r.strong_only_estimated)
+
+
 def response(cascade: Cascade, plan: Plan, out: Outcome, text: str, t0: float, request_id: str) -> pb.GenerateResponse:
     results = [_tier_result(plan, r) for r in out.runs]
     usage = pb.Usage(prompt_tokens=sum(t.prompt_tokens for t in results),
@@ -100,6 +110,7 @@ def response(cascade: Cascade, plan: Plan, out: Outcome, text: str, t0: float, r
         threshold=cascade.threshold if out.threshold is None else out.threshold,
         rule=cascade.rule, usage=usage, tiers=results, total_latency_ms=(time.perf_counter() - t0) * 1e3,
         request_id=request_id, degraded=bool(out.degraded), degraded_reason=out.degraded,
+        receipt=_receipt(out.receipt), load_shed=out.load_shed,
     )
 
 
@@ -378,4 +389,5 @@ class Router:
         return {"replica": serve.get_replica_context().replica_id.unique_id, "inflight": self.inflight,
                 "recent_requests": self.recent.n, "deferral_share": self.recent.share,
                 "degraded_share": self.recent_degraded.share, "requests_by_code": dict(self.counts),
-                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines}
+                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines,
+                "costs": self.cascade.costs.as_dict(), "tier_inflight": dict(self.cascade.inflight)}

@@ -187,3 +187,25 @@ def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
     raw["tiers"][1]["model"]["device"] = "auto"
     raw["tiers"][1]["engine"] = "vllm"  # CPU (or the operator's own num_gpus): nothing added
     assert "num_gpus" not in parse_config(raw).tiers[1].deployment_options()["ray_actor_options"]
+
+def test_config_refuses_bad_watermarks_and_floors():
+    base = {"tiers": [{"name": "w", "model": {"source": "w"}}, {"name": "s", "model": {"source": "s"}}]}
+    with pytest.raises(ConfigError, match=r"deferral.load_aware.*low_watermark \(4\) must be below high_watermark"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "low_watermark": 4,
+                                                                               "floor": -2}}})
+    with pytest.raises(ConfigError, match=r"deferral: .*load_aware.floor \(0.0\) must be below threshold"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "floor": 0}}})
+    with pytest.raises(ConfigError, match=r"deferral.load_aware.high_watermark"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 0, "floor": -2}}})
+    cfg = parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "floor": -2}}})
+    assert cfg.deferral.load_aware.ramp_s == 2.0 and cfg.deferral.load_aware.low_watermark == 0
+
+
+def test_tier_cost_defaults_to_zero_and_refuses_negative_prices():
+    base = {"deferral": {"threshold": -0.5}}
+    cfg = parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}}]})
+    assert (cfg.tiers[0].cost.per_request, cfg.tiers[0].cost.per_prompt_token) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match=r"tiers\[0\].cost.per_completion_token"):
+        parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_completion_token": -1}}]})
+    with pytest.raises(ConfigError, match=r"tiers\[0\].cost.per_token"):
+        parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_token": 1}}]})
