@@ -90,6 +90,11 @@ class VLLMEngine(Engine):
             raise VLLMUnavailable("engine `vllm` here takes hub ids and model directories, not GGUF files; use "
                                   "`engine: continuous` for GGUF")
         _check_device(self.hf, on_cpu)
+        if on_cpu and opts.tensor_parallel_size == 1:
+            # One process (vLLM's engine core) runs the model: vLLM's CPU default adds a worker process, and
+            # the two spin on shared memory between steps, which starves the replica's neighbours (router,
+            # proxy, other tiers) on a small machine. An operator's own setting wins.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         dtype = src.dtype
         if dtype == "auto" and on_cpu:
             dtype = "float32"  # as the transformers engines on CPU: half precision is slow or inexact there
