@@ -25,6 +25,7 @@ from serving import openai_api as oa
 from serving.models import GenerationRequest
 from serving.reliability import RecentShare
 from serving.service import MalformedRequest
+from serving.shadow import ShadowSampler
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 
 log = logging.getLogger("ray.serve")  # Serve's replica logger stamps each line with the request id
@@ -140,6 +141,7 @@ class Router:
         self.metrics = Metrics()
         self.client = ServeTierClient(cfg, tiers, self.metrics)
         self.cascade = Cascade(cfg, self.client, self.metrics)
+        self.shadow = ShadowSampler(cfg, self.cascade, self.client, self.metrics, self.client.inflight.__getitem__)
         self.tiers = tiers
         self.name = cfg.server.app_name
         self.limits = cfg.limits
@@ -207,6 +209,7 @@ class Router:
         self.metrics.set("cascade_deferral_share", self.recent.share)
         if out.answered_by != self.cascade.names[-1]:
             self.metrics.inc("cascade_strong_calls_avoided")
+        self.shadow.offer(plan, out)  # off the request path: its task starts after this handler hands the answer on
 
     def _refused(self, method: str, r: Refusal, t0: float) -> None:
         if r.reason in ("invalid_argument", "unauthenticated", "overloaded"):
@@ -290,10 +293,10 @@ class Router:
             return
         finally:
             self._exit()
-        self._answered("GenerateStream", plan, out, t0)
         final = response(self.cascade, plan, out, "", t0, _request_id())
         final.finished = True
         yield final
+        self._answered("GenerateStream", plan, out, t0)  # once the last message is handed on (shadow sampling)
 
     # ---- HTTP: the OpenAI API, thin adapters over the same gates and walk ------------------------------
     async def list_models(self, request: Request):
@@ -378,4 +381,5 @@ class Router:
         return {"replica": serve.get_replica_context().replica_id.unique_id, "inflight": self.inflight,
                 "recent_requests": self.recent.n, "deferral_share": self.recent.share,
                 "degraded_share": self.recent_degraded.share, "requests_by_code": dict(self.counts),
-                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines}
+                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines,
+                "shadow": self.shadow.stats()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from ray.exceptions import RayActorError
@@ -32,9 +33,20 @@ class ServeTierClient:
         self.handles = {n: h.options(stream=True) for n, h in handles.items()}
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
+        self.inflight = {n: 0 for n in config.tier_names}  # calls to each tier open right now (shadow sampling reads it)
 
     async def stream(self, name: str, req: GenerationRequest, tokens: bool = True,
                      stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+        self.inflight[name] += 1
+        try:
+            async with aclosing(self._stream(name, req, tokens, stop, draft)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.inflight[name] -= 1
+
+    async def _stream(self, name: str, req: GenerationRequest, tokens: bool, stop: Optional[StopRule],
+                      draft: Optional[Draft]) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
         breaker = self.breakers[name]

@@ -142,3 +142,15 @@ def test_verify_floor_needs_verify_and_lies_below_the_threshold():
     raw["deferral"]["verify_floor"] = 0.5
     with pytest.raises(ConfigError, match="must be below threshold"):
         parse_config(raw)
+
+
+def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path):
+    assert load_config().shadow.rate == 0.0 and load_config().shadow.path is None
+    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw["shadow"] = {"rate": 0.02, "path": "samples/shadow.jsonl"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).shadow.path == str(tmp_path / "samples" / "shadow.jsonl")
+    raw["shadow"] = {"rate": 0.02, "max_concurrent": 0}
+    with pytest.raises(ConfigError, match=r"shadow\.max_concurrent"):
+        parse_config(raw)
