@@ -55,7 +55,11 @@ async def stream_once(address: str, prompts: list[str], concurrency: int, timeou
     out, todo = [], iter(range(len(prompts)))
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.CascadeStub(ch)
-        await stub.Generate(pb.GenerateRequest(prompt="What is 1 + 1?"), timeout=timeout)  # warm
+        # warm both tiers with forced requests (never shadowed, so the estimate sees only the stream)
+        for tier in ("weak", "strong"):
+            for k in range(0, 64, concurrency):
+                await asyncio.gather(*(stub.Generate(pb.GenerateRequest(prompt=prompts[i % len(prompts)], force_tier=tier),
+                                                     timeout=timeout) for i in range(k, k + concurrency)))
 
         async def caller():
             for i in todo:
@@ -79,7 +83,7 @@ def router_shadow(ray_address: str) -> dict:
 
 def run_condition(cfg_raw: dict, rate: float, prompts: list[str], concurrency: int, samples: Path) -> dict:
     raw = json.loads(json.dumps(cfg_raw))
-    raw["shadow"] = {"rate": rate, "path": str(samples)} if rate else {"rate": 0.0}
+    raw["shadow"] = raw["shadow"] | ({"rate": rate, "path": str(samples)} if rate else {"rate": 0.0})
     with tempfile.TemporaryDirectory() as tmp, cascade_server(parse_config(raw), Path(tmp)) as srv:
         calls, elapsed = asyncio.run(stream_once(srv.address, prompts, concurrency))
         shadow = {}
@@ -117,6 +121,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threshold", type=float, default=-1.0)
     ap.add_argument("--repeats", type=int, default=1, help="off/on pairs, alternating")
+    ap.add_argument("--busy-inflight", type=int, help="shadow.busy_inflight (default: the config's)")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
     ap.add_argument("--out", default="results/shadow.json")
     ap.add_argument("--plot")
@@ -125,6 +130,7 @@ def main() -> None:
     prompts = [r["prompt"] for r in rows]
     raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
     raw["deferral"]["threshold"] = args.threshold
+    raw["shadow"] = {"busy_inflight": args.busy_inflight} if args.busy_inflight else {}
     cfg = parse_config(raw)
     samples = Path(args.out).with_name(Path(args.out).stem + "_samples.jsonl")
     samples.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +161,7 @@ def main() -> None:
     p50 = {k: float(np.median([x["latency_ms"]["p50"] for x in v])) for k, v in runs.items()}
     report = {
         "machine": f"{os.cpu_count()} CPUs (shared)", "n": args.n, "rate": args.rate, "concurrency": args.concurrency,
-        "threshold": args.threshold, "repeats": args.repeats,
+        "threshold": args.threshold, "repeats": args.repeats, "shadow_config": cfg.shadow.model_dump(),
         "estimate": est, "truth": t,
         "truth_agreement_in_interval": bool(lo <= t["agreement"] <= hi),
         "truth_loss_in_interval": bool(1 - hi <= t["quality_loss_vs_references"] <= 1 - lo),
@@ -168,7 +174,8 @@ def main() -> None:
         "per_run_truth": [{k: v for k, v in x.items() if k != "strong_texts"} for x in truths],
     }
     print(f"stream: {args.n} labelled questions, threshold {args.threshold}, c={args.concurrency}, "
-          f"shadow rate {args.rate}, {args.repeats} off/on pair(s)")
+          f"shadow rate {args.rate} (busy_inflight {cfg.shadow.busy_inflight}, max_concurrent "
+          f"{cfg.shadow.max_concurrent}), {args.repeats} off/on pair(s)")
     print(f"{'':<34} {'agreement':>10} {'95% interval':>17} {'loss':>8}")
     if est["agreement"] is not None:
         print(f"{'shadow estimate (live)':<34} {est['agreement']:>10.3f}   [{lo:.3f}, {hi:.3f}] {1 - est['agreement']:>8.3f}")
