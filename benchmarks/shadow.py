@@ -5,7 +5,7 @@ it costs client latency (loopback only):
 
 A labelled stream (the arithmetic test split: questions with references) goes through `cascade serve`
 (one replica per deployment) once per condition, each question once, `--concurrency` callers: shadow
-off (rate 0), then shadow on (`--rate`); `--repeats` alternates the pair again. Reported:
+off (rate 0) and shadow on (`--rate`); `--repeats` pairs, in alternating order (off-on, on-off, ...). Reported:
 
 - the shadow estimate after the "on" run(s): agreement of accepted weak answers with the strong tier's,
   with its 95% Wilson interval, and sampled/completed/dropped counts (from `cascade status`);
@@ -132,14 +132,16 @@ def main() -> None:
     raw["deferral"]["threshold"] = args.threshold
     raw["shadow"] = {"busy_inflight": args.busy_inflight} if args.busy_inflight else {}
     cfg = parse_config(raw)
-    samples = Path(args.out).with_name(Path(args.out).stem + "_samples.jsonl")
+    samples = Path(args.out).resolve().with_name(Path(args.out).stem + "_samples.jsonl")  # absolute: the server's
+    # config file lives in a temporary directory, and a relative shadow.path is relative to it
     samples.parent.mkdir(parents=True, exist_ok=True)
     runs = {"off": [], "on": []}
-    for r in range(args.repeats):
-        runs["off"].append(run_condition(raw, 0.0, prompts, args.concurrency, samples))
+    for r in range(args.repeats):  # off, on, then on, off, ...: neither condition always goes first
         part = samples.with_suffix(f".{r}.jsonl")
         part.unlink(missing_ok=True)  # the log appends
-        runs["on"].append(run_condition(raw, args.rate, prompts, args.concurrency, part))
+        for cond in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            rate = args.rate if cond == "on" else 0.0
+            runs[cond].append(run_condition(raw, rate, prompts, args.concurrency, part))
     # The estimate pools the "on" runs (each its own router replica since start); the truth is per run.
     on = runs["on"]
     completed = sum(x["shadow"]["completed"] for x in on)

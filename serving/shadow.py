@@ -201,8 +201,13 @@ class ShadowSampler:
         # A fresh context: the shadow call is no part of the client's request (its id, its cancellation).
         task = asyncio.get_running_loop().create_task(self._shadow(k, plan, out), context=contextvars.Context())
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: in the log now, not at garbage collection
+            log.error("shadow sample failed", exc_info=task.exception())
 
     async def _shadow(self, k: int, plan: Plan, out: Outcome) -> None:
         t = self.tallies[k]
@@ -226,7 +231,8 @@ class ShadowSampler:
         t.agreed += agreement
         self._count(t, "completed")
         tags = {"tier": t.tier, "rule": t.rule}
-        self.metrics.inc("cascade_shadow_agreed", agreement, **tags)
+        if agreement > 0:  # Ray's counters take positive increments only
+            self.metrics.inc("cascade_shadow_agreed", agreement, **tags)
         low, high = wilson(t.agreed, t.completed)
         self.metrics.set("cascade_shadow_agreement", t.agreed / t.completed, bound="estimate", **tags)
         self.metrics.set("cascade_shadow_agreement", low, bound="low", **tags)

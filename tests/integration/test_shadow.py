@@ -64,6 +64,11 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
             (deferred if final.deferred else accepted).append(p)
         forced = client.generate(make_request(prompts[0], force_tier="weak"))  # forced: never shadowed
         assert forced.tier == "weak"
+    for p in [e.prompt for e in examples(5, 6)]:  # the OpenAI front goes through the same hook
+        body = json.dumps({"model": "cascade", "messages": [{"role": "user", "content": p}]}).encode()
+        req = urllib.request.Request(server.http_url + "/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            (deferred if json.load(r)["cascade"]["deferred"] else accepted).append(p)
     assert accepted and deferred, "the test split should have both kinds"
 
     shadow = wait_for(lambda: (s := _status(server)["router"]["shadow"]["weak"])["completed"] + s["failed"]
@@ -76,8 +81,9 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
     assert lo <= shadow["agreement"] <= hi
 
     lines = read_samples(shadow_path)
-    assert sorted(x["prompt"] for x in lines) == sorted(accepted)
-    assert not {x["prompt"] for x in lines} & set(deferred)
+    chat = [x["messages"][0]["content"] for x in lines if x["messages"]]  # HTTP chat requests: messages, no prompt
+    assert sorted([x["prompt"] for x in lines if not x["messages"]] + chat) == sorted(accepted)
+    assert not {x["prompt"] for x in lines} & set(deferred) and not set(chat) & set(deferred)
     assert all(x["logprobs"] and x["answer"] and x["reference"] and x["score"] >= x["threshold"] for x in lines)
     assert sum(x["agreement"] for x in lines) == pytest.approx(shadow["agreed"])
 

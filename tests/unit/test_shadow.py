@@ -58,6 +58,8 @@ class Recorder:
         self.gauges: dict = {}
 
     def inc(self, name, value=1.0, **tags):
+        if value <= 0:
+            raise ValueError(f"value must be >0, got {value}")  # as ray.util.metrics.Counter.inc
         self.counts[(name, tuple(sorted(tags.items())))] += value
 
     def observe(self, name, value, **tags):
