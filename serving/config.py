@@ -383,6 +383,39 @@ class Reliability(_Strict):
     breaker_cooldown_s: float = Field(10.0, gt=0, description="while open, calls fail fast; then one probe is let through")
 
 
+class Shadow(_Strict):
+    """Shadow sampling (off while ``rate`` is 0): for a sampled share of answers a tier's rule accepted,
+    the router asks the next tier too, after the client has its answer, off the request path; it
+    compares the two answers with ``metric`` and exports the agreement rate with a 95% Wilson interval
+    per boundary (metrics ``cascade_shadow_*``, ``cascade status``). A sample is dropped (and counted)
+    when ``max_concurrent`` shadow calls are already running or the next tier is busy. Completed
+    samples go to ``path`` as JSONL that ``cascade calibrate --shadow`` takes as labelled data (the
+    next tier's answer as the reference)."""
+
+    rate: float = Field(0.0, ge=0.0, le=1.0, description="share of accepted answers shadowed (0 = off)")
+    metric: Optional[str] = Field(
+        None, description="how two answers are compared (exact_match, numeric_match, contains, token_f1); default: "
+        "the metric of the boundary's calibration artifact, else exact_match")
+    max_concurrent: int = Field(2, ge=1, description="shadow calls running at once per router replica; more are dropped")
+    busy_inflight: int = Field(
+        1, ge=1, description="the next tier counts as busy, and a sample is dropped, while this router replica has at "
+        "least this many client calls in flight to it (1: shadow only into an idle tier)")
+    path: Optional[str] = Field(
+        None, description="JSONL file the completed samples are appended to, on the router replica's node (relative: "
+        "to the config file); none: metrics only")
+    max_bytes: int = Field(64 << 20, ge=4096, description="when the file would grow past this it is rotated to "
+                           "<path>.1 (replacing the previous one): at most twice this on disk")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: Optional[str]) -> Optional[str]:
+        from serving.evaluation.metrics import METRICS
+
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(METRICS)}")
+        return v
+
+
 class Auth(_Strict):
     """Optional bearer tokens: callers send ``authorization: Bearer <token>`` metadata. Tokens come
     from ``tokens`` and from the environment variable named by ``tokens_env`` (comma-separated,
@@ -435,6 +468,7 @@ class CascadeConfig(_Strict):
     deferral: Deferral
     limits: Limits = Field(default_factory=Limits)
     reliability: Reliability = Field(default_factory=Reliability)
+    shadow: Shadow = Field(default_factory=Shadow)
     server: Server = Field(default_factory=Server)
     router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
 
@@ -492,6 +526,10 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
         if isinstance(art, str):
             path = Path(art) if Path(art).is_absolute() or base is None else base / art
             deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
+    shadow = raw.get("shadow")
+    path = shadow.get("path") if isinstance(shadow, dict) else None
+    if isinstance(path, str) and base is not None and not Path(path).is_absolute():
+        shadow["path"] = str(base / path)
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None

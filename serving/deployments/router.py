@@ -25,6 +25,7 @@ from serving import openai_api as oa
 from serving.models import GenerationRequest
 from serving.reliability import RecentShare
 from serving.service import MalformedRequest
+from serving.shadow import ShadowSampler
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 
 log = logging.getLogger("ray.serve")  # Serve's replica logger stamps each line with the request id
@@ -151,6 +152,7 @@ class Router:
         self.metrics = Metrics()
         self.client = ServeTierClient(cfg, tiers, self.metrics)
         self.cascade = Cascade(cfg, self.client, self.metrics)
+        self.shadow = ShadowSampler(cfg, self.cascade, self.client, self.metrics, self.cascade.inflight.__getitem__)
         self.tiers = tiers
         self.name = cfg.server.app_name
         self.limits = cfg.limits
@@ -218,6 +220,7 @@ class Router:
         self.metrics.set("cascade_deferral_share", self.recent.share)
         if out.answered_by != self.cascade.names[-1]:
             self.metrics.inc("cascade_strong_calls_avoided")
+        self.shadow.offer(plan, out)  # off the request path: its task starts after this handler hands the answer on
 
     def _refused(self, method: str, r: Refusal, t0: float) -> None:
         if r.reason in ("invalid_argument", "unauthenticated", "overloaded"):
@@ -301,10 +304,10 @@ class Router:
             return
         finally:
             self._exit()
-        self._answered("GenerateStream", plan, out, t0)
         final = response(self.cascade, plan, out, "", t0, _request_id())
         final.finished = True
         yield final
+        self._answered("GenerateStream", plan, out, t0)  # once the last message is handed on (shadow sampling)
 
     # ---- HTTP: the OpenAI API, thin adapters over the same gates and walk ------------------------------
     async def list_models(self, request: Request):
@@ -390,4 +393,5 @@ class Router:
                 "recent_requests": self.recent.n, "deferral_share": self.recent.share,
                 "degraded_share": self.recent_degraded.share, "requests_by_code": dict(self.counts),
                 "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines,
-                "costs": self.cascade.costs.as_dict(), "tier_inflight": dict(self.cascade.inflight)}
+                "costs": self.cascade.costs.as_dict(), "tier_inflight": dict(self.cascade.inflight),
+                "shadow": self.shadow.stats()}

@@ -188,6 +188,7 @@ def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
     raw["tiers"][1]["engine"] = "vllm"  # CPU (or the operator's own num_gpus): nothing added
     assert "num_gpus" not in parse_config(raw).tiers[1].deployment_options()["ray_actor_options"]
 
+
 def test_config_refuses_bad_watermarks_and_floors():
     base = {"tiers": [{"name": "w", "model": {"source": "w"}}, {"name": "s", "model": {"source": "s"}}]}
     with pytest.raises(ConfigError, match=r"deferral.load_aware.*low_watermark \(4\) must be below high_watermark"):
@@ -209,3 +210,15 @@ def test_tier_cost_defaults_to_zero_and_refuses_negative_prices():
         parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_completion_token": -1}}]})
     with pytest.raises(ConfigError, match=r"tiers\[0\].cost.per_token"):
         parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_token": 1}}]})
+
+
+def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path):
+    assert load_config().shadow.rate == 0.0 and load_config().shadow.path is None
+    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw["shadow"] = {"rate": 0.02, "path": "samples/shadow.jsonl"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).shadow.path == str(tmp_path / "samples" / "shadow.jsonl")
+    raw["shadow"] = {"rate": 0.02, "max_concurrent": 0}
+    with pytest.raises(ConfigError, match=r"shadow\.max_concurrent"):
+        parse_config(raw)
