@@ -114,6 +114,8 @@ def served_config(engine: str, tier: str):
     for t in raw["tiers"]:
         if t["name"] == tier:
             t["engine"] = {"name": engine}
+            # every caller in the replica, none queued in Serve's handle (whose retry backoff would be measured)
+            t["serve"]["max_ongoing_requests"], t["serve"]["max_queued_requests"] = 64, -1
             if engine == "vllm" and gpu:
                 t["engine"]["gpu_memory_utilization"] = 0.4
         if gpu:  # the tiers share the one GPU
@@ -141,15 +143,22 @@ class CpuMeter:
     def snapshot(self) -> dict:
         out = {}
         for part, procs in self.procs.items():
-            total = 0.0
             for p in procs:
                 try:
                     t = p.cpu_times()
-                    total += t.user + t.system
-                except Exception:  # noqa: BLE001
+                    out[(part, p.pid)] = t.user + t.system
+                except Exception:  # noqa: BLE001  (gone: only processes alive at both snapshots count)
                     pass
-            out[part] = total
         return out
+
+    @staticmethod
+    def used(before: dict, after: dict) -> dict:
+        """CPU seconds per part between two snapshots."""
+        parts: dict = {}
+        for key, t in after.items():
+            if key in before:
+                parts[key[0]] = parts.get(key[0], 0.0) + t - before[key]
+        return parts
 
 
 def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
@@ -159,8 +168,8 @@ def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
     after = meter.snapshot()
     s = summarize(results, elapsed)
     n = max(s["ok"], 1)
-    cpu = {part: {"cpu_ms_per_request": (after[part] - before[part]) * 1e3 / n,
-                  "utilisation": (after[part] - before[part]) / elapsed} for part in after}
+    cpu = {part: {"cpu_ms_per_request": used * 1e3 / n, "utilisation": used / elapsed}
+           for part, used in meter.used(before, after).items()}
     return {k: s[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")}, cpu
 
 

@@ -306,8 +306,10 @@ class Router:
             self._exit()
         final = response(self.cascade, plan, out, "", t0, _request_id())
         final.finished = True
-        yield final
-        self._answered("GenerateStream", plan, out, t0)  # once the last message is handed on (shadow sampling)
+        try:
+            yield final
+        finally:  # once the last message is handed on (shadow sampling), even if the caller stops reading there
+            self._answered("GenerateStream", plan, out, t0)
 
     # ---- HTTP: the OpenAI API, thin adapters over the same gates and walk ------------------------------
     async def list_models(self, request: Request):
