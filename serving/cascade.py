@@ -20,7 +20,9 @@ from serving.config import CascadeConfig, Deferral
 from serving.deferral import Scorer, build_scorer
 from serving.deferral.controller import BudgetController
 from serving.deferral.incremental import Decision, StopRule, Verdict
+from serving.deferral.load_aware import LoadGovernor
 from serving.models.base import Chunk, Draft, Generation, GenerationRequest
+from serving.receipt import CostTotals, Receipt, make_receipt
 
 
 class BadRequest(ValueError):
@@ -52,6 +54,7 @@ class TierClient(Protocol):
 class Recorder(Protocol):
     def inc(self, name: str, value: float = 1.0, **tags: str) -> None: ...
     def observe(self, name: str, value: float, **tags: str) -> None: ...
+    def set(self, name: str, value: float, **tags: str) -> None: ...
 
 
 class NoMetrics:
@@ -59,6 +62,9 @@ class NoMetrics:
         pass
 
     def observe(self, name: str, value: float, **tags: str) -> None:
+        pass
+
+    def set(self, name: str, value: float, **tags: str) -> None:
         pass
 
 
@@ -99,6 +105,8 @@ class Outcome:
     threshold: Optional[float]  # the threshold at the first boundary (None when no rule ran)
     runs: list[TierRun] = field(default_factory=list)
     degraded: str = ""  # why the answer is an earlier tier's, when a later tier failed
+    receipt: Optional[Receipt] = None
+    load_shed: bool = False  # an answer kept only because load-aware deferral had lowered its threshold
 
 
 Event = Union[Text, Outcome]
@@ -118,6 +126,7 @@ class Boundary:
     model: Optional[dict] = None  # a post-hoc rule's fitted model
     verify: bool = False  # on DEFER the next tier verifies this tier's draft
     verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
+    load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
 
     def wants_verify(self, score: Optional[float]) -> bool:
         return self.verify and (self.verify_floor is None or (score is not None and score >= self.verify_floor))
@@ -128,7 +137,8 @@ class Boundary:
         controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
                       if d.target_deferral is not None else None)
         return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
-                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify", d.verify_floor)
+                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify", d.verify_floor,
+                   LoadGovernor(d.load_aware) if d.load_aware is not None else None)
 
     def decision(self) -> Decision:
         return Decision(self.scorer, self.rule, self.alpha, self.window, self.early)
@@ -155,6 +165,8 @@ class Cascade:
         self.boundaries = [Boundary.from_config(config.boundary(k)) for k in range(len(self.names) - 1)]
         first = self.boundaries[0] if self.boundaries else Boundary.from_config(config.deferral)
         self.rule, self.threshold = first.rule, first.threshold  # what responses report
+        self.inflight = {n: 0 for n in self.names}  # calls in flight per tier (the load load-aware deferral reads)
+        self.costs = CostTotals()  # running totals of the receipts
 
     @property
     def needs_embedding(self) -> bool:
@@ -172,8 +184,20 @@ class Cascade:
             boundary = self.boundaries[index] if index < len(self.boundaries) else None
             decision = boundary.decision() if boundary is not None and not final else None
             early = decision is not None and decision.can_decide_early
-            threshold = boundary.current(plan.threshold) if boundary is not None else None
-            stop = boundary.stop_rule(threshold) if early else None
+            base = threshold = boundary.current(plan.threshold) if boundary is not None else None
+            load = boundary.load if boundary is not None and plan.threshold is None and not final else None
+
+            def now() -> Optional[float]:
+                """The threshold in force: a load-aware boundary's follows the next tier's load as it is now."""
+                nonlocal threshold
+                if load is not None:
+                    threshold = load.threshold(base, self.inflight[self.names[index + 1]])
+                return threshold
+
+            # A load-aware boundary decides at the threshold in force when it decides (a burst that saturates the
+            # next tier while this one is answering counts); the tier stops early only below the floor, where no
+            # load can change the verdict.
+            stop = boundary.stop_rule(threshold if load is None else min(base, load.cfg.floor)) if early else None
             flowing = final and plan.stream  # this tier's text goes to the client as it comes
             t0 = time.perf_counter()
             gen: Optional[Generation] = None
@@ -188,14 +212,14 @@ class Cascade:
                 if prev is not None and self.boundaries[self.names.index(prev.tier)].wants_verify(prev.score):
                     g = prev.generation
                     draft = Draft(g.token_ids, g.text, g.tokenizer)
-                async with aclosing(self.client.stream(name, plan.request, tokens, stop, draft)) as chunks:
+                async with aclosing(self._call(name, plan.request, tokens, stop, draft)) as chunks:
                     async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
                         ids += chunk.token_ids
                         lps += chunk.logprobs
                         prompt_tokens = chunk.prompt_tokens or prompt_tokens
                         gen = chunk.final or gen
                         if early and verdict is Verdict.UNDECIDED and chunk.token_ids:
-                            verdict = decision.push(chunk.logprobs, threshold)
+                            verdict = decision.push(chunk.logprobs, now())
                             pushed += len(chunk.logprobs)
                             if verdict is Verdict.DEFER:
                                 held.append(chunk.text)
@@ -219,7 +243,7 @@ class Cascade:
                     gen = Generation(text="".join(held), token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
                                      finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3)
                 elif early and verdict is Verdict.UNDECIDED:  # tokens that came only with the answer
-                    verdict = decision.push(gen.logprobs[pushed:], threshold)
+                    verdict = decision.push(gen.logprobs[pushed:], now())
             except TierFailure as f:
                 self.metrics.inc("cascade_tier_errors", tier=name, reason=f.reason)
                 if prev is None or sent or self.cfg.reliability.on_tier_failure != "degrade":
@@ -227,8 +251,11 @@ class Cascade:
                 self.metrics.inc("cascade_fallbacks", tier=name, reason=f.reason)
                 answer = await self._complete(prev, plan, f)
                 yield Text(prev.tier, answer.text)
+                calls = [(r.tier, r.generation) for r in runs]
+                if answer is not prev.generation:  # the tier was re-run to complete its answer
+                    calls.append((prev.tier, answer))
                 yield Outcome(answer, prev.tier, True, first_score, first_threshold, runs,
-                              degraded=f"{f}; answered by {prev.tier!r}")
+                              degraded=f"{f}; answered by {prev.tier!r}", receipt=self._receipt(calls, answer))
                 return
             ms = (time.perf_counter() - t0) * 1e3
             self.metrics.observe("cascade_tier_latency_ms", ms, tier=name)
@@ -239,7 +266,10 @@ class Cascade:
                 if decision is None:  # a forced tier: its score is still reported
                     score = boundary.scorer(gen.logprobs, gen.embedding)
                 else:
-                    verdict, score = decision.finish(gen.logprobs, threshold, gen.embedding)
+                    verdict, score = decision.finish(
+                        gen.logprobs, now() if verdict is Verdict.UNDECIDED else threshold, gen.embedding)
+                    if load is not None:
+                        self.metrics.set("cascade_effective_threshold", threshold, tier=name)
                     if boundary.controller is not None and plan.threshold is None:
                         boundary.controller.record(score)
                 if k == 0:
@@ -256,11 +286,39 @@ class Cascade:
             if final or verdict is Verdict.ACCEPT:
                 if not sent and not flowing:
                     yield Text(name, gen.text)
-                yield Outcome(gen, name, k > 0, first_score, first_threshold, runs)
+                shed = not final and score < base  # accepted at the lowered threshold only
+                if shed:
+                    self.metrics.inc("cascade_load_shed", tier=name)
+                yield Outcome(gen, name, k > 0, first_score, first_threshold, runs,
+                              receipt=self._receipt([(r.tier, r.generation) for r in runs], gen), load_shed=shed)
                 return
             self.metrics.inc("cascade_deferrals", tier=name)
             prev = run
         raise AssertionError("unreachable: the last tier always answers")
+
+    async def _call(self, name: str, req: GenerationRequest, tokens: bool, stop: Optional[StopRule] = None,
+                    draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+        """The tier client's stream, counted in ``inflight`` while it is open."""
+        self.inflight[name] += 1
+        self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
+        try:
+            async with aclosing(self.client.stream(name, req, tokens, stop, draft)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.inflight[name] -= 1
+            self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
+
+    def _receipt(self, calls: list[tuple[str, Generation]], answer: Generation) -> Receipt:
+        """The request's receipt, added to the cost metrics and the running totals."""
+        r = make_receipt(self.cfg, calls, answer)
+        for tier, c in r.by_tier.items():
+            if c > 0:
+                self.metrics.inc("cascade_cost", c, tier=tier)
+        if r.strong_only > 0:
+            self.metrics.inc("cascade_cost_strong_only", r.strong_only)
+        self.costs.add(r)
+        return r
 
     async def _complete(self, prev: TierRun, plan: Plan, failure: TierFailure) -> Generation:
         """The earlier tier's whole answer for a degraded reply: its own, or, when the rule stopped it
@@ -268,7 +326,7 @@ class Cascade:
         if prev.generation.finish_reason != "deferred":
             return prev.generation
         try:
-            async with aclosing(self.client.stream(prev.tier, plan.request, False)) as chunks:
+            async with aclosing(self._call(prev.tier, plan.request, False)) as chunks:
                 async for chunk in chunks:
                     if chunk.final is not None:
                         return chunk.final

@@ -145,9 +145,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from serving.evaluation.calibrate import calibrate
 
     cfg = load_config(args.config)
-    art = calibrate(cfg, args.data, target_deferral=args.target_deferral, target_pgr=args.target_pgr,
-                    rule=args.rule, alpha=args.alpha, train_data=args.train_data, eval_data=args.eval_data,
-                    metric=args.metric, decide_within_tokens=args.decide_within_tokens)
+    try:
+        art = calibrate(cfg, args.data, target_deferral=args.target_deferral, target_pgr=args.target_pgr,
+                        rule=args.rule, alpha=args.alpha, train_data=args.train_data, eval_data=args.eval_data,
+                        metric=args.metric, decide_within_tokens=args.decide_within_tokens, shadow=args.shadow)
+    except (OSError, ValueError) as e:  # unreadable or malformed data: say which, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(art, indent=2) + "\n")
     if args.json:
@@ -159,6 +163,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for split, m in art["metrics"].items():
         print(f"{split:<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} {m['weak_quality']:>6.3f} "
               f"{m['strong_quality']:>7.3f} {m['pgr']:>6.3f}")
+    if args.shadow:
+        print(f"note: shadow samples cover accepted answers only (scores >= the threshold in force when sampled, "
+              f"lowest here {art['data']['min_score']:.4g}): shares and PGR are of that traffic")
     print(f"use it: deferral: {{artifact: {args.out}}} in the cascade config")
     return 0
 
@@ -228,6 +235,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  router replica {r['replica']}: last {r['recent_requests']} requests: deferral share "
                       f"{share(r['deferral_share'])}, degraded {share(r['degraded_share'])}; in flight {r['inflight']}; "
                       f"breakers {', '.join(f'{k} {v}' for k, v in r['breakers'].items())}", flush=True)
+                if c := r.get("costs"):
+                    ratio = f"{c['strong_only'] / c['total']:.2f}x" if c["total"] else "n/a"
+                    print(f"  costs over {c['requests']} answered requests: total {c['total']:.6g} "
+                          f"({', '.join(f'{k} {v:.6g}' for k, v in c['by_tier'].items()) or 'no tier priced'}); "
+                          f"strong-only {c['strong_only']:.6g} ({ratio} the total), saved {c['saved']:.6g}; "
+                          f"in flight per tier {r.get('tier_inflight')}", flush=True)
+                for tier, sh in (r.get("shadow") or {}).items():
+                    est = ("no completed samples yet" if sh["agreement"] is None else
+                           f"agreement {sh['agreement']:.3f} [95% {sh['interval'][0]:.3f}, {sh['interval'][1]:.3f}] "
+                           f"over {sh['completed']}")
+                    print(f"  shadow {tier}->{sh['next_tier']} ({sh['rule']}, {sh['metric']}): {est}; sampled "
+                          f"{sh['sampled']}, dropped {sh['dropped_busy']} busy + {sh['dropped_full']} full, failed "
+                          f"{sh['failed']}, running {sh['running']}", flush=True)
                 for tier, e in (r.get("engines") or {}).items():
                     if "error" in e:
                         print(f"  engine {tier:<8} no answer ({e['error']})", flush=True)
@@ -351,6 +371,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
     c.add_argument("--decide-within-tokens", type=int, metavar="K",
                    help="fit and apply the rule on each answer's first K tokens (deferral.decide_within_tokens)")
+    c.add_argument("--shadow", action="store_true",
+                   help="the data files are shadow samples (shadow.path): use their recorded answers and log-probs, "
+                        "the next tier's answer as the reference; no model runs")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
     b = sub.add_parser("build", help="generate a deploy artefact from the config: Serve config, cluster YAML, RayService")

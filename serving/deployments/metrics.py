@@ -22,7 +22,8 @@ class Metrics:
             self._m[spec.name] = obj
 
     def inc(self, name: str, value: float = 1.0, **tags: str) -> None:
-        self._m[name].inc(value, tags=tags or None)
+        if value:  # Ray's counters refuse 0 (e.g. a draft with no agreeing token); adding 0 changes nothing
+            self._m[name].inc(value, tags=tags or None)
 
     def observe(self, name: str, value: float, **tags: str) -> None:
         self._m[name].observe(value, tags=tags or None)

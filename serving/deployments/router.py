@@ -25,6 +25,7 @@ from serving import openai_api as oa
 from serving.models import GenerationRequest
 from serving.reliability import RecentShare
 from serving.service import MalformedRequest
+from serving.shadow import ShadowSampler
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 
 log = logging.getLogger("ray.serve")  # Serve's replica logger stamps each line with the request id
@@ -91,6 +92,16 @@ def plan_request(cascade: Cascade, limits, r: pb.GenerateRequest) -> Plan:
     return Plan(req, tiers, bool(r.force_tier), threshold, r.include_logprobs)
 
 
+def _receipt(r) -> pb.Receipt:
+    return pb.Receipt(lines=[pb.ReceiptLine(tier=x.tier, prompt_tokens=x.prompt_tokens,
+                                            completion_tokens=x.completion_tokens, cost=x.cost, discarded=x.discarded)
+                             for x in r.lines],
+                      total=r.total, strong_tier=r.strong_tier, strong_only=r.strong_only,
+                      strong_only_prompt_tokens=r.strong_only_prompt_tokens,
+                      strong_only_completion_tokens=r.strong_only_completion_tokens,
+                      strong_only_estimated=r.strong_only_estimated)
+
+
 def response(cascade: Cascade, plan: Plan, out: Outcome, text: str, t0: float, request_id: str) -> pb.GenerateResponse:
     results = [_tier_result(plan, r) for r in out.runs]
     usage = pb.Usage(prompt_tokens=sum(t.prompt_tokens for t in results),
@@ -100,6 +111,7 @@ def response(cascade: Cascade, plan: Plan, out: Outcome, text: str, t0: float, r
         threshold=cascade.threshold if out.threshold is None else out.threshold,
         rule=cascade.rule, usage=usage, tiers=results, total_latency_ms=(time.perf_counter() - t0) * 1e3,
         request_id=request_id, degraded=bool(out.degraded), degraded_reason=out.degraded,
+        receipt=_receipt(out.receipt), load_shed=out.load_shed,
     )
 
 
@@ -140,6 +152,7 @@ class Router:
         self.metrics = Metrics()
         self.client = ServeTierClient(cfg, tiers, self.metrics)
         self.cascade = Cascade(cfg, self.client, self.metrics)
+        self.shadow = ShadowSampler(cfg, self.cascade, self.client, self.metrics, self.cascade.inflight.__getitem__)
         self.tiers = tiers
         self.name = cfg.server.app_name
         self.limits = cfg.limits
@@ -207,6 +220,7 @@ class Router:
         self.metrics.set("cascade_deferral_share", self.recent.share)
         if out.answered_by != self.cascade.names[-1]:
             self.metrics.inc("cascade_strong_calls_avoided")
+        self.shadow.offer(plan, out)  # off the request path: its task starts after this handler hands the answer on
 
     def _refused(self, method: str, r: Refusal, t0: float) -> None:
         if r.reason in ("invalid_argument", "unauthenticated", "overloaded"):
@@ -290,10 +304,12 @@ class Router:
             return
         finally:
             self._exit()
-        self._answered("GenerateStream", plan, out, t0)
         final = response(self.cascade, plan, out, "", t0, _request_id())
         final.finished = True
-        yield final
+        try:
+            yield final
+        finally:  # once the last message is handed on (shadow sampling), even if the caller stops reading there
+            self._answered("GenerateStream", plan, out, t0)
 
     # ---- HTTP: the OpenAI API, thin adapters over the same gates and walk ------------------------------
     async def list_models(self, request: Request):
@@ -378,4 +394,6 @@ class Router:
         return {"replica": serve.get_replica_context().replica_id.unique_id, "inflight": self.inflight,
                 "recent_requests": self.recent.n, "deferral_share": self.recent.share,
                 "degraded_share": self.recent_degraded.share, "requests_by_code": dict(self.counts),
-                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines}
+                "breakers": {n: b.state for n, b in self.client.breakers.items()}, "engines": engines,
+                "costs": self.cascade.costs.as_dict(), "tier_inflight": dict(self.cascade.inflight),
+                "shadow": self.shadow.stats()}

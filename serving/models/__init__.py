@@ -14,6 +14,7 @@ from serving.models.base import (Chunk, Draft, Engine, EngineError, EngineStats,
 ENGINES = {
     "continuous": "serving.models.continuous:ContinuousEngine",
     "static": "serving.models.static:StaticEngine",
+    "vllm": "serving.models.vllm_engine:VLLMEngine",
 }
 
 

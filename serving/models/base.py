@@ -185,6 +185,15 @@ class Engine(abc.ABC):
             raise EngineError(f"{self.name} engine ended a stream without a result")
         return final
 
+    def run(self, coro):
+        """Blocking: runs ``coro`` on this engine's own event loop, kept across calls (vLLM's engine stays
+        bound to the loop it first ran on). For offline use, tests and benchmarks; not inside a running loop."""
+        import asyncio
+
+        if getattr(self, "_own_loop", None) is None:
+            self._own_loop = asyncio.new_event_loop()
+        return self._own_loop.run_until_complete(coro)
+
     def generate_many(self, reqs: list[GenerationRequest]) -> list[Generation]:
         """Blocking helper for offline use (calibration, benchmarks): every request submitted at
         once, so the engine batches them as it would concurrent traffic."""
@@ -193,7 +202,7 @@ class Engine(abc.ABC):
         async def run():
             return await asyncio.gather(*(self.generate(r) for r in reqs))
 
-        return list(asyncio.run(run()))
+        return list(self.run(run()))
 
 
 def agreeing_prefix(draft: list[int], greedy: list[int]) -> int:

@@ -29,38 +29,41 @@ def resolve_source(src: ModelSource) -> tuple[str, Optional[str]]:
     return src.source, src.gguf_file
 
 
-class HFModel:
-    """A tokenizer and a causal LM, ready for an engine."""
+class HFTokenizer:
+    """A model's tokenizer, chat template and end-of-sequence ids (no weights): prompt encoding and
+    decoding for every engine, transformers-based or not."""
 
-    def __init__(self, source: ModelSource, attn_implementation: Optional[str] = None):
+    def __init__(self, source: ModelSource):
+        from transformers import AutoConfig, GenerationConfig
+
         self.source = source
-        if source.torch_threads:
-            torch.set_num_threads(source.torch_threads)
         path, gguf = resolve_source(source)
-        common = dict(revision=source.revision, trust_remote_code=source.trust_remote_code)
+        self.common = dict(revision=source.revision, trust_remote_code=source.trust_remote_code)
         if gguf:
-            common["gguf_file"] = gguf
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            self.common["gguf_file"] = gguf
+        self.path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **self.common)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        device = source.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = _DTYPES.get(source.dtype, "auto")
-        if dtype == "auto" and (gguf or device == "cpu"):
-            dtype = torch.float32  # GGUF dequantises; half precision is slow or unsupported on CPU
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common, **extra).to(device).eval()
-        self.device = torch.device(device)
+        self.config = AutoConfig.from_pretrained(path, **self.common)
+        try:
+            eos = GenerationConfig.from_pretrained(path, **self.common).eos_token_id
+        except Exception:  # noqa: BLE001  (no generation_config.json: the model config's)
+            eos = getattr(self.config, "eos_token_id", None)
+        self._set_eos(eos)
         self.use_chat = source.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
-        eos = self.model.generation_config.eos_token_id
+
+    @property
+    def context_length(self) -> Optional[int]:
+        n = getattr(self.config, "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    def _set_eos(self, eos) -> None:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos))
-        self.params = sum(p.numel() for p in self.model.parameters())
-        log.info("loaded %s (gguf=%s) on %s: %d params, chat template: %s", path, gguf, device, self.params, self.use_chat)
 
     # ---- prompts -------------------------------------------------------------------------
     def render(self, req: GenerationRequest) -> str:
@@ -77,17 +80,8 @@ class HFModel:
     def count_tokens(self, req: GenerationRequest) -> int:
         return len(self.encode(req))
 
-    @property
-    def context_length(self) -> Optional[int]:
-        n = getattr(self.model.config, "max_position_embeddings", None)
-        return n if isinstance(n, int) and n > 0 else None
-
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def info(self) -> dict:
-        return {"params": self.params, "device": str(self.device), "chat_template": self.use_chat,
-                "dtype": str(self.model.dtype).replace("torch.", "")}
 
     @property
     def tokenizer_id(self) -> str:
@@ -99,6 +93,33 @@ class HFModel:
             vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
             self._tokenizer_id = hashlib.sha256(vocab.encode()).hexdigest()[:16]
         return self._tokenizer_id
+
+
+class HFModel(HFTokenizer):
+    """A tokenizer and a causal LM, ready for an engine."""
+
+    def __init__(self, source: ModelSource, attn_implementation: Optional[str] = None):
+        super().__init__(source)
+        if source.torch_threads:
+            torch.set_num_threads(source.torch_threads)
+        device = source.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = _DTYPES.get(source.dtype, "auto")
+        if dtype == "auto" and ("gguf_file" in self.common or device == "cpu"):
+            dtype = torch.float32  # GGUF dequantises; half precision is slow or unsupported on CPU
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, **self.common, **extra).to(device).eval()
+        self.config = self.model.config
+        self._set_eos(self.model.generation_config.eos_token_id)
+        self.device = torch.device(device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        log.info("loaded %s (gguf=%s) on %s: %d params, chat template: %s", self.path, self.common.get("gguf_file"),
+                 device, self.params, self.use_chat)
+
+    def info(self) -> dict:
+        return {"params": self.params, "device": str(self.device), "chat_template": self.use_chat,
+                "dtype": str(self.model.dtype).replace("torch.", "")}
 
     # ---- answers -------------------------------------------------------------------------
     @torch.inference_mode()

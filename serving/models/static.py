@@ -58,7 +58,7 @@ class StaticEngine(Engine):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._queue = loop, asyncio.Queue()
-            loop.create_task(self._batcher(self._queue))
+            self._batcher_task = loop.create_task(self._batcher(self._queue))
         return self._queue
 
     async def _batcher(self, q: asyncio.Queue) -> None:
@@ -179,4 +179,8 @@ class StaticEngine(Engine):
                 "batch_wait_timeout_s": self.wait_s}
 
     def close(self) -> None:
+        task = getattr(self, "_batcher_task", None)
+        if task is not None and not task.done() and task.get_loop() is getattr(self, "_own_loop", None):
+            task.cancel()  # the batcher of offline use (Engine.run): stop it on the loop it runs on
+            self._own_loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
         self._worker.shutdown(wait=False)

@@ -79,3 +79,22 @@ def test_rayservice_carries_the_serve_config_pools_and_grpc_port():
     head_ports = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"containerPort": cfg.server.grpc_port, "name": "grpc"} in head_ports
     assert grpc_svc["kind"] == "Service" and grpc_svc["spec"]["ports"][0]["port"] == cfg.server.grpc_port
+
+
+def test_vllm_gpu_config_asks_serve_and_the_cluster_for_its_gpus():
+    """cluster/cascade-gpu-vllm.yaml: the weak vLLM tier takes one GPU per replica; the strong one (tensor
+    parallel 2) a STRICT_PACK placement group; Serve accepts the config, and the launcher's strong-pool
+    nodes carry the two GPUs a replica spans."""
+    from serving.build import cluster_launcher, serve_config
+
+    cfg = _cfg("cascade-gpu-vllm.yaml")
+    assert [t.engine.name for t in cfg.tiers] == ["vllm", "vllm"]
+    (app,) = ServeDeploySchema.model_validate(serve_config(cfg)).applications
+    deps = {d.name: d for d in app.deployments}
+    assert deps["tier-weak"].ray_actor_options.num_gpus == 1
+    strong = deps["tier-strong"]
+    assert strong.placement_group_bundles == [{"CPU": 4, "strong_pool": 1}, {"GPU": 1}, {"GPU": 1}]
+    assert strong.placement_group_strategy == "STRICT_PACK"
+    types = cluster_launcher(cfg)["available_node_types"]
+    assert types["strong_pool"]["resources"]["GPU"] == 2 and types["weak_pool"]["resources"]["GPU"] == 1
+    assert pools(cfg)["strong_pool"]["gpus"] == 2

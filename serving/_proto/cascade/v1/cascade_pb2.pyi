@@ -68,8 +68,40 @@ class TierResult(_message.Message):
     draft_accepted_tokens: int
     def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ..., decision_tokens: _Optional[int] = ..., decided_early: _Optional[bool] = ..., draft_tokens: _Optional[int] = ..., draft_accepted_tokens: _Optional[int] = ...) -> None: ...
 
+class ReceiptLine(_message.Message):
+    __slots__ = ("tier", "prompt_tokens", "completion_tokens", "cost", "discarded")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    discarded: bool
+    def __init__(self, tier: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost: _Optional[float] = ..., discarded: _Optional[bool] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("lines", "total", "strong_tier", "strong_only", "strong_only_prompt_tokens", "strong_only_completion_tokens", "strong_only_estimated")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STRONG_TIER_FIELD_NUMBER: _ClassVar[int]
+    STRONG_ONLY_FIELD_NUMBER: _ClassVar[int]
+    STRONG_ONLY_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRONG_ONLY_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRONG_ONLY_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[ReceiptLine]
+    total: float
+    strong_tier: str
+    strong_only: float
+    strong_only_prompt_tokens: int
+    strong_only_completion_tokens: int
+    strong_only_estimated: bool
+    def __init__(self, lines: _Optional[_Iterable[_Union[ReceiptLine, _Mapping]]] = ..., total: _Optional[float] = ..., strong_tier: _Optional[str] = ..., strong_only: _Optional[float] = ..., strong_only_prompt_tokens: _Optional[int] = ..., strong_only_completion_tokens: _Optional[int] = ..., strong_only_estimated: _Optional[bool] = ...) -> None: ...
+
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason")
+    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason", "receipt", "load_shed")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +115,8 @@ class GenerateResponse(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SHED_FIELD_NUMBER: _ClassVar[int]
     text: str
     tier: str
     deferred: bool
@@ -96,4 +130,6 @@ class GenerateResponse(_message.Message):
     finished: bool
     degraded: bool
     degraded_reason: str
-    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ...) -> None: ...
+    receipt: Receipt
+    load_shed: bool
+    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_shed: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,91 @@
+"""A tier on `engine: vllm`, served end to end: `cascade serve` (real Ray Serve, the production path) with
+the shipped weak model on `continuous` and the shipped strong model on vLLM (its head_dim 32 is one vLLM's
+CPU kernels take), called over real gRPC. Deferred answers, forced strong answers, streams and
+speculative verification (vLLM's prompt log-probs) equal the strong model's greedy answers from the
+continuous engine; cancelling (early deferral) and engine stats go through vLLM too. The boundary verifies
+(`on_defer: verify`): a deferred request makes vLLM score the weak draft (prompt log-probs) and decode on
+from the agreeing prefix; a forced request is plain vLLM decoding."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from serving.client import CascadeClient, make_request
+from serving.config import load_config, parse_config
+from serving.local import cascade_server
+from serving.models import GenerationRequest, build_engine
+from serving.tasks.arithmetic import examples
+from tests.conftest import need_vllm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    need_vllm()
+    raw = load_config().model_dump(mode="json")
+    raw["tiers"][1]["engine"] = {"name": "vllm", "enforce_eager": True}
+    raw["tiers"][1]["timeout_s"] = 120
+    raw["deferral"]["on_defer"] = "verify"
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def server(cfg, tmp_path_factory):
+    with cascade_server(cfg, tmp_path_factory.mktemp("vllm"), timeout=600) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with CascadeClient(server.address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def strong_greedy(cfg):
+    """The strong model's answers from the continuous engine, in-process: what vLLM must reproduce."""
+    tier = cfg.tiers[1].model_copy(update={"engine": cfg.tiers[0].engine})
+    engine = build_engine(tier)
+    try:
+        def answer(prompts):
+            return [g.text for g in engine.generate_many([GenerationRequest(prompt=p) for p in prompts])]
+        yield answer
+    finally:
+        engine.close()
+
+
+def test_deferred_and_forced_answers_come_from_vllm_and_equal_greedy(client, strong_greedy):
+    qs = list(examples(5, 40))
+    want = strong_greedy([e.prompt for e in qs])
+    deferred = 0
+    for e, ref in zip(qs, want):
+        forced = client.generate(make_request(e.prompt, force_tier="strong"))
+        assert forced.tier == "strong" and forced.text == ref
+        assert forced.tiers[0].completion_tokens > 0 and forced.tiers[0].prompt_tokens > 0
+        r = client.generate(make_request(e.prompt))
+        if r.deferred:
+            deferred += 1
+            assert r.tier == "strong" and r.text == ref and r.tiers[1].draft_tokens > 0
+    assert deferred >= 5
+
+
+def test_streamed_deferred_answer_from_vllm(client, strong_greedy):
+    e = next(e for e in examples(5, 40) if client.generate(make_request(e.prompt)).deferred)
+    *chunks, final = client.stream(make_request(e.prompt))
+    assert final.tier == "strong" and final.deferred
+    assert "".join(c.text for c in chunks) == strong_greedy([e.prompt])[0]
+
+
+def test_status_shows_vllm_engine_stats(server, client):
+    client.generate(make_request("What is 12 + 30?", force_tier="strong"))
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    engines = json.loads(out.stdout.strip().splitlines()[-1])["router"]["engines"]
+    assert engines["strong"]["engine"] == "vllm" and engines["strong"]["requests"] > 0
+    assert engines["weak"]["engine"] == "continuous"
