@@ -115,21 +115,10 @@ class ShadowLog:
 
 def read_samples(path: str | Path) -> list[dict]:
     """The samples of a shadow JSONL file (ValueError names the line that is not one)."""
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or row.get("format") != FORMAT:
-                raise ValueError(f"{path}:{i}: not a shadow sample (format {FORMAT!r}; written by shadow.path)")
-            out.append(row)
-    if not out:
-        raise ValueError(f"{path}: no shadow samples")
-    return out
+    from serving.evaluation.data import read_jsonl
+
+    return read_jsonl(path, f"not a shadow sample (format {FORMAT!r}; written by shadow.path)",
+                      lambda r: r.get("format") == FORMAT, "shadow samples")
 
 
 def shadow_runs(path: str | Path, metric: str, tier: str, next_tier: str):

@@ -12,7 +12,9 @@ from serving.tasks.arithmetic import examples
 SPLIT_SEEDS = {"train": 4, "calibration": 2, "test": 3}
 
 
-def load_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, expect: str, ok, what: str = "examples") -> list[dict]:
+    """The non-blank lines of a JSONL file as dicts; ValueError names the first line that is not JSON or
+    that ``ok(row)`` refuses (with the message ``expect``), or the file when it holds none."""
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):
@@ -22,12 +24,18 @@ def load_jsonl(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "reference" not in row:
-                raise ValueError(f'{path}:{i}: expected {{"prompt": str, "reference": ...}}')
-            rows.append({"prompt": row["prompt"], "reference": str(row["reference"])})
+            if not isinstance(row, dict) or not ok(row):
+                raise ValueError(f"{path}:{i}: {expect}")
+            rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no examples")
+        raise ValueError(f"{path}: no {what}")
     return rows
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    rows = read_jsonl(path, 'expected {"prompt": str, "reference": ...}',
+                      lambda r: isinstance(r.get("prompt"), str) and "reference" in r)
+    return [{"prompt": r["prompt"], "reference": str(r["reference"])} for r in rows]
 
 
 def data_hash(rows: list[dict]) -> str:
