@@ -20,11 +20,11 @@ import numpy as np
 
 from serving.config import load_config
 from serving.deferral import build_scorer
-from serving.deferral.calibration import threshold_for_deferral
+from serving.evaluation.thresholds import threshold_for_deferral
 from serving.deferral.controller import BudgetController
 from serving.evaluation.data import SPLIT_SEEDS
 from serving.evaluation.offline import run_offline
-from serving.evaluation.rules import score_run
+from serving.evaluation.fit import score_run
 from serving.tasks.arithmetic import examples
 
 PHASES = [("easy (1-2 digits)", dict(max_digits=2)), ("mixed (1-5 digits)", {}), ("hard (4-5 digits)", dict(min_digits=4))]

@@ -43,9 +43,9 @@ from serving.config import PACKAGE_DIR, load_config, parse_config  # noqa: E402
 from serving.deferral import build_scorer, should_defer  # noqa: E402
 from serving.deferral.incremental import Decision, Verdict  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.evaluation.metrics import get_metric  # noqa: E402
+from serving.evaluation.quality import get_metric  # noqa: E402
 from serving.evaluation.offline import run_offline  # noqa: E402
-from serving.local import cascade_server  # noqa: E402
+from serving.ops.local import cascade_server  # noqa: E402
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 THREE_TIER = PACKAGE_DIR / "three_tier_config.yaml"

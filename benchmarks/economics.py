@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import pyplot, write_json  # noqa: E402
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
-from serving.client import make_request  # noqa: E402
+from serving.ops.client import make_request  # noqa: E402
 from serving.config import Cost, LoadAware, load_config  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.local import cascade_server, wait_for  # noqa: E402
+from serving.ops.local import cascade_server, wait_for  # noqa: E402
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 PARAMS_M = {"weak": 0.138, "medium": 0.454, "strong": 1.064}  # serving/default_models/README.md

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from load import one_replica, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
 
 from serving.config import Tier, load_config, parse_config  # noqa: E402
-from serving.local import cascade_server, smollm2_gguf  # noqa: E402
+from serving.ops.local import cascade_server, smollm2_gguf  # noqa: E402
 
 def _engines() -> tuple[str, ...]:
     import importlib.util
@@ -71,7 +71,7 @@ def tier_on(tier: Tier, engine: str, **generation) -> Tier:
 
 # ---- 1 and 3: in-process --------------------------------------------------------------------------
 def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_tokens=None) -> dict:
-    from serving.models import GenerationRequest
+    from serving.core.types import GenerationRequest
 
     async def run():
         lat, toks, counter = [], [0], iter(range(10**9))
@@ -95,7 +95,7 @@ def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_
 
 
 def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None, engines=ENGINES) -> dict:
-    from serving.models import build_engine
+    from serving.engines import build_engine
 
     out = {}
     for name in engines:
@@ -192,7 +192,7 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
 
     import aiohttp
 
-    from serving.local import free_port, wait_for
+    from serving.ops.local import free_port, wait_for
 
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
@@ -246,7 +246,8 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
 # ---- 4: decisions ---------------------------------------------------------------------------------
 def decisions(tier: Tier, texts: list[str]) -> dict:
     from serving.deferral import make_rule, should_defer
-    from serving.models import GenerationRequest, build_engine
+    from serving.core.types import GenerationRequest
+    from serving.engines import build_engine
 
     cfg = load_config()
     rule = make_rule(cfg.deferral.rule, cfg.deferral.alpha)

@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS, load_jsonl  # noqa: E402
-from serving.planner import tier_summary  # noqa: E402
-from serving.probe import one_replica  # noqa: E402,F401  (the benchmarks' one-replica configs)
+from serving.ops.planner import tier_summary  # noqa: E402
+from serving.ops.probe import one_replica  # noqa: E402,F401  (the benchmarks' one-replica configs)
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 
@@ -48,7 +48,7 @@ class ReplicaPoller:
         try:
             import ray
 
-            from serving.local import find_local_ray
+            from serving.ops.local import find_local_ray
 
             address = ray_address or find_local_ray()
             if address is None:

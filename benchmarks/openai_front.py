@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from load import one_replica, prompts, run_load, summarize, write_json  # noqa: E402
 
 from serving.config import load_config, parse_config  # noqa: E402
-from serving.local import cascade_server, wait_for  # noqa: E402
+from serving.ops.local import cascade_server, wait_for  # noqa: E402
 
 
 async def http_load(base: str, texts: list[str], concurrency: int, duration: float) -> dict:

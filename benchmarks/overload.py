@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 
 from serving.config import load_config
-from serving.local import cascade_server, closed_loop
+from serving.ops.local import cascade_server, closed_loop
 from serving.tasks.arithmetic import examples
 
 

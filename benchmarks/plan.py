@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from load import arrivals, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
 
-from serving.autoscaling import ENGINE_AUTOSCALING  # noqa: E402
+from serving.serve.autoscaling import ENGINE_AUTOSCALING  # noqa: E402
 from serving.config import load_config, parse_config, portable  # noqa: E402
-from serving.local import cascade_server  # noqa: E402
-from serving.planner import curves_from_report, format_plan, plan, planned_config  # noqa: E402
-from serving.probe import probe  # noqa: E402
+from serving.ops.local import cascade_server  # noqa: E402
+from serving.ops.planner import curves_from_report, format_plan, plan, planned_config  # noqa: E402
+from serving.ops.probe import probe  # noqa: E402
 
 METRICS = ("utilisation", "in_flight_per_replica", "mean_ms", "p99_ms")
 

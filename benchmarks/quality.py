@@ -34,7 +34,7 @@ from serving.config import load_config
 from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize
 from serving.evaluation.data import data_hash, load_jsonl
 from serving.evaluation.offline import DEFAULT_CACHE, run_offline
-from serving.evaluation.rules import BENCH_RULES, cross_fitted_scores, fit_rule, parse_rule, score_run
+from serving.evaluation.fit import BENCH_RULES, cross_fitted_scores, fit_rule, parse_rule, score_run
 
 
 def main() -> None:

@@ -9,7 +9,7 @@
    cascade's deferral share;
 3. autoscaling: open-loop steps light -> heavy -> light, side by side: "serve_default" (Serve's own
    policy and windows: 30 s look-back, 10 s metrics interval, upscale 5 s / downscale 30 s — what the
-   tiers had before) and "engine" (the shipped config: serving/autoscaling.py's EngineLoad on the
+   tiers had before) and "engine" (the shipped config: serving/serve/autoscaling.py's EngineLoad on the
    engines' running + waiting requests and KV-cache use, 1 s metrics, 5 s look-back, upscale 2 s /
    downscale 20 s). Both use the same replica bounds; the weak tier's target is --weak-target (one
    replica here holds ~0.4 requests at 20 qps, so the shipped target of 8 would never scale it), and
@@ -18,7 +18,7 @@
    up, back to one after the step down, and the errors during the steps.
 Engines (continuous vs static batching) are compared by benchmarks/engine.py. Runs 1-2 pin every
 deployment to one replica so the tiers' costs are comparable. Each part starts
-`cascade serve` (serving.local) with its own embedded Ray and stops it.
+`cascade serve` (serving.ops.local) with its own embedded Ray and stops it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from load import ReplicaPoller, one_replica, prompts, run_load, step_arrivals, summarize  # noqa: E402
 
 from serving.config import load_config, parse_config  # noqa: E402
-from serving.local import cascade_server  # noqa: E402
+from serving.ops.local import cascade_server  # noqa: E402
 
 
 def step_config(policy: str, weak_target: float):

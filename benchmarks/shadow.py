@@ -43,10 +43,11 @@ from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
 from serving.config import load_config, parse_config  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.evaluation.metrics import exact_match  # noqa: E402
+from serving.evaluation.quality import exact_match  # noqa: E402
 from serving.evaluation.offline import DEFAULT_CACHE, run_offline  # noqa: E402
-from serving.local import cascade_server, wait_for  # noqa: E402
-from serving.shadow import read_samples, wilson  # noqa: E402
+from serving.ops.local import cascade_server, wait_for  # noqa: E402
+from serving.evaluation.shadow_data import read_samples  # noqa: E402
+from serving.observability.shadow import wilson  # noqa: E402
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 
@@ -76,7 +77,7 @@ async def stream_once(address: str, prompts: list[str], concurrency: int, timeou
 
 
 def router_shadow(ray_address: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", ray_address, "--json"],
+    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", ray_address, "--json"],
                        capture_output=True, text=True, timeout=120)
     return (json.loads(r.stdout.strip().splitlines()[-1]).get("router") or {}).get("shadow") or {}
 

@@ -4,7 +4,7 @@
 
 1. in-process, the test split: every deferred question's weak draft (the whole weak answer, and the
    prefix an exact early deferral leaves) verified by the strong engine through the same function the
-   strong tier uses (``serving.models.verify_draft``), then decoded on. Counts answers that differ from
+   strong tier uses (``serving.engines.verify_draft``), then decoded on. Counts answers that differ from
    strong-only greedy decoding, and the strong tier's work per deferred request: sequential forward
    steps (regenerate: one per answer token; verify: one verify pass + one per token after the kept
    prefix) and tokens decoded;
@@ -38,8 +38,9 @@ from serving.config import load_config, parse_config  # noqa: E402
 from serving.deferral import build_scorer, should_defer  # noqa: E402
 from serving.deferral.incremental import Decision, Verdict  # noqa: E402
 from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.local import cascade_server  # noqa: E402
-from serving.models import Draft, GenerationRequest, build_engine, verify_draft  # noqa: E402
+from serving.ops.local import cascade_server  # noqa: E402
+from serving.core.types import Draft, GenerationRequest
+from serving.engines import build_engine, verify_draft  # noqa: E402
 from serving.tasks.arithmetic import examples  # noqa: E402
 
 

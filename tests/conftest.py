@@ -74,7 +74,7 @@ def nginx() -> str:
     """Path of the nginx binary, installed first where that can be done (root on Debian, as on CI).
     Skips the test, at run time, only when nginx is missing and cannot be installed; the outcome
     (path or skip) is kept for the session, so apt-get runs at most once."""
-    from serving.tls import find_nginx
+    from serving.ops.tls import find_nginx
 
     exe = find_nginx()
     if exe is None:

@@ -66,8 +66,10 @@ class Decision:
     def _running(self) -> float:
         return self.sum if self.scorer.rule == "chow_sum" else self.min
 
-    def push(self, logprobs: Sequence[float], threshold: float) -> Verdict:
-        """Feeds new tokens' log-probs; returns the verdict (a reached verdict never changes)."""
+    def push(self, logprobs: Sequence[float], threshold: float, may_accept: bool = True) -> Verdict:
+        """Feeds new tokens' log-probs; returns the verdict (a reached verdict never changes).
+        ``may_accept=False``: only a certain DEFER is reached before the end (at the window the rule
+        stays undecided unless it defers; the caller decides at the end against a threshold it sets then)."""
         if self.verdict is not Verdict.UNDECIDED:
             return self.verdict
         for lp in logprobs:
@@ -84,7 +86,10 @@ class Decision:
                     return self._decide(Verdict.DEFER, self._running)
         if self.window is not None and len(self.logprobs) >= self.window:
             score = self.scorer(self.logprobs)
-            return self._decide(Verdict.DEFER if should_defer(score, threshold) else Verdict.ACCEPT, score)
+            if should_defer(score, threshold):
+                return self._decide(Verdict.DEFER, score)
+            if may_accept:
+                return self._decide(Verdict.ACCEPT, score)
         return Verdict.UNDECIDED
 
     def finish(self, logprobs: Sequence[float], threshold: float,
@@ -106,10 +111,14 @@ class Decision:
 
 @dataclass
 class StopRule:
-    """A boundary's decision as plain data, sent with a tier call so that the tier applies the same
-    :class:`Decision` next to its engine and stops a request the moment DEFER is certain (no message
-    per token on the way). The caller runs its own Decision on the tokens it gets back: same data, same
-    verdict."""
+    """A boundary's rule as plain data, sent with a tier call: the tier applies it next to its engine
+    (``serving.core.decide``), stops a request the moment DEFER is certain and reports the verdict and
+    the score in its last chunk. It is the only place the rule runs for a request.
+
+    ``floor`` (load-aware deferral): the threshold may be lowered to this by the time the walk decides,
+    so the tier stops early only below it and never accepts before the end; the walk compares the
+    reported score with the threshold in force then. ``score_only``: the tier's answer goes to the
+    client whatever its score (a forced tier): tokens are not held, the score is only reported."""
 
     rule: str
     alpha: float
@@ -117,8 +126,22 @@ class StopRule:
     window: Optional[int] = None
     early: bool = True
     model: Optional[dict] = None  # a post-hoc rule's fitted model
+    floor: Optional[float] = None
+    score_only: bool = False
 
     def decision(self) -> Decision:
         from serving.deferral.rules import build_scorer
 
-        return Decision(build_scorer(self.rule, self.alpha, self.model), self.rule, self.alpha, self.window, self.early)
+        early = self.early and not self.score_only
+        return Decision(build_scorer(self.rule, self.alpha, self.model), self.rule, self.alpha,
+                        None if self.score_only else self.window, early)
+
+    @property
+    def holds(self) -> bool:
+        """Whether the tier holds its tokens until the verdict (it may defer, so they may not be the answer)."""
+        return not self.score_only
+
+    @property
+    def early_threshold(self) -> float:
+        """The threshold an early verdict is reached at (certain whatever the walk decides later)."""
+        return self.threshold if self.floor is None else min(self.threshold, self.floor)

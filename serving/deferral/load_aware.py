@@ -14,13 +14,22 @@ budget controller's) at level 0, ``floor`` at level 1.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-from serving.config import LoadAware
+
+@dataclass(frozen=True)
+class Watermarks:
+    """The governor's parameters (config ``deferral.load_aware`` has the same fields)."""
+
+    high_watermark: int
+    low_watermark: int
+    floor: float
+    ramp_s: float
 
 
 class LoadGovernor:
-    def __init__(self, cfg: LoadAware, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg: Watermarks, clock: Callable[[], float] = time.monotonic):
         self.cfg, self.clock = cfg, clock
         self.shedding = False
         self.level = 0.0  # 0: the base threshold; 1: the floor

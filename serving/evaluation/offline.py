@@ -19,13 +19,13 @@ from tqdm import tqdm
 
 from serving.config import CascadeConfig, Tier
 from serving.evaluation.data import data_hash
-from serving.evaluation.metrics import get_metric
+from serving.evaluation.quality import get_metric
 
 DEFAULT_CACHE = Path(os.environ.get("CASCADE_CACHE", Path.home() / ".cache" / "cascade" / "offline"))
 
 
 @dataclass
-class TierRun:
+class OfflineTierRun:
     tier: str
     texts: list[str]
     logprobs: list[list[float]]
@@ -36,11 +36,11 @@ class TierRun:
     def lengths(self) -> np.ndarray:
         return np.array([len(lp) for lp in self.logprobs])
 
-    def prefix(self, k: Optional[int]) -> "TierRun":
+    def prefix(self, k: Optional[int]) -> "OfflineTierRun":
         """The run as a k-token decision window sees it: each answer's first k token log-probs."""
         if k is None:
             return self
-        return TierRun(self.tier, self.texts, [lp[:k] for lp in self.logprobs], self.embeddings, self.quality)
+        return OfflineTierRun(self.tier, self.texts, [lp[:k] for lp in self.logprobs], self.embeddings, self.quality)
 
 
 def model_fingerprint(tier: Tier) -> str:
@@ -59,7 +59,8 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     path = Path(cache_dir) / f"{tier.name}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from serving.models import GenerationRequest, build_engine
+    from serving.core.types import GenerationRequest
+    from serving.engines import build_engine
 
     engine = build_engine(tier)  # the server's own engine for this tier
     out = {"texts": [], "logprobs": [], "embeddings": []}
@@ -79,14 +80,14 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
 
 
 def run_offline(cfg: CascadeConfig, rows: list[dict], metric: str = "exact_match",
-                cache_dir: Path = DEFAULT_CACHE, tiers: list[str] | None = None) -> dict[str, TierRun]:
+                cache_dir: Path = DEFAULT_CACHE, tiers: list[str] | None = None) -> dict[str, OfflineTierRun]:
     score = get_metric(metric)
     runs = {}
     for tier in cfg.tiers:
         if tiers and tier.name not in tiers:
             continue
         raw = run_tier(tier, rows, Path(cache_dir))
-        runs[tier.name] = TierRun(
+        runs[tier.name] = OfflineTierRun(
             tier=tier.name, texts=raw["texts"], logprobs=raw["logprobs"],
             embeddings=np.asarray(raw["embeddings"], dtype=np.float64),
             quality=np.array([score(t, r["reference"]) for t, r in zip(raw["texts"], rows)]),

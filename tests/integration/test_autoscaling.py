@@ -1,6 +1,6 @@
 """Per-tier autoscaling at small scale: under load on the weak tier only, it goes from 1 to 2
 replicas and back, while the strong tier stays at 1 (each tier scales by its own engine's load,
-through Serve's custom policy: serving/autoscaling.py)."""
+through Serve's custom policy: serving/serve/autoscaling.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.autoscaling import ENGINE_AUTOSCALING
-from serving.client import CascadeClient, make_request
+from serving.serve.autoscaling import ENGINE_AUTOSCALING
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from serving.local import cascade_server, wait_for
+from serving.ops.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration
-# the shipped engine-load policy (serving/autoscaling.py), on windows short enough for a test
+# the shipped engine-load policy (serving/serve/autoscaling.py), on windows short enough for a test
 FAST = {**ENGINE_AUTOSCALING, "min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
         "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
 

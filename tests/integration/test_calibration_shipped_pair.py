@@ -31,7 +31,7 @@ def cache(tmp_path_factory):
 def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path):
     out = tmp_path / "art.json"
     env = dict(os.environ, CASCADE_CACHE=str(cache))
-    r = subprocess.run([sys.executable, "-m", "serving.cli", "calibrate", "--data", str(splits["calibration"]),
+    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "calibrate", "--data", str(splits["calibration"]),
                         "--eval-data", str(splits["test"]), "--target-deferral", "0.3", "--out", str(out)],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,13 +14,14 @@ import subprocess
 import grpc
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
 from serving.deferral import make_rule, should_defer
-from serving.models import GenerationRequest, build_engine
+from serving.core.types import GenerationRequest
+from serving.engines import build_engine
 from serving.tasks.arithmetic import examples
 from tests.conftest import ROOT
-from serving.local import cascade_server
+from serving.ops.local import cascade_server
 
 pytestmark = pytest.mark.integration
 CFG = load_config()
@@ -186,7 +187,7 @@ def test_grpcurl_a_client_that_is_not_ours(address, cases):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

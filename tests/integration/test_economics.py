@@ -17,10 +17,10 @@ import openai
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import Cost, LoadAware, load_config
-from serving.local import cascade_server, wait_for
-from serving.receipt import price
+from serving.ops.local import cascade_server, wait_for
+from serving.core.receipt import price
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
@@ -156,7 +156,7 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["router"]["costs"]

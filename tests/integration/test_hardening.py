@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.local import cascade_server, closed_loop, wait_for
+from serving.ops.local import cascade_server, closed_loop, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-7c1e4f"
@@ -265,7 +265,7 @@ def test_every_log_line_of_a_request_carries_its_id(client, server):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--json", "--ray-address", server.ray_address],
+    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--json", "--ray-address", server.ray_address],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

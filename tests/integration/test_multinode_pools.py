@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.local import free_ports, wait_for
+from serving.ops.local import free_ports, wait_for
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -12,9 +12,9 @@ import urllib.request
 import openai
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import Auth, load_config
-from serving.local import cascade_server, wait_for
+from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.local import cascade_server, wait_for
-from serving.planner import ASSUMPTIONS
+from serving.ops.local import cascade_server, wait_for
+from serving.ops.planner import ASSUMPTIONS
 
 pytestmark = pytest.mark.integration
 CASCADE = str(Path(sys.executable).parent / "cascade")
@@ -33,7 +33,7 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
     assert [t["arrival_rps"] for t in p["tiers"]] == [8.0, 2.0] and p["deferral_source"] == "--deferral"
     cfg = load_config(out)
     planned = {t.name: t.serve.autoscaling_config for t in cfg.tiers}
-    assert all(a.policy.policy_function == "serving.autoscaling:EngineLoad" for a in planned.values())
+    assert all(a.policy.policy_function == "serving.serve.autoscaling:EngineLoad" for a in planned.values())
     with cascade_server(cfg, tmp_path / "serve") as server:
         with CascadeClient(server.address, timeout=60) as c:
             assert c.generate(make_request("What is 2 + 2?")).text

@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
 from serving.deferral import build_scorer
 from serving.evaluation.calibrate import calibrate
 from serving.evaluation.data import write_arithmetic_splits
-from serving.models import GenerationRequest, build_engine
+from serving.core.types import GenerationRequest
+from serving.engines import build_engine
 from serving.tasks.arithmetic import examples
-from serving.local import cascade_server
+from serving.ops.local import cascade_server
 
 pytestmark = pytest.mark.integration
 TARGET = 0.4

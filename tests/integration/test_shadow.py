@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.local import cascade_server, wait_for
-from serving.shadow import read_samples
+from serving.ops.local import cascade_server, wait_for
+from serving.evaluation.shadow_data import read_samples
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def server(tmp_path_factory, shadow_path):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,12 +94,12 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
     assert series["ray_cascade_shadow_agreed_total|tier=weak"] == pytest.approx(shadow["agreed"])
     assert series["ray_cascade_shadow_agreement|tier=weak|bound=estimate"] == pytest.approx(shadow["agreement"])
 
-    text = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address],
+    text = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address],
                           capture_output=True, text=True, timeout=120).stdout
     assert f"shadow weak->strong (chow_quantile, exact_match): agreement {shadow['agreement']:.3f}" in text
 
     out = tmp_path / "art.json"
-    r = subprocess.run([sys.executable, "-m", "serving.cli", "calibrate", "--data", str(shadow_path), "--shadow",
+    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "calibrate", "--data", str(shadow_path), "--shadow",
                         "--target-deferral", "0.2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     art = json.loads(out.read_text())

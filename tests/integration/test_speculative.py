@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from serving.local import cascade_server
+from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The TLS front (serving/tls.py, serving/tls_nginx.conf): a real nginx terminating TLS in front of
+"""The TLS front (serving/ops/tls.py, serving/ops/tls_nginx.conf): a real nginx terminating TLS in front of
 the real `cascade serve` (Ray Serve's plaintext gRPC proxy), called over gRPC with TLS. A few
 checks use a small in-process gRPC backend instead of Serve, to see exactly what nginx forwards."""
 
@@ -18,9 +18,9 @@ import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.client import CascadeClient, make_request
-from serving.local import free_port
-from serving.tls import nginx_front, render_nginx_conf, self_signed_cert
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import free_port
+from serving.ops.tls import nginx_front, render_nginx_conf, self_signed_cert
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(nginx, tmp_path_factory):
     from serving.config import load_config
-    from serving.local import cascade_server
+    from serving.ops.local import cascade_server
 
     with cascade_server(load_config(), tmp_path_factory.mktemp("serve")) as server:
         yield server
@@ -118,7 +118,7 @@ def test_grpcurl_with_cacert(front, certs):
 
 
 def test_cascade_query_with_tls_ca(front, certs):
-    cmd = [sys.executable, "-m", "serving.cli", "query", "--tls-ca", str(certs["cert"]), "--address", front["address"],
+    cmd = [sys.executable, "-m", "serving.ops.cli", "query", "--tls-ca", str(certs["cert"]), "--address", front["address"],
            "--json", PROMPT]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -14,10 +14,11 @@ import sys
 
 import pytest
 
-from serving.client import CascadeClient, make_request
+from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from serving.local import cascade_server
-from serving.models import GenerationRequest, build_engine
+from serving.ops.local import cascade_server
+from serving.core.types import GenerationRequest
+from serving.engines import build_engine
 from serving.tasks.arithmetic import examples
 from tests.conftest import need_vllm
 
@@ -83,7 +84,7 @@ def test_streamed_deferred_answer_from_vllm(client, strong_greedy):
 
 def test_status_shows_vllm_engine_stats(server, client):
     client.generate(make_request("What is 12 + 30?", force_tier="strong"))
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "status", "--ray-address", server.ray_address, "--json"],
+    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     engines = json.loads(out.stdout.strip().splitlines()[-1])["router"]["engines"]

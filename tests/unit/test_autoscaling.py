@@ -6,7 +6,7 @@ from ray.serve._private.autoscaling_state import _resolve_policy_callable
 from ray.serve._private.common import DeploymentID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from serving.autoscaling import ENGINE_AUTOSCALING, KV, POLICY, RUNNING, WAITING, EngineLoad, engine_metrics
+from serving.serve.autoscaling import ENGINE_AUTOSCALING, KV, POLICY, RUNNING, WAITING, EngineLoad, engine_metrics
 from serving.config import ConfigError, load_config, parse_config
 
 

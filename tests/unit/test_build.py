@@ -7,8 +7,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import SERVICER, resolve_config
-from serving.build import TARGETS, pools, render
+from serving.serve.app import SERVICER, resolve_config
+from serving.ops.build import TARGETS, pools, render
 from serving.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_serve_config_matches_the_project_config(config, file):
     assert schema.grpc_options.port == cfg.server.grpc_port
     assert schema.grpc_options.grpc_servicer_functions == [SERVICER]
     (app,) = schema.applications
-    assert app.import_path == "serving.app:build_app"
+    assert app.import_path == "serving.serve.app:build_app"
     assert resolve_config(app.args) == cfg
     deps = {d.name: d for d in app.deployments}
     assert set(deps) == {f"tier-{t.name}" for t in cfg.tiers} | {"Router"}
@@ -85,7 +85,7 @@ def test_vllm_gpu_config_asks_serve_and_the_cluster_for_its_gpus():
     """cluster/cascade-gpu-vllm.yaml: the weak vLLM tier takes one GPU per replica; the strong one (tensor
     parallel 2) a STRICT_PACK placement group; Serve accepts the config, and the launcher's strong-pool
     nodes carry the two GPUs a replica spans."""
-    from serving.build import cluster_launcher, serve_config
+    from serving.ops.build import cluster_launcher, serve_config
 
     cfg = _cfg("cascade-gpu-vllm.yaml")
     assert [t.engine.name for t in cfg.tiers] == ["vllm", "vllm"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.deferral.calibration import operating_point, threshold_for_deferral, threshold_for_pgr
+from serving.evaluation.thresholds import operating_point, threshold_for_deferral, threshold_for_pgr
 
 
 def test_threshold_for_deferral_is_exact_on_distinct_scores():

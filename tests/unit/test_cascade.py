@@ -1,4 +1,6 @@
-"""The cascade walk (serving/cascade.py) with fake tier clients: no Ray, no models."""
+"""The cascade walk (serving/core/walk.py) with fake tier clients: no Ray, no models. The fakes keep the
+tier's protocol honestly: their scripted engine stream goes through the same ``serving.core.decide``
+that the Serve tier runs, so the rule is applied, and the verdict reported, where a real tier does it."""
 
 import asyncio
 import math
@@ -6,9 +8,12 @@ from contextlib import aclosing
 
 import pytest
 
-from serving.cascade import BadRequest, Cascade, Outcome, Plan, Text, TierFailure
+from serving.core.decide import decide
+from serving.core.errors import BadRequest, TierFailure
+from serving.core.request import CascadeRequest, Outcome, Text
+from serving.core.walk import Cascade
 from serving.config import parse_config
-from serving.models import Chunk, Generation, GenerationRequest
+from serving.core.types import Chunk, Generation, GenerationRequest
 
 
 def config(tiers=("weak", "strong"), threshold=-0.5, **over):
@@ -19,8 +24,9 @@ def config(tiers=("weak", "strong"), threshold=-0.5, **over):
 
 
 class FakeTiers:
-    """Each tier streams its scripted (text piece, log-prob) tokens, or raises its scripted error
-    after ``fail_after`` tokens. Records calls and streams closed before their end."""
+    """Each tier's engine streams its scripted (text piece, log-prob) tokens, or raises its scripted error
+    after ``fail_after`` tokens; the tier applies the call's rule to that stream as the Serve tier does
+    (``decide``). Records calls and engine streams closed before their end."""
 
     def __init__(self, answers: dict, errors: dict | None = None, fail_after: int = 0):
         self.answers, self.errors, self.fail_after = answers, errors or {}, fail_after
@@ -35,6 +41,10 @@ class FakeTiers:
         self.tokens.append(tokens)
         self.stops.append(stop)
         self.drafts.append(draft)
+        async for chunk in decide(self.engine(tier), stop, tokens):
+            yield chunk
+
+    async def engine(self, tier):
         pieces = self.answers.get(tier, [])
         done = False
         try:
@@ -60,7 +70,7 @@ STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
 
 
 def plan(cascade, tiers=None, threshold=None, forced=False):
-    return Plan(GenerationRequest(prompt="q"), tiers or cascade.names, forced, threshold, stream=True)
+    return CascadeRequest(GenerationRequest(prompt="q"), tiers or cascade.names, forced, threshold, stream=True)
 
 
 def unary(cascade):
@@ -283,27 +293,9 @@ def test_degrading_after_an_early_deferral_runs_the_earlier_tier_to_the_end():
     assert texts == [Text("weak", "12345")] and out.answer.text == "12345" and out.degraded
 
 
-class StoppingTiers(FakeTiers):
-    """Applies the stop rule itself, as the Serve tier does: nothing until the verdict, then a last
-    chunk with finish_reason "deferred" (unary: tokens=False)."""
-
-    async def stream(self, tier, req, tokens=True, stop=None, draft=None):
-        self.calls.append(tier)
-        pieces = self.answers[tier]
-        d = stop.decision() if stop else None
-        ids, lps, text = [], [], ""
-        for i, (t, lp) in enumerate(pieces):
-            ids.append(i), lps.append(lp)
-            text += t
-            if d is not None and d.push([lp], stop.threshold).value == "defer":
-                yield Chunk(final=Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=3,
-                                             finish_reason="deferred"))
-                return
-        yield Chunk(final=Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=3, finish_reason="stop"))
-
-
-def test_a_tier_that_stops_itself_gives_the_same_decision():
-    out = unary(Cascade(config(), StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})))
+def test_a_tier_that_stops_itself_reports_the_decision_the_walk_takes():
+    """Unary (tokens=False): the tier ends the weak call at the certain DEFER; its last chunk says so."""
+    out = unary(Cascade(config(), FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})))
     weak = out.runs[0]
     assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == ("deferred", 2, True, -2.0)
     assert out.answered_by == "strong" and out.answer.text == "439"
@@ -344,7 +336,7 @@ def priced(**over):
 
 def test_receipt_of_a_deferred_request_includes_the_discarded_weak_attempt():
     m = Recorder()
-    c = Cascade(priced(), StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG}), m)
+    c = Cascade(priced(), FakeTiers({"weak": LONG_UNSURE, "strong": STRONG}), m)
     out = unary(c)
     r = out.receipt
     # the weak tier was stopped after 2 tokens: those 2 are on the bill, flagged discarded
@@ -354,7 +346,7 @@ def test_receipt_of_a_deferred_request_includes_the_discarded_weak_attempt():
     assert m.counts[("cascade_cost", (("tier", "weak"),))] == 2.5
     assert m.counts[("cascade_cost", (("tier", "strong"),))] == 35.0
     assert m.counts[("cascade_cost_strong_only", ())] == 35.0
-    out = unary(Cascade(priced(), StoppingTiers({"weak": SURE, "strong": STRONG})))
+    out = unary(Cascade(priced(), FakeTiers({"weak": SURE, "strong": STRONG})))
     assert (out.receipt.total, out.receipt.strong_only, out.receipt.strong_only_estimated) == (2.5, 25.0, True)
 
 
@@ -449,10 +441,10 @@ def test_load_aware_deferral_decides_at_the_load_when_it_decides():
     fake.hold[("weak", "slow")] = asyncio.Event()
 
     async def run():
-        slow = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="slow"), c.names, False, None)))
+        slow = asyncio.ensure_future(c.run(CascadeRequest(GenerationRequest(prompt="slow"), c.names, False, None)))
         while c.inflight["weak"] == 0:  # the slow request is in the weak tier; the strong tier is idle
             await asyncio.sleep(0)
-        busy = asyncio.ensure_future(c.run(Plan(GenerationRequest(prompt="busy"), c.names, False, None)))
+        busy = asyncio.ensure_future(c.run(CascadeRequest(GenerationRequest(prompt="busy"), c.names, False, None)))
         while c.inflight["strong"] == 0:
             await asyncio.sleep(0)
         fake.hold[("weak", "slow")].set()  # the slow weak answer is complete now, with strong saturated
@@ -467,12 +459,12 @@ def test_load_aware_deferral_decides_at_the_load_when_it_decides():
 
 
 def test_a_load_aware_tier_stops_early_only_below_the_floor():
-    fake = StoppingTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
     c = Cascade(config(deferral=LOAD_AWARE), fake)
     out = unary(c)
     # -2.0 is not below the floor: the weak tier answers to the end, and the walk defers at -0.5
     assert fake.calls == ["weak", "strong"] and out.runs[0].generation.finish_reason == "stop"
     assert (out.answered_by, out.threshold, out.load_shed) == ("strong", -0.5, False)
-    fake = StoppingTiers({"weak": [("1", -0.01), ("2", -3.0), ("3", -0.01)], "strong": STRONG})
+    fake = FakeTiers({"weak": [("1", -0.01), ("2", -3.0), ("3", -0.01)], "strong": STRONG})
     out = unary(Cascade(config(deferral=LOAD_AWARE), fake))
     assert out.runs[0].generation.finish_reason == "deferred" and out.runs[0].generation.completion_tokens == 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.deferral.calibration import threshold_for_deferral
+from serving.evaluation.thresholds import threshold_for_deferral
 from serving.deferral.controller import BudgetController
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving.evaluation.metrics import contains, exact_match, get_metric, numeric_match, token_f1
+from serving.evaluation.quality import contains, exact_match, get_metric, numeric_match, token_f1
 
 
 def test_metrics():

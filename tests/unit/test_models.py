@@ -1,4 +1,4 @@
-"""The engines (serving/models/) on real (tiny, random) Llama models: no mocks. Every behaviour the
+"""The engines (serving/engines/) on real (tiny, random) Llama models: no mocks. Every behaviour the
 cascade relies on is checked for every engine (continuous, static, vllm where vLLM is installed); all of
 them against the continuous one. The model has head_dim 32, the smallest vLLM's CPU kernels take."""
 
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from serving.config import Tier
-from serving.models import ENGINES, Chunk, EngineError, Generation, GenerationRequest, build_engine
-from serving.models.hf import HFModel, resolve_source
+from serving.core.errors import EngineError
+from serving.core.types import Chunk, Generation, GenerationRequest
+from serving.engines import build_engine, ENGINES
+from serving.engines.hf import HFModel, resolve_source
 from serving.config import ModelSource
 from tests.conftest import need_vllm
 
@@ -59,7 +61,7 @@ def collect(engine, req) -> list[Chunk]:
 def test_logprobs_are_the_chosen_tokens_log_softmax(engine, ref):
     req = GenerationRequest(prompt=PROMPTS[1], max_new_tokens=6)
     gen = engine.generate_many([req])[0]
-    ids = engine.hf.encode(req)
+    ids = engine.codec.encode(req)
     assert len(gen.token_ids) == len(gen.logprobs) and 1 <= len(gen.token_ids) <= 6
     assert gen.prompt_tokens == len(ids) == engine.count_tokens(req)
     # Recompute each chosen token's log-prob with a plain forward pass over prompt + answer.
@@ -115,10 +117,10 @@ def test_every_engine_equals_continuous(built, other):
 
 
 def test_chat_template_is_applied_when_present(engine, tiny_model_dir):
-    assert engine.hf.use_chat
-    assert engine.hf.render(GenerationRequest(prompt="What is 1 + 2?")) == "<s>What is 1 + 2?\n"
+    assert engine.codec.use_chat
+    assert engine.codec.render(GenerationRequest(prompt="What is 1 + 2?")) == "<s>What is 1 + 2?\n"
     msgs = [{"role": "user", "content": "What is 3 + 4?"}]
-    assert engine.hf.render(GenerationRequest(messages=msgs)) == "<s>What is 3 + 4?\n"
+    assert engine.codec.render(GenerationRequest(messages=msgs)) == "<s>What is 3 + 4?\n"
 
 
 def test_embedding_is_mean_final_hidden_state_over_the_answer(engine, ref):
@@ -128,7 +130,7 @@ def test_embedding_is_mean_final_hidden_state_over_the_answer(engine, ref):
             engine.generate_many(reqs)
         return
     for req, g in zip(reqs, engine.generate_many(reqs)):
-        ids = engine.hf.encode(req)
+        ids = engine.codec.encode(req)
         with torch.no_grad():
             h = ref.model(torch.tensor([ids + g.token_ids]), output_hidden_states=True).hidden_states[-1][0]
         want = h[len(ids) : len(ids) + len(g.token_ids)].mean(0)
@@ -255,7 +257,7 @@ def test_score_and_embeddings_stay_right_while_the_engine_is_busy(engine):
 def test_vllm_refuses_a_model_its_cpu_kernels_do_not_take(tiny_model_dir):
     """head_dim 8 (the other tiny model): refused before vLLM starts its engine, saying what to do."""
     need_vllm()
-    from serving.models.vllm_engine import VLLMUnavailable
+    from serving.engines.vllm_engine import VLLMUnavailable
 
     with pytest.raises(VLLMUnavailable, match=r"head_dim=8.*engine: continuous"):
         build_engine(tier(tiny_model_dir, "vllm"))
@@ -268,7 +270,7 @@ def test_vllm_missing_is_refused_with_what_to_install(tiny_model_dir_hd32):
     import sys
 
     code = ("import sys; sys.modules['vllm'] = None\n"
-            "from serving.config import Tier\nfrom serving.models import build_engine\n"
+            "from serving.config import Tier\nfrom serving.engines import build_engine\n"
             f"build_engine(Tier.model_validate({{'name': 't', 'model': {{'source': {str(tiny_model_dir_hd32)!r}}}, "
             "'engine': 'vllm'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from serving.autoscaling import ENGINE_AUTOSCALING
+from serving.serve.autoscaling import ENGINE_AUTOSCALING
 from serving.config import load_config, parse_config, portable
-from serving.planner import (ASSUMPTIONS, PlanError, busy_in_flight, Point, TierCurve, curves_from_report, format_plan, plan,
+from serving.ops.planner import (ASSUMPTIONS, PlanError, busy_in_flight, Point, TierCurve, curves_from_report, format_plan, plan,
                              planned_config, predict, tier_summary)
 
 

@@ -1,10 +1,10 @@
-"""Receipts (serving/receipt.py): pricing, discarded calls, the strong-only counterfactual, totals."""
+"""Receipts (serving/core/receipt.py): pricing, discarded calls, the strong-only counterfactual, totals."""
 
 import pytest
 
 from serving.config import parse_config
-from serving.models import Generation
-from serving.receipt import CostTotals, make_receipt, price
+from serving.core.types import Generation
+from serving.core.receipt import CostTotals, make_receipt, price
 
 
 def config(costs):

@@ -6,8 +6,8 @@ import hashlib
 import pytest
 
 from serving.config import Auth, load_config, portable
-from serving.reliability import CircuitBreaker, RecentShare
-from serving.service import MalformedRequest, parse_request
+from serving.core.breaker import CircuitBreaker, RecentShare
+from serving.fronts.grpc_api import MalformedRequest, parse_request
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 
 

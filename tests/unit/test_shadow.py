@@ -1,4 +1,4 @@
-"""Shadow sampling (serving/shadow.py) over the real cascade walk with fake tier clients: no Ray, no models."""
+"""Shadow sampling (serving/observability/shadow.py) over the real cascade walk with fake tier clients: no Ray, no models."""
 
 import asyncio
 import json
@@ -7,12 +7,16 @@ from collections import defaultdict
 
 import pytest
 
-from serving.cascade import Cascade, Plan, TierFailure
-from serving.cli import main as cli
+from serving.core.decide import decide
+from serving.core.errors import TierFailure
+from serving.core.request import CascadeRequest
+from serving.core.walk import Cascade
+from serving.ops.cli import main as cli
 from serving.config import ConfigError, load_config, parse_config
 from serving.evaluation.calibrate import calibrate
-from serving.models import Chunk, Generation, GenerationRequest
-from serving.shadow import FORMAT, ShadowLog, ShadowSampler, read_samples, shadow_runs, wilson
+from serving.core.types import Chunk, Generation, GenerationRequest
+from serving.evaluation.shadow_data import FORMAT, read_samples, shadow_runs
+from serving.observability.shadow import ShadowLog, ShadowSampler, wilson
 
 SURE = [("4", -0.01), ("2", -0.02)]      # accepted at threshold -0.5
 UNSURE = [("5", -0.01), ("3", -1.5)]     # deferred
@@ -27,8 +31,8 @@ def config(tmp_path=None, tiers=("weak", "strong"), **shadow):
 
 
 class Tiers:
-    """Scripted answers per tier (or a prompt -> answer map); counts the calls open per tier like the
-    Serve tier client does."""
+    """Scripted answers per tier (or a prompt -> answer map), the call's rule applied as the Serve tier
+    does (``decide``); counts the calls open per tier like the Serve tier client does."""
 
     def __init__(self, answers: dict, errors: dict | None = None):
         self.answers, self.errors = answers, errors or {}
@@ -37,6 +41,10 @@ class Tiers:
         self.embed: list[bool] = []
 
     async def stream(self, tier, req, tokens=True, stop=None, draft=None):
+        async for chunk in decide(self.engine(tier, req), stop, tokens):
+            yield chunk
+
+    async def engine(self, tier, req):
         self.calls.append((tier, req.prompt))
         self.embed.append(req.embed)
         self.inflight[tier] += 1
@@ -77,7 +85,7 @@ def setup(cfg, tiers, busy=None, seed=0):
 
 
 def request(prompt="q", tiers=("weak", "strong")):
-    return Plan(GenerationRequest(prompt=prompt), list(tiers), False, None)
+    return CascadeRequest(GenerationRequest(prompt=prompt), list(tiers), False, None)
 
 
 async def answer_and_offer(cascade, sampler, plan):
@@ -126,7 +134,7 @@ def test_deferred_forced_and_last_tier_answers_are_not_shadowed(tmp_path):
     async def go():
         out, task = await answer_and_offer(cascade, sampler, request())
         assert out.deferred and task is None
-        forced = Plan(GenerationRequest(prompt="q"), ["weak"], True, None)
+        forced = CascadeRequest(GenerationRequest(prompt="q"), ["weak"], True, None)
         out, task = await answer_and_offer(cascade, sampler, forced)
         assert out.answered_by == "weak" and task is None
 
@@ -238,7 +246,7 @@ def test_three_tiers_shadow_each_boundary_and_chat_requests_are_logged(tmp_path)
         for p in ("a", "b"):
             _, task = await answer_and_offer(cascade, sampler, request(p, cascade.names))
             await task
-        chat = Plan(GenerationRequest(messages=[{"role": "user", "content": "a"}]), cascade.names, False, None)
+        chat = CascadeRequest(GenerationRequest(messages=[{"role": "user", "content": "a"}]), cascade.names, False, None)
         tiers.answers["weak"][""] = SURE
         tiers.answers["medium"][""] = SURE
         _, task = await answer_and_offer(cascade, sampler, chat)

@@ -1,4 +1,4 @@
-"""The Grafana dashboard in cluster/grafana/ reads only the metrics serving/telemetry.py declares, and all of them.
+"""The Grafana dashboard in cluster/grafana/ reads only the metrics serving/observability/metrics.py declares, and all of them.
 
 No Ray is started: the dashboard is JSON, the metrics are data.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.telemetry import METRICS
+from serving.observability.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "cluster" / "grafana" / "cascade-dashboard.json"
@@ -99,7 +99,7 @@ def test_rows_and_units(dashboard):
 def test_every_series_is_declared(dashboard):
     for expr in _exprs(dashboard):
         for series in SERIES.findall(expr):
-            assert _declared(series), f"{series} (in {expr!r}) is not a metric in serving.telemetry.METRICS"
+            assert _declared(series), f"{series} (in {expr!r}) is not a metric in serving.observability.metrics.METRICS"
 
 
 def test_every_metric_is_on_the_dashboard(dashboard):

@@ -1,4 +1,4 @@
-"""The TLS front's nginx config (serving/tls_nginx.conf) and helpers; no nginx needed, except for
+"""The TLS front's nginx config (serving/ops/tls_nginx.conf) and helpers; no nginx needed, except for
 the `nginx -t` check, which gets nginx from the `nginx` fixture (tests/conftest.py: installed with
 apt-get where it can be, as on CI) and is skipped only when nginx cannot be had."""
 
@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from serving import tls
-from serving.tls import PLACEHOLDERS, nginx_test, render_nginx_conf, self_signed_cert, template_text
+from serving.ops import tls
+from serving.ops.tls import PLACEHOLDERS, nginx_test, render_nginx_conf, self_signed_cert, template_text
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "cluster" / "tls" / "nginx-grpc-tls.conf"
@@ -50,7 +50,7 @@ def test_key_directives():
 
 def test_the_example_in_cluster_is_current():
     assert EXAMPLE.read_text() == render_nginx_conf(**EXAMPLE_ARGS), \
-        "stale: python -m serving.tls --listen 0.0.0.0:9443 --upstream 127.0.0.1:9000 --cert /srv/cascade-tls/cert.pem " \
+        "stale: python -m serving.ops.tls --listen 0.0.0.0:9443 --upstream 127.0.0.1:9000 --cert /srv/cascade-tls/cert.pem " \
         "--key /srv/cascade-tls/key.pem --prefix /srv/cascade-tls > cluster/tls/nginx-grpc-tls.conf"
 
 

@@ -1,0 +1,19 @@
+"""The cascade config: ``schema.py`` (every field, validated by pydantic; errors name the field path)
+and ``loading.py`` (YAML, paths relative to the file or the package, calibration artifacts, token
+digests). One config drives ``cascade serve``, Serve YAML and cluster deploys.
+
+May import: pydantic, yaml and ``serving.engines``' options models (which import no torch). Not Ray:
+Serve's own AutoscalingConfig validates ``serve.autoscaling_config`` when a config loads, imported then.
+"""
+
+from serving.config.loading import digested, load_config, parse_config, portable
+from serving.config.schema import (
+    DEFAULT_CONFIG, PACKAGE_DIR, Auth, CascadeConfig, ConfigError, ContinuousEngineConfig, Cost, Deferral,
+    EngineConfig, GenerationDefaults, Limits, LoadAware, ModelSource, Reliability, Server, ServeOptions, Shadow,
+    StaticEngineConfig, Tier, VLLMEngineConfig,
+)
+
+__all__ = ["DEFAULT_CONFIG", "PACKAGE_DIR", "Auth", "CascadeConfig", "ConfigError", "ContinuousEngineConfig", "Cost",
+           "Deferral", "EngineConfig", "GenerationDefaults", "Limits", "LoadAware", "ModelSource", "Reliability",
+           "Server", "ServeOptions", "Shadow", "StaticEngineConfig", "Tier", "VLLMEngineConfig", "digested",
+           "load_config", "parse_config", "portable"]

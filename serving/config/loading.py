@@ -1,0 +1,96 @@
+"""Loading a cascade config: YAML -> validated :class:`CascadeConfig`, relative paths, calibration
+artifacts read in, tokens turned into digests. Errors name the field path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from serving.config.schema import DEFAULT_CONFIG, PACKAGE_DIR, Auth, CascadeConfig, ConfigError, Deferral
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid cascade config ({origin}):"]
+    for e in err.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "<root>"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
+    """A relative model path is relative to the YAML file, else to the installed ``serving`` package
+    (where the shipped models live, on every node that has the package); a path that exists in
+    neither is left alone (a hub id). An artifact path is read in, so the config carries it to
+    wherever the router runs."""
+    raw = copy.deepcopy(raw)
+    deferrals = [raw.get("deferral")] + [t.get("deferral") for t in raw.get("tiers") or [] if isinstance(t, dict)]
+    for deferral in deferrals:
+        art = deferral.get("artifact") if isinstance(deferral, dict) else None
+        if isinstance(art, str):
+            path = Path(art) if Path(art).is_absolute() or base is None else base / art
+            deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
+    shadow = raw.get("shadow")
+    path = shadow.get("path") if isinstance(shadow, dict) else None
+    if isinstance(path, str) and base is not None and not Path(path).is_absolute():
+        shadow["path"] = str(base / path)
+    for tier in raw.get("tiers") or []:
+        model = tier.get("model") if isinstance(tier, dict) else None
+        src = model.get("source") if isinstance(model, dict) else None
+        if isinstance(src, str) and not Path(src).is_absolute():
+            for root in ([base] if base is not None else []) + [PACKAGE_DIR]:
+                if (root / src).exists():
+                    model["source"] = str((root / src).resolve())
+                    break
+    return raw
+
+
+def digested(cfg: CascadeConfig, raw: dict[str, Any], with_env: bool) -> dict[str, Any]:
+    """``raw`` (a dump of ``cfg``) with plaintext tokens replaced by their digests, so no token is
+    written out or shipped to a replica (a dump would show SecretStr as '**********')."""
+    auth = cfg.server.auth
+    if not (auth.tokens or with_env):
+        return raw
+    digests = auth.digests() if with_env else Auth(tokens=auth.tokens, token_sha256=auth.token_sha256,
+                                                    tokens_env=None).digests()
+    server = raw.setdefault("server", {})
+    server["auth"] = {"token_sha256": digests, "tokens_env": None if with_env else auth.tokens_env}
+    return raw
+
+
+def portable(cfg: CascadeConfig) -> dict[str, Any]:
+    """The config as a plain mapping that resolves the same way on another machine: model paths
+    inside the ``serving`` package become package-relative again; tokens become digests."""
+    raw = digested(cfg, cfg.model_dump(mode="json", exclude_unset=True), with_env=False)
+    for tier in raw["tiers"]:
+        src = Path(tier["model"]["source"])
+        if src.is_absolute() and PACKAGE_DIR.resolve() in src.resolve().parents:
+            tier["model"]["source"] = str(src.resolve().relative_to(PACKAGE_DIR.resolve()))
+    return raw
+
+
+def parse_config(raw: Any, origin: str = "<dict>", base: Path | None = None) -> CascadeConfig:
+    if isinstance(raw, CascadeConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid cascade config ({origin}): expected a mapping at the top level")
+    raw = _resolve_paths(raw, base)
+    try:
+        return CascadeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None = None) -> CascadeConfig:
+    """Load and validate a YAML config; ``None`` loads the shipped default."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    return parse_config(raw, origin=str(path), base=path.parent)

@@ -1,0 +1,457 @@
+"""The config schema: every field of a cascade config, validated by pydantic (no Ray at import).
+
+A cascade is an ordered list of tiers; tier k answers, and the deferral rule decides from tier k's
+token log-probs whether tier k+1 is asked. The same file drives ``cascade serve``, Serve config
+YAML (``import_path: serving.serve.app:build_app`` with ``args: {config: ...}``) and cluster deploys.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from serving.engines import ENGINES
+from serving.engines.continuous import ContinuousEngineConfig
+from serving.engines.static import StaticEngineConfig
+from serving.engines.vllm_engine import VLLMEngineConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed ``serving`` package (shipped models, configs)
+DEFAULT_CONFIG = PACKAGE_DIR / "default_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names each bad field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSource(_Strict):
+    """Where a tier's weights come from: a hub id, a local directory, or a GGUF file."""
+
+    source: str = Field(description="hub id (org/name), local directory, or path to a .gguf file")
+    gguf_file: Optional[str] = Field(
+        None, description="GGUF file name inside `source` (a hub repo or directory); "
+        "not needed when `source` itself is a .gguf path")
+    revision: Optional[str] = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    chat_template: Literal["auto", "never"] = Field(
+        "auto", description="auto: apply the tokenizer's chat template when it has one")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
+    trust_remote_code: bool = False
+
+
+class GenerationDefaults(_Strict):
+    """Generation defaults of a tier (a request may lower max_new_tokens)."""
+
+    max_new_tokens: int = Field(32, ge=1, le=8192)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+# Each engine owns its options model; the registry lists them (serving.engines.ENGINES).
+EngineConfig = Annotated[Union[tuple(options for options, _ in ENGINES.values())], Field(discriminator="name")]
+
+
+class ServeOptions(_Strict):
+    """Ray Serve deployment options; passed to `.options()` as they are."""
+
+    num_replicas: Optional[int] = Field(None, ge=0, description="fixed replicas; leave unset with autoscaling_config")
+    autoscaling_config: Optional[Any] = Field(
+        None, description="Serve's AutoscalingConfig (validated by Ray Serve's own model when the config loads)")
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1, description="-1: no limit; else at least 1 (Serve's rule)")
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    health_check_period_s: Optional[float] = Field(None, gt=0)
+    health_check_timeout_s: Optional[float] = Field(None, gt=0)
+    graceful_shutdown_timeout_s: Optional[float] = Field(None, ge=0)
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _actor_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env", "label_selector"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown key(s) {bad}; allowed: {sorted(allowed)}")
+        res = v.get("resources", {})
+        if not isinstance(res, dict) or not all(isinstance(x, (int, float)) and x >= 0 for x in res.values()):
+            raise ValueError("resources must map resource names to non-negative numbers")
+        return v
+
+    @field_validator("autoscaling_config", mode="before")
+    @classmethod
+    def _autoscaling(cls, v: Any) -> Any:
+        """Serve's own model validates it (imported here, not at module import: the schema is Ray-free)."""
+        if v is None:
+            return v
+        from ray.serve.config import AutoscalingConfig
+
+        return v if isinstance(v, AutoscalingConfig) else AutoscalingConfig.model_validate(v)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (no limit) or a positive integer")
+        return v
+
+    @model_validator(mode="after")
+    def _scaling(self) -> "ServeOptions":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        a = self.autoscaling_config
+        if a is not None and a.target_ongoing_requests is not None and a.target_ongoing_requests >= self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling_config.target_ongoing_requests ({a.target_ongoing_requests}) must be below "
+                f"max_ongoing_requests ({self.max_ongoing_requests})")
+        from serving.serve.autoscaling import POLICY, EngineLoad  # no imports at all: Serve pickles it by value
+
+        if a is not None and a.policy.policy_function == POLICY:
+            try:  # its kwargs, checked here rather than in Serve's controller
+                EngineLoad(**a.policy.policy_kwargs)
+            except TypeError:
+                raise ValueError(f"autoscaling_config.policy.policy_kwargs: {sorted(a.policy.policy_kwargs)} given; "
+                                 "EngineLoad takes kv_cache_target only") from None
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        opts = self.model_dump(exclude_none=True, exclude={"autoscaling_config"})
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config.model_dump(mode="json", exclude_unset=True)
+        return opts
+
+
+class Cost(_Strict):
+    """What one call to a tier costs, in the operator's unit (dollars, GPU-seconds, ...): per call, plus
+    per prompt token and per generated token. Every response carries a receipt priced with it."""
+
+    per_prompt_token: float = Field(0.0, ge=0)
+    per_completion_token: float = Field(0.0, ge=0)
+    per_request: float = Field(0.0, ge=0)
+
+
+class Tier(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+    model: ModelSource
+    timeout_s: float = Field(30.0, gt=0, description="the router gives up on a call to this tier after this long")
+    max_prompt_tokens: Optional[int] = Field(
+        None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
+        "length minus generation.max_new_tokens")
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static | vllm, "
+                                 "with that engine's options")
+    deferral: Optional["Deferral"] = Field(
+        None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
+        "the top-level `deferral`. Ignored on the last tier")
+    serve: ServeOptions = Field(default_factory=ServeOptions)
+    cost: Cost = Field(default_factory=Cost, description="price of a call (receipts, cost metrics); default 0")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "batching" in data:
+                raise ValueError("`batching` is gone: batching lives in the engine now (`engine: continuous` batches "
+                                 "at every token and needs no settings; the old behaviour is `engine: {name: static, "
+                                 "max_batch_size: N, batch_wait_timeout_s: S}`)")
+            engine = data.get("engine")
+            if isinstance(engine, str):
+                data = {**data, "engine": {"name": engine}}
+            elif isinstance(engine, dict) and "name" not in engine:
+                data = {**data, "engine": {"name": "continuous", **engine}}
+        return data
+
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Serve options for this tier's deployment: ``serve`` as given, plus what the tier's engine asks
+        for where it runs (a GPU engine: its GPUs, or a placement group; ``engine.placement``)."""
+        return self.engine.placement(self.serve.deployment_options(), self.model.device)
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> "Tier":
+        self.engine.check_tier(self.model.device, self.serve.ray_actor_options)
+        return self
+
+    @property
+    def gpus_per_replica(self) -> float:
+        opts = self.deployment_options()
+        bundles = opts.get("placement_group_bundles")
+        if bundles:
+            return float(sum(b.get("GPU", 0) for b in bundles))
+        return float(opts.get("ray_actor_options", {}).get("num_gpus", 0))
+
+
+class LoadAware(_Strict):
+    """Load-aware deferral at a boundary: while the next tier is saturated, the effective threshold moves
+    down toward ``floor`` (fewer requests defer; the answers kept only because of it are flagged
+    ``load_shed``), and back to the configured one once the load has fallen.
+
+    Load: the requests this router replica has in flight at the next tier (queued in Serve included).
+    Hysteresis: shedding starts when the load reaches ``high_watermark`` and stops only when it has fallen
+    to ``low_watermark``; in between the threshold keeps moving the way it was going. ``ramp_s``: time to
+    move all the way between the configured threshold and the floor (0: at once)."""
+
+    high_watermark: int = Field(ge=1, description="in-flight requests at the next tier that start shedding")
+    low_watermark: int = Field(0, ge=0, description="in-flight requests at the next tier that stop shedding")
+    floor: float = Field(description="the lowest effective threshold (the score scale of the boundary's rule)")
+    ramp_s: float = Field(2.0, ge=0, le=3600, description="seconds to move between the threshold and the floor")
+
+    @model_validator(mode="after")
+    def _order(self) -> "LoadAware":
+        if not self.low_watermark < self.high_watermark:
+            raise ValueError(f"low_watermark ({self.low_watermark}) must be below high_watermark "
+                             f"({self.high_watermark})")
+        if math.isnan(self.floor):
+            raise ValueError("floor must be a number, not NaN")
+        return self
+
+
+RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
+
+
+class Deferral(_Strict):
+    """The rule that scores a tier's answer; the next tier is asked when score < threshold.
+
+    ``artifact`` points at a calibration artifact (``cascade calibrate``); its rule, parameters and
+    threshold then replace ``rule``/``alpha``/``threshold``. ``target_deferral`` turns on the budget
+    controller: the threshold follows the recent score distribution so that about that share of
+    requests is deferred, whatever the query mix; ``threshold`` is used until the window warms up.
+    """
+
+    rule: RuleName = "chow_quantile"
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="quantile for chow_quantile (0 = least likely token)")
+    threshold: Optional[float] = Field(None, description="defer when the confidence score is below this")
+    artifact: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description="calibration artifact (path, or its content inline)")
+    target_deferral: Optional[float] = Field(None, gt=0.0, lt=1.0, description="budget controller's target share")
+    controller_window: int = Field(500, ge=10, description="recent scores the controller keeps")
+    controller_warmup: int = Field(50, ge=1, description="scores seen before the controller takes over")
+    early_deferral: bool = Field(
+        True, description="monotone rules (chow_sum, chow_quantile with alpha 0) defer as soon as the running "
+        "score falls below the threshold: the same decision as at the end, fewer tokens")
+    on_defer: Literal["regenerate", "verify"] = Field(
+        "regenerate", description="what the next tier does with a deferred answer: regenerate = answer from "
+        "scratch; verify = score the draft in one forward pass, keep the prefix that agrees with its own greedy "
+        "choices and decode on from the first disagreement (same answer as regenerate; needs greedy decoding)")
+    verify_floor: Optional[float] = Field(
+        None, description="with on_defer: verify, the verification band's lower edge: a deferred answer scoring "
+        "below it is regenerated without verifying (a draft that unsure rarely agrees); between it and the "
+        "threshold the next tier verifies the draft")
+    decide_within_tokens: Optional[int] = Field(
+        None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
+        "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
+        "see benchmarks/quality.py rows <rule>@k")
+    load_aware: Optional[LoadAware] = Field(
+        None, description="off unless set: lower the threshold toward a floor while the next tier is saturated")
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and math.isnan(v):
+            raise ValueError("threshold must be a number, not NaN")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Deferral":
+        if self.artifact is None:
+            if self.threshold is None:
+                raise ValueError("set threshold, or artifact (a calibration artifact that holds one)")
+            if self.rule.startswith("post_hoc"):
+                raise ValueError(f"rule {self.rule} is learned: set artifact to its calibration artifact")
+        if self.controller_warmup > self.controller_window:
+            raise ValueError("controller_warmup must not exceed controller_window")
+        if self.verify_floor is not None:
+            if self.on_defer != "verify":
+                raise ValueError("verify_floor needs on_defer: verify")
+            if self.threshold is not None and not self.verify_floor < self.threshold:
+                raise ValueError(f"verify_floor ({self.verify_floor}) must be below threshold ({self.threshold})")
+        if self.load_aware is not None and self.threshold is not None and not self.load_aware.floor < self.threshold:
+            raise ValueError(f"load_aware.floor ({self.load_aware.floor}) must be below threshold ({self.threshold})")
+        art = self.artifact if isinstance(self.artifact, dict) else None
+        rule = art.get("rule", self.rule) if art else self.rule
+        if self.decide_within_tokens is not None and rule == "post_hoc_embed":
+            raise ValueError("decide_within_tokens does not work with post_hoc_embed (it reads the whole answer's "
+                             "embedding); use post_hoc_quantile or a chow rule")
+        if art and rule.startswith("post_hoc") and art.get("decide_within_tokens") != self.decide_within_tokens:
+            raise ValueError(f"the artifact's {rule} model was fitted for decide_within_tokens="
+                             f"{art.get('decide_within_tokens')}, the config sets {self.decide_within_tokens}: "
+                             "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value")
+        return self
+
+    def load_artifact(self) -> Optional[dict[str, Any]]:
+        if self.artifact is None or isinstance(self.artifact, dict):
+            return self.artifact
+        import json
+
+        try:
+            return json.loads(Path(self.artifact).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"deferral.artifact: cannot read calibration artifact {self.artifact}: {e}") from None
+
+    def resolved(self) -> dict[str, Any]:
+        """rule, alpha, model (post-hoc), threshold: from the artifact when there is one."""
+        art = self.load_artifact()
+        if art is None:
+            return {"rule": self.rule, "alpha": self.alpha, "model": None, "threshold": self.threshold}
+        missing = [k for k in ("rule", "threshold") if k not in art]
+        if missing:
+            raise ConfigError(f"deferral.artifact: not a calibration artifact (missing {missing})")
+        return {"rule": art["rule"], "alpha": art.get("alpha") or 0.0, "model": art.get("model"),
+                "threshold": float(art["threshold"])}
+
+
+class Limits(_Strict):
+    """Request bounds enforced by the router (bad requests get INVALID_ARGUMENT) and its admission
+    control (beyond ``max_inflight`` requests per router replica: RESOURCE_EXHAUSTED)."""
+
+    max_new_tokens: int = Field(256, ge=1, description="largest max_new_tokens a request may ask for")
+    max_prompt_chars: int = Field(16384, ge=1)
+    max_messages: int = Field(256, ge=1, description="most chat messages in one request")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
+        "set where Ray starts); larger ones get RESOURCE_EXHAUSTED from gRPC itself")
+    max_inflight: int = Field(128, ge=1, description="requests one router replica works on at once; more are refused")
+    retry_after_ms: int = Field(500, ge=0, description="retry hint sent with RESOURCE_EXHAUSTED (trailing metadata)")
+
+
+class Reliability(_Strict):
+    """What the router does when a tier fails."""
+
+    on_tier_failure: Literal["degrade", "fail"] = Field(
+        "degrade", description="when a later tier errors, times out or has no healthy replica: degrade = answer "
+        "with the earlier tier's text flagged `degraded`; fail = UNAVAILABLE")
+    retries: int = Field(1, ge=0, le=3, description="retries of a tier call whose replica died (generation is "
+                         "idempotent)")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures of a tier that open its circuit")
+    breaker_cooldown_s: float = Field(10.0, gt=0, description="while open, calls fail fast; then one probe is let through")
+
+
+class Shadow(_Strict):
+    """Shadow sampling (off while ``rate`` is 0): for a sampled share of answers a tier's rule accepted,
+    the router asks the next tier too, after the client has its answer, off the request path; it
+    compares the two answers with ``metric`` and exports the agreement rate with a 95% Wilson interval
+    per boundary (metrics ``cascade_shadow_*``, ``cascade status``). A sample is dropped (and counted)
+    when ``max_concurrent`` shadow calls are already running or the next tier is busy. Completed
+    samples go to ``path`` as JSONL that ``cascade calibrate --shadow`` takes as labelled data (the
+    next tier's answer as the reference)."""
+
+    rate: float = Field(0.0, ge=0.0, le=1.0, description="share of accepted answers shadowed (0 = off)")
+    metric: Optional[str] = Field(
+        None, description="how two answers are compared (exact_match, numeric_match, contains, token_f1); default: "
+        "the metric of the boundary's calibration artifact, else exact_match")
+    max_concurrent: int = Field(2, ge=1, description="shadow calls running at once per router replica; more are dropped")
+    busy_inflight: int = Field(
+        1, ge=1, description="the next tier counts as busy, and a sample is dropped, while this router replica has at "
+        "least this many client calls in flight to it (1: shadow only into an idle tier)")
+    path: Optional[str] = Field(
+        None, description="JSONL file the completed samples are appended to, on the router replica's node (relative: "
+        "to the config file); none: metrics only")
+    max_bytes: int = Field(64 << 20, ge=4096, description="when the file would grow past this it is rotated to "
+                           "<path>.1 (replacing the previous one): at most twice this on disk")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: Optional[str]) -> Optional[str]:
+        from serving.evaluation.quality import METRICS
+
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(METRICS)}")
+        return v
+
+
+class Auth(_Strict):
+    """Optional bearer tokens: callers send ``authorization: Bearer <token>`` metadata. Tokens come
+    from ``tokens`` and from the environment variable named by ``tokens_env`` (comma-separated,
+    read where the app is built); only their SHA-256 digests reach the router."""
+
+    tokens: list[SecretStr] = Field(default_factory=list)
+    token_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 digests of accepted tokens")
+    tokens_env: Optional[str] = "CASCADE_AUTH_TOKENS"
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if len(d) != 64 or any(c not in "0123456789abcdef" for c in d.lower())]
+        if bad:
+            raise ValueError("each entry must be 64 hex characters (a SHA-256 digest)")
+        return [d.lower() for d in v]
+
+    def digests(self) -> list[str]:
+        """Every accepted token's SHA-256 (config + environment); empty means auth is off."""
+        import hashlib
+        import os
+
+        plain = [t.get_secret_value() for t in self.tokens]
+        if self.tokens_env:
+            plain += [t.strip() for t in os.environ.get(self.tokens_env, "").split(",") if t.strip()]
+        return sorted(set(self.token_sha256) | {hashlib.sha256(t.encode()).hexdigest() for t in plain})
+
+
+class Server(_Strict):
+    host: str = Field("127.0.0.1", description="address Serve's proxies bind to (0.0.0.0 on clusters)")
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    http_port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cascade"
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)")
+    request_timeout_s: Optional[float] = Field(
+        120.0, gt=0, description="Serve's proxy ends any request after this long (DEADLINE_EXCEEDED), whatever "
+        "deadline the client set")
+    metrics_port: Optional[int] = Field(
+        8080, ge=1, le=65535, description="Prometheus metrics port of an embedded Ray (`ray start "
+        "--metrics-export-port` on clusters)")
+    auth: Auth = Field(default_factory=Auth)
+
+
+Tier.model_rebuild()
+
+
+class CascadeConfig(_Strict):
+    tiers: list[Tier] = Field(min_length=1)
+    deferral: Deferral
+    limits: Limits = Field(default_factory=Limits)
+    reliability: Reliability = Field(default_factory=Reliability)
+    shadow: Shadow = Field(default_factory=Shadow)
+    server: Server = Field(default_factory=Server)
+    router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
+
+    @model_validator(mode="after")
+    def _verify_needs_greedy(self) -> "CascadeConfig":
+        for k in range(len(self.tiers) - 1):
+            nxt = self.tiers[k + 1]
+            if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
+                raise ValueError(f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
+                                 f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate")
+            engine = self.tiers[k].engine
+            if not engine.returns_embeddings and self.boundary(k).rule == "post_hoc_embed":
+                raise ValueError(f"deferral.rule post_hoc_embed reads the answer's embedding, which tier "
+                                 f"{self.tiers[k].name!r} (engine: {engine.name}) does not return: use engine: continuous there, "
+                                 "or another rule")
+        return self
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_names(cls, tiers: list[Tier]) -> list[Tier]:
+        names = [t.name for t in tiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tier names must be unique; repeated: {dup}")
+        return tiers
+
+    def tier(self, name: str) -> Tier:
+        return next(t for t in self.tiers if t.name == name)
+
+    def boundary(self, k: int) -> "Deferral":
+        """The deferral settings after tier k (its own, or the top-level ones)."""
+        return self.tiers[k].deferral or self.deferral
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]

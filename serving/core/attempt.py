@@ -1,0 +1,99 @@
+"""One tier's part in a request: the call (its rule, its draft, whether tokens are read), the text it
+lets through, and its conclusion. The tier decides (``serving.core.decide``); the attempt reads the
+verdict from the last chunk and only sets the threshold in force where load-aware deferral moves it."""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from typing import TYPE_CHECKING, AsyncIterator, Optional
+
+from serving.core.errors import TierFailure
+from serving.core.request import CascadeRequest, Text, TierRun
+from serving.core.types import Draft, Generation, TierDecision
+from serving.deferral.rules import should_defer
+
+if TYPE_CHECKING:
+    from serving.core.walk import Boundary, Cascade
+
+
+class TierAttempt:
+    def __init__(self, cascade: "Cascade", req: CascadeRequest, k: int, prev: Optional[TierRun]):
+        self.cascade, self.req = cascade, req
+        self.name = req.tiers[k]
+        index = cascade.names.index(self.name)
+        self.next_tier = cascade.names[index + 1] if index + 1 < len(cascade.names) else None
+        self.final = req.forced or k == len(req.tiers) - 1  # its answer is the answer, whatever its score
+        self.boundary: Optional[Boundary] = cascade.boundaries[index] if index < len(cascade.boundaries) else None
+        b = self.boundary
+        self.base = b.current(req.threshold) if b is not None else None  # the threshold the tier is sent
+        # load-aware deferral moves the threshold with the next tier's load, read when the answer is in
+        self.load = b.load if b is not None and req.threshold is None and not self.final else None
+        self.stop = b.stop_rule(self.base, floor=self.load.cfg.floor if self.load else None,
+                                score_only=self.final) if b is not None else None
+        # per-token chunks only where someone reads them: a streamed answer (the last tier's, or an earlier
+        # tier's accepted within a decision window)
+        self.tokens = req.stream and (self.final or (b is not None and b.decides_early))
+        self.draft = None
+        if prev is not None and cascade.boundary_of(prev.tier).wants_verify(prev.score):
+            g = prev.generation
+            self.draft = Draft(g.token_ids, g.text, g.tokenizer)
+        self.sent = False  # some of its text went to the client
+        self.generation: Optional[Generation] = None
+        self.reported: Optional[TierDecision] = None
+        self.ms = 0.0
+        self.threshold: Optional[float] = self.base  # the threshold in force when it was decided
+        self.score: Optional[float] = None
+        self.accepted = False
+
+    async def texts(self) -> AsyncIterator[Text]:
+        """Calls the tier and yields the text that is certain to be the answer as it comes; then the
+        attempt is concluded (``accepted``, ``score``, ``threshold``). Raises TierFailure / BadRequest."""
+        t0 = time.perf_counter()
+        tail = ""
+        async with aclosing(self.cascade.call(self.name, self.req.request, self.tokens, self.stop, self.draft)) as chunks:
+            async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
+                if chunk.final is None:
+                    if chunk.text:  # the tier sends text before its last chunk only once it is certain
+                        self.sent = True
+                        yield Text(self.name, chunk.text)
+                    continue
+                self.generation, self.reported, tail = chunk.final, chunk.decision, chunk.text
+        if self.generation is None:
+            raise TierFailure(self.name, "error", f"tier {self.name!r} ended its stream without an answer")
+        self.ms = (time.perf_counter() - t0) * 1e3
+        self._conclude()
+        if self.accepted or self.final:
+            if not self.sent:
+                yield Text(self.name, self.generation.text)
+            elif tail:
+                yield Text(self.name, tail)
+
+    def _conclude(self) -> None:
+        d = self.reported
+        if self.boundary is None or d is None:
+            self.accepted = True
+            return
+        self.score = d.score
+        if self.final:
+            self.accepted = True
+            return
+        if self.load is not None:  # the walk sets the threshold in force; a DEFER below the floor is certain
+            self.threshold = self.load.threshold(self.base, self.cascade.inflight[self.next_tier])
+            defer = self.generation.finish_reason == "deferred" or should_defer(d.score, self.threshold)
+        else:
+            defer = d.verdict == "defer"
+        self.accepted = not defer
+        if self.boundary.controller is not None and self.req.threshold is None:
+            self.boundary.controller.record(d.score)
+
+    @property
+    def load_shed(self) -> bool:
+        """Accepted only because load-aware deferral had lowered the threshold."""
+        return self.accepted and not self.final and self.score is not None and self.score < self.base
+
+    def run(self) -> TierRun:
+        d = self.reported
+        decided = d is not None and not self.final
+        return TierRun(self.name, self.generation, self.score, self.ms, d.decided_at if decided else None,
+                       decided and d.decided_early)

@@ -1,0 +1,227 @@
+"""The cascade walk: tiers in order, one :class:`~serving.core.attempt.TierAttempt` each, until a tier's
+answer is accepted (or the last tier answers); the failure policy when a later tier fails. No Ray, no
+gRPC: tiers are reached through the small :class:`TierClient` protocol (the Serve client in
+``serving/serve/tier_client.py``; fakes in the unit tests), and the walk yields events, so unary and
+streaming calls of both fronts are thin adapters over the same walk.
+
+Events, in order: :class:`Text` for answer text that is certain to be part of the answer (the last
+tier's tokens as they arrive; an earlier tier's text once its rule accepts it), then one
+:class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator, Optional, Protocol
+
+from serving.core.attempt import TierAttempt
+from serving.core.errors import TierFailure
+from serving.core.receipt import CostTotals, Receipt, make_receipt
+from serving.core.request import CascadeRequest, Event, Outcome, Text, TierRun
+from serving.core.types import Chunk, Draft, Generation, GenerationRequest, final_chunk
+from serving.deferral import Scorer, build_scorer
+from serving.deferral.controller import BudgetController
+from serving.deferral.incremental import StopRule, is_monotone
+from serving.deferral.load_aware import LoadGovernor, Watermarks
+
+if TYPE_CHECKING:  # the config is read, never imported (core stays free of the config's dependencies)
+    from serving.config import CascadeConfig, Deferral
+
+
+class TierClient(Protocol):
+    """Calls one tier. ``stream`` yields the tier's chunks (the last carries ``final`` and, when the call
+    carried a rule, the tier's ``decision``); with ``tokens=False`` only that last chunk. ``stop``: the
+    boundary's rule, which the tier applies (``serving.core.decide``). ``draft``: the previous tier's
+    answer to verify and decode on from (``deferral.on_defer: verify``). It raises TierFailure when the
+    tier cannot answer and BadRequest when it refuses the input. Closing the iterator early cancels the
+    tier's work."""
+
+    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True,
+               stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]: ...
+
+
+class Recorder(Protocol):
+    def inc(self, name: str, value: float = 1.0, **tags: str) -> None: ...
+    def observe(self, name: str, value: float, **tags: str) -> None: ...
+    def set(self, name: str, value: float, **tags: str) -> None: ...
+
+
+class NoMetrics:
+    def inc(self, name: str, value: float = 1.0, **tags: str) -> None:
+        pass
+
+    def observe(self, name: str, value: float, **tags: str) -> None:
+        pass
+
+    def set(self, name: str, value: float, **tags: str) -> None:
+        pass
+
+
+@dataclass
+class Boundary:
+    """The rule between a tier and the next one: scorer, threshold (or budget controller), window."""
+
+    rule: str
+    alpha: float
+    threshold: float
+    scorer: Scorer
+    controller: Optional[BudgetController]
+    window: Optional[int]
+    early: bool
+    model: Optional[dict] = None  # a post-hoc rule's fitted model
+    verify: bool = False  # on DEFER the next tier verifies this tier's draft
+    verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
+    load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
+
+    @classmethod
+    def from_config(cls, d: "Deferral") -> "Boundary":
+        r = d.resolved()
+        controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
+                      if d.target_deferral is not None else None)
+        load = LoadGovernor(Watermarks(**d.load_aware.model_dump())) if d.load_aware is not None else None
+        return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
+                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify", d.verify_floor, load)
+
+    @property
+    def decides_early(self) -> bool:
+        """The tier may reach the verdict before the answer is complete (an exact DEFER, or a window)."""
+        return (self.early and is_monotone(self.rule, self.alpha)) or self.window is not None
+
+    def wants_verify(self, score: Optional[float]) -> bool:
+        return self.verify and (self.verify_floor is None or (score is not None and score >= self.verify_floor))
+
+    def stop_rule(self, threshold: float, floor: Optional[float] = None, score_only: bool = False) -> StopRule:
+        return StopRule(self.rule, self.alpha, threshold, self.window, self.early, self.model, floor, score_only)
+
+    def current(self, override: Optional[float]) -> float:
+        """The threshold in force: the request's, else the budget controller's, else the configured one."""
+        if override is not None:
+            return override
+        return self.controller.threshold() if self.controller else self.threshold
+
+
+class Cascade:
+    """The deferral policy over a list of tiers."""
+
+    def __init__(self, config: "CascadeConfig", client: TierClient, metrics: Recorder | None = None):
+        self.cfg = config
+        self.client = client
+        self.metrics = metrics or NoMetrics()
+        self.names = config.tier_names
+        # boundaries[k]: the rule after tier k (every tier but the last)
+        self.boundaries = [Boundary.from_config(config.boundary(k)) for k in range(len(self.names) - 1)]
+        first = self.boundaries[0] if self.boundaries else Boundary.from_config(config.deferral)
+        self.rule, self.threshold = first.rule, first.threshold  # what responses report
+        self.inflight = {n: 0 for n in self.names}  # calls in flight per tier (the load load-aware deferral reads)
+        self.costs = CostTotals()  # running totals of the receipts
+
+    @property
+    def needs_embedding(self) -> bool:
+        return any(b.scorer.needs_embedding for b in self.boundaries)
+
+    def boundary_of(self, tier: str) -> Optional[Boundary]:
+        k = self.names.index(tier)
+        return self.boundaries[k] if k < len(self.boundaries) else None
+
+    async def walk(self, req: CascadeRequest) -> AsyncIterator[Event]:
+        """Runs the cascade for one request. Raises TierFailure when no tier can answer (or a failure
+        cannot be degraded) and BadRequest when a tier refuses the input."""
+        runs: list[TierRun] = []
+        first: Optional[TierAttempt] = None
+        prev: Optional[TierRun] = None
+        for k in range(len(req.tiers)):
+            attempt = TierAttempt(self, req, k, prev)
+            first = first or attempt
+            try:
+                async with aclosing(attempt.texts()) as texts:
+                    async for text in texts:
+                        yield text
+            except TierFailure as f:
+                self.metrics.inc("cascade_tier_errors", tier=attempt.name, reason=f.reason)
+                if prev is None or attempt.sent or self.cfg.reliability.on_tier_failure != "degrade":
+                    raise
+                self.metrics.inc("cascade_fallbacks", tier=attempt.name, reason=f.reason)
+                answer = await self._complete(prev, req, f)
+                yield Text(prev.tier, answer.text)
+                calls = [(r.tier, r.generation) for r in runs]
+                if answer is not prev.generation:  # the tier was re-run to complete its answer
+                    calls.append((prev.tier, answer))
+                yield Outcome(answer, prev.tier, True, _score(first), first.threshold, runs,
+                              degraded=f"{f}; answered by {prev.tier!r}", receipt=self._receipt(calls, answer))
+                return
+            run = attempt.run()
+            runs.append(run)
+            self._record(attempt, run)
+            if attempt.accepted:
+                gen = attempt.generation
+                yield Outcome(gen, attempt.name, k > 0, _score(first), first.threshold, runs,
+                              receipt=self._receipt([(r.tier, r.generation) for r in runs], gen),
+                              load_shed=attempt.load_shed)
+                return
+            self.metrics.inc("cascade_deferrals", tier=attempt.name)
+            prev = run
+        raise AssertionError("unreachable: the last tier always answers")
+
+    def _record(self, attempt: TierAttempt, run: TierRun) -> None:
+        name, gen, m = attempt.name, attempt.generation, self.metrics
+        m.observe("cascade_tier_latency_ms", run.latency_ms, tier=name)
+        m.inc("cascade_tier_tokens", gen.prompt_tokens, tier=name, kind="prompt")
+        m.inc("cascade_tier_tokens", gen.completion_tokens, tier=name, kind="completion")
+        if attempt.load is not None:
+            m.set("cascade_effective_threshold", attempt.threshold, tier=name)
+        if run.decided_early:
+            m.inc("cascade_early_decisions", tier=name, verdict="accept" if attempt.accepted else "defer")
+        if gen.draft_tokens:
+            m.inc("cascade_draft_tokens", gen.draft_tokens, tier=name, kind="offered")
+            m.inc("cascade_draft_tokens", gen.draft_accepted, tier=name, kind="accepted")
+        if attempt.load_shed:
+            m.inc("cascade_load_shed", tier=name)
+
+    async def call(self, name: str, req: GenerationRequest, tokens: bool, stop: Optional[StopRule] = None,
+                   draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+        """The tier client's stream, counted in ``inflight`` while it is open."""
+        self.inflight[name] += 1
+        self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
+        try:
+            async with aclosing(self.client.stream(name, req, tokens, stop, draft)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.inflight[name] -= 1
+            self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
+
+    def _receipt(self, calls: list[tuple[str, Generation]], answer: Generation) -> Receipt:
+        """The request's receipt, added to the cost metrics and the running totals."""
+        r = make_receipt(self.cfg, calls, answer)
+        for tier, c in r.by_tier.items():
+            if c > 0:
+                self.metrics.inc("cascade_cost", c, tier=tier)
+        if r.strong_only > 0:
+            self.metrics.inc("cascade_cost_strong_only", r.strong_only)
+        self.costs.add(r)
+        return r
+
+    async def _complete(self, prev: TierRun, req: CascadeRequest, failure: TierFailure) -> Generation:
+        """The earlier tier's whole answer for a degraded reply: its own, or, when the rule stopped it
+        early, a second call that runs it to the end (raises ``failure`` if that fails too)."""
+        if prev.generation.finish_reason != "deferred":
+            return prev.generation
+        try:
+            return (await final_chunk(self.call(prev.tier, req.request, False))).final
+        except (TierFailure, EOFError):
+            raise failure from None
+
+    async def run(self, req: CascadeRequest) -> Outcome:
+        """The walk collected: what unary calls use (the answer's text is ``outcome.answer.text``)."""
+        async with aclosing(self.walk(req)) as events:
+            async for ev in events:
+                if isinstance(ev, Outcome):
+                    return ev
+        raise AssertionError("unreachable: the walk always ends with an Outcome")
+
+
+def _score(first: TierAttempt) -> float:
+    """The first tier's confidence, NaN when it has none."""
+    return math.nan if first.score is None else first.score

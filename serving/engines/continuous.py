@@ -1,0 +1,203 @@
+"""``continuous`` engine: transformers' continuous batching (paged KV cache, requests join and leave the
+running batch at every decoding step), every request streamed with the chosen tokens' log-probs.
+
+transformers runs one background thread that owns the model; outputs reach the asyncio loop through
+``register_result_handler`` (one ``call_soon_threadsafe`` per decoding step for the whole batch).
+A request's log-prob is the log-softmax of the logits after the logits processors, which for greedy
+decoding are the raw logits: the same numbers the static engine reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, AsyncIterator, Literal, Optional
+
+from pydantic import Field
+
+from serving.core.types import Chunk, Generation, GenerationRequest
+from serving.core.errors import EngineError
+from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
+
+if TYPE_CHECKING:
+    from serving.config import Tier
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class ContinuousEngineConfig(EngineOptions):
+    """transformers' continuous batching (the default): requests join and leave the running batch at
+    every decoding step; paged KV cache. Defaults work on a small CPU box and on a GPU."""
+
+    name: Literal["continuous"] = "continuous"
+    max_requests_per_batch: int = Field(32, ge=1, le=4096, description="most requests decoding at once")
+    max_batch_tokens: Optional[int] = Field(
+        None, ge=8, description="most tokens (prefill + decode) in one forward; default 1024 on CPU, "
+        "transformers' own on GPU")
+    kv_cache_tokens: Optional[int] = Field(
+        None, ge=16, description="KV-cache capacity in tokens; default on CPU: min(max_requests_per_batch x "
+        "context, 8192); on GPU sized from free memory (max_memory_percent)")
+    max_memory_percent: Optional[float] = Field(
+        None, gt=0, le=1, description="GPU: share of free memory (after the weights) for the KV cache")
+    page_size: Optional[int] = Field(None, ge=4, description="tokens per KV-cache page; default 64 on CPU, 256 on GPU")
+    prefix_caching: bool = Field(True, description="share KV blocks of identical prompt prefixes")
+    attn_implementation: Optional[str] = Field(
+        None, description="passed to from_pretrained (sdpa, paged|eager, flash_attention_2, ...); default: "
+        "the model's, switched to flash attention on GPU when installed")
+    use_cuda_graph: Optional[bool] = Field(None, description="GPU: CUDA graphs (default: transformers decides)")
+    compile_level: int = Field(0, ge=0, le=3, description="torch.compile level for the forward (0 = off)")
+
+
+class ContinuousEngine(Engine):
+    name = "continuous"
+
+    def __init__(self, tier: Tier):
+        from transformers import GenerationConfig  # torch and transformers load with the engine, not the module
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers.generation.continuous_batching.requests import RequestStatus
+
+        from serving.engines.hf import HFModel, TextStream
+
+        self._failed, self._text_stream = RequestStatus.FAILED, TextStream
+        opts: ContinuousEngineConfig = tier.engine
+        self.defaults = tier.generation
+        self.hf = self.codec = HFModel(tier.model, attn_implementation=opts.attn_implementation)
+        on_gpu = self.hf.device.type == "cuda"
+        ctx = self.hf.context_length or 2048
+        page = opts.page_size or (256 if on_gpu else 64)
+        cb = dict(return_logprobs=True, page_size=page, max_requests_per_batch=opts.max_requests_per_batch,
+                  allow_block_sharing=opts.prefix_caching, default_compile_level=opts.compile_level,
+                  use_cuda_graph=opts.use_cuda_graph, max_batch_tokens=opts.max_batch_tokens,
+                  max_memory_percent=opts.max_memory_percent, auto_switch_to_flash=on_gpu)
+        kv_tokens = opts.kv_cache_tokens
+        if kv_tokens is None and not on_gpu:  # on GPU transformers sizes the cache from free memory
+            kv_tokens = min(opts.max_requests_per_batch * ctx, 8192)
+        if kv_tokens is not None:
+            cb["num_blocks"] = max(1, math.ceil(kv_tokens / page))
+        if cb["max_batch_tokens"] is None and not on_gpu:
+            cb["max_batch_tokens"] = 1024  # bounds the attention-mask buffers on CPU
+        d = self.defaults
+        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else dict(do_sample=False)
+        gen_cfg = GenerationConfig(max_new_tokens=d.max_new_tokens, eos_token_id=self.hf.eos_ids,
+                                   pad_token_id=self.hf.tokenizer.pad_token_id, **sampling)
+        self.cb_config = ContinuousBatchingConfig(**{k: v for k, v in cb.items() if v is not None})
+        self.manager = self.hf.model.init_continuous_batching(generation_config=gen_cfg,
+                                                              continuous_batching_config=self.cb_config)
+        self.manager.start()
+        # transformers' loop thread is not a daemon: stop it when the interpreter exits, before Python
+        # joins non-daemon threads (the hook concurrent.futures uses), so a forgotten engine cannot hang it.
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(self.close)
+        self.rate = TokenRate()
+        self.finished = 0
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="engine-side")  # embeddings: off the event loop
+        log.info("continuous engine: page_size=%s num_blocks=%s max_batch_tokens=%s max_requests=%s",
+                 page, cb.get("num_blocks"), cb.get("max_batch_tokens"), opts.max_requests_per_batch)
+
+    # ---- the interface -------------------------------------------------------------------
+    def count_tokens(self, req: GenerationRequest) -> int:
+        return self.hf.count_tokens(req)
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.hf.context_length
+
+    def healthy(self) -> bool:
+        return self.manager.is_running()
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not self.manager.is_running():
+            raise EngineError("the continuous batching loop is not running")
+        t0 = time.perf_counter()
+        prompt = self.hf.encode(req)
+        rid = f"r{next(_ids)}"
+        outputs: asyncio.Queue = asyncio.Queue()
+        self.manager.register_result_handler(rid, outputs.put_nowait)
+        fixed, fixed_lps = list(req.prefix_ids), list(req.prefix_logprobs)  # a verified draft: decode on from it
+        max_new = req.max_new_tokens or self.defaults.max_new_tokens
+        self.manager.add_request(prompt + fixed, request_id=rid, max_new_tokens=max(max_new - len(fixed), 1),
+                                 streaming=True, eos_token_id=self.hf.eos_ids)
+        text = self._text_stream(self.hf)
+        seen, done = 0, False
+        try:
+            while not done:
+                out = await outputs.get()
+                while not out.is_finished() and not outputs.empty():  # coalesce what piled up meanwhile
+                    out = outputs.get_nowait()
+                if out.status == self._failed:
+                    done = True
+                    raise EngineError(f"generation failed: {out.error}")
+                ids, lps = out.generated_tokens[seen:], out.logprobs[seen:]
+                self.rate.add(len(ids))
+                if seen == 0:  # the first chunk also carries the fixed prefix
+                    ids, lps = fixed + ids, fixed_lps + lps
+                seen += len(out.generated_tokens[seen:])
+                chunk = Chunk(token_ids=ids, logprobs=lps, text=text.push(ids), prompt_tokens=len(prompt))
+                if out.is_finished():
+                    done = True
+                    chunk.final = await self._final(req, prompt, fixed + out.generated_tokens,
+                                                    fixed_lps + out.logprobs, max_new, t0)
+                    chunk.text += text.finish(chunk.final.text)
+                    self.finished += 1
+                yield chunk
+        finally:
+            if not done:  # the consumer went away: free the slot at the next step
+                self.manager.cancel_request(rid)
+                with self.manager.output_router._lock:  # transformers delivers nothing for a cancelled request
+                    self.manager.output_router.result_handlers.pop(rid, None)
+
+    async def _final(self, req, prompt, ids, lps, max_new, t0) -> Generation:
+        ids, lps = list(ids), list(lps)
+        reason = "stop" if ids and ids[-1] in self.hf.eos_ids else "length"
+        gen = Generation(text=self.hf.decode(ids), token_ids=ids, logprobs=lps, prompt_tokens=len(prompt),
+                         finish_reason=reason, tokenizer=self.hf.tokenizer_id)
+        if req.embed:
+            loop = asyncio.get_running_loop()
+            gen.embedding = await loop.run_in_executor(self._side, self._paused, self.hf.embed, prompt, ids)
+        gen.tier_ms = (time.perf_counter() - t0) * 1e3
+        return gen
+
+    async def score(self, req: GenerationRequest, continuation: list[int]):
+        """Prefill only, on the engine's side thread, the decoding loop paused for that one forward."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation))
+
+    def _paused(self, fn, *args):
+        """Runs a forward of our own (score, embed) on the side thread while transformers' loop is paused
+        at a step boundary: its paged-attention setup makes a concurrent plain forward on the same model
+        wrong (measured: 0 of 200 scores right under load). Running requests keep their state and go on."""
+        if not self.manager.is_running():
+            return fn(*args)
+        with self.manager.pause():
+            return fn(*args)
+
+    def stats(self) -> EngineStats:
+        s = EngineStats(engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished,
+                        generated_tokens=self.rate.total)
+        bp = self.manager.batch_processor
+        if bp is not None:
+            s.running = len(bp.scheduler.active_requests)
+            s.waiting = len(bp.scheduler.waiting_requests) + self.manager.input_queue.qsize()
+            try:
+                s.kv_cache_usage = 1.0 - float(bp.cache.compute_free_capacity())
+            except Exception:  # noqa: BLE001  (an internal of transformers: stats must never fail a call)
+                pass
+        return s
+
+    def info(self) -> dict:
+        c = self.cb_config
+        return {"engine": self.name, **self.hf.info(), "attn_implementation": self.hf.model.config._attn_implementation,
+                "page_size": c.page_size, "num_blocks": c.num_blocks, "max_batch_tokens": c.max_batch_tokens,
+                "max_requests_per_batch": c.max_requests_per_batch}
+
+    def close(self) -> None:
+        if self.manager.is_running():
+            self.manager.stop(block=True, timeout=10)  # nothing is waiting by then: a prompt stop
+        self._side.shutdown(wait=False)

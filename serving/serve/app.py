@@ -1,0 +1,70 @@
+"""Builder: config -> Ray Serve Application.
+
+Usable from code (``serve.run(build_app({"config": "cascade.yaml"}))``), from the command line
+(``serve run serving.serve.app:build_app config=cascade.yaml``) and from a Serve config YAML
+(``import_path: serving.serve.app:build_app`` with ``args: {config: <path or inline mapping>}``).
+Serve's gRPC proxy needs ``grpc_options.grpc_servicer_functions: [serving.serve.app.SERVICER]``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+from ray.serve import Application
+
+from serving.config import CascadeConfig, digested, load_config, parse_config
+from serving.serve.router import Router
+from serving.serve.tier import TierDeployment
+from serving.serve.tuning import SERVE_TUNING
+
+SERVICER = "serving.serve.grpc_service.add_cascade_servicer"
+
+
+def node_env(cfg: CascadeConfig) -> dict[str, str]:
+    """Environment of every Ray node (Serve reads these where its processes start): the proxy's largest
+    gRPC message and Serve's data-path settings (serving/serve/tuning.py)."""
+    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes), **SERVE_TUNING}
+
+
+def serve_env(cfg: CascadeConfig) -> None:
+    """Settings Serve reads from the environment of the processes Ray starts (set before ``ray.init``
+    starts an embedded Ray; on clusters, in the nodes' environment): ``node_env`` (an environment
+    variable already set wins), and ready/health-check timeouts long enough for a busy 2-core machine
+    (5 s by default)."""
+    for k, v in node_env(cfg).items():
+        os.environ.setdefault(k, v)
+    for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(var, "60")
+
+
+def resolve_config(args: Union[dict[str, Any], CascadeConfig, None]) -> CascadeConfig:
+    """``args["config"]`` may be a YAML path, an inline mapping, or absent (the shipped default)."""
+    if isinstance(args, CascadeConfig):
+        return args
+    cfg = (args or {}).get("config")
+    if cfg is None or cfg == "default":
+        return load_config(None)
+    if isinstance(cfg, (dict, CascadeConfig)):
+        return parse_config(cfg, origin="args.config")
+    return load_config(cfg)
+
+
+def grpc_options(cfg: CascadeConfig) -> dict[str, Any]:
+    """Serve's gRPC proxy options for this config (used by `cascade serve` and `cascade build`)."""
+    opts = {"port": cfg.server.grpc_port, "grpc_servicer_functions": [SERVICER]}
+    if cfg.server.request_timeout_s:
+        opts["request_timeout_s"] = cfg.server.request_timeout_s
+    return opts
+
+
+def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Application:
+    cfg = resolve_config(args)
+    tiers = {
+        t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options())
+        .bind(t.model_dump(mode="json"))
+        for t in cfg.tiers
+    }
+    # Tokens from the config and the environment of the process building the app, as digests only.
+    router_cfg = digested(cfg, cfg.model_dump(mode="json"), with_env=True)
+    return Router.options(name="Router", **cfg.router.deployment_options()).bind(router_cfg, tiers)

@@ -1,0 +1,143 @@
+"""One cascade tier: an engine (which batches on its own) behind a streaming Serve method."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from contextlib import aclosing
+from dataclasses import asdict
+from typing import Any, AsyncIterator, Optional
+
+from ray import serve
+
+from serving.config import Tier
+from serving.core.decide import decide
+from serving.core.errors import BadRequest
+from serving.core.types import Chunk, Draft, GenerationRequest
+from serving.deferral.incremental import StopRule
+from serving.engines import build_engine, verify_draft
+from serving.serve.autoscaling import engine_metrics
+from serving.serve.metrics import Metrics
+
+log = logging.getLogger("ray.serve")  # Serve stamps these lines with the request id
+ENGINE_METRICS = ("cascade_engine_running", "cascade_engine_waiting", "cascade_engine_kv_cache_usage",
+                  "cascade_engine_tokens_per_s")
+STATS_PERIOD_S = 2.0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+class TierDeployment:
+    def __init__(self, tier: dict[str, Any]):
+        self.tier = Tier.model_validate(tier)
+        self.engine = build_engine(self.tier)
+        self.max_prompt_tokens = self._prompt_limit()
+        self.metrics = Metrics(ENGINE_METRICS)
+        self._stats_task: Optional[asyncio.Task] = None
+
+    def _prompt_limit(self) -> Optional[int]:
+        if self.tier.max_prompt_tokens:
+            return self.tier.max_prompt_tokens
+        ctx = self.engine.context_length
+        return max(ctx - self.tier.generation.max_new_tokens, 1) if ctx else None
+
+    def _check(self, req: GenerationRequest) -> None:
+        """Refuses a prompt this tier cannot take, before it reaches the engine."""
+        ctx = self.engine.context_length
+        if self.max_prompt_tokens is None and ctx is None:
+            return
+        n = self.engine.count_tokens(req)
+        if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
+            raise BadRequest(f"is {n} tokens for tier {self.tier.name!r}; its limit is {self.max_prompt_tokens} "
+                             "(tiers[].max_prompt_tokens)", "prompt")
+        new = req.max_new_tokens or self.tier.generation.max_new_tokens
+        if ctx is not None and n + new > ctx:
+            raise BadRequest(f"is {new}, and with the prompt's {n} tokens that exceeds tier {self.tier.name!r}'s "
+                             f"context of {ctx} tokens; lower it to at most {max(ctx - n, 0)}", "max_new_tokens")
+
+    async def stream(self, req: GenerationRequest, tokens: bool = True, stop: Optional[StopRule] = None,
+                     draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+        """The engine's chunks for one request, with the boundary's rule ``stop`` applied here, next to
+        the engine (``serving.core.decide``: nothing is sent until its verdict; a certain DEFER cancels
+        the request at once; the last chunk carries the verdict). ``tokens=False``: only the last chunk.
+        A caller that goes away (Serve cancels this generator) cancels the request in the engine, which
+        frees its slot at the next step. ``draft``: speculative deferral — an earlier tier's answer,
+        verified in one forward pass; its prefix that agrees with this model's greedy choices is kept,
+        this model's own token follows at the first disagreement, and decoding goes on from there
+        (greedy: the answer equals this tier's own)."""
+        self._start_stats()
+        self._check(req)
+        t0 = time.perf_counter()
+        chunks = None
+        if draft is not None:
+            req, offered, done = await verify_draft(self.engine, req, draft,
+                                                    req.max_new_tokens or self.tier.generation.max_new_tokens)
+            if done is not None:  # the agreeing draft already holds the whole answer
+                done.tier_ms = (time.perf_counter() - t0) * 1e3
+                chunks = _one(Chunk(final=done, prompt_tokens=done.prompt_tokens, token_ids=done.token_ids,
+                                    logprobs=done.logprobs, text=done.text))
+            else:
+                chunks = _counting_draft(self.engine.stream(req), offered, len(req.prefix_ids) - 1)
+        try:
+            async with aclosing(decide(chunks or self.engine.stream(req), stop, tokens, t0=t0,
+                                       tokenizer=self.engine.tokenizer_id)) as out:
+                async for chunk in out:
+                    yield chunk
+        except asyncio.CancelledError:
+            log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
+            raise
+
+    # ---- operations --------------------------------------------------------------------------
+    def _start_stats(self) -> None:
+        if self._stats_task is None:
+            self._stats_task = asyncio.get_running_loop().create_task(self._export_stats())
+
+    async def _export_stats(self) -> None:
+        while True:
+            s = self.engine.stats()
+            name = self.tier.name
+            self.metrics.set("cascade_engine_running", s.running, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_waiting", s.waiting, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_kv_cache_usage", s.kv_cache_usage, tier=name, engine=s.engine)
+            self.metrics.set("cascade_engine_tokens_per_s", s.tokens_per_s, tier=name, engine=s.engine)
+            await asyncio.sleep(STATS_PERIOD_S)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The engine's load, for Serve's autoscaler (serving/serve/autoscaling.py: EngineLoad)."""
+        s = self.engine.stats()
+        return engine_metrics(s.running, s.waiting, s.kv_cache_usage)
+
+    def check_health(self) -> None:
+        healthy = getattr(self.engine, "healthy", None)
+        if healthy is not None and not healthy():
+            raise RuntimeError(f"tier {self.tier.name!r}: the {self.engine.name} engine stopped")
+
+    async def stats(self) -> dict[str, Any]:
+        self._start_stats()
+        return {"tier": self.tier.name, "replica": serve.get_replica_context().replica_id.unique_id,
+                "threads": threading.active_count(), **asdict(self.engine.stats())}
+
+    def info(self) -> dict[str, Any]:
+        return {"tier": self.tier.name, **self.engine.info(), "max_prompt_tokens": self.max_prompt_tokens}
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+async def _one(chunk: Chunk) -> AsyncIterator[Chunk]:
+    yield chunk
+
+
+async def _counting_draft(chunks: AsyncIterator[Chunk], offered: int, accepted: int) -> AsyncIterator[Chunk]:
+    """The engine's stream of a request decoding on from a verified draft, its answer stamped with the
+    draft tokens offered and kept."""
+    try:
+        async for chunk in chunks:
+            if chunk.final is not None:
+                chunk.final.draft_tokens, chunk.final.draft_accepted = offered, accepted
+            yield chunk
+    finally:
+        await chunks.aclose()
