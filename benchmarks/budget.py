@@ -1,6 +1,6 @@
 """Budget controller vs a fixed threshold under a shifting query mix.
 
-    python benchmarks/budget.py --target 0.3 --out results/budget.json --plot results/budget.png
+    python -m benchmarks.budget --target 0.3 --out results/budget.json --plot results/budget.png
 
 The stream (arithmetic task) shifts from easy questions (operands of 1-2 digits) through the usual
 mix to hard ones (4-5 digits). The fixed threshold is calibrated on the mixed calibration split for
@@ -20,11 +20,11 @@ import numpy as np
 
 from serving.config import load_config
 from serving.deferral import build_scorer
-from serving.evaluation.thresholds import threshold_for_deferral
 from serving.deferral.controller import BudgetController
 from serving.evaluation.data import SPLIT_SEEDS
-from serving.evaluation.offline import run_offline
 from serving.evaluation.fit import score_run
+from serving.evaluation.offline import run_offline
+from serving.evaluation.thresholds import threshold_for_deferral
 from serving.tasks.arithmetic import examples
 
 PHASES = [("easy (1-2 digits)", dict(max_digits=2)), ("mixed (1-5 digits)", {}), ("hard (4-5 digits)", dict(min_digits=4))]

@@ -1,6 +1,6 @@
 """Deciding as tokens arrive, measured side by side in one run (loopback only):
 
-    python benchmarks/early.py --out results/early.json --plot results/early.png
+    python -m benchmarks.early --out results/early.json --plot results/early.png
 
 1. decisions: the test split through the weak tier's engine (cached offline run); every answer's
    token log-probs fed to the incremental rule one token at a time; decisions that differ from the
@@ -23,30 +23,28 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+import grpc
+import numpy as np
 
-from load import one_replica, pyplot, run_load, summarize, write_json  # noqa: E402
-
-from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
-from serving.config import PACKAGE_DIR, load_config, parse_config  # noqa: E402
-from serving.deferral import build_scorer, should_defer  # noqa: E402
-from serving.deferral.incremental import Decision, Verdict  # noqa: E402
-from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.evaluation.quality import get_metric  # noqa: E402
-from serving.evaluation.offline import run_offline  # noqa: E402
-from serving.ops.local import cascade_server  # noqa: E402
-from serving.tasks.arithmetic import examples  # noqa: E402
+from benchmarks.common import one_replica, pyplot, write_json
+from serving._proto.cascade.v1 import cascade_pb2 as pb
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+from serving.config import PACKAGE_DIR, load_config, parse_config
+from serving.deferral import build_scorer, should_defer
+from serving.deferral.incremental import Decision, Verdict
+from serving.evaluation.data import SPLIT_SEEDS
+from serving.evaluation.offline import run_offline
+from serving.evaluation.quality import get_metric
+from serving.ops.loadgen import run_load, summarize
+from serving.ops.local import cascade_server
+from serving.tasks.arithmetic import examples
 
 THREE_TIER = PACKAGE_DIR / "three_tier_config.yaml"
 

@@ -1,6 +1,6 @@
 """Cascade economics under load: cost receipts, and load-aware deferral off vs on, side by side.
 
-    python benchmarks/economics.py --out results/economics.json --plot results/economics.png
+    python -m benchmarks.economics --out results/economics.json --plot results/economics.png
 
 Starts `cascade serve` on loopback once per configuration (every deployment one replica; the strong
 tier's `timeout_s` short, so an overloaded strong tier shows as timeouts / degraded answers), prices the
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import math
 import re
-import sys
 import tempfile
 import time
 import urllib.request
@@ -37,15 +36,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import pyplot, write_json  # noqa: E402
-
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
-from serving.ops.client import make_request  # noqa: E402
-from serving.config import Cost, LoadAware, load_config  # noqa: E402
-from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.ops.local import cascade_server, wait_for  # noqa: E402
-from serving.tasks.arithmetic import examples  # noqa: E402
+from benchmarks.common import pyplot, write_json
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+from serving.config import Cost, LoadAware, load_config
+from serving.evaluation.data import SPLIT_SEEDS
+from serving.ops.client import make_request
+from serving.ops.local import cascade_server, wait_for
+from serving.tasks.arithmetic import examples
 
 PARAMS_M = {"weak": 0.138, "medium": 0.454, "strong": 1.064}  # serving/default_models/README.md
 COUNTERS = ("ray_cascade_cost_total", "ray_cascade_cost_strong_only_total", "ray_cascade_load_shed_total")
@@ -92,8 +89,8 @@ def scrape(url: str) -> dict[str, float]:
 
 def summarize(rows: list[dict]) -> dict:
     ok = [r for r in rows if r["code"] == "OK"]
-    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
-    share = lambda key: sum(r[key] for r in ok) / len(ok) if ok else None  # noqa: E731
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
+    share = lambda key: sum(r[key] for r in ok) / len(ok) if ok else None
     cost, strong = sum(r["cost"] for r in ok), sum(r["strong_only"] for r in ok)
     return {"requests": len(rows), "ok": len(ok), "codes": dict(Counter(r["code"] for r in rows)),
             "latency_ms": {"p50": pct([r["ms"] for r in ok], 50), "p99": pct([r["ms"] for r in ok], 99)},
@@ -115,7 +112,7 @@ def run_config(cfg, args, phases) -> dict:
         want = {COUNTERS[0]: sum(r["cost"] for r in ok), COUNTERS[1]: sum(r["strong_only"] for r in ok),
                 COUNTERS[2]: sum(r["load_shed"] for r in ok)}
         got = {}
-        close = lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)  # noqa: E731
+        close = lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
         try:
             wait_for(lambda: (got.update(scrape(server.metrics_url)) or True)
                      and all(close(got[k], v) for k, v in want.items()), timeout=60, interval=2)
@@ -164,7 +161,7 @@ def main() -> None:
         runs[label] = run_config(cfg, args, phases)
     print(f"{'config':<14} {'phase':<8} {'ok':>5} {'p50 ms':>7} {'p99 ms':>7} {'deferred':>8} {'shed':>6} "
           f"{'degraded':>8} {'timeouts':>8} {'queue full':>10} {'quality':>7} {'cost':>9} {'strong-only':>11} {'ratio':>6} codes")
-    f = lambda x, p=0: "-" if x is None else f"{x:.{p}f}"  # noqa: E731
+    f = lambda x, p=0: "-" if x is None else f"{x:.{p}f}"
     for label, run in runs.items():
         for name, s in run["phases"].items():
             print(f"{label:<14} {name:<8} {s['ok']:>5} {f(s['latency_ms']['p50']):>7} {f(s['latency_ms']['p99']):>7} "

@@ -2,7 +2,7 @@
 ``continuous`` (transformers' continuous batching) vs ``static`` (run-to-completion batches), the same
 model on each, on this machine, loopback only:
 
-    python benchmarks/engine.py --out results/engine.json --plot results/engine.png
+    python -m benchmarks.engine --out results/engine.json --plot results/engine.png
 
 The model is the shipped strong one by default (``--tier``): its head_dim 32 is one vLLM's CPU kernels
 take (the weak model's 16 is not).
@@ -26,20 +26,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from load import one_replica, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
+from benchmarks.common import one_replica, prompts, pyplot, write_json
+from serving.config import Tier, load_config, parse_config
+from serving.ops.loadgen import run_load, summarize
+from serving.ops.local import cascade_server, smollm2_gguf
 
-from serving.config import Tier, load_config, parse_config  # noqa: E402
-from serving.ops.local import cascade_server, smollm2_gguf  # noqa: E402
 
 def _engines() -> tuple[str, ...]:
     import importlib.util
@@ -147,7 +146,7 @@ class CpuMeter:
                 try:
                     t = p.cpu_times()
                     out[(part, p.pid)] = t.user + t.system
-                except Exception:  # noqa: BLE001  (gone: only processes alive at both snapshots count)
+                except Exception:
                     pass
         return out
 
@@ -206,7 +205,7 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
 
         try:
             return urllib.request.urlopen(url + "/health", timeout=2).status == 200
-        except Exception:  # noqa: BLE001
+        except Exception:
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM exited: see {log.name}") from None
             return False
@@ -245,8 +244,8 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
 
 # ---- 4: decisions ---------------------------------------------------------------------------------
 def decisions(tier: Tier, texts: list[str]) -> dict:
-    from serving.deferral import make_rule, should_defer
     from serving.core.types import GenerationRequest
+    from serving.deferral import make_rule, should_defer
     from serving.engines import build_engine
 
     cfg = load_config()

@@ -29,11 +29,11 @@ except Exception as e:  # noqa: BLE001
 PY
 served=""
 "$PY" -c "import ray.serve" 2>/dev/null || served="--no-served"
-"$PY" benchmarks/engine.py --duration 5 --concurrency 1,8,32 $served \
+"$PY" -m benchmarks.engine --duration 5 --concurrency 1,8,32 $served \
     --out "$OUT_DIR/engine_gpu.json" --plot "$OUT_DIR/engine_gpu.png" 2>&1 | grep -v "Loading weights" \
     | tee "$OUT_DIR/engine_gpu.txt"
 if [ -z "$served" ]; then
-    "$PY" benchmarks/speculative.py --n 300 --sequential 100 --duration 5 \
+    "$PY" -m benchmarks.speculative --n 300 --sequential 100 --duration 5 \
         --out "$OUT_DIR/speculative_gpu.json" --plot "$OUT_DIR/speculative_gpu.png" 2>&1 \
         | grep -v "Loading weights" | tee "$OUT_DIR/speculative_gpu.txt"
 fi

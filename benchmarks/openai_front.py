@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP front vs gRPC on the same server, side by side (loopback only):
 
-    python benchmarks/openai_front.py --out results/openai_front.json
+    python -m benchmarks.openai_front --out results/openai_front.json
 
 One `cascade serve` (one replica per deployment), the same held-out prompts; closed loops at c=1 and
 c=8 over gRPC (`Generate`) and over HTTP (`POST /v1/chat/completions`, aiohttp, non-streaming),
@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from load import one_replica, prompts, run_load, summarize, write_json  # noqa: E402
-
-from serving.config import load_config, parse_config  # noqa: E402
-from serving.ops.local import cascade_server, wait_for  # noqa: E402
+from benchmarks.common import one_replica, prompts, write_json
+from serving.config import load_config, parse_config
+from serving.ops.loadgen import run_load, summarize
+from serving.ops.local import cascade_server, wait_for
 
 
 async def http_load(base: str, texts: list[str], concurrency: int, duration: float) -> dict:

@@ -1,6 +1,6 @@
 """Overload benchmark: closed-loop callers well past capacity, with and without admission control.
 
-    python benchmarks/overload.py --out results/overload.json --plot results/overload.png
+    python -m benchmarks.overload --out results/overload.json --plot results/overload.png
 
 Starts `cascade serve` on loopback once per configuration (one replica per deployment): with the
 router's admission limit (`limits.max_inflight`, default 6 here), with it effectively off (10000;
@@ -16,23 +16,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-import tempfile
 
 import numpy as np
 
 from serving.config import load_config
-from serving.ops.local import cascade_server, closed_loop
+from serving.ops.loadgen import run_load
+from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 
 
-def summarize(results: list[tuple[str, float, dict]], callers: int, elapsed: float) -> dict:
-    ok = [ms for c, ms, _ in results if c == "OK"]
-    refused = [ms for c, ms, _ in results if c != "OK"]
-    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
-    return {"callers": callers, "seconds": elapsed, "codes": dict(Counter(c for c, _, _ in results)),
+def summarize(results: list[dict], callers: int, elapsed: float) -> dict:
+    ok = [r["ms"] for r in results if r["code"] == "OK"]
+    refused = [r["ms"] for r in results if r["code"] != "OK"]
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
+    return {"callers": callers, "seconds": elapsed, "codes": dict(Counter(r["code"] for r in results)),
             "offered_rps": len(results) / elapsed, "admitted_rps": len(ok) / elapsed,
             "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99)},
             "refused_ms": {"p50": pct(refused, 50), "p90": pct(refused, 90)}}
@@ -40,7 +41,8 @@ def summarize(results: list[tuple[str, float, dict]], callers: int, elapsed: flo
 
 def step(address: str, prompts: list[str], callers: int, seconds: float, deadline: float) -> dict:
     t0 = time.monotonic()
-    results = asyncio.run(closed_loop(address, prompts, callers, seconds, deadline=deadline))
+    results, _ = asyncio.run(run_load(address, prompts, concurrency=callers, duration=seconds, timeout=deadline,
+                                      retry_after=True, warm=False))
     return summarize(results, callers, time.monotonic() - t0)
 
 
@@ -75,7 +77,7 @@ def main() -> None:
             runs[label] = [step(server.address, prompts, n, args.seconds, args.deadline) for n in callers]
     print(f"{'config':<14} {'callers':>7} {'offered/s':>9} {'admitted/s':>10} {'ok p50':>8} {'ok p99':>8} "
           f"{'refused p50':>11} {'codes'}")
-    fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:.0f}"
     for label, steps in runs.items():
         for r in steps:
             print(f"{label:<14} {r['callers']:>7} {r['offered_rps']:>9.1f} {r['admitted_rps']:>10.1f} "

@@ -1,6 +1,6 @@
 """The capacity planner against the real thing, in one run on this machine (loopback only):
 
-    python benchmarks/plan.py --qps 20 --out results/plan.json --plot results/plan.png
+    python -m benchmarks.plan --qps 20 --out results/plan.json --plot results/plan.png
 
 1. probe: a one-replica cascade, closed loops at a few concurrencies (what `cascade plan` runs);
 2. plan for --qps (replicas per tier, autoscaling targets; `cascade plan --qps Q --out plan.yaml`);
@@ -24,15 +24,14 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-from load import arrivals, prompts, pyplot, run_load, summarize, write_json  # noqa: E402
-
-from serving.serve.autoscaling import ENGINE_AUTOSCALING  # noqa: E402
-from serving.config import load_config, parse_config, portable  # noqa: E402
-from serving.ops.local import cascade_server  # noqa: E402
-from serving.ops.planner import curves_from_report, format_plan, plan, planned_config  # noqa: E402
-from serving.ops.probe import probe  # noqa: E402
+from benchmarks.common import prompts, pyplot, write_json
+from serving.config import load_config, parse_config, portable
+from serving.ops.loadgen import arrivals, run_load, summarize
+from serving.ops.local import cascade_server
+from serving.ops.planner import curves_from_report, format_plan, plan, planned_config
+from serving.ops.probe import probe
+from serving.serve.autoscaling import ENGINE_AUTOSCALING
 
 METRICS = ("utilisation", "in_flight_per_replica", "mean_ms", "p99_ms")
 

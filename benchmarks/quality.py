@@ -1,6 +1,6 @@
 """Deferral-curve benchmark: how well does each rule pick the requests to defer?
 
-    python benchmarks/quality.py --config serving/default_config.yaml \
+    python -m benchmarks.quality --config serving/default_config.yaml \
         --train-data data/arithmetic_train.jsonl --data data/arithmetic_test.jsonl \
         --out results/quality.json --plot results/quality.png
 
@@ -33,8 +33,8 @@ import numpy as np
 from serving.config import load_config
 from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize
 from serving.evaluation.data import data_hash, load_jsonl
-from serving.evaluation.offline import DEFAULT_CACHE, run_offline
 from serving.evaluation.fit import BENCH_RULES, cross_fitted_scores, fit_rule, parse_rule, score_run
+from serving.evaluation.offline import DEFAULT_CACHE, run_offline
 
 
 def main() -> None:

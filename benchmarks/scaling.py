@@ -1,6 +1,6 @@
 """The scale-out measurements, side by side in one run on this machine (loopback only):
 
-    python benchmarks/scaling.py --out results/scaling.json --plot results/scaling.png
+    python -m benchmarks.scaling --out results/scaling.json --plot results/scaling.png
 
 1. router overhead: closed loop at concurrency 1, weak-answered requests: client latency minus the
    time inside the tier, p50/p99, and where it goes (Serve's gRPC proxy, router code, handle hop);
@@ -29,17 +29,15 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-from load import ReplicaPoller, one_replica, prompts, run_load, step_arrivals, summarize  # noqa: E402
-
-from serving.config import load_config, parse_config  # noqa: E402
-from serving.ops.local import cascade_server  # noqa: E402
+from benchmarks.common import ReplicaPoller, one_replica, prompts
+from serving.config import load_config, parse_config
+from serving.ops.loadgen import run_load, step_arrivals, summarize
+from serving.ops.local import cascade_server
 
 
 def step_config(policy: str, weak_target: float):

@@ -1,7 +1,7 @@
 """Shadow sampling: its live estimate of the quality the cascade gives up, against the truth, and what
 it costs client latency (loopback only):
 
-    python benchmarks/shadow.py --n 1000 --rate 0.05 --concurrency 8 --out results/shadow.json --plot results/shadow.png
+    python -m benchmarks.shadow --n 1000 --rate 0.05 --concurrency 8 --out results/shadow.json --plot results/shadow.png
 
 A labelled stream (the arithmetic test split: questions with references) goes through `cascade serve`
 (one replica per deployment) once per condition, each question once, `--concurrency` callers: shadow
@@ -32,23 +32,21 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+import grpc
+import numpy as np
 
-from load import one_replica, pyplot, write_json  # noqa: E402
-
-from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
-from serving.config import load_config, parse_config  # noqa: E402
-from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.evaluation.quality import exact_match  # noqa: E402
-from serving.evaluation.offline import DEFAULT_CACHE, run_offline  # noqa: E402
-from serving.ops.local import cascade_server, wait_for  # noqa: E402
-from serving.evaluation.shadow_data import read_samples  # noqa: E402
-from serving.observability.shadow import wilson  # noqa: E402
-from serving.tasks.arithmetic import examples  # noqa: E402
+from benchmarks.common import one_replica, pyplot, write_json
+from serving._proto.cascade.v1 import cascade_pb2 as pb
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+from serving.config import load_config, parse_config
+from serving.evaluation.data import SPLIT_SEEDS
+from serving.evaluation.offline import DEFAULT_CACHE, run_offline
+from serving.evaluation.quality import exact_match
+from serving.evaluation.shadow_data import read_samples
+from serving.observability.shadow import wilson
+from serving.ops.local import cascade_server, wait_for
+from serving.tasks.arithmetic import examples
 
 
 async def stream_once(address: str, prompts: list[str], concurrency: int, timeout: float = 60.0) -> tuple[list, float]:

@@ -1,6 +1,6 @@
 """Speculative deferral (``deferral.on_defer: verify``) vs regenerating, side by side in one run:
 
-    python benchmarks/speculative.py --out results/speculative.json --plot results/speculative.png
+    python -m benchmarks.speculative --out results/speculative.json --plot results/speculative.png
 
 1. in-process, the test split: every deferred question's weak draft (the whole weak answer, and the
    prefix an exact early deferral leaves) verified by the strong engine through the same function the
@@ -19,29 +19,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-sys.path.insert(0, str(Path(__file__).parent))
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+import grpc
+import numpy as np
 
-from load import one_replica, pyplot, run_load, summarize, write_json  # noqa: E402
-
-from serving._proto.cascade.v1 import cascade_pb2 as pb  # noqa: E402
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc  # noqa: E402
-from serving.config import load_config, parse_config  # noqa: E402
-from serving.deferral import build_scorer, should_defer  # noqa: E402
-from serving.deferral.incremental import Decision, Verdict  # noqa: E402
-from serving.evaluation.data import SPLIT_SEEDS  # noqa: E402
-from serving.ops.local import cascade_server  # noqa: E402
+from benchmarks.common import one_replica, pyplot, write_json
+from serving._proto.cascade.v1 import cascade_pb2 as pb
+from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+from serving.config import load_config, parse_config
 from serving.core.types import Draft, GenerationRequest
-from serving.engines import build_engine, verify_draft  # noqa: E402
-from serving.tasks.arithmetic import examples  # noqa: E402
+from serving.deferral import build_scorer, should_defer
+from serving.deferral.incremental import Decision, Verdict
+from serving.engines import build_engine, verify_draft
+from serving.evaluation.data import SPLIT_SEEDS
+from serving.ops.loadgen import run_load, summarize
+from serving.ops.local import cascade_server
+from serving.tasks.arithmetic import examples
 
 
 def pct(xs, q):

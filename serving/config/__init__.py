@@ -8,10 +8,27 @@ Serve's own AutoscalingConfig validates ``serve.autoscaling_config`` when a conf
 
 from serving.config.loading import digested, load_config, parse_config, portable
 from serving.config.schema import (
-    DEFAULT_CONFIG, PACKAGE_DIR, Auth, CascadeConfig, ConfigError, ContinuousEngineConfig, Cost, Deferral,
-    EngineConfig, GenerationDefaults, Limits, LoadAware, ModelSource, Reliability, Server, ServeOptions, Shadow,
-    StaticEngineConfig, Tier, VLLMEngineConfig,
+    DEFAULT_CONFIG,
+    PACKAGE_DIR,
+    Auth,
+    CascadeConfig,
+    ConfigError,
+    Cost,
+    Deferral,
+    EngineConfig,
+    GenerationDefaults,
+    Limits,
+    LoadAware,
+    ModelSource,
+    Reliability,
+    ServeOptions,
+    Server,
+    Shadow,
+    Tier,
 )
+from serving.engines.continuous import ContinuousEngineConfig  # each engine owns its options model
+from serving.engines.static import StaticEngineConfig
+from serving.engines.vllm_engine import VLLMEngineConfig
 
 __all__ = ["DEFAULT_CONFIG", "PACKAGE_DIR", "Auth", "CascadeConfig", "ConfigError", "ContinuousEngineConfig", "Cost",
            "Deferral", "EngineConfig", "GenerationDefaults", "Limits", "LoadAware", "ModelSource", "Reliability",

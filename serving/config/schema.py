@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from serving.engines import ENGINES
 from serving.engines.continuous import ContinuousEngineConfig
-from serving.engines.static import StaticEngineConfig
-from serving.engines.vllm_engine import VLLMEngineConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed ``serving`` package (shipped models, configs)
 DEFAULT_CONFIG = PACKAGE_DIR / "default_config.yaml"
@@ -102,7 +100,7 @@ class ServeOptions(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _scaling(self) -> "ServeOptions":
+    def _scaling(self) -> ServeOptions:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set either num_replicas or autoscaling_config, not both")
         a = self.autoscaling_config
@@ -147,7 +145,7 @@ class Tier(_Strict):
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static | vllm, "
                                  "with that engine's options")
-    deferral: Optional["Deferral"] = Field(
+    deferral: Optional[Deferral] = Field(
         None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
         "the top-level `deferral`. Ignored on the last tier")
     serve: ServeOptions = Field(default_factory=ServeOptions)
@@ -175,7 +173,7 @@ class Tier(_Strict):
         return self.engine.placement(self.serve.deployment_options(), self.model.device)
 
     @model_validator(mode="after")
-    def _engine_fits(self) -> "Tier":
+    def _engine_fits(self) -> Tier:
         self.engine.check_tier(self.model.device, self.serve.ray_actor_options)
         return self
 
@@ -204,7 +202,7 @@ class LoadAware(_Strict):
     ramp_s: float = Field(2.0, ge=0, le=3600, description="seconds to move between the threshold and the floor")
 
     @model_validator(mode="after")
-    def _order(self) -> "LoadAware":
+    def _order(self) -> LoadAware:
         if not self.low_watermark < self.high_watermark:
             raise ValueError(f"low_watermark ({self.low_watermark}) must be below high_watermark "
                              f"({self.high_watermark})")
@@ -259,7 +257,7 @@ class Deferral(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _complete(self) -> "Deferral":
+    def _complete(self) -> Deferral:
         if self.artifact is None:
             if self.threshold is None:
                 raise ValueError("set threshold, or artifact (a calibration artifact that holds one)")
@@ -359,10 +357,10 @@ class Shadow(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: Optional[str]) -> Optional[str]:
-        from serving.evaluation.quality import METRICS
+        from serving.evaluation.quality import QUALITY_METRICS
 
-        if v is not None and v not in METRICS:
-            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(METRICS)}")
+        if v is not None and v not in QUALITY_METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(QUALITY_METRICS)}")
         return v
 
 
@@ -423,7 +421,7 @@ class CascadeConfig(_Strict):
     router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
 
     @model_validator(mode="after")
-    def _verify_needs_greedy(self) -> "CascadeConfig":
+    def _verify_needs_greedy(self) -> CascadeConfig:
         for k in range(len(self.tiers) - 1):
             nxt = self.tiers[k + 1]
             if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
@@ -448,7 +446,7 @@ class CascadeConfig(_Strict):
     def tier(self, name: str) -> Tier:
         return next(t for t in self.tiers if t.name == name)
 
-    def boundary(self, k: int) -> "Deferral":
+    def boundary(self, k: int) -> Deferral:
         """The deferral settings after tier k (its own, or the top-level ones)."""
         return self.tiers[k].deferral or self.deferral
 

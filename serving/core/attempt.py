@@ -5,8 +5,9 @@ verdict from the last chunk and only sets the threshold in force where load-awar
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from serving.core.errors import TierFailure
 from serving.core.request import CascadeRequest, Text, TierRun
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class TierAttempt:
-    def __init__(self, cascade: "Cascade", req: CascadeRequest, k: int, prev: Optional[TierRun]):
+    def __init__(self, cascade: Cascade, req: CascadeRequest, k: int, prev: Optional[TierRun]):
         self.cascade, self.req = cascade, req
         self.name = req.tiers[k]
         index = cascade.names.index(self.name)

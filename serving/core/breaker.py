@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 
 class CircuitBreaker:

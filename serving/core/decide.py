@@ -15,7 +15,8 @@ Without a rule, or with ``score_only``, tokens flow at once; ``score_only`` stil
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Optional
 
 from serving.core.types import Chunk, Generation, TierDecision
 from serving.deferral.incremental import StopRule, Verdict

@@ -5,8 +5,9 @@ wire format and validated here, once, against the shared limits), :class:`Text` 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from serving.core.errors import BadRequest
 from serving.core.receipt import Receipt
@@ -29,7 +30,7 @@ class CascadeRequest:
     @classmethod
     def build(cls, *, prompt: str = "", messages: Sequence[dict] = (), max_new_tokens: Optional[int] = None,
               force_tier: str = "", threshold: Optional[float] = None, include_logprobs: bool = False,
-              stream: bool = False, tier_names: Sequence[str], limits, embed: bool = False) -> "CascadeRequest":
+              stream: bool = False, tier_names: Sequence[str], limits, embed: bool = False) -> CascadeRequest:
         """Checks a request against the shared ``limits`` (``serving.config.Limits``) and the tiers;
         BadRequest names the field. ``messages``: role/content mappings whose content is a string."""
         if prompt and messages:

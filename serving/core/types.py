@@ -3,8 +3,9 @@ the Router, the tiers and their engines. No Ray, no torch."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 
 @dataclass

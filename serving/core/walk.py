@@ -12,9 +12,10 @@ tier's tokens as they arrive; an earlier tier's text once its rule accepts it), 
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from serving.core.attempt import TierAttempt
 from serving.core.errors import TierFailure
@@ -76,7 +77,7 @@ class Boundary:
     load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
 
     @classmethod
-    def from_config(cls, d: "Deferral") -> "Boundary":
+    def from_config(cls, d: Deferral) -> Boundary:
         r = d.resolved()
         controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
                       if d.target_deferral is not None else None)
@@ -105,7 +106,7 @@ class Boundary:
 class Cascade:
     """The deferral policy over a list of tiers."""
 
-    def __init__(self, config: "CascadeConfig", client: TierClient, metrics: Recorder | None = None):
+    def __init__(self, config: CascadeConfig, client: TierClient, metrics: Recorder | None = None):
         self.cfg = config
         self.client = client
         self.metrics = metrics or NoMetrics()

@@ -16,10 +16,10 @@ import json
 
 from serving.config import load_config
 from serving.deferral import build_scorer
-from serving.evaluation.thresholds import operating_point
 from serving.evaluation.data import SPLIT_SEEDS
-from serving.evaluation.offline import run_offline
 from serving.evaluation.fit import score_run
+from serving.evaluation.offline import run_offline
+from serving.evaluation.thresholds import operating_point
 from serving.tasks.arithmetic import examples
 
 SWEEP = [-2.0, -1.0, -0.7, -0.5, -0.3, -0.2, -0.1]

@@ -139,7 +139,9 @@ def train(name: str, out_dir: Path, threads: int) -> dict:
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         if step % spec["eval_every"] == 0:
             acc = exact_match(model, tok, held_out)
             history.append({"step": step, "loss": round(loss.item(), 4), "exact_match": acc})

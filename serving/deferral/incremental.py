@@ -21,9 +21,10 @@ Pure code: no Ray, no torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Sequence
+from typing import Optional
 
 from serving.deferral.rules import Scorer, should_defer
 

@@ -14,8 +14,8 @@ budget controller's) at level 0, ``floor`` at level 1.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ dot product in numpy, cheap enough for the router's hot path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class PostHocModel:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PostHocModel":
+    def from_dict(cls, d: dict) -> PostHocModel:
         d = dict(d)
         d["grid"] = tuple(d.get("grid", QUANTILE_GRID))
         if tuple(d["grid"]) != QUANTILE_GRID:

@@ -12,8 +12,9 @@ An answer with no tokens has log-probability 0 under every rule (nothing uncerta
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from serving.engines.base import agreeing_prefix, Engine, EngineOptions, EngineStats, verify_draft
+from serving.engines.base import Engine, EngineOptions, EngineStats, agreeing_prefix, verify_draft
 from serving.engines.continuous import ContinuousEngineConfig
 from serving.engines.static import StaticEngineConfig
 from serving.engines.vllm_engine import VLLMEngineConfig

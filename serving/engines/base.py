@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -125,7 +126,7 @@ class Engine(abc.ABC):
     def decode(self, ids: list[int]) -> str:
         return self.codec.decode(ids)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: engines without background work have nothing to stop)
         """Stops background work (threads); the engine takes no requests afterwards."""
 
     async def generate(self, req: GenerationRequest) -> Generation:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from serving.config import ModelSource
 from serving.core.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from serving.config import ModelSource
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -49,7 +51,7 @@ class HFTokenizer:
         self.config = AutoConfig.from_pretrained(path, **self.common)
         try:
             eos = GenerationConfig.from_pretrained(path, **self.common).eos_token_id
-        except Exception:  # noqa: BLE001  (no generation_config.json: the model config's)
+        except Exception:
             eos = getattr(self.config, "eos_token_id", None)
         self._set_eos(eos)
         self.use_chat = source.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))

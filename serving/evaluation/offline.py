@@ -36,7 +36,7 @@ class OfflineTierRun:
     def lengths(self) -> np.ndarray:
         return np.array([len(lp) for lp in self.logprobs])
 
-    def prefix(self, k: Optional[int]) -> "OfflineTierRun":
+    def prefix(self, k: Optional[int]) -> OfflineTierRun:
         """The run as a k-token decision window sees it: each answer's first k token log-probs."""
         if k is None:
             return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _NUM = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
@@ -48,7 +48,7 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-METRICS: dict[str, Callable[[str, str], float]] = {
+QUALITY_METRICS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "numeric_match": numeric_match,
     "contains": contains,
@@ -57,6 +57,6 @@ METRICS: dict[str, Callable[[str, str], float]] = {
 
 
 def get_metric(name: str) -> Callable[[str, str], float]:
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; valid metrics: {sorted(METRICS)}")
-    return METRICS[name]
+    if name not in QUALITY_METRICS:
+        raise ValueError(f"unknown metric {name!r}; valid metrics: {sorted(QUALITY_METRICS)}")
+    return QUALITY_METRICS[name]

@@ -31,7 +31,7 @@ class Metric:
         return f"ray_{self.name}" + ("_total" if self.kind == "counter" else "")
 
 
-METRICS = {m.name: m for m in [
+METRIC_SPECS = {m.name: m for m in [
     Metric("cascade_requests", "counter", "Requests finished, by RPC method, gRPC status code and the tier that answered "
            "(empty when none did).", ("method", "code", "tier")),
     Metric("cascade_request_latency_ms", "histogram", "Router wall time per request, by RPC method and status code.",

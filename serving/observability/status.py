@@ -26,7 +26,7 @@ class RouterStatus:
 
     def lines(self) -> list[str]:
         """The human form (``cascade status``)."""
-        share = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        share = lambda x: "n/a" if x is None else f"{x:.3f}"
         out = [f"  router replica {self.replica}: last {self.recent_requests} requests: deferral share "
                f"{share(self.deferral_share)}, degraded {share(self.degraded_share)}; in flight {self.inflight}; "
                f"breakers {', '.join(f'{k} {v}' for k, v in self.breakers.items())}"]

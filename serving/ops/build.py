@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from serving.serve.app import grpc_options, node_env
 from serving.config import CascadeConfig, portable
+from serving.serve.app import grpc_options, node_env
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
 

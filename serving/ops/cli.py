@@ -16,7 +16,7 @@ from typing import Optional
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 # Serve's data-path settings: Ray reads them when its modules load (and they reach the processes an
 # embedded Ray starts), so before anything imports Ray. An environment variable already set wins.
-from serving.serve.tuning import SERVE_TUNING  # noqa: E402
+from serving.serve.tuning import SERVE_TUNING
 
 for _k, _v in SERVE_TUNING.items():
     os.environ.setdefault(_k, _v)
@@ -189,7 +189,7 @@ def _replica_counts(app_name: str) -> dict:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {"app": app_name, "status": "NOT_DEPLOYED", "deployments": {}}
-    val = lambda x: getattr(x, "value", x)  # noqa: E731  (Serve's status enums)
+    val = lambda x: getattr(x, "value", x)
     return {"app": app_name, "status": val(app.status), "deployments": {
         name: {"status": val(d.status), "replicas": {val(k): v for k, v in d.replica_states.items()}}
         for name, d in app.deployments.items()}, "router": _router_stats(app_name)}
@@ -206,7 +206,7 @@ def _router_stats(app_name: str) -> Optional[dict]:
             return await asyncio.wait_for(serve.get_app_handle(app_name).stats.remote(), 20)
 
         return asyncio.run(ask()).as_dict()
-    except Exception:  # noqa: BLE001  (status must print even when the router is down)
+    except Exception:
         return None
 
 
@@ -214,7 +214,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     import ray
 
     from serving.observability.status import RouterStatus
-
     from serving.ops.local import find_local_ray
 
     address = args.ray_address or os.environ.get("RAY_ADDRESS") or find_local_ray()
@@ -262,9 +261,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from serving.serve.autoscaling import ENGINE_AUTOSCALING
     from serving.config import parse_config, portable
-    from serving.ops.planner import PlanError, curves_from_report, format_plan, plan, planned_config
+    from serving.ops.planner import PlanError, curves_from_report, deferral_shares, format_plan, plan, planned_config
+    from serving.serve.autoscaling import ENGINE_AUTOSCALING
 
     cfg = load_config(args.config)
     try:
@@ -279,13 +278,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if args.probe_out:
                 Path(args.probe_out).write_text(json.dumps(report, indent=1))
         curves, measured = curves_from_report(report, cfg.tier_names)
-        if args.deferral:
-            deferral, source = args.deferral, "--deferral"
-        elif all(cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)):
-            deferral = [cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)]
-            source = "the config's deferral.target_deferral"
-        else:
-            deferral, source = measured, "measured"
+        deferral, source = deferral_shares(cfg, args.deferral, measured)
         p = plan(curves, args.qps, deferral, utilisation=args.utilisation, p99_ms=args.p99_ms)
         out = planned_config(portable(cfg), p, ENGINE_AUTOSCALING) if args.out else None
     except PlanError as e:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -54,7 +55,7 @@ class CascadeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "CascadeClient":
+    def __enter__(self) -> CascadeClient:
         return self
 
     def __exit__(self, *exc) -> None:

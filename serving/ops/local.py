@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import yaml
 
@@ -134,39 +135,3 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
             proc.kill()
             rc = proc.wait()
         assert rc == 0, f"cascade serve exited with {rc}:\n" + log_path.read_text()[-4000:]
-
-
-async def closed_loop(address: str, prompts: list[str], callers: int, seconds: float, *, deadline: float = 30.0,
-                      metadata: tuple = ()) -> list[tuple[str, float, dict]]:
-    """``callers`` concurrent gRPC callers sending ``Generate`` back to back for ``seconds`` (each
-    honours a ``retry-after-ms`` hint before its next call). Returns (status name, ms, trailing
-    metadata) per call. Loopback load for tests and benchmarks."""
-    import asyncio
-
-    import grpc
-
-    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-    from serving.ops.client import make_request
-
-    out: list[tuple[str, float, dict]] = []
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-        stop = time.monotonic() + seconds
-
-        async def caller(k: int):
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                call = stub.Generate(make_request(prompts[k % len(prompts)]), metadata=list(metadata), timeout=deadline)
-                try:
-                    await call
-                    code = "OK"
-                except grpc.aio.AioRpcError as e:
-                    code = e.code().name
-                trailing = dict(await call.trailing_metadata() or ())
-                out.append((code, (time.perf_counter() - t0) * 1e3, trailing))
-                k += callers
-                if "retry-after-ms" in trailing:
-                    await asyncio.sleep(int(trailing["retry-after-ms"]) / 1e3)
-
-        await asyncio.gather(*(caller(i) for i in range(callers)))
-    return out

@@ -20,8 +20,9 @@ No Ray, no gRPC here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -165,7 +166,7 @@ def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int
 
 
 @dataclass
-class Plan:
+class CapacityPlan:
     qps: float
     deferral: list[float]
     tiers: list[TierPrediction]
@@ -198,7 +199,7 @@ def arrivals(qps: float, deferral: Sequence[float], n_tiers: int) -> list[float]
 
 
 def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, utilisation: float = 0.7,
-         p99_ms: Optional[float] = None, max_replicas: int = 64) -> Plan:
+         p99_ms: Optional[float] = None, max_replicas: int = 64) -> CapacityPlan:
     """The fewest replicas per tier with utilisation <= ``utilisation`` and, if ``p99_ms`` is given,
     the per-tier p99s summed along the longest path within it (replicas are added one at a time where
     they cut that sum most). A bound that service times alone exceed is reported, not met."""
@@ -209,20 +210,20 @@ def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, 
     lam = arrivals(qps, deferral, len(curves))
     notes = []
     replicas = []
-    for c, l in zip(curves, lam):
-        n = max(1, math.ceil(l / (utilisation * c.x_max)))
+    for c, rate in zip(curves, lam):
+        n = max(1, math.ceil(rate / (utilisation * c.x_max)))
         if n > max_replicas:
-            raise PlanError(f"tier {c.name!r} needs {n} replicas at {l:.1f} req/s (one does {c.x_max:.1f} at most); "
+            raise PlanError(f"tier {c.name!r} needs {n} replicas at {rate:.1f} req/s (one does {c.x_max:.1f} at most); "
                             f"more than {max_replicas}")
         replicas.append(n)
-    preds = [predict(c, l, n) for c, l, n in zip(curves, lam, replicas)]
-    path = lambda ps: sum(p.p99_ms for p, l in zip(ps, lam) if l > 0)  # noqa: E731
+    preds = [predict(c, rate, n) for c, rate, n in zip(curves, lam, replicas)]
+    path = lambda ps: sum(p.p99_ms for p, rate in zip(ps, lam) if rate > 0)
     if p99_ms is not None:
         while path(preds) > p99_ms:
             options = []
-            for k, (c, l) in enumerate(zip(curves, lam)):
-                if l > 0 and replicas[k] < max_replicas:
-                    trial = predict(c, l, replicas[k] + 1)
+            for k, (c, rate) in enumerate(zip(curves, lam)):
+                if rate > 0 and replicas[k] < max_replicas:
+                    trial = predict(c, rate, replicas[k] + 1)
                     options.append((preds[k].p99_ms - trial.p99_ms, k, trial))
             gain, k, trial = max(options, default=(0.0, -1, None), key=lambda o: o[0])
             if gain <= 1e-6 * max(p99_ms, 1.0):
@@ -235,7 +236,7 @@ def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, 
         if p.in_flight_per_replica > c.points[-1].in_flight:
             notes.append(f"tier {p.tier!r}: {p.in_flight_per_replica:.1f} in flight per replica is beyond the measured "
                          "range; its rate is extrapolated flat")
-    return Plan(qps=qps, deferral=list(deferral), tiers=preds, p99_bound_ms=p99_ms, utilisation_target=utilisation,
+    return CapacityPlan(qps=qps, deferral=list(deferral), tiers=preds, p99_bound_ms=p99_ms, utilisation_target=utilisation,
                 p99_path_ms=total, meets_p99=p99_ms is None or total <= p99_ms, notes=notes)
 
 
@@ -249,7 +250,7 @@ def curves_from_report(report: dict[str, Any], tier_names: Sequence[str]) -> tup
         raise PlanError("not a probe or benchmarks/load.py report: no `runs`")
     points: dict[str, list[Point]] = {t: [] for t in tier_names}
     reached = {t: 0 for t in tier_names}
-    for mode, run in runs.items():
+    for run in runs.values():
         callers = run.get("concurrency", report.get("concurrency"))  # None: open loop
         for t, s in (run.get("tiers") or {}).items():
             if t not in points or not s.get("quantiles_ms"):
@@ -267,7 +268,19 @@ def curves_from_report(report: dict[str, Any], tier_names: Sequence[str]) -> tup
     return [TierCurve(t, points[t]) for t in tier_names], shares
 
 
-def format_plan(p: Plan) -> str:
+def deferral_shares(cfg, given: Optional[Sequence[float]], measured: Sequence[float]) -> tuple[list[float], str]:
+    """The share deferred at each boundary that the plan uses, and where it comes from: the caller's
+    (``--deferral``), else the config's budget targets (``deferral.target_deferral`` at every boundary),
+    else what the probe measured."""
+    if given:
+        return list(given), "--deferral"
+    targets = [cfg.boundary(k).target_deferral for k in range(len(cfg.tiers) - 1)]
+    if all(targets):
+        return targets, "the config's deferral.target_deferral"
+    return list(measured), "measured"
+
+
+def format_plan(p: CapacityPlan) -> str:
     lines = [f"plan for {p.qps:g} req/s (deferral {', '.join(f'{d:.3f}' for d in p.deferral) or '-'}; "
              f"utilisation target {p.utilisation_target:.2f}"
              + (f"; p99 bound {p.p99_bound_ms:.0f} ms" if p.p99_bound_ms else "") + ")",
@@ -285,7 +298,7 @@ def format_plan(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def planned_config(raw: dict[str, Any], p: Plan, engine_autoscaling: dict[str, Any]) -> dict[str, Any]:
+def planned_config(raw: dict[str, Any], p: CapacityPlan, engine_autoscaling: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a config mapping) with each tier's replicas and autoscaling from the plan: it starts at
     the planned replicas, scales between 1 and them on its engine's load, with the planned target.
     A tier's own autoscaling windows and policy are kept; a tier without autoscaling gets

@@ -24,9 +24,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from string import Template
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 from serving.ops.local import wait_for
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from ray.serve import metrics
 
-from serving.observability.metrics import METRICS
+from serving.observability.metrics import METRIC_SPECS
 
 
 class Metrics:
     def __init__(self, names: tuple[str, ...] | None = None):
         """Every metric of serving/observability/metrics.py, or only ``names`` (a tier records its engine's)."""
         self._m = {}
-        for spec in (METRICS[n] for n in names) if names else METRICS.values():
+        for spec in (METRIC_SPECS[n] for n in names) if names else METRIC_SPECS.values():
             tags = spec.tags or None
             if spec.kind == "counter":
                 obj = metrics.Counter(spec.name, description=spec.description, tag_keys=tags)

@@ -11,8 +11,9 @@ import hmac
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -159,7 +160,7 @@ class Router:
         except asyncio.CancelledError:
             self._cancelled("Generate", t0)
             raise
-        except Exception as e:  # noqa: BLE001  (every error becomes a status: the table in serving.fronts.status)
+        except Exception as e:
             return self._grpc_error(grpc_context, "Generate", e, t0)
         finally:
             self._exit()
@@ -182,7 +183,7 @@ class Router:
         except asyncio.CancelledError:
             self._cancelled("GenerateStream", t0)
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             yield self._grpc_error(grpc_context, "GenerateStream", e, t0)
             return
         finally:
@@ -231,7 +232,7 @@ class Router:
         except asyncio.CancelledError:
             self._cancelled(method, t0)
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return self._http_error(method, e, t0, body)
         finally:
             if not streaming:
@@ -259,7 +260,7 @@ class Router:
         except asyncio.CancelledError:  # the client went away: the walk's tier calls are cancelled with it
             self._cancelled(method, t0)
             raise
-        except Exception as e:  # noqa: BLE001  (after the headers went out: an error event)
+        except Exception as e:
             message = self._refused(method, e, t0)
             yield openai_api.sse_error(openai_api.error(e, body, message)[1])
         finally:
@@ -273,7 +274,7 @@ class Router:
         for name, h in self.tiers.items():
             try:
                 engines[name] = await asyncio.wait_for(h.stats.remote(), 5)
-            except Exception as e:  # noqa: BLE001  (status must show what it can)
+            except Exception as e:
                 engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
         return RouterStatus(
             replica=serve.get_replica_context().replica_id.unique_id, inflight=self.inflight,

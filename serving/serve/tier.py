@@ -6,9 +6,10 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 from ray import serve
 

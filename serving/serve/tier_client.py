@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Optional
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serving.core.errors import BadRequest, TierFailure
 from serving.config import CascadeConfig
-from serving.deferral.incremental import StopRule
-from serving.core.types import Chunk, Draft, GenerationRequest
 from serving.core.breaker import CircuitBreaker
+from serving.core.errors import BadRequest, TierFailure
+from serving.core.types import Chunk, Draft, GenerationRequest
+from serving.deferral.incremental import StopRule
 
 log = logging.getLogger("ray.serve")
 
@@ -81,7 +82,7 @@ class ServeTierClient:
             except (asyncio.CancelledError, GeneratorExit):
                 breaker.release()  # the caller gave up or stopped reading: says nothing about the tier
                 raise
-            except Exception as e:  # noqa: BLE001  (a tier bug: reported by type, details in the log)
+            except Exception as e:
                 ended = True
                 log.warning("tier %s failed: %r", name, e)
                 failure = TierFailure(name, "error", f"tier {name!r} failed: {type(e).__name__}")

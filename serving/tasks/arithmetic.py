@@ -8,8 +8,8 @@ makes a cascade worthwhile: a small model gets the short ones right and is unsur
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 MAX_DIGITS = 5
 

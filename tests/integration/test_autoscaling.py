@@ -15,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.serve.autoscaling import ENGINE_AUTOSCALING
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
+from serving.serve.autoscaling import ENGINE_AUTOSCALING
 
 pytestmark = pytest.mark.integration
 # the shipped engine-load policy (serving/serve/autoscaling.py), on windows short enough for a test

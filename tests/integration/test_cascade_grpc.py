@@ -6,22 +6,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-from pathlib import Path
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.deferral import make_rule, should_defer
 from serving.core.types import GenerationRequest
+from serving.deferral import make_rule, should_defer
 from serving.engines import build_engine
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 from tests.conftest import ROOT
-from serving.ops.local import cascade_server
 
 pytestmark = pytest.mark.integration
 CFG = load_config()

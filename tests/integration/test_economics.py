@@ -17,10 +17,10 @@ import openai
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.ops.client import CascadeClient, make_request
 from serving.config import Cost, LoadAware, load_config
-from serving.ops.local import cascade_server, wait_for
 from serving.core.receipt import price
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def test_http_front_carries_the_receipt(server):
 def _http_ready(server) -> bool:
     try:
         return urllib.request.urlopen(server.http_url + "/models", timeout=5).status == 200
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -163,7 +163,7 @@ def _status(server) -> dict:
 
 
 def test_receipts_add_up_to_the_prometheus_counters_and_status_totals(client, server):
-    close = lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)  # noqa: E731
+    close = lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
     def settled():  # the exporter has caught up with every receipt so far (one router replica)
         s, prom = _status(server), _scrape(server.metrics_url)

@@ -17,8 +17,8 @@ import pytest
 from ray.serve.config import AutoscalingConfig
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.ops.client import CascadeClient, make_request
 from serving.config import StaticEngineConfig, load_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,12 +15,14 @@ from collections import Counter
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.ops.local import cascade_server, closed_loop, wait_for
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.loadgen import run_load
+from serving.ops.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-7c1e4f"
@@ -187,10 +189,11 @@ def test_right_token_is_served_and_never_logged(client, server):
 
 # ---- overload ------------------------------------------------------------------------------------
 def test_overload_is_refused_quickly_with_a_retry_hint(server, client):
-    results = asyncio.run(closed_loop(server.address, FLOOD, callers=48, seconds=10, metadata=tuple(AUTH)))
-    codes = {c for c, _, _ in results}
-    ok = sorted(ms for c, ms, _ in results if c == "OK")
-    rejected = [(ms, t) for c, ms, t in results if c == "RESOURCE_EXHAUSTED"]
+    results, _ = asyncio.run(run_load(server.address, FLOOD, concurrency=48, duration=10, metadata=tuple(AUTH),
+                                      retry_after=True, warm=False))
+    codes = {r["code"] for r in results}
+    ok = sorted(r["ms"] for r in results if r["code"] == "OK")
+    rejected = [(r["ms"], r["trailing"]) for r in results if r["code"] == "RESOURCE_EXHAUSTED"]
     med_rej = statistics.median(ms for ms, _ in rejected)
     p99_ok = ok[int(0.99 * (len(ok) - 1))]
     print(f"overload: {len(results)} requests from 48 workers in 10 s ({len(results) / 10:.0f}/s offered): {len(ok)} admitted (p50 "
@@ -230,8 +233,9 @@ def test_prometheus_metrics_move(server, client, channel):
     assert client.generate(make_request("What is 2 + 3?")).tier == "weak"
     assert _call(channel, make_request("What is 2 + 3?").SerializeToString(), metadata=[])[0] == C.UNAUTHENTICATED
     assert _call(channel, pb.GenerateRequest(prompt="").SerializeToString())[0] == C.INVALID_ARGUMENT
-    flood = asyncio.run(closed_loop(server.address, FLOOD, callers=48, seconds=3, metadata=tuple(AUTH)))
-    assert "RESOURCE_EXHAUSTED" in {c for c, _, _ in flood}  # 48 callers against an admission limit of 6
+    flood, _ = asyncio.run(run_load(server.address, FLOOD, concurrency=48, duration=3, metadata=tuple(AUTH),
+                                    retry_after=True, warm=False))
+    assert "RESOURCE_EXHAUSTED" in {r["code"] for r in flood}  # 48 callers against an admission limit of 6
     refused = [f"ray_cascade_rejections_total|reason={r}" for r in ("unauthenticated", "invalid_argument", "overloaded")]
     before = wait_for(lambda: (s := _scrape(server.metrics_url)) and key in s and all(r in s for r in refused) and s,
                       timeout=90, interval=2, what="the cascade's metrics on the Prometheus endpoint")

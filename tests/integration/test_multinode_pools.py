@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import free_ports, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import urllib.request
 import openai
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import Auth, load_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory):
             req = urllib.request.Request(s.http_url + "/models", headers={"Authorization": f"Bearer {TOKEN}"})
             try:
                 return urllib.request.urlopen(req, timeout=5).status == 200
-            except Exception:  # noqa: BLE001  (the proxy learns the app's routes shortly after it is ready)
+            except Exception:
                 return False
         wait_for(models_ok, timeout=60, what="the HTTP routes")
         yield s

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.ops.planner import ASSUMPTIONS
 

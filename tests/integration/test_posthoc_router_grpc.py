@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
+from serving.core.types import GenerationRequest
 from serving.deferral import build_scorer
+from serving.engines import build_engine
 from serving.evaluation.calibrate import calibrate
 from serving.evaluation.data import write_arithmetic_splits
-from serving.core.types import GenerationRequest
-from serving.engines import build_engine
-from serving.tasks.arithmetic import examples
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server
+from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
 TARGET = 0.4

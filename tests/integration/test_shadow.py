@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config
-from serving.ops.local import cascade_server, wait_for
 from serving.evaluation.shadow_data import read_samples
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, smollm2_gguf
 
 pytestmark = pytest.mark.integration

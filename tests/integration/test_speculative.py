@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
+from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 

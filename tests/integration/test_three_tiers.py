@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import PACKAGE_DIR, load_config
-from serving.deferral import should_defer
-from serving.ops.local import cascade_server
 from serving.core.types import GenerationRequest
+from serving.deferral import should_defer
 from serving.engines import build_engine
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration

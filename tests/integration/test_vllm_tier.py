@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from serving.ops.client import CascadeClient, make_request
 from serving.config import load_config, parse_config
-from serving.ops.local import cascade_server
 from serving.core.types import GenerationRequest
 from serving.engines import build_engine
+from serving.ops.client import CascadeClient, make_request
+from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
 from tests.conftest import need_vllm
 

@@ -6,8 +6,8 @@ from ray.serve._private.autoscaling_state import _resolve_policy_callable
 from ray.serve._private.common import DeploymentID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from serving.serve.autoscaling import ENGINE_AUTOSCALING, KV, POLICY, RUNNING, WAITING, EngineLoad, engine_metrics
 from serving.config import ConfigError, load_config, parse_config
+from serving.serve.autoscaling import ENGINE_AUTOSCALING, KV, POLICY, RUNNING, WAITING, EngineLoad, engine_metrics
 
 
 def metrics(running, waiting=(), kv=()):

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.serve.app import SERVICER, resolve_config
-from serving.ops.build import TARGETS, pools, render
 from serving.config import load_config
+from serving.ops.build import TARGETS, pools, render
+from serving.serve.app import SERVICER, resolve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

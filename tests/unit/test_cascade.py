@@ -8,12 +8,12 @@ from contextlib import aclosing
 
 import pytest
 
+from serving.config import parse_config
 from serving.core.decide import decide
 from serving.core.errors import BadRequest, TierFailure
 from serving.core.request import CascadeRequest, Outcome, Text
-from serving.core.walk import Cascade
-from serving.config import parse_config
 from serving.core.types import Chunk, Generation, GenerationRequest
+from serving.core.walk import Cascade
 
 
 def config(tiers=("weak", "strong"), threshold=-0.5, **over):

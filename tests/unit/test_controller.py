@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from serving.evaluation.thresholds import threshold_for_deferral
 from serving.deferral.controller import BudgetController
+from serving.evaluation.thresholds import threshold_for_deferral
 
 
 def test_budget_controller_holds_its_target_under_a_shift():

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from serving.evaluation.curves import (apgr, auc, cpt, deferral_curve, oracle_scores, quality_at_share, random_curve,
-                                       summarize)
+from serving.evaluation.curves import (
+    apgr,
+    auc,
+    cpt,
+    deferral_curve,
+    oracle_scores,
+    quality_at_share,
+    random_curve,
+    summarize,
+)
 
 SCORES = [0.1, 0.2, 0.3, 0.4]
 WEAK = [0, 1, 0, 1]

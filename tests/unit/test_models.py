@@ -8,12 +8,11 @@ import threading
 import pytest
 import torch
 
-from serving.config import Tier
+from serving.config import ModelSource, Tier
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
-from serving.engines import build_engine, ENGINES
+from serving.engines import ENGINES, build_engine
 from serving.engines.hf import HFModel, resolve_source
-from serving.config import ModelSource
 from tests.conftest import need_vllm
 
 PROMPTS = ["What is 1 + 2?", "What is 48213 + 377?", "Hi", "What is 99999 + 99999? Tell me."]

@@ -6,10 +6,21 @@ import math
 import numpy as np
 import pytest
 
-from serving.serve.autoscaling import ENGINE_AUTOSCALING
 from serving.config import load_config, parse_config, portable
-from serving.ops.planner import (ASSUMPTIONS, PlanError, busy_in_flight, Point, TierCurve, curves_from_report, format_plan, plan,
-                             planned_config, predict, tier_summary)
+from serving.ops.planner import (
+    ASSUMPTIONS,
+    PlanError,
+    Point,
+    TierCurve,
+    busy_in_flight,
+    curves_from_report,
+    format_plan,
+    plan,
+    planned_config,
+    predict,
+    tier_summary,
+)
+from serving.serve.autoscaling import ENGINE_AUTOSCALING
 
 
 def flat(ms: float) -> list[float]:

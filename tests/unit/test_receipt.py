@@ -3,8 +3,8 @@
 import pytest
 
 from serving.config import parse_config
-from serving.core.types import Generation
 from serving.core.receipt import CostTotals, make_receipt, price
+from serving.core.types import Generation
 
 
 def config(costs):

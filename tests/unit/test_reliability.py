@@ -5,10 +5,10 @@ import hashlib
 
 import pytest
 
+from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving.config import Auth, load_config, portable
 from serving.core.breaker import CircuitBreaker, RecentShare
 from serving.fronts.grpc_api import MalformedRequest, parse_request
-from serving._proto.cascade.v1 import cascade_pb2 as pb
 
 
 class Clock:

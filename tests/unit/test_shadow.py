@@ -7,16 +7,16 @@ from collections import defaultdict
 
 import pytest
 
+from serving.config import ConfigError, load_config, parse_config
 from serving.core.decide import decide
 from serving.core.errors import TierFailure
 from serving.core.request import CascadeRequest
-from serving.core.walk import Cascade
-from serving.ops.cli import main as cli
-from serving.config import ConfigError, load_config, parse_config
-from serving.evaluation.calibrate import calibrate
 from serving.core.types import Chunk, Generation, GenerationRequest
+from serving.core.walk import Cascade
+from serving.evaluation.calibrate import calibrate
 from serving.evaluation.shadow_data import FORMAT, read_samples, shadow_runs
 from serving.observability.shadow import ShadowLog, ShadowSampler, wilson
+from serving.ops.cli import main as cli
 
 SURE = [("4", -0.01), ("2", -0.02)]      # accepted at threshold -0.5
 UNSURE = [("5", -0.01), ("3", -1.5)]     # deferred

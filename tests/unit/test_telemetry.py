@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.observability.metrics import METRICS
+from serving.observability.metrics import METRIC_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "cluster" / "grafana" / "cascade-dashboard.json"
@@ -49,13 +49,13 @@ def _exprs(dash: dict) -> list[str]:
 
 
 def _declared(series: str) -> str | None:
-    """The METRICS key of an exported series name (histogram suffixes stripped), or None."""
-    exported = {m.exported: m.name for m in METRICS.values()}
+    """The METRIC_SPECS key of an exported series name (histogram suffixes stripped), or None."""
+    exported = {m.exported: m.name for m in METRIC_SPECS.values()}
     if series in exported:
         return exported[series]
     for suffix in HISTOGRAM_SUFFIXES:
         base = series.removesuffix(suffix)
-        if base != series and base in exported and METRICS[exported[base]].kind == "histogram":
+        if base != series and base in exported and METRIC_SPECS[exported[base]].kind == "histogram":
             return exported[base]
     return None
 
@@ -99,18 +99,18 @@ def test_rows_and_units(dashboard):
 def test_every_series_is_declared(dashboard):
     for expr in _exprs(dashboard):
         for series in SERIES.findall(expr):
-            assert _declared(series), f"{series} (in {expr!r}) is not a metric in serving.observability.metrics.METRICS"
+            assert _declared(series), f"{series} (in {expr!r}) is not a metric in serving.observability.metrics.METRIC_SPECS"
 
 
 def test_every_metric_is_on_the_dashboard(dashboard):
     used = {_declared(s) for expr in _exprs(dashboard) for s in SERIES.findall(expr)}
-    missing = sorted(set(METRICS) - used)
+    missing = sorted(set(METRIC_SPECS) - used)
     assert not missing, f"metrics with no panel: {missing}"
 
 
 def test_histograms_are_read_through_their_buckets(dashboard):
     exprs = " ".join(_exprs(dashboard))
-    for m in METRICS.values():
+    for m in METRIC_SPECS.values():
         if m.kind == "histogram":
             assert f"{m.exported}_bucket" in exprs, m.name
             assert not re.search(rf"\b{m.exported}\b(?!_)", exprs), f"{m.exported} is not a series (use _bucket)"
@@ -118,11 +118,11 @@ def test_histograms_are_read_through_their_buckets(dashboard):
 
 def test_label_names_are_declared_tags(dashboard):
     for expr in _exprs(dashboard):
-        metrics = [METRICS[_declared(s)] for s in SERIES.findall(expr) if _declared(s)]
+        metrics = [METRIC_SPECS[_declared(s)] for s in SERIES.findall(expr) if _declared(s)]
         for series, body in SELECTOR.findall(expr):
             if not _declared(series):
                 continue  # reported by test_every_series_is_declared
-            m = METRICS[_declared(series)]
+            m = METRIC_SPECS[_declared(series)]
             allowed = set(m.tags) | RAY_TAGS | ({"le"} if series.endswith("_bucket") else set())
             for label in MATCHER.findall(body):
                 assert label in allowed, f"{series} has no tag {label!r} (in {expr!r})"
