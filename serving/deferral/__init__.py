@@ -1,5 +1,8 @@
-"""Deferral rules, learned post-hoc rules, calibration and the budget controller: pure functions and
-small classes over arrays. No Ray, no gRPC."""
+"""Deferral as math: the confidence rules (``rules.py``: Chow-Sum/Average/Quantile; ``posthoc.py``: the
+learned post-hoc rules), their incremental forms and the boundary's rule as plain data (``incremental.py``:
+Decision, StopRule), the budget controller (``controller.py``) and load-aware deferral's governor
+(``load_aware.py``). Plain parameters in: no config, no Ray, no gRPC, no torch; nothing of ``serving``
+is imported here. Fitting and threshold search are offline work: ``serving.evaluation``."""
 
 from serving.deferral.rules import (
     POST_HOC_RULES,
