@@ -27,7 +27,11 @@ from serving.evaluation.offline import run_offline
 from serving.evaluation.thresholds import threshold_for_deferral
 from serving.tasks.arithmetic import examples
 
-PHASES = [("easy (1-2 digits)", dict(max_digits=2)), ("mixed (1-5 digits)", {}), ("hard (4-5 digits)", dict(min_digits=4))]
+PHASES = [
+    ("easy (1-2 digits)", dict(max_digits=2)),
+    ("mixed (1-5 digits)", {}),
+    ("hard (4-5 digits)", dict(min_digits=4)),
+]
 
 
 def main() -> None:
@@ -63,26 +67,42 @@ def main() -> None:
     windows = []
     for i in range(0, len(rows), args.window):
         sl = slice(i, i + args.window)
-        windows.append({
-            "start": i, "phase": phase_of[i],
-            "fixed_share": float(fixed_defer[sl].mean()), "controller_share": float(ctl_defer[sl].mean()),
-            "fixed_accuracy": float(np.where(fixed_defer[sl], sq[sl], wq[sl]).mean()),
-            "controller_accuracy": float(np.where(ctl_defer[sl], sq[sl], wq[sl]).mean()),
-            "weak_accuracy": float(wq[sl].mean()),
-        })
-    report = {"target": args.target, "fixed_threshold": fixed, "rule": rule["rule"],
-              "controller_window": args.controller_window, "windows": windows,
-              "overall": {"fixed_share": float(fixed_defer.mean()), "controller_share": float(ctl_defer.mean()),
-                          "fixed_max_abs_error": max(abs(w["fixed_share"] - args.target) for w in windows),
-                          "controller_max_abs_error": max(abs(w["controller_share"] - args.target) for w in windows)}}
+        windows.append(
+            {
+                "start": i,
+                "phase": phase_of[i],
+                "fixed_share": float(fixed_defer[sl].mean()),
+                "controller_share": float(ctl_defer[sl].mean()),
+                "fixed_accuracy": float(np.where(fixed_defer[sl], sq[sl], wq[sl]).mean()),
+                "controller_accuracy": float(np.where(ctl_defer[sl], sq[sl], wq[sl]).mean()),
+                "weak_accuracy": float(wq[sl].mean()),
+            }
+        )
+    report = {
+        "target": args.target,
+        "fixed_threshold": fixed,
+        "rule": rule["rule"],
+        "controller_window": args.controller_window,
+        "windows": windows,
+        "overall": {
+            "fixed_share": float(fixed_defer.mean()),
+            "controller_share": float(ctl_defer.mean()),
+            "fixed_max_abs_error": max(abs(w["fixed_share"] - args.target) for w in windows),
+            "controller_max_abs_error": max(abs(w["controller_share"] - args.target) for w in windows),
+        },
+    }
     print(f"target {args.target}  fixed threshold {fixed:.4f} ({rule['rule']})")
     print(f"{'window':>7} {'phase':<20} {'fixed':>6} {'ctrl':>6} {'acc fixed':>9} {'acc ctrl':>8}")
     for w in windows:
-        print(f"{w['start']:>7} {w['phase']:<20} {w['fixed_share']:>6.3f} {w['controller_share']:>6.3f} "
-              f"{w['fixed_accuracy']:>9.3f} {w['controller_accuracy']:>8.3f}")
+        print(
+            f"{w['start']:>7} {w['phase']:<20} {w['fixed_share']:>6.3f} {w['controller_share']:>6.3f} "
+            f"{w['fixed_accuracy']:>9.3f} {w['controller_accuracy']:>8.3f}"
+        )
     o = report["overall"]
-    print(f"overall share: fixed {o['fixed_share']:.3f}, controller {o['controller_share']:.3f}; "
-          f"worst window |share - target|: fixed {o['fixed_max_abs_error']:.3f}, controller {o['controller_max_abs_error']:.3f}")
+    print(
+        f"overall share: fixed {o['fixed_share']:.3f}, controller {o['controller_share']:.3f}; "
+        f"worst window |share - target|: fixed {o['fixed_max_abs_error']:.3f}, controller {o['controller_max_abs_error']:.3f}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:

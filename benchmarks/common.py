@@ -47,7 +47,9 @@ class ReplicaPoller:
         while not self.stop.is_set():
             try:
                 app = serve.status().applications.get(self.app)
-                counts = {name: d.replica_states.get("RUNNING", 0) for name, d in (app.deployments if app else {}).items()}
+                counts = {
+                    name: d.replica_states.get("RUNNING", 0) for name, d in (app.deployments if app else {}).items()
+                }
                 self.samples.append({"t": round(time.monotonic() - self.t0, 2), **counts})
             except Exception:
                 pass

@@ -73,8 +73,13 @@ def offline_decisions(rows: list[dict], window: int) -> dict:
             deferred += 1
             full_tokens += len(lps)
             early_tokens += dec.decided_at
-    out.update(decision_differences=diffs, deferred=deferred, weak_tokens_full=full_tokens,
-               weak_tokens_early=early_tokens, weak_token_share=early_tokens / max(full_tokens, 1))
+    out.update(
+        decision_differences=diffs,
+        deferred=deferred,
+        weak_tokens_full=full_tokens,
+        weak_tokens_early=early_tokens,
+        weak_token_share=early_tokens / max(full_tokens, 1),
+    )
     # the window rule is a different rule: how many decisions it changes (its quality: benchmarks/quality.py)
     changed = 0
     for lps in weak.logprobs:
@@ -113,17 +118,29 @@ async def sequential(address: str, texts: list[str], stream: bool) -> list[dict]
                 ttfb = None
             ms = (time.perf_counter() - t0) * 1e3
             weak = r.tiers[0]
-            out.append({"ms": ms, "ttfb_ms": ttfb, "tier": r.tier, "deferred": r.deferred,
-                        "weak_tokens": weak.completion_tokens, "decided_early": weak.decided_early})
+            out.append(
+                {
+                    "ms": ms,
+                    "ttfb_ms": ttfb,
+                    "tier": r.tier,
+                    "deferred": r.deferred,
+                    "weak_tokens": weak.completion_tokens,
+                    "decided_early": weak.decided_early,
+                }
+            )
     return out
 
 
 def split(rs: list[dict], key: str = "ms") -> dict:
     weak = [r[key] for r in rs if not r["deferred"] and r[key] is not None]
     deferred = [r[key] for r in rs if r["deferred"] and r[key] is not None]
-    return {"weak_answered_p50": pct(weak, 50), "deferred_p50": pct(deferred, 50),
-            "deferred_over_weak": pct(deferred, 50) / pct(weak, 50) if weak else float("nan"),
-            "n_weak": len(weak), "n_deferred": len(deferred)}
+    return {
+        "weak_answered_p50": pct(weak, 50),
+        "deferred_p50": pct(deferred, 50),
+        "deferred_over_weak": pct(deferred, 50) / pct(weak, 50) if weak else float("nan"),
+        "n_weak": len(weak),
+        "n_deferred": len(deferred),
+    }
 
 
 def served(texts: list[str], n_seq: int, duration: float, window: int, workdir: Path) -> dict:
@@ -139,11 +156,17 @@ def served(texts: list[str], n_seq: int, duration: float, window: int, workdir: 
             "weak_tokens_per_deferred": float(np.mean([r["weak_tokens"] for r in deferred])) if deferred else 0.0,
             "early_share_of_deferred": float(np.mean([r["decided_early"] for r in deferred])) if deferred else 0.0,
             "deferral_share": len(deferred) / len(unary),
-            "stream_ttfb": split(streamed, "ttfb_ms"), "stream_total": split(streamed),
-            "ttfb_over_total_weak": (pct([r["ttfb_ms"] for r in streamed if not r["deferred"]], 50)
-                                     / pct([r["ms"] for r in streamed if not r["deferred"]], 50)),
-            "c8": {k: v for k, v in summarize(res, el).items() if k in ("throughput_rps", "latency_ms", "errors",
-                                                                       "deferral_share")},
+            "stream_ttfb": split(streamed, "ttfb_ms"),
+            "stream_total": split(streamed),
+            "ttfb_over_total_weak": (
+                pct([r["ttfb_ms"] for r in streamed if not r["deferred"]], 50)
+                / pct([r["ms"] for r in streamed if not r["deferred"]], 50)
+            ),
+            "c8": {
+                k: v
+                for k, v in summarize(res, el).items()
+                if k in ("throughput_rps", "latency_ms", "errors", "deferral_share")
+            },
         }
     return out
 
@@ -161,6 +184,7 @@ def three_tiers(texts: list[str], refs: list[str], workdir: Path) -> dict:
             async def one(p):
                 async with sem:
                     return await stub.Generate(pb.GenerateRequest(prompt=p), timeout=60)
+
             return await asyncio.gather(*(one(p) for p in texts))
 
     with cascade_server(cfg, workdir / "three") as srv:
@@ -168,9 +192,13 @@ def three_tiers(texts: list[str], refs: list[str], workdir: Path) -> dict:
     by_tier = Counter(r.tier for r in rs)
     early = Counter(t.tier for r in rs for t in r.tiers if t.decided_early)
     acc = {t: float(np.mean([metric(r.text, ref) for r, ref in zip(rs, refs) if r.tier == t])) for t in by_tier}
-    return {"n": len(rs), "answers_by_tier": dict(by_tier), "accuracy_by_tier": acc,
-            "accuracy": float(np.mean([metric(r.text, ref) for r, ref in zip(rs, refs)])),
-            "early_decisions_by_tier": dict(early)}
+    return {
+        "n": len(rs),
+        "answers_by_tier": dict(by_tier),
+        "accuracy_by_tier": acc,
+        "accuracy": float(np.mean([metric(r.text, ref) for r, ref in zip(rs, refs)])),
+        "early_decisions_by_tier": dict(early),
+    }
 
 
 def main() -> None:
@@ -192,23 +220,31 @@ def main() -> None:
             report["three_tiers"] = three_tiers(texts, [r["reference"] for r in rows], Path(tmp))
 
     o = report["offline"]
-    print(f"\noffline, {o['n']} test questions, {o['rule']} < {o['threshold']}: early vs full-answer decisions differ "
-          f"in {o['decision_differences']}; weak tokens on the {o['deferred']} deferred: {o['weak_tokens_early']} of "
-          f"{o['weak_tokens_full']} ({o['weak_token_share']:.1%}); a {args.window}-token window changes "
-          f"{o[f'window_{args.window}_decisions_changed']} decisions")
+    print(
+        f"\noffline, {o['n']} test questions, {o['rule']} < {o['threshold']}: early vs full-answer decisions differ "
+        f"in {o['decision_differences']}; weak tokens on the {o['deferred']} deferred: {o['weak_tokens_early']} of "
+        f"{o['weak_tokens_full']} ({o['weak_token_share']:.1%}); a {args.window}-token window changes "
+        f"{o[f'window_{args.window}_decisions_changed']} decisions"
+    )
     print(f"\nover gRPC (sequential, {args.sequential} questions; c=8 closed loop {args.duration:g} s)")
-    print(f"{'mode':<7} {'weak p50':>9} {'defer p50':>10} {'ratio':>6} {'weak tok/def':>13} {'c=8 rps':>8} "
-          f"{'TTFB weak':>10} {'total weak':>11} {'TTFB/total':>11} {'TTFB defer':>11}")
+    print(
+        f"{'mode':<7} {'weak p50':>9} {'defer p50':>10} {'ratio':>6} {'weak tok/def':>13} {'c=8 rps':>8} "
+        f"{'TTFB weak':>10} {'total weak':>11} {'TTFB/total':>11} {'TTFB defer':>11}"
+    )
     for mode, r in report["served"].items():
         u, t, tot = r["unary"], r["stream_ttfb"], r["stream_total"]
-        print(f"{mode:<7} {u['weak_answered_p50']:>9.1f} {u['deferred_p50']:>10.1f} {u['deferred_over_weak']:>6.2f} "
-              f"{r['weak_tokens_per_deferred']:>13.2f} {r['c8']['throughput_rps']:>8.1f} {t['weak_answered_p50']:>10.1f} "
-              f"{tot['weak_answered_p50']:>11.1f} {r['ttfb_over_total_weak']:>11.2f} {t['deferred_p50']:>11.1f}")
+        print(
+            f"{mode:<7} {u['weak_answered_p50']:>9.1f} {u['deferred_p50']:>10.1f} {u['deferred_over_weak']:>6.2f} "
+            f"{r['weak_tokens_per_deferred']:>13.2f} {r['c8']['throughput_rps']:>8.1f} {t['weak_answered_p50']:>10.1f} "
+            f"{tot['weak_answered_p50']:>11.1f} {r['ttfb_over_total_weak']:>11.2f} {t['deferred_p50']:>11.1f}"
+        )
     if "three_tiers" in report:
         t = report["three_tiers"]
-        print(f"\nthree tiers on {t['n']} test questions: answers {t['answers_by_tier']}, accuracy {t['accuracy']:.3f} "
-              f"(by tier {json.dumps({k: round(v, 3) for k, v in t['accuracy_by_tier'].items()})}), early decisions "
-              f"{t['early_decisions_by_tier']}")
+        print(
+            f"\nthree tiers on {t['n']} test questions: answers {t['answers_by_tier']}, accuracy {t['accuracy']:.3f} "
+            f"(by tier {json.dumps({k: round(v, 3) for k, v in t['accuracy_by_tier'].items()})}), early decisions "
+            f"{t['early_decisions_by_tier']}"
+        )
     write_json(report, args.out)
     if args.plot:
         plt = pyplot()

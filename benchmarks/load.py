@@ -26,9 +26,22 @@ from serving.ops.loadgen import arrivals, run_load, step_arrivals, summarize
 
 
 def run_mode(args, texts, force_tier: str, times) -> dict:
-    with ReplicaPoller(args.ray_address if not args.no_poll else None, args.app) if not args.no_poll else _Null() as poller:
-        results, elapsed = asyncio.run(run_load(args.address, texts, times=times, concurrency=args.concurrency,
-                                                duration=args.duration, force_tier=force_tier, timeout=args.timeout))
+    with (
+        ReplicaPoller(args.ray_address if not args.no_poll else None, args.app)
+        if not args.no_poll
+        else _Null() as poller
+    ):
+        results, elapsed = asyncio.run(
+            run_load(
+                args.address,
+                texts,
+                times=times,
+                concurrency=args.concurrency,
+                duration=args.duration,
+                force_tier=force_tier,
+                timeout=args.timeout,
+            )
+        )
     out = summarize(results, elapsed)
     out["forced_tier"] = force_tier
     out["replicas"] = getattr(poller, "samples", [])
@@ -45,16 +58,22 @@ class _Null:
 
 
 def print_table(runs: dict) -> None:
-    print(f"{'mode':<12} {'req':>6} {'rps':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'defer':>6} {'ovh p50':>8} {'ovh p99':>8}  errors")
+    print(
+        f"{'mode':<12} {'req':>6} {'rps':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'defer':>6} {'ovh p50':>8} {'ovh p99':>8}  errors"
+    )
     for mode, r in runs.items():
         lat, ov = r["latency_ms"], r["router_overhead_ms"]
-        print(f"{mode:<12} {r['requests']:>6} {r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} {lat['p90']:>7.1f} "
-              f"{lat['p99']:>7.1f} {r['deferral_share']:>6.3f} {ov['p50']:>8.2f} {ov['p99']:>8.2f}  {r['errors'] or '-'}")
+        print(
+            f"{mode:<12} {r['requests']:>6} {r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} {lat['p90']:>7.1f} "
+            f"{lat['p99']:>7.1f} {r['deferral_share']:>6.3f} {ov['p50']:>8.2f} {ov['p99']:>8.2f}  {r['errors'] or '-'}"
+        )
     for mode, r in runs.items():
         b = r["latency_by_answer_ms"]
         if b["weak"]["n"] and b["deferred"]["n"]:
-            print(f"{mode}: weak-answered p50 {b['weak']['p50']:.1f} ms (n={b['weak']['n']}), deferred p50 "
-                  f"{b['deferred']['p50']:.1f} ms (n={b['deferred']['n']}) -> {r['deferred_over_weak_p50']:.2f}x")
+            print(
+                f"{mode}: weak-answered p50 {b['weak']['p50']:.1f} ms (n={b['weak']['n']}), deferred p50 "
+                f"{b['deferred']['p50']:.1f} ms (n={b['deferred']['n']}) -> {r['deferred_over_weak_p50']:.2f}x"
+            )
 
 
 def plot(runs: dict, path: str) -> None:
@@ -77,11 +96,17 @@ def plot(runs: dict, path: str) -> None:
     for mode, r in runs.items():
         deps = sorted({k for s in r["replicas"] for k in s if k != "t"})
         for d in deps:
-            axes[1].step([s["t"] for s in r["replicas"]], [s.get(d, 0) for s in r["replicas"]], where="post",
-                         label=f"{mode}: {d}" if len(runs) > 1 else d)
+            axes[1].step(
+                [s["t"] for s in r["replicas"]],
+                [s.get(d, 0) for s in r["replicas"]],
+                where="post",
+                label=f"{mode}: {d}" if len(runs) > 1 else d,
+            )
     axes[1].set_xlabel("seconds into the run")
     axes[1].set_ylabel("running replicas")
-    axes[1].set_title("Replicas per deployment" if any(r["replicas"] for r in runs.values()) else "(replica polling off)")
+    axes[1].set_title(
+        "Replicas per deployment" if any(r["replicas"] for r in runs.values()) else "(replica polling off)"
+    )
     if any(r["replicas"] for r in runs.values()):
         axes[1].legend(fontsize=7)
     axes[1].grid(alpha=0.3)
@@ -120,10 +145,20 @@ def main() -> None:
     else:
         times = None
     texts = prompts(args.data)
-    modes = {"cascade": "", "weak_only": "weak", "strong_only": "strong"} if args.compare else {args.tier or "cascade": args.tier}
+    modes = (
+        {"cascade": "", "weak_only": "weak", "strong_only": "strong"}
+        if args.compare
+        else {args.tier or "cascade": args.tier}
+    )
     runs = {mode: run_mode(args, texts, tier, times) for mode, tier in modes.items()}
-    report = {"address": args.address, "qps": args.qps, "concurrency": args.concurrency, "steps": args.steps,
-              "duration_s": args.duration, "runs": runs}
+    report = {
+        "address": args.address,
+        "qps": args.qps,
+        "concurrency": args.concurrency,
+        "steps": args.steps,
+        "duration_s": args.duration,
+        "runs": runs,
+    }
     print_table(runs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

@@ -33,16 +33,24 @@ def summarize(results: list[dict], callers: int, elapsed: float) -> dict:
     ok = [r["ms"] for r in results if r["code"] == "OK"]
     refused = [r["ms"] for r in results if r["code"] != "OK"]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
-    return {"callers": callers, "seconds": elapsed, "codes": dict(Counter(r["code"] for r in results)),
-            "offered_rps": len(results) / elapsed, "admitted_rps": len(ok) / elapsed,
-            "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99)},
-            "refused_ms": {"p50": pct(refused, 50), "p90": pct(refused, 90)}}
+    return {
+        "callers": callers,
+        "seconds": elapsed,
+        "codes": dict(Counter(r["code"] for r in results)),
+        "offered_rps": len(results) / elapsed,
+        "admitted_rps": len(ok) / elapsed,
+        "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99)},
+        "refused_ms": {"p50": pct(refused, 50), "p90": pct(refused, 90)},
+    }
 
 
 def step(address: str, prompts: list[str], callers: int, seconds: float, deadline: float) -> dict:
     t0 = time.monotonic()
-    results, _ = asyncio.run(run_load(address, prompts, concurrency=callers, duration=seconds, timeout=deadline,
-                                      retry_after=True, warm=False))
+    results, _ = asyncio.run(
+        run_load(
+            address, prompts, concurrency=callers, duration=seconds, timeout=deadline, retry_after=True, warm=False
+        )
+    )
     return summarize(results, callers, time.monotonic() - t0)
 
 
@@ -52,8 +60,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each step")
     ap.add_argument("--max-inflight", type=int, default=6, help="the router's admission limit when on")
     ap.add_argument("--deadline", type=float, default=30.0, help="each call's gRPC deadline (s)")
-    ap.add_argument("--configs", default="admission on,admission off",
-                    help="comma-separated: 'admission on', 'admission off', 'proxy refuses'")
+    ap.add_argument(
+        "--configs",
+        default="admission on,admission off",
+        help="comma-separated: 'admission on', 'admission off', 'proxy refuses'",
+    )
     ap.add_argument("--out", default="results/overload.json")
     ap.add_argument("--plot", default="results/overload.png")
     args = ap.parse_args()
@@ -75,14 +86,18 @@ def main() -> None:
             opts.autoscaling_config, opts.num_replicas = None, 1
         with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp)) as server:
             runs[label] = [step(server.address, prompts, n, args.seconds, args.deadline) for n in callers]
-    print(f"{'config':<14} {'callers':>7} {'offered/s':>9} {'admitted/s':>10} {'ok p50':>8} {'ok p99':>8} "
-          f"{'refused p50':>11} {'codes'}")
+    print(
+        f"{'config':<14} {'callers':>7} {'offered/s':>9} {'admitted/s':>10} {'ok p50':>8} {'ok p99':>8} "
+        f"{'refused p50':>11} {'codes'}"
+    )
     fmt = lambda x: "-" if x is None else f"{x:.0f}"
     for label, steps in runs.items():
         for r in steps:
-            print(f"{label:<14} {r['callers']:>7} {r['offered_rps']:>9.1f} {r['admitted_rps']:>10.1f} "
-                  f"{fmt(r['admitted_ms']['p50']):>8} {fmt(r['admitted_ms']['p99']):>8} "
-                  f"{fmt(r['refused_ms']['p50']):>11} {r['codes']}")
+            print(
+                f"{label:<14} {r['callers']:>7} {r['offered_rps']:>9.1f} {r['admitted_rps']:>10.1f} "
+                f"{fmt(r['admitted_ms']['p50']):>8} {fmt(r['admitted_ms']['p99']):>8} "
+                f"{fmt(r['refused_ms']['p50']):>11} {r['codes']}"
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"max_inflight": args.max_inflight, "runs": runs}, indent=2) + "\n")
     import matplotlib

@@ -39,8 +39,12 @@ METRICS = ("utilisation", "in_flight_per_replica", "mean_ms", "p99_ms")
 def running_replicas(ray_address: str) -> dict[str, int]:
     """Running replicas per deployment, from `cascade status` in a process of its own (a Ray driver in
     this process would share its interpreter with the load generator and skew its timings)."""
-    out = subprocess.run([str(Path(sys.executable).parent / "cascade"), "status", "--json", "--ray-address",
-                          ray_address], capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "cascade"), "status", "--json", "--ray-address", ray_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     return {name: d["replicas"].get("RUNNING", 0) for name, d in json.loads(out)["deployments"].items()}
 
 
@@ -58,7 +62,9 @@ def main() -> None:
     cfg = load_config()
     texts = prompts(None)
     with tempfile.TemporaryDirectory() as tmp:
-        measured = probe(cfg, Path(tmp) / "probe", [int(c) for c in args.probe_concurrency.split(",")], args.probe_seconds)
+        measured = probe(
+            cfg, Path(tmp) / "probe", [int(c) for c in args.probe_concurrency.split(",")], args.probe_seconds
+        )
         curves, shares = curves_from_report(measured, cfg.tier_names)
         p = plan(curves, args.qps, shares, p99_ms=args.p99_ms)
         print(format_plan(p))
@@ -71,23 +77,43 @@ def main() -> None:
     for t in p.tiers:
         s = run["tiers"].get(t.tier, {"n": 0, "in_flight": 0.0, "rate_rps": 0.0})
         n = replicas.get(f"tier-{t.tier}") or t.replicas
-        got = {"utilisation": s["rate_rps"] / (n * t.capacity_rps), "in_flight_per_replica": s["in_flight"] / n,
-               "mean_ms": s.get("mean_ms"), "p99_ms": s.get("p99_ms")}
+        got = {
+            "utilisation": s["rate_rps"] / (n * t.capacity_rps),
+            "in_flight_per_replica": s["in_flight"] / n,
+            "mean_ms": s.get("mean_ms"),
+            "p99_ms": s.get("p99_ms"),
+        }
         want = {m: getattr(t, m) for m in METRICS}
-        rows[t.tier] = {"planned_replicas": t.replicas, "running_replicas_at_the_end": n, "arrival_rps": {"predicted": t.arrival_rps,
-                        "measured": s["rate_rps"]}, "predicted": want, "measured": got,
-                        "measured_over_predicted": {m: (got[m] / want[m]) if got[m] and want[m] else None for m in METRICS}}
-    report = {"machine": f"{os.cpu_count()} CPUs, shared", "qps": args.qps, "duration_s": args.duration,
-              "probe": measured, "plan": p.to_dict(), "targets": p.targets(), "tiers": rows,
-              "load": {k: run[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")}}
-    print(f"\nplanned deployment at {args.qps:g} req/s for {args.duration:g} s: {run['ok']}/{run['requests']} OK, "
-          f"errors {run['errors'] or 0}, deferral {run['deferral_share']:.3f}, client p99 {run['latency_ms']['p99']:.1f} ms")
+        rows[t.tier] = {
+            "planned_replicas": t.replicas,
+            "running_replicas_at_the_end": n,
+            "arrival_rps": {"predicted": t.arrival_rps, "measured": s["rate_rps"]},
+            "predicted": want,
+            "measured": got,
+            "measured_over_predicted": {m: (got[m] / want[m]) if got[m] and want[m] else None for m in METRICS},
+        }
+    report = {
+        "machine": f"{os.cpu_count()} CPUs, shared",
+        "qps": args.qps,
+        "duration_s": args.duration,
+        "probe": measured,
+        "plan": p.to_dict(),
+        "targets": p.targets(),
+        "tiers": rows,
+        "load": {k: run[k] for k in ("requests", "ok", "throughput_rps", "latency_ms", "errors", "deferral_share")},
+    }
+    print(
+        f"\nplanned deployment at {args.qps:g} req/s for {args.duration:g} s: {run['ok']}/{run['requests']} OK, "
+        f"errors {run['errors'] or 0}, deferral {run['deferral_share']:.3f}, client p99 {run['latency_ms']['p99']:.1f} ms"
+    )
     print(f"{'tier':<8} {'metric':<22} {'predicted':>10} {'measured':>10} {'meas/pred':>10}")
     for tier, r in rows.items():
         for m in METRICS:
             ratio = r["measured_over_predicted"][m]
-            print(f"{tier:<8} {m:<22} {r['predicted'][m]:>10.3f} {r['measured'][m] or 0:>10.3f} "
-                  f"{'-' if ratio is None else f'{ratio:.2f}':>10}")
+            print(
+                f"{tier:<8} {m:<22} {r['predicted'][m]:>10.3f} {r['measured'][m] or 0:>10.3f} "
+                f"{'-' if ratio is None else f'{ratio:.2f}':>10}"
+            )
     write_json(report, args.out)
     if args.plot:
         plt = pyplot()

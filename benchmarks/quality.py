@@ -55,7 +55,9 @@ def main() -> None:
     weak, strong = runs[weak_name], runs[strong_name]
     train = None
     if args.train_data:
-        train = run_offline(cfg, load_jsonl(args.train_data), args.metric, Path(args.cache), tiers=[weak_name])[weak_name]
+        train = run_offline(cfg, load_jsonl(args.train_data), args.metric, Path(args.cache), tiers=[weak_name])[
+            weak_name
+        ]
 
     curves, scores = {}, {}
     windows = [None] + [int(k) for k in args.windows.split(",") if k.strip()]
@@ -82,16 +84,24 @@ def main() -> None:
     curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
 
     report = {
-        "n": len(rows), "metric": args.metric, "data": args.data, "data_sha256": data_hash(rows),
-        "train_data": args.train_data, "weak_accuracy": float(weak.quality.mean()),
+        "n": len(rows),
+        "metric": args.metric,
+        "data": args.data,
+        "data_sha256": data_hash(rows),
+        "train_data": args.train_data,
+        "weak_accuracy": float(weak.quality.mean()),
         "strong_accuracy": float(strong.quality.mean()),
         "rules": {name: summarize(c) for name, c in curves.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(f"n={report['n']}  weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  ({args.metric})")
+    print(
+        f"n={report['n']}  weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  ({args.metric})"
+    )
     print(f"{'rule':<22} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6}")
     for name, r in report["rules"].items():
-        print(f"{name:<22} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}")
+        print(
+            f"{name:<22} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:

@@ -47,9 +47,9 @@ def step_config(policy: str, weak_target: float):
     for t in raw["tiers"]:
         a = t["serve"]["autoscaling_config"]
         if policy == "serve_default":
-            t["serve"]["autoscaling_config"] = {k: a[k] for k in ("min_replicas", "initial_replicas", "max_replicas",
-                                                                  "target_ongoing_requests")} | {
-                "upscale_delay_s": 5, "downscale_delay_s": 30}
+            t["serve"]["autoscaling_config"] = {
+                k: a[k] for k in ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests")
+            } | {"upscale_delay_s": 5, "downscale_delay_s": 30}
     raw["tiers"][0]["serve"]["autoscaling_config"]["target_ongoing_requests"] = weak_target
     return parse_config(raw)
 
@@ -75,17 +75,27 @@ def _step_run(policy: str, weak_target: float, steps, workdir: Path) -> dict:
         # back to one replica: the first sample at 1 after both the step down and the peak
         after = max(t_light, t_heavy + up) if up is not None else t_light
         down = reach_time(samples, dep, after, lambda x: x <= 1) if n > 1 else None
-        scale[dep] = {"peak_replicas": n, "s_to_peak_after_step_up": up,
-                      "s_back_to_1_after_step_down": None if down is None else round(after + down - t_light, 1),
-                      "changes": [{"t": s_["t"], "replicas": s_.get(dep, 0)} for i, s_ in enumerate(samples)
-                                  if i == 0 or s_.get(dep, 0) != samples[i - 1].get(dep, 0)]}
+        scale[dep] = {
+            "peak_replicas": n,
+            "s_to_peak_after_step_up": up,
+            "s_back_to_1_after_step_down": None if down is None else round(after + down - t_light, 1),
+            "changes": [
+                {"t": s_["t"], "replicas": s_.get(dep, 0)}
+                for i, s_ in enumerate(samples)
+                if i == 0 or s_.get(dep, 0) != samples[i - 1].get(dep, 0)
+            ],
+        }
     errs = {}
     for r in res:
         if r["code"] != "OK" and t_heavy <= r["t"]:
             errs[r["code"]] = errs.get(r["code"], 0) + 1
     summary = summarize(res, el)
-    return {"per_deployment": scale, "errors": errs, "samples": samples,
-            "summary": {k: summary[k] for k in ("requests", "ok", "latency_ms", "errors", "deferral_share")}}
+    return {
+        "per_deployment": scale,
+        "errors": errs,
+        "samples": samples,
+        "summary": {k: summary[k] for k in ("requests", "ok", "latency_ms", "errors", "deferral_share")},
+    }
 
 
 def closed(addr: str, texts, concurrency: int, duration: float, tier: str = "") -> dict:
@@ -104,11 +114,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per closed-loop run")
     ap.add_argument("--steps", default="2:30,20:90,2:120", help="qps:seconds for the autoscaling part")
-    ap.add_argument("--weak-target", type=float, default=0.15,
-                    help="the weak tier's target_ongoing_requests in the autoscaling part (both policies)")
-    ap.add_argument("--engine-weak-target", type=float,
-                    help="the engine policy's weak target, in its unit: requests inside the engines, a share of those "
-                         "Serve counts at the replica (cascade plan measures it: ~0.7 here); default --weak-target")
+    ap.add_argument(
+        "--weak-target",
+        type=float,
+        default=0.15,
+        help="the weak tier's target_ongoing_requests in the autoscaling part (both policies)",
+    )
+    ap.add_argument(
+        "--engine-weak-target",
+        type=float,
+        help="the engine policy's weak target, in its unit: requests inside the engines, a share of those "
+        "Serve counts at the replica (cascade plan measures it: ~0.7 here); default --weak-target",
+    )
     ap.add_argument("--parts", default="overhead,autoscaling", help="which parts to run (overhead = parts 1-2)")
     ap.add_argument("--out", default="results/scaling.json")
     ap.add_argument("--plot")
@@ -118,39 +135,61 @@ def main() -> None:
     report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration}
     with tempfile.TemporaryDirectory() as tmp:
         if "overhead" in parts:
-            with cascade_server(parse_config(one_replica(load_config().model_dump(mode="json", exclude_none=True))),
-                                Path(tmp) / "a") as srv:
+            with cascade_server(
+                parse_config(one_replica(load_config().model_dump(mode="json", exclude_none=True))), Path(tmp) / "a"
+            ) as srv:
                 solo = closed(srv.address, texts, 1, args.duration, "weak")
                 report["router_overhead"] = solo["router_overhead_ms"] | {"client_p50_ms": solo["latency_ms"]["p50"]}
-                runs = {mode: closed(srv.address, texts, 32, args.duration, tier)
-                        for mode, tier in (("cascade", ""), ("weak_only", "weak"), ("strong_only", "strong"))}
+                runs = {
+                    mode: closed(srv.address, texts, 32, args.duration, tier)
+                    for mode, tier in (("cascade", ""), ("weak_only", "weak"), ("strong_only", "strong"))
+                }
             w, s, c = (runs[m]["throughput_rps"] for m in ("weak_only", "strong_only", "cascade"))
             d = runs["cascade"]["deferral_share"]
             ideal = 1.0 / (1.0 / w + d / s)
-            report["cascade_vs_ideal"] = {"cascade_rps": c, "deferral_share": d, "c_weak_s": 1 / w, "c_strong_s": 1 / s,
-                                          "ideal_rps": ideal, "ratio": c / ideal}
+            report["cascade_vs_ideal"] = {
+                "cascade_rps": c,
+                "deferral_share": d,
+                "c_weak_s": 1 / w,
+                "c_strong_s": 1 / s,
+                "ideal_rps": ideal,
+                "ratio": c / ideal,
+            }
             report["closed_loop_c32"] = runs
         if "autoscaling" in parts:
             steps = [tuple(map(float, p.split(":"))) for p in args.steps.split(",")]
-            report["autoscaling"] = {"steps": args.steps, "weak_target": args.weak_target,
-                                 "engine_weak_target": args.engine_weak_target or args.weak_target, "runs": {
-                policy: step_run(policy, target, steps, Path(tmp) / policy)
-                for policy, target in (("serve_default", args.weak_target),
-                                       ("engine", args.engine_weak_target or args.weak_target))}}
+            report["autoscaling"] = {
+                "steps": args.steps,
+                "weak_target": args.weak_target,
+                "engine_weak_target": args.engine_weak_target or args.weak_target,
+                "runs": {
+                    policy: step_run(policy, target, steps, Path(tmp) / policy)
+                    for policy, target in (
+                        ("serve_default", args.weak_target),
+                        ("engine", args.engine_weak_target or args.weak_target),
+                    )
+                },
+            }
     if "overhead" in parts:
         ro = report["router_overhead"]
-        print(f"router overhead (c=1, weak answers): p50 {ro['p50']:.1f} ms, p99 {ro['p99']:.1f} ms  [proxy "
-              f"{ro['proxy_p50']:.1f}, router code {ro['router_code_p50']:.2f}, handle hop {ro['handle_hop_p50']:.1f}]")
+        print(
+            f"router overhead (c=1, weak answers): p50 {ro['p50']:.1f} ms, p99 {ro['p99']:.1f} ms  [proxy "
+            f"{ro['proxy_p50']:.1f}, router code {ro['router_code_p50']:.2f}, handle hop {ro['handle_hop_p50']:.1f}]"
+        )
         cv = report["cascade_vs_ideal"]
-        print(f"cascade (c=32): {cv['cascade_rps']:.1f} rps, d={cv['deferral_share']:.3f}, ideal {cv['ideal_rps']:.1f} "
-              f"rps -> ratio {cv['ratio']:.2f}")
+        print(
+            f"cascade (c=32): {cv['cascade_rps']:.1f} rps, d={cv['deferral_share']:.3f}, ideal {cv['ideal_rps']:.1f} "
+            f"rps -> ratio {cv['ratio']:.2f}"
+        )
     if "autoscaling" in parts:
         print(f"autoscaling, steps {args.steps} (qps:s), weak target {args.weak_target}:")
         print(f"{'policy':<14} {'deployment':<12} {'peak':>5} {'s to peak':>10} {'s back to 1':>12}  errors")
         for policy, r in report["autoscaling"]["runs"].items():
             for dep, v in r["per_deployment"].items():
-                print(f"{policy:<14} {dep:<12} {v['peak_replicas']:>5} {v['s_to_peak_after_step_up'] or '-':>10} "
-                      f"{v['s_back_to_1_after_step_down'] or '-':>12}  {r['errors'] or 0}")
+                print(
+                    f"{policy:<14} {dep:<12} {v['peak_replicas']:>5} {v['s_to_peak_after_step_up'] or '-':>10} "
+                    f"{v['s_back_to_1_after_step_down'] or '-':>12}  {r['errors'] or 0}"
+                )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.plot and "autoscaling" in parts:
@@ -164,13 +203,15 @@ def main() -> None:
         fig, axes = plt.subplots(1, len(runs), figsize=(12, 4), sharey=True)
         for ax, (policy, r) in zip(axes, runs.items()):
             for dep in ("tier-weak", "tier-strong", "Router"):
-                ax.step([s_["t"] for s_ in r["samples"]], [s_.get(dep, 0) for s_ in r["samples"]], where="post",
-                        label=dep)
+                ax.step(
+                    [s_["t"] for s_ in r["samples"]], [s_.get(dep, 0) for s_ in r["samples"]], where="post", label=dep
+                )
             for x in (t_heavy, t_heavy + steps[1][1]):
                 ax.axvline(x, c="grey", ls="--", lw=0.8)
             ax.set_xlabel(f"seconds (steps {args.steps} qps:s)")
-            ax.set_title(f"{policy}: weak at peak {r['per_deployment']['tier-weak']['s_to_peak_after_step_up']} s "
-                         "after the step")
+            ax.set_title(
+                f"{policy}: weak at peak {r['per_deployment']['tier-weak']['s_to_peak_after_step_up']} s after the step"
+            )
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("running replicas")
         axes[0].legend()

@@ -57,8 +57,14 @@ async def stream_once(address: str, prompts: list[str], concurrency: int, timeou
         # warm both tiers with forced requests (never shadowed, so the estimate sees only the stream)
         for tier in ("weak", "strong"):
             for k in range(0, 64, concurrency):
-                await asyncio.gather(*(stub.Generate(pb.GenerateRequest(prompt=prompts[i % len(prompts)], force_tier=tier),
-                                                     timeout=timeout) for i in range(k, k + concurrency)))
+                await asyncio.gather(
+                    *(
+                        stub.Generate(
+                            pb.GenerateRequest(prompt=prompts[i % len(prompts)], force_tier=tier), timeout=timeout
+                        )
+                        for i in range(k, k + concurrency)
+                    )
+                )
 
         async def caller():
             for i in todo:
@@ -75,8 +81,12 @@ async def stream_once(address: str, prompts: list[str], concurrency: int, timeou
 
 
 def router_shadow(ray_address: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", ray_address, "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", ray_address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return (json.loads(r.stdout.strip().splitlines()[-1]).get("router") or {}).get("shadow") or {}
 
 
@@ -87,16 +97,31 @@ def run_condition(cfg_raw: dict, rate: float, prompts: list[str], concurrency: i
         calls, elapsed = asyncio.run(stream_once(srv.address, prompts, concurrency))
         shadow = {}
         if rate:  # let the last shadow calls finish (they run after the answers)
-            shadow = wait_for(lambda: (s := router_shadow(srv.ray_address).get("weak")) and s["running"] == 0
-                              and s["completed"] + s["failed"] + s["dropped_busy"] + s["dropped_full"] == s["sampled"]
-                              and s, timeout=120, interval=1, what="the shadow calls to finish")
+            shadow = wait_for(
+                lambda: (
+                    (s := router_shadow(srv.ray_address).get("weak"))
+                    and s["running"] == 0
+                    and s["completed"] + s["failed"] + s["dropped_busy"] + s["dropped_full"] == s["sampled"]
+                    and s
+                ),
+                timeout=120,
+                interval=1,
+                what="the shadow calls to finish",
+            )
     ok = [c for c in calls if c[1] == "OK"]
     lat = [c[2] for c in ok]
-    return {"rate": rate, "requests": len(calls), "ok": len(ok), "elapsed_s": elapsed,
-            "throughput_rps": len(ok) / elapsed, "latency_ms": {q: float(np.percentile(lat, int(q[1:])))
-                                                                  for q in ("p50", "p90", "p99")},
-            "deferral_share": sum(c[4] for c in ok) / len(ok), "shadow": shadow,
-            "answers": {c[0]: {"text": c[3], "deferred": c[4]} for c in ok}, "latencies_ms": lat}
+    return {
+        "rate": rate,
+        "requests": len(calls),
+        "ok": len(ok),
+        "elapsed_s": elapsed,
+        "throughput_rps": len(ok) / elapsed,
+        "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p90", "p99")},
+        "deferral_share": sum(c[4] for c in ok) / len(ok),
+        "shadow": shadow,
+        "answers": {c[0]: {"text": c[3], "deferred": c[4]} for c in ok},
+        "latencies_ms": lat,
+    }
 
 
 def truth(cfg, rows: list[dict], answers: dict, cache: Path) -> dict:
@@ -106,11 +131,15 @@ def truth(cfg, rows: list[dict], answers: dict, cache: Path) -> dict:
     agree = [exact_match(answers[i]["text"], strong.texts[i]) for i in acc]
     weak_ok = [exact_match(answers[i]["text"], rows[i]["reference"]) for i in acc]
     strong_ok = [exact_match(strong.texts[i], rows[i]["reference"]) for i in acc]
-    return {"accepted": len(acc), "agreement": float(np.mean(agree)),
-            "quality_loss_vs_references": float(np.mean(np.subtract(strong_ok, weak_ok))),
-            "weak_accuracy_on_accepted": float(np.mean(weak_ok)), "strong_accuracy_on_accepted": float(np.mean(strong_ok)),
-            "cascade_accuracy": float(np.mean([exact_match(a["text"], rows[i]["reference"]) for i, a in answers.items()])),
-            "strong_texts": strong.texts}
+    return {
+        "accepted": len(acc),
+        "agreement": float(np.mean(agree)),
+        "quality_loss_vs_references": float(np.mean(np.subtract(strong_ok, weak_ok))),
+        "weak_accuracy_on_accepted": float(np.mean(weak_ok)),
+        "strong_accuracy_on_accepted": float(np.mean(strong_ok)),
+        "cascade_accuracy": float(np.mean([exact_match(a["text"], rows[i]["reference"]) for i, a in answers.items()])),
+        "strong_texts": strong.texts,
+    }
 
 
 def main() -> None:
@@ -138,59 +167,97 @@ def main() -> None:
     for r in range(args.repeats):  # off, on, then on, off, ...: neither condition always goes first
         part = samples.with_suffix(f".{r}.jsonl")
         part.unlink(missing_ok=True)  # the log appends
-        for cond in (("off", "on") if r % 2 == 0 else ("on", "off")):
+        for cond in ("off", "on") if r % 2 == 0 else ("on", "off"):
             rate = args.rate if cond == "on" else 0.0
             runs[cond].append(run_condition(raw, rate, prompts, args.concurrency, part))
     # The estimate pools the "on" runs (each its own router replica since start); the truth is per run.
     on = runs["on"]
     completed = sum(x["shadow"]["completed"] for x in on)
     agreed = sum(x["shadow"]["agreed"] for x in on)
-    est = {k: sum(x["shadow"][k] for x in on) for k in ("sampled", "completed", "dropped_busy", "dropped_full", "failed")}
+    est = {
+        k: sum(x["shadow"][k] for x in on) for k in ("sampled", "completed", "dropped_busy", "dropped_full", "failed")
+    }
     est["agreement"] = agreed / completed if completed else None
     est["interval"] = list(wilson(agreed, completed)) if completed else None
     truths = [truth(cfg, rows, x["answers"], Path(args.cache)) for x in on]
-    lines = [s for r in range(args.repeats) if samples.with_suffix(f".{r}.jsonl").exists()
-             for s in read_samples(samples.with_suffix(f".{r}.jsonl"))]
+    lines = [
+        s
+        for r in range(args.repeats)
+        if samples.with_suffix(f".{r}.jsonl").exists()
+        for s in read_samples(samples.with_suffix(f".{r}.jsonl"))
+    ]
     ref = {r["prompt"]: r["reference"] for r in rows}
-    sample_loss = (float(np.mean([exact_match(s["reference"], ref[s["prompt"]]) - exact_match(s["answer"], ref[s["prompt"]])
-                                  for s in lines])) if lines else None)
-    t = {"accepted": sum(x["accepted"] for x in truths),
-         "agreement": float(np.average([x["agreement"] for x in truths], weights=[x["accepted"] for x in truths])),
-         "quality_loss_vs_references": float(np.average([x["quality_loss_vs_references"] for x in truths],
-                                                        weights=[x["accepted"] for x in truths]))}
+    sample_loss = (
+        float(
+            np.mean(
+                [
+                    exact_match(s["reference"], ref[s["prompt"]]) - exact_match(s["answer"], ref[s["prompt"]])
+                    for s in lines
+                ]
+            )
+        )
+        if lines
+        else None
+    )
+    t = {
+        "accepted": sum(x["accepted"] for x in truths),
+        "agreement": float(np.average([x["agreement"] for x in truths], weights=[x["accepted"] for x in truths])),
+        "quality_loss_vs_references": float(
+            np.average([x["quality_loss_vs_references"] for x in truths], weights=[x["accepted"] for x in truths])
+        ),
+    }
     lo, hi = est["interval"] or (float("nan"), float("nan"))
     p50 = {k: float(np.median([x["latency_ms"]["p50"] for x in v])) for k, v in runs.items()}
     report = {
-        "machine": f"{os.cpu_count()} CPUs (shared)", "n": args.n, "rate": args.rate, "concurrency": args.concurrency,
-        "threshold": args.threshold, "repeats": args.repeats, "shadow_config": cfg.shadow.model_dump(),
-        "estimate": est, "truth": t,
+        "machine": f"{os.cpu_count()} CPUs (shared)",
+        "n": args.n,
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "threshold": args.threshold,
+        "repeats": args.repeats,
+        "shadow_config": cfg.shadow.model_dump(),
+        "estimate": est,
+        "truth": t,
         "truth_agreement_in_interval": bool(lo <= t["agreement"] <= hi),
         "truth_loss_in_interval": bool(1 - hi <= t["quality_loss_vs_references"] <= 1 - lo),
         "sampled_pairs_loss_vs_references": sample_loss,
-        "shadow_refs_equal_offline_strong": (sum(s["reference"] == truths[0]["strong_texts"][prompts.index(s["prompt"])]
-                                                 for s in lines), len(lines)),
-        "latency": {k: [{kk: x[kk] for kk in ("requests", "ok", "throughput_rps", "latency_ms", "deferral_share")}
-                        for x in v] for k, v in runs.items()},
-        "p50_ms": p50, "p50_on_over_off": p50["on"] / p50["off"],
+        "shadow_refs_equal_offline_strong": (
+            sum(s["reference"] == truths[0]["strong_texts"][prompts.index(s["prompt"])] for s in lines),
+            len(lines),
+        ),
+        "latency": {
+            k: [{kk: x[kk] for kk in ("requests", "ok", "throughput_rps", "latency_ms", "deferral_share")} for x in v]
+            for k, v in runs.items()
+        },
+        "p50_ms": p50,
+        "p50_on_over_off": p50["on"] / p50["off"],
         "per_run_truth": [{k: v for k, v in x.items() if k != "strong_texts"} for x in truths],
     }
-    print(f"stream: {args.n} labelled questions, threshold {args.threshold}, c={args.concurrency}, "
-          f"shadow rate {args.rate} (busy_inflight {cfg.shadow.busy_inflight}, max_concurrent "
-          f"{cfg.shadow.max_concurrent}), {args.repeats} off/on pair(s)")
+    print(
+        f"stream: {args.n} labelled questions, threshold {args.threshold}, c={args.concurrency}, "
+        f"shadow rate {args.rate} (busy_inflight {cfg.shadow.busy_inflight}, max_concurrent "
+        f"{cfg.shadow.max_concurrent}), {args.repeats} off/on pair(s)"
+    )
     print(f"{'':<34} {'agreement':>10} {'95% interval':>17} {'loss':>8}")
     if est["agreement"] is not None:
-        print(f"{'shadow estimate (live)':<34} {est['agreement']:>10.3f}   [{lo:.3f}, {hi:.3f}] {1 - est['agreement']:>8.3f}")
+        print(
+            f"{'shadow estimate (live)':<34} {est['agreement']:>10.3f}   [{lo:.3f}, {hi:.3f}] {1 - est['agreement']:>8.3f}"
+        )
     print(f"{'truth: all accepted vs strong':<34} {t['agreement']:>10.3f} {'':>17} {1 - t['agreement']:>8.3f}")
     print(f"{'truth: loss vs references':<34} {'':>10} {'':>17} {t['quality_loss_vs_references']:>8.3f}")
-    print(f"samples: {est['sampled']} sampled of {t['accepted']} accepted, {est['completed']} completed, dropped "
-          f"{est['dropped_busy']} busy + {est['dropped_full']} full, {est['failed']} failed; truth in interval: "
-          f"agreement {report['truth_agreement_in_interval']}, loss vs references {report['truth_loss_in_interval']}")
+    print(
+        f"samples: {est['sampled']} sampled of {t['accepted']} accepted, {est['completed']} completed, dropped "
+        f"{est['dropped_busy']} busy + {est['dropped_full']} full, {est['failed']} failed; truth in interval: "
+        f"agreement {report['truth_agreement_in_interval']}, loss vs references {report['truth_loss_in_interval']}"
+    )
     print(f"{'shadow':<8} {'rps':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'defer':>6}")
     for k, v in runs.items():
         for x in v:
             lat = x["latency_ms"]
-            print(f"{k:<8} {x['throughput_rps']:>7.1f} {lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} "
-                  f"{x['deferral_share']:>6.3f}")
+            print(
+                f"{k:<8} {x['throughput_rps']:>7.1f} {lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} "
+                f"{x['deferral_share']:>6.3f}"
+            )
     print(f"p50 on/off (median over pairs): {report['p50_on_over_off']:.3f}")
     write_json(report, args.out)
     if args.plot:
@@ -211,8 +278,14 @@ def plot(runs: dict, est: dict, t: dict, path: str) -> None:
     a.grid(alpha=0.3)
     if est["agreement"] is not None:
         lo, hi = est["interval"]
-        b.errorbar([0], [est["agreement"]], yerr=[[est["agreement"] - lo], [hi - est["agreement"]]], fmt="o", capsize=6,
-                   label=f"shadow estimate (n={est['completed']})")
+        b.errorbar(
+            [0],
+            [est["agreement"]],
+            yerr=[[est["agreement"] - lo], [hi - est["agreement"]]],
+            fmt="o",
+            capsize=6,
+            label=f"shadow estimate (n={est['completed']})",
+        )
     b.plot([1], [t["agreement"]], "s", label=f"truth: all {t['accepted']} accepted vs strong")
     b.plot([2], [1 - t["quality_loss_vs_references"]], "^", label="1 - loss vs references")
     b.set_xticks([0, 1, 2], ["estimate", "agreement", "1 - loss"])

@@ -74,24 +74,35 @@ def offline(texts: list[str]) -> dict:
                 done = await strong_e.generate(req)
             kept = len(req.prefix_ids) if req.prefix_ids else len(done.token_ids)
             return done, offered, done.draft_accepted if done.draft_tokens else kept - 1, kept
+
         return await asyncio.gather(*(one(i) for i in deferred))
 
     out = {"n": len(texts), "deferred": len(deferred)}
     regen_steps = [len(strong[i].token_ids) for i in deferred]
-    out["regenerate"] = {"strong_steps": int(sum(regen_steps)), "strong_decoded_tokens": int(sum(regen_steps)),
-                         "steps_per_deferred": float(np.mean(regen_steps))}
+    out["regenerate"] = {
+        "strong_steps": int(sum(regen_steps)),
+        "strong_decoded_tokens": int(sum(regen_steps)),
+        "steps_per_deferred": float(np.mean(regen_steps)),
+    }
     for name, cut in (("verify_full_draft", False), ("verify_early_draft", True)):
         res = asyncio.run(verify_all(cut))
         diffs = sum(g.token_ids != strong[i].token_ids for (g, *_), i in zip(res, deferred))
-        lp_diff = max(max((abs(a - b) for a, b in zip(g.logprobs, strong[i].logprobs)), default=0.0)
-                      for (g, *_), i in zip(res, deferred))
+        lp_diff = max(
+            max((abs(a - b) for a, b in zip(g.logprobs, strong[i].logprobs)), default=0.0)
+            for (g, *_), i in zip(res, deferred)
+        )
         # steps: 1 verify pass (yields the kept prefix + this model's next token) + one per token after it
         steps = [1 + max(len(g.token_ids) - kept, 0) for g, _, _, kept in res]
-        out[name] = {"answer_differences": int(diffs), "logprob_max_abs_diff": float(lp_diff),
-                     "draft_tokens": int(sum(o for _, o, _, _ in res)), "accepted": int(sum(a for _, _, a, _ in res)),
-                     "whole_draft_accepted": int(sum(a == o for _, o, a, _ in res)),
-                     "strong_steps": int(sum(steps)), "steps_per_deferred": float(np.mean(steps)),
-                     "strong_decoded_tokens": int(sum(max(len(g.token_ids) - kept, 0) for g, _, _, kept in res))}
+        out[name] = {
+            "answer_differences": int(diffs),
+            "logprob_max_abs_diff": float(lp_diff),
+            "draft_tokens": int(sum(o for _, o, _, _ in res)),
+            "accepted": int(sum(a for _, _, a, _ in res)),
+            "whole_draft_accepted": int(sum(a == o for _, o, a, _ in res)),
+            "strong_steps": int(sum(steps)),
+            "steps_per_deferred": float(np.mean(steps)),
+            "strong_decoded_tokens": int(sum(max(len(g.token_ids) - kept, 0) for g, _, _, kept in res)),
+        }
     weak_e.close()
     strong_e.close()
     return out
@@ -112,9 +123,20 @@ async def sequential(address: str, texts: list[str]) -> list[dict]:
         for p in texts:
             t0 = time.perf_counter()
             r = await stub.Generate(pb.GenerateRequest(prompt=p), timeout=30)
-            out.append({"ms": (time.perf_counter() - t0) * 1e3, "deferred": r.deferred, "text": r.text,
-                        "strong": (r.tiers[-1].completion_tokens, r.tiers[-1].draft_tokens,
-                                   r.tiers[-1].draft_accepted_tokens) if r.deferred else None})
+            out.append(
+                {
+                    "ms": (time.perf_counter() - t0) * 1e3,
+                    "deferred": r.deferred,
+                    "text": r.text,
+                    "strong": (
+                        r.tiers[-1].completion_tokens,
+                        r.tiers[-1].draft_tokens,
+                        r.tiers[-1].draft_accepted_tokens,
+                    )
+                    if r.deferred
+                    else None,
+                }
+            )
     return out
 
 
@@ -126,12 +148,14 @@ def served(texts: list[str], n_seq: int, duration: float, workdir: Path) -> dict
             res, el = asyncio.run(run_load(srv.address, texts, concurrency=8, duration=duration))
         answers[mode] = [r["text"] for r in seq]
         deferred = [r for r in seq if r["deferred"]]
-        out[mode] = {"deferred_p50_ms": pct([r["ms"] for r in deferred], 50),
-                     "weak_answered_p50_ms": pct([r["ms"] for r in seq if not r["deferred"]], 50),
-                     "n_deferred": len(deferred),
-                     "strong_tokens_per_deferred": float(np.mean([r["strong"][0] for r in deferred])),
-                     "accepted_per_deferred": float(np.mean([r["strong"][2] for r in deferred])),
-                     "c8": {k: v for k, v in summarize(res, el).items() if k in ("throughput_rps", "latency_ms", "errors")}}
+        out[mode] = {
+            "deferred_p50_ms": pct([r["ms"] for r in deferred], 50),
+            "weak_answered_p50_ms": pct([r["ms"] for r in seq if not r["deferred"]], 50),
+            "n_deferred": len(deferred),
+            "strong_tokens_per_deferred": float(np.mean([r["strong"][0] for r in deferred])),
+            "accepted_per_deferred": float(np.mean([r["strong"][2] for r in deferred])),
+            "c8": {k: v for k, v in summarize(res, el).items() if k in ("throughput_rps", "latency_ms", "errors")},
+        }
     out["answer_differences_over_grpc"] = sum(a != b for a, b in zip(answers["regenerate"], answers["verify"]))
     return out
 
@@ -150,21 +174,31 @@ def main() -> None:
         report["served"] = served(texts, args.sequential, args.duration, Path(tmp))
     o = report["offline"]
     print(f"\nin-process, {o['n']} test questions, {o['deferred']} deferred: strong work per deferred request")
-    print(f"{'path':<20} {'differ':>6} {'steps':>6} {'steps/req':>9} {'decoded':>8} {'draft':>6} {'kept':>5} {'whole':>6}")
+    print(
+        f"{'path':<20} {'differ':>6} {'steps':>6} {'steps/req':>9} {'decoded':>8} {'draft':>6} {'kept':>5} {'whole':>6}"
+    )
     r = o["regenerate"]
-    print(f"{'regenerate':<20} {'-':>6} {r['strong_steps']:>6} {r['steps_per_deferred']:>9.2f} {r['strong_decoded_tokens']:>8}")
+    print(
+        f"{'regenerate':<20} {'-':>6} {r['strong_steps']:>6} {r['steps_per_deferred']:>9.2f} {r['strong_decoded_tokens']:>8}"
+    )
     for name in ("verify_full_draft", "verify_early_draft"):
         v = o[name]
-        print(f"{name:<20} {v['answer_differences']:>6} {v['strong_steps']:>6} {v['steps_per_deferred']:>9.2f} "
-              f"{v['strong_decoded_tokens']:>8} {v['draft_tokens']:>6} {v['accepted']:>5} {v['whole_draft_accepted']:>6}")
+        print(
+            f"{name:<20} {v['answer_differences']:>6} {v['strong_steps']:>6} {v['steps_per_deferred']:>9.2f} "
+            f"{v['strong_decoded_tokens']:>8} {v['draft_tokens']:>6} {v['accepted']:>5} {v['whole_draft_accepted']:>6}"
+        )
     s = report["served"]
-    print(f"\nover gRPC ({args.sequential} sequential questions; c=8 closed loop {args.duration:g} s); answers that differ "
-          f"between the two servers: {s['answer_differences_over_grpc']}")
+    print(
+        f"\nover gRPC ({args.sequential} sequential questions; c=8 closed loop {args.duration:g} s); answers that differ "
+        f"between the two servers: {s['answer_differences_over_grpc']}"
+    )
     for mode in ("regenerate", "verify"):
         m = s[mode]
-        print(f"{mode:<11} deferred p50 {m['deferred_p50_ms']:.1f} ms (n={m['n_deferred']}), weak-answered p50 "
-              f"{m['weak_answered_p50_ms']:.1f} ms, c=8 {m['c8']['throughput_rps']:.1f} rps; strong tokens/deferred "
-              f"{m['strong_tokens_per_deferred']:.2f}, kept from the draft {m['accepted_per_deferred']:.2f}")
+        print(
+            f"{mode:<11} deferred p50 {m['deferred_p50_ms']:.1f} ms (n={m['n_deferred']}), weak-answered p50 "
+            f"{m['weak_answered_p50_ms']:.1f} ms, c=8 {m['c8']['throughput_rps']:.1f} rps; strong tokens/deferred "
+            f"{m['strong_tokens_per_deferred']:.2f}, kept from the draft {m['accepted_per_deferred']:.2f}"
+        )
     write_json(report, args.out)
     if args.plot:
         plt = pyplot()

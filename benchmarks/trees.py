@@ -60,9 +60,14 @@ class TreeServer:
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
         env.pop("RAY_ADDRESS", None)
         self.log = workdir / "serve.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", cli, "serve", "--config", str(pinned_config(tree, workdir)),
-                                      "--address", "local"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, cwd=tree)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", cli, "serve", "--config", str(pinned_config(tree, workdir)), "--address", "local"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=tree,
+        )
         self.address = None
         ready = threading.Event()
 
@@ -104,31 +109,52 @@ def main() -> None:
     texts = prompts(None)
     runs: dict[str, dict[str, list[dict]]] = {}
     for r in range(args.rounds):
-        for side in ("AB" if r % 2 == 0 else "BA"):  # alternate which tree goes first
+        for side in "AB" if r % 2 == 0 else "BA":  # alternate which tree goes first
             srv = TreeServer(trees[side], Path(args.workdir) / f"{side}{r}")
             try:
                 for c in conc:
                     for mode, tier in MODES.items():
-                        res, el = asyncio.run(run_load(srv.address, texts, concurrency=c, duration=args.duration,
-                                                       force_tier=tier))
+                        res, el = asyncio.run(
+                            run_load(srv.address, texts, concurrency=c, duration=args.duration, force_tier=tier)
+                        )
                         s = summarize(res, el)
                         runs.setdefault(f"c{c}/{mode}", {}).setdefault(side, []).append(
-                            {k: s[k] for k in ("throughput_rps", "latency_ms", "errors", "deferral_share")})
-                        print(f"round {r} tree {side} c={c} {mode}: {s['throughput_rps']:.1f} rps, "
-                              f"p50 {s['latency_ms']['p50']:.1f} ms, errors {s['errors'] or '-'}", flush=True)
+                            {k: s[k] for k in ("throughput_rps", "latency_ms", "errors", "deferral_share")}
+                        )
+                        print(
+                            f"round {r} tree {side} c={c} {mode}: {s['throughput_rps']:.1f} rps, "
+                            f"p50 {s['latency_ms']['p50']:.1f} ms, errors {s['errors'] or '-'}",
+                            flush=True,
+                        )
             finally:
                 srv.close()
     table = {}
     print(f"\n{'run':<22} {'A rps':>8} {'B rps':>8} {'B/A':>6}   {'A p50':>7} {'B p50':>7} {'B/A':>6}")
     for key, sides in runs.items():
-        med = {s: (statistics.median(x["throughput_rps"] for x in v), statistics.median(x["latency_ms"]["p50"] for x in v))
-               for s, v in sides.items()}
-        table[key] = {"A": {"rps": med["A"][0], "p50_ms": med["A"][1]}, "B": {"rps": med["B"][0], "p50_ms": med["B"][1]},
-                      "rps_ratio": med["B"][0] / med["A"][0], "p50_ratio": med["B"][1] / med["A"][1]}
-        print(f"{key:<22} {med['A'][0]:>8.1f} {med['B'][0]:>8.1f} {table[key]['rps_ratio']:>6.3f}   "
-              f"{med['A'][1]:>7.1f} {med['B'][1]:>7.1f} {table[key]['p50_ratio']:>6.3f}")
-    write_json({"trees": {k: str(v) for k, v in trees.items()}, "duration_s": args.duration, "rounds": args.rounds,
-                "medians": table, "runs": runs}, args.out)
+        med = {
+            s: (statistics.median(x["throughput_rps"] for x in v), statistics.median(x["latency_ms"]["p50"] for x in v))
+            for s, v in sides.items()
+        }
+        table[key] = {
+            "A": {"rps": med["A"][0], "p50_ms": med["A"][1]},
+            "B": {"rps": med["B"][0], "p50_ms": med["B"][1]},
+            "rps_ratio": med["B"][0] / med["A"][0],
+            "p50_ratio": med["B"][1] / med["A"][1],
+        }
+        print(
+            f"{key:<22} {med['A'][0]:>8.1f} {med['B'][0]:>8.1f} {table[key]['rps_ratio']:>6.3f}   "
+            f"{med['A'][1]:>7.1f} {med['B'][1]:>7.1f} {table[key]['p50_ratio']:>6.3f}"
+        )
+    write_json(
+        {
+            "trees": {k: str(v) for k, v in trees.items()},
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "medians": table,
+            "runs": runs,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

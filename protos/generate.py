@@ -27,8 +27,14 @@ def generate(out_root: Path) -> list[Path]:
     import grpc_tools
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
-    args = ["protoc", f"-I{include}", f"-Iserving/_proto={ROOT / 'protos'}", f"--python_out={out_root}",
-            f"--pyi_out={out_root}", f"--grpc_python_out={out_root}"]
+    args = [
+        "protoc",
+        f"-I{include}",
+        f"-Iserving/_proto={ROOT / 'protos'}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+    ]
     args += [f"serving/_proto/{p}" for p in PROTOS]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
@@ -53,7 +59,11 @@ def main() -> int:
         print("\n".join(map(str, files)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stale = [f for f in generate(Path(tmp)) if not (ROOT / f).exists() or not filecmp.cmp(Path(tmp) / f, ROOT / f, shallow=False)]
+        stale = [
+            f
+            for f in generate(Path(tmp))
+            if not (ROOT / f).exists() or not filecmp.cmp(Path(tmp) / f, ROOT / f, shallow=False)
+        ]
     for f in stale:
         print(f"stale: {f} (run: python protos/generate.py)", file=sys.stderr)
     return 1 if stale else 0

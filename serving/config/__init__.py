@@ -30,7 +30,29 @@ from serving.engines.continuous import ContinuousEngineConfig  # each engine own
 from serving.engines.static import StaticEngineConfig
 from serving.engines.vllm_engine import VLLMEngineConfig
 
-__all__ = ["DEFAULT_CONFIG", "PACKAGE_DIR", "Auth", "CascadeConfig", "ConfigError", "ContinuousEngineConfig", "Cost",
-           "Deferral", "EngineConfig", "GenerationDefaults", "Limits", "LoadAware", "ModelSource", "Reliability",
-           "Server", "ServeOptions", "Shadow", "StaticEngineConfig", "Tier", "VLLMEngineConfig", "digested",
-           "load_config", "parse_config", "portable"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PACKAGE_DIR",
+    "Auth",
+    "CascadeConfig",
+    "ConfigError",
+    "ContinuousEngineConfig",
+    "Cost",
+    "Deferral",
+    "EngineConfig",
+    "GenerationDefaults",
+    "Limits",
+    "LoadAware",
+    "ModelSource",
+    "Reliability",
+    "Server",
+    "ServeOptions",
+    "Shadow",
+    "StaticEngineConfig",
+    "Tier",
+    "VLLMEngineConfig",
+    "digested",
+    "load_config",
+    "parse_config",
+    "portable",
+]

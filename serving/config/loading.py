@@ -54,8 +54,11 @@ def digested(cfg: CascadeConfig, raw: dict[str, Any], with_env: bool) -> dict[st
     auth = cfg.server.auth
     if not (auth.tokens or with_env):
         return raw
-    digests = auth.digests() if with_env else Auth(tokens=auth.tokens, token_sha256=auth.token_sha256,
-                                                    tokens_env=None).digests()
+    digests = (
+        auth.digests()
+        if with_env
+        else Auth(tokens=auth.tokens, token_sha256=auth.token_sha256, tokens_env=None).digests()
+    )
     server = raw.setdefault("server", {})
     server["auth"] = {"token_sha256": digests, "tokens_env": None if with_env else auth.tokens_env}
     return raw

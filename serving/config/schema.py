@@ -33,13 +33,16 @@ class ModelSource(_Strict):
 
     source: str = Field(description="hub id (org/name), local directory, or path to a .gguf file")
     gguf_file: Optional[str] = Field(
-        None, description="GGUF file name inside `source` (a hub repo or directory); "
-        "not needed when `source` itself is a .gguf path")
+        None,
+        description="GGUF file name inside `source` (a hub repo or directory); "
+        "not needed when `source` itself is a .gguf path",
+    )
     revision: Optional[str] = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     chat_template: Literal["auto", "never"] = Field(
-        "auto", description="auto: apply the tokenizer's chat template when it has one")
+        "auto", description="auto: apply the tokenizer's chat template when it has one"
+    )
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
     trust_remote_code: bool = False
 
@@ -62,7 +65,8 @@ class ServeOptions(_Strict):
 
     num_replicas: Optional[int] = Field(None, ge=0, description="fixed replicas; leave unset with autoscaling_config")
     autoscaling_config: Optional[Any] = Field(
-        None, description="Serve's AutoscalingConfig (validated by Ray Serve's own model when the config loads)")
+        None, description="Serve's AutoscalingConfig (validated by Ray Serve's own model when the config loads)"
+    )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(-1, ge=-1, description="-1: no limit; else at least 1 (Serve's rule)")
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
@@ -104,18 +108,25 @@ class ServeOptions(_Strict):
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set either num_replicas or autoscaling_config, not both")
         a = self.autoscaling_config
-        if a is not None and a.target_ongoing_requests is not None and a.target_ongoing_requests >= self.max_ongoing_requests:
+        if (
+            a is not None
+            and a.target_ongoing_requests is not None
+            and a.target_ongoing_requests >= self.max_ongoing_requests
+        ):
             raise ValueError(
                 f"autoscaling_config.target_ongoing_requests ({a.target_ongoing_requests}) must be below "
-                f"max_ongoing_requests ({self.max_ongoing_requests})")
+                f"max_ongoing_requests ({self.max_ongoing_requests})"
+            )
         from serving.serve.autoscaling import POLICY, EngineLoad  # no imports at all: Serve pickles it by value
 
         if a is not None and a.policy.policy_function == POLICY:
             try:  # its kwargs, checked here rather than in Serve's controller
                 EngineLoad(**a.policy.policy_kwargs)
             except TypeError:
-                raise ValueError(f"autoscaling_config.policy.policy_kwargs: {sorted(a.policy.policy_kwargs)} given; "
-                                 "EngineLoad takes kv_cache_target only") from None
+                raise ValueError(
+                    f"autoscaling_config.policy.policy_kwargs: {sorted(a.policy.policy_kwargs)} given; "
+                    "EngineLoad takes kv_cache_target only"
+                ) from None
         return self
 
     def deployment_options(self) -> dict[str, Any]:
@@ -140,14 +151,20 @@ class Tier(_Strict):
     model: ModelSource
     timeout_s: float = Field(30.0, gt=0, description="the router gives up on a call to this tier after this long")
     max_prompt_tokens: Optional[int] = Field(
-        None, ge=1, description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
-        "length minus generation.max_new_tokens")
+        None,
+        ge=1,
+        description="longest prompt (in this tier's tokens) it accepts; default: the model's context "
+        "length minus generation.max_new_tokens",
+    )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
-    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig, description="continuous | static | vllm, "
-                                 "with that engine's options")
+    engine: EngineConfig = Field(
+        default_factory=ContinuousEngineConfig, description="continuous | static | vllm, with that engine's options"
+    )
     deferral: Optional[Deferral] = Field(
-        None, description="the rule at the boundary after this tier (whether the next tier is asked); default: "
-        "the top-level `deferral`. Ignored on the last tier")
+        None,
+        description="the rule at the boundary after this tier (whether the next tier is asked); default: "
+        "the top-level `deferral`. Ignored on the last tier",
+    )
     serve: ServeOptions = Field(default_factory=ServeOptions)
     cost: Cost = Field(default_factory=Cost, description="price of a call (receipts, cost metrics); default 0")
 
@@ -156,16 +173,17 @@ class Tier(_Strict):
     def _engine_shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict):
             if "batching" in data:
-                raise ValueError("`batching` is gone: batching lives in the engine now (`engine: continuous` batches "
-                                 "at every token and needs no settings; the old behaviour is `engine: {name: static, "
-                                 "max_batch_size: N, batch_wait_timeout_s: S}`)")
+                raise ValueError(
+                    "`batching` is gone: batching lives in the engine now (`engine: continuous` batches "
+                    "at every token and needs no settings; the old behaviour is `engine: {name: static, "
+                    "max_batch_size: N, batch_wait_timeout_s: S}`)"
+                )
             engine = data.get("engine")
             if isinstance(engine, str):
                 data = {**data, "engine": {"name": engine}}
             elif isinstance(engine, dict) and "name" not in engine:
                 data = {**data, "engine": {"name": "continuous", **engine}}
         return data
-
 
     def deployment_options(self) -> dict[str, Any]:
         """Serve options for this tier's deployment: ``serve`` as given, plus what the tier's engine asks
@@ -204,8 +222,9 @@ class LoadAware(_Strict):
     @model_validator(mode="after")
     def _order(self) -> LoadAware:
         if not self.low_watermark < self.high_watermark:
-            raise ValueError(f"low_watermark ({self.low_watermark}) must be below high_watermark "
-                             f"({self.high_watermark})")
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must be below high_watermark ({self.high_watermark})"
+            )
         if math.isnan(self.floor):
             raise ValueError("floor must be a number, not NaN")
         return self
@@ -227,27 +246,39 @@ class Deferral(_Strict):
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="quantile for chow_quantile (0 = least likely token)")
     threshold: Optional[float] = Field(None, description="defer when the confidence score is below this")
     artifact: Optional[Union[str, dict[str, Any]]] = Field(
-        None, description="calibration artifact (path, or its content inline)")
+        None, description="calibration artifact (path, or its content inline)"
+    )
     target_deferral: Optional[float] = Field(None, gt=0.0, lt=1.0, description="budget controller's target share")
     controller_window: int = Field(500, ge=10, description="recent scores the controller keeps")
     controller_warmup: int = Field(50, ge=1, description="scores seen before the controller takes over")
     early_deferral: bool = Field(
-        True, description="monotone rules (chow_sum, chow_quantile with alpha 0) defer as soon as the running "
-        "score falls below the threshold: the same decision as at the end, fewer tokens")
+        True,
+        description="monotone rules (chow_sum, chow_quantile with alpha 0) defer as soon as the running "
+        "score falls below the threshold: the same decision as at the end, fewer tokens",
+    )
     on_defer: Literal["regenerate", "verify"] = Field(
-        "regenerate", description="what the next tier does with a deferred answer: regenerate = answer from "
+        "regenerate",
+        description="what the next tier does with a deferred answer: regenerate = answer from "
         "scratch; verify = score the draft in one forward pass, keep the prefix that agrees with its own greedy "
-        "choices and decode on from the first disagreement (same answer as regenerate; needs greedy decoding)")
+        "choices and decode on from the first disagreement (same answer as regenerate; needs greedy decoding)",
+    )
     verify_floor: Optional[float] = Field(
-        None, description="with on_defer: verify, the verification band's lower edge: a deferred answer scoring "
+        None,
+        description="with on_defer: verify, the verification band's lower edge: a deferred answer scoring "
         "below it is regenerated without verifying (a draft that unsure rarely agrees); between it and the "
-        "threshold the next tier verifies the draft")
+        "threshold the next tier verifies the draft",
+    )
     decide_within_tokens: Optional[int] = Field(
-        None, ge=1, le=4096, description="decision window: decide from the answer's first k tokens (ACCEPT or "
+        None,
+        ge=1,
+        le=4096,
+        description="decision window: decide from the answer's first k tokens (ACCEPT or "
         "DEFER there; a streamed answer starts flowing then). A different rule from the full-answer one: "
-        "see benchmarks/quality.py rows <rule>@k")
+        "see benchmarks/quality.py rows <rule>@k",
+    )
     load_aware: Optional[LoadAware] = Field(
-        None, description="off unless set: lower the threshold toward a floor while the next tier is saturated")
+        None, description="off unless set: lower the threshold toward a floor while the next tier is saturated"
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -275,12 +306,16 @@ class Deferral(_Strict):
         art = self.artifact if isinstance(self.artifact, dict) else None
         rule = art.get("rule", self.rule) if art else self.rule
         if self.decide_within_tokens is not None and rule == "post_hoc_embed":
-            raise ValueError("decide_within_tokens does not work with post_hoc_embed (it reads the whole answer's "
-                             "embedding); use post_hoc_quantile or a chow rule")
+            raise ValueError(
+                "decide_within_tokens does not work with post_hoc_embed (it reads the whole answer's "
+                "embedding); use post_hoc_quantile or a chow rule"
+            )
         if art and rule.startswith("post_hoc") and art.get("decide_within_tokens") != self.decide_within_tokens:
-            raise ValueError(f"the artifact's {rule} model was fitted for decide_within_tokens="
-                             f"{art.get('decide_within_tokens')}, the config sets {self.decide_within_tokens}: "
-                             "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value")
+            raise ValueError(
+                f"the artifact's {rule} model was fitted for decide_within_tokens="
+                f"{art.get('decide_within_tokens')}, the config sets {self.decide_within_tokens}: "
+                "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value"
+            )
         return self
 
     def load_artifact(self) -> Optional[dict[str, Any]]:
@@ -301,8 +336,12 @@ class Deferral(_Strict):
         missing = [k for k in ("rule", "threshold") if k not in art]
         if missing:
             raise ConfigError(f"deferral.artifact: not a calibration artifact (missing {missing})")
-        return {"rule": art["rule"], "alpha": art.get("alpha") or 0.0, "model": art.get("model"),
-                "threshold": float(art["threshold"])}
+        return {
+            "rule": art["rule"],
+            "alpha": art.get("alpha") or 0.0,
+            "model": art.get("model"),
+            "threshold": float(art["threshold"]),
+        }
 
 
 class Limits(_Strict):
@@ -313,8 +352,11 @@ class Limits(_Strict):
     max_prompt_chars: int = Field(16384, ge=1)
     max_messages: int = Field(256, ge=1, description="most chat messages in one request")
     max_request_bytes: int = Field(
-        1 << 20, ge=1024, description="largest gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
-        "set where Ray starts); larger ones get RESOURCE_EXHAUSTED from gRPC itself")
+        1 << 20,
+        ge=1024,
+        description="largest gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
+        "set where Ray starts); larger ones get RESOURCE_EXHAUSTED from gRPC itself",
+    )
     max_inflight: int = Field(128, ge=1, description="requests one router replica works on at once; more are refused")
     retry_after_ms: int = Field(500, ge=0, description="retry hint sent with RESOURCE_EXHAUSTED (trailing metadata)")
 
@@ -323,12 +365,17 @@ class Reliability(_Strict):
     """What the router does when a tier fails."""
 
     on_tier_failure: Literal["degrade", "fail"] = Field(
-        "degrade", description="when a later tier errors, times out or has no healthy replica: degrade = answer "
-        "with the earlier tier's text flagged `degraded`; fail = UNAVAILABLE")
-    retries: int = Field(1, ge=0, le=3, description="retries of a tier call whose replica died (generation is "
-                         "idempotent)")
+        "degrade",
+        description="when a later tier errors, times out or has no healthy replica: degrade = answer "
+        "with the earlier tier's text flagged `degraded`; fail = UNAVAILABLE",
+    )
+    retries: int = Field(
+        1, ge=0, le=3, description="retries of a tier call whose replica died (generation is idempotent)"
+    )
     breaker_failures: int = Field(5, ge=1, description="consecutive failures of a tier that open its circuit")
-    breaker_cooldown_s: float = Field(10.0, gt=0, description="while open, calls fail fast; then one probe is let through")
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="while open, calls fail fast; then one probe is let through"
+    )
 
 
 class Shadow(_Strict):
@@ -342,17 +389,30 @@ class Shadow(_Strict):
 
     rate: float = Field(0.0, ge=0.0, le=1.0, description="share of accepted answers shadowed (0 = off)")
     metric: Optional[str] = Field(
-        None, description="how two answers are compared (exact_match, numeric_match, contains, token_f1); default: "
-        "the metric of the boundary's calibration artifact, else exact_match")
-    max_concurrent: int = Field(2, ge=1, description="shadow calls running at once per router replica; more are dropped")
+        None,
+        description="how two answers are compared (exact_match, numeric_match, contains, token_f1); default: "
+        "the metric of the boundary's calibration artifact, else exact_match",
+    )
+    max_concurrent: int = Field(
+        2, ge=1, description="shadow calls running at once per router replica; more are dropped"
+    )
     busy_inflight: int = Field(
-        1, ge=1, description="the next tier counts as busy, and a sample is dropped, while this router replica has at "
-        "least this many client calls in flight to it (1: shadow only into an idle tier)")
+        1,
+        ge=1,
+        description="the next tier counts as busy, and a sample is dropped, while this router replica has at "
+        "least this many client calls in flight to it (1: shadow only into an idle tier)",
+    )
     path: Optional[str] = Field(
-        None, description="JSONL file the completed samples are appended to, on the router replica's node (relative: "
-        "to the config file); none: metrics only")
-    max_bytes: int = Field(64 << 20, ge=4096, description="when the file would grow past this it is rotated to "
-                           "<path>.1 (replacing the previous one): at most twice this on disk")
+        None,
+        description="JSONL file the completed samples are appended to, on the router replica's node (relative: "
+        "to the config file); none: metrics only",
+    )
+    max_bytes: int = Field(
+        64 << 20,
+        ge=4096,
+        description="when the file would grow past this it is rotated to "
+        "<path>.1 (replacing the previous one): at most twice this on disk",
+    )
 
     @field_validator("metric")
     @classmethod
@@ -398,13 +458,20 @@ class Server(_Strict):
     http_port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cascade"
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
-        "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)")
+        "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)"
+    )
     request_timeout_s: Optional[float] = Field(
-        120.0, gt=0, description="Serve's proxy ends any request after this long (DEADLINE_EXCEEDED), whatever "
-        "deadline the client set")
+        120.0,
+        gt=0,
+        description="Serve's proxy ends any request after this long (DEADLINE_EXCEEDED), whatever "
+        "deadline the client set",
+    )
     metrics_port: Optional[int] = Field(
-        8080, ge=1, le=65535, description="Prometheus metrics port of an embedded Ray (`ray start "
-        "--metrics-export-port` on clusters)")
+        8080,
+        ge=1,
+        le=65535,
+        description="Prometheus metrics port of an embedded Ray (`ray start --metrics-export-port` on clusters)",
+    )
     auth: Auth = Field(default_factory=Auth)
 
 
@@ -425,13 +492,17 @@ class CascadeConfig(_Strict):
         for k in range(len(self.tiers) - 1):
             nxt = self.tiers[k + 1]
             if self.boundary(k).on_defer == "verify" and nxt.generation.do_sample:
-                raise ValueError(f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
-                                 f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate")
+                raise ValueError(
+                    f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
+                    f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate"
+                )
             engine = self.tiers[k].engine
             if not engine.returns_embeddings and self.boundary(k).rule == "post_hoc_embed":
-                raise ValueError(f"deferral.rule post_hoc_embed reads the answer's embedding, which tier "
-                                 f"{self.tiers[k].name!r} (engine: {engine.name}) does not return: use engine: continuous there, "
-                                 "or another rule")
+                raise ValueError(
+                    f"deferral.rule post_hoc_embed reads the answer's embedding, which tier "
+                    f"{self.tiers[k].name!r} (engine: {engine.name}) does not return: use engine: continuous there, "
+                    "or another rule"
+                )
         return self
 
     @field_validator("tiers")

@@ -30,8 +30,11 @@ class TierAttempt:
         self.base = b.current(req.threshold) if b is not None else None  # the threshold the tier is sent
         # load-aware deferral moves the threshold with the next tier's load, read when the answer is in
         self.load = b.load if b is not None and req.threshold is None and not self.final else None
-        self.stop = b.stop_rule(self.base, floor=self.load.cfg.floor if self.load else None,
-                                score_only=self.final) if b is not None else None
+        self.stop = (
+            b.stop_rule(self.base, floor=self.load.cfg.floor if self.load else None, score_only=self.final)
+            if b is not None
+            else None
+        )
         # per-token chunks only where someone reads them: a streamed answer (the last tier's, or an earlier
         # tier's accepted within a decision window)
         self.tokens = req.stream and (self.final or (b is not None and b.decides_early))
@@ -52,7 +55,9 @@ class TierAttempt:
         attempt is concluded (``accepted``, ``score``, ``threshold``). Raises TierFailure / BadRequest."""
         t0 = time.perf_counter()
         tail = ""
-        async with aclosing(self.cascade.call(self.name, self.req.request, self.tokens, self.stop, self.draft)) as chunks:
+        async with aclosing(
+            self.cascade.call(self.name, self.req.request, self.tokens, self.stop, self.draft)
+        ) as chunks:
             async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
                 if chunk.final is None:
                     if chunk.text:  # the tier sends text before its last chunk only once it is certain
@@ -96,5 +101,11 @@ class TierAttempt:
     def run(self) -> TierRun:
         d = self.reported
         decided = d is not None and not self.final
-        return TierRun(self.name, self.generation, self.score, self.ms, d.decided_at if decided else None,
-                       decided and d.decided_early)
+        return TierRun(
+            self.name,
+            self.generation,
+            self.score,
+            self.ms,
+            d.decided_at if decided else None,
+            decided and d.decided_early,
+        )

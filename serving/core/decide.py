@@ -22,8 +22,14 @@ from serving.core.types import Chunk, Generation, TierDecision
 from serving.deferral.incremental import StopRule, Verdict
 
 
-async def decide(chunks: AsyncIterator[Chunk], stop: Optional[StopRule], tokens: bool = True, *,
-                 t0: Optional[float] = None, tokenizer: str = "") -> AsyncIterator[Chunk]:
+async def decide(
+    chunks: AsyncIterator[Chunk],
+    stop: Optional[StopRule],
+    tokens: bool = True,
+    *,
+    t0: Optional[float] = None,
+    tokenizer: str = "",
+) -> AsyncIterator[Chunk]:
     """The chunks a tier sends for one call: ``chunks`` is the engine's stream (its last chunk carries
     ``final``), closed when this generator ends. ``tokens=False``: only the last chunk (one message
     instead of one per decoding step)."""
@@ -33,8 +39,9 @@ async def decide(chunks: AsyncIterator[Chunk], stop: Optional[StopRule], tokens:
     sent, sent_text = 0, 0  # how much of ids / text has gone out
 
     def unsent(**extra) -> Chunk:
-        return Chunk(token_ids=ids[sent:], logprobs=lps[sent:], text=text[sent_text:], prompt_tokens=prompt_tokens,
-                     **extra)
+        return Chunk(
+            token_ids=ids[sent:], logprobs=lps[sent:], text=text[sent_text:], prompt_tokens=prompt_tokens, **extra
+        )
 
     try:
         async for chunk in chunks:
@@ -45,9 +52,15 @@ async def decide(chunks: AsyncIterator[Chunk], stop: Optional[StopRule], tokens:
             if decision is not None and decision.verdict is Verdict.UNDECIDED and chunk.token_ids:
                 verdict = decision.push(chunk.logprobs, stop.early_threshold, may_accept=stop.floor is None)
                 if verdict is Verdict.DEFER and chunk.final is None:
-                    gen = Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=prompt_tokens,
-                                     finish_reason="deferred", tier_ms=(time.perf_counter() - t0) * 1e3,
-                                     tokenizer=tokenizer)
+                    gen = Generation(
+                        text=text,
+                        token_ids=ids,
+                        logprobs=lps,
+                        prompt_tokens=prompt_tokens,
+                        finish_reason="deferred",
+                        tier_ms=(time.perf_counter() - t0) * 1e3,
+                        tokenizer=tokenizer,
+                    )
                     yield Chunk(prompt_tokens=prompt_tokens, final=gen, decision=_report(decision, gen))
                     return  # closing the engine's stream cancels the request
             if chunk.final is not None:
@@ -55,8 +68,11 @@ async def decide(chunks: AsyncIterator[Chunk], stop: Optional[StopRule], tokens:
                 if decision is not None:
                     decision.finish(chunk.final.logprobs, stop.threshold, chunk.final.embedding)
                     report = _report(decision, chunk.final)
-                yield (unsent(final=chunk.final, decision=report) if tokens
-                       else Chunk(final=chunk.final, prompt_tokens=prompt_tokens, decision=report))
+                yield (
+                    unsent(final=chunk.final, decision=report)
+                    if tokens
+                    else Chunk(final=chunk.final, prompt_tokens=prompt_tokens, decision=report)
+                )
                 return
             if tokens and (decision is None or not stop.holds or decision.verdict is Verdict.ACCEPT):
                 yield unsent()

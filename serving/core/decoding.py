@@ -14,10 +14,10 @@ from typing import Optional
 
 from serving.core.errors import BadRequest
 
-MAX_STOPS = 8          # stop strings per request
-MAX_STOP_CHARS = 256   # characters per stop string
+MAX_STOPS = 8  # stop strings per request
+MAX_STOP_CHARS = 256  # characters per stop string
 MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit)
-MAX_LOGIT_BIAS = 300   # entries (OpenAI's limit)
+MAX_LOGIT_BIAS = 300  # entries (OpenAI's limit)
 
 
 @dataclass
@@ -46,38 +46,64 @@ class Decoding:
         default = Decoding()
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
 
-    def check(self) -> "Decoding":
+    def check(self) -> Decoding:
         """Raises BadRequest naming the first field out of range; returns self."""
+
         def need(ok: bool, name: str, problem: str):
             if not ok:
                 raise BadRequest(problem, name)
 
         finite = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
-        need(finite(self.temperature) and 0 <= self.temperature <= 2, "temperature",
-             f"must be between 0 and 2, got {self.temperature}")
+        need(
+            finite(self.temperature) and 0 <= self.temperature <= 2,
+            "temperature",
+            f"must be between 0 and 2, got {self.temperature}",
+        )
         need(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        need(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", f"must be -1, 0 (off) or positive, got {self.top_k}")
+        need(
+            isinstance(self.top_k, int) and self.top_k >= -1,
+            "top_k",
+            f"must be -1, 0 (off) or positive, got {self.top_k}",
+        )
         need(finite(self.min_p) and 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p}")
-        need(self.seed is None or (isinstance(self.seed, int) and -(2**63) <= self.seed < 2**63), "seed",
-             "must be a 64-bit integer")
+        need(
+            self.seed is None or (isinstance(self.seed, int) and -(2**63) <= self.seed < 2**63),
+            "seed",
+            "must be a 64-bit integer",
+        )
         need(len(self.stop) <= MAX_STOPS, "stop", f"has {len(self.stop)} strings; the limit is {MAX_STOPS}")
         for i, s in enumerate(self.stop):
-            need(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS, f"stop[{i}]",
-                 f"must be a non-empty string of at most {MAX_STOP_CHARS} characters")
-        need(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-             "must be token ids (non-negative integers)")
+            need(
+                isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS,
+                f"stop[{i}]",
+                f"must be a non-empty string of at most {MAX_STOP_CHARS} characters",
+            )
+        need(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
+            "must be token ids (non-negative integers)",
+        )
         need(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "must be 0 or more")
-        need(finite(self.repetition_penalty) and 0 < self.repetition_penalty <= 2, "repetition_penalty",
-             f"must be in (0, 2], got {self.repetition_penalty}")
+        need(
+            finite(self.repetition_penalty) and 0 < self.repetition_penalty <= 2,
+            "repetition_penalty",
+            f"must be in (0, 2], got {self.repetition_penalty}",
+        )
         for name in ("presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             need(finite(v) and -2 <= v <= 2, name, f"must be between -2 and 2, got {v}")
-        need(len(self.logit_bias) <= MAX_LOGIT_BIAS, "logit_bias",
-             f"has {len(self.logit_bias)} entries; the limit is {MAX_LOGIT_BIAS}")
+        need(
+            len(self.logit_bias) <= MAX_LOGIT_BIAS,
+            "logit_bias",
+            f"has {len(self.logit_bias)} entries; the limit is {MAX_LOGIT_BIAS}",
+        )
         for k, v in self.logit_bias.items():
             need(isinstance(k, int) and k >= 0, "logit_bias", f"keys must be token ids, got {k!r}")
             need(finite(v) and -100 <= v <= 100, "logit_bias", f"values must be between -100 and 100, got {v!r}")
-        need(self.top_logprobs is None or (isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs
-                                           <= MAX_TOP_LOGPROBS), "top_logprobs",
-             f"must be between 0 and {MAX_TOP_LOGPROBS}")
+        need(
+            self.top_logprobs is None
+            or (isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS),
+            "top_logprobs",
+            f"must be between 0 and {MAX_TOP_LOGPROBS}",
+        )
         return self

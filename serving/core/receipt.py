@@ -60,9 +60,16 @@ def make_receipt(cfg: CascadeConfig, calls: list[tuple[str, Generation]], answer
     strong = cfg.tier_names[-1]
     ran = next((g for tier, g in calls if tier == strong and g is answer), None)
     basis = ran or answer
-    return Receipt(lines, sum(by_tier.values()), strong,
-                   price(cfg.tier(strong).cost, basis.prompt_tokens, basis.completion_tokens),
-                   basis.prompt_tokens, basis.completion_tokens, ran is None, by_tier)
+    return Receipt(
+        lines,
+        sum(by_tier.values()),
+        strong,
+        price(cfg.tier(strong).cost, basis.prompt_tokens, basis.completion_tokens),
+        basis.prompt_tokens,
+        basis.completion_tokens,
+        ran is None,
+        by_tier,
+    )
 
 
 class CostTotals:
@@ -80,5 +87,10 @@ class CostTotals:
             self.by_tier[tier] = self.by_tier.get(tier, 0.0) + c
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "total": self.total, "strong_only": self.strong_only,
-                "saved": self.strong_only - self.total, "by_tier": dict(self.by_tier)}
+        return {
+            "requests": self.requests,
+            "total": self.total,
+            "strong_only": self.strong_only,
+            "saved": self.strong_only - self.total,
+            "by_tier": dict(self.by_tier),
+        }

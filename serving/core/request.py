@@ -28,9 +28,20 @@ class CascadeRequest:
     stream: bool = False  # the caller sends text as it comes: the last tier streams tokens
 
     @classmethod
-    def build(cls, *, prompt: str = "", messages: Sequence[dict] = (), max_new_tokens: Optional[int] = None,
-              force_tier: str = "", threshold: Optional[float] = None, include_logprobs: bool = False,
-              stream: bool = False, tier_names: Sequence[str], limits, embed: bool = False) -> CascadeRequest:
+    def build(
+        cls,
+        *,
+        prompt: str = "",
+        messages: Sequence[dict] = (),
+        max_new_tokens: Optional[int] = None,
+        force_tier: str = "",
+        threshold: Optional[float] = None,
+        include_logprobs: bool = False,
+        stream: bool = False,
+        tier_names: Sequence[str],
+        limits,
+        embed: bool = False,
+    ) -> CascadeRequest:
         """Checks a request against the shared ``limits`` (``serving.config.Limits``) and the tiers;
         BadRequest names the field. ``messages``: role/content mappings whose content is a string."""
         if prompt and messages:
@@ -53,16 +64,23 @@ class CascadeRequest:
         if size > limits.max_prompt_chars:
             raise BadRequest(f"is {size} characters; the limit is {limits.max_prompt_chars}", "prompt")
         if max_new_tokens is not None and not 1 <= max_new_tokens <= limits.max_new_tokens:
-            raise BadRequest(f"must be between 1 and {limits.max_new_tokens} (0 = tier default), got {max_new_tokens}",
-                             "max_new_tokens")
+            raise BadRequest(
+                f"must be between 1 and {limits.max_new_tokens} (0 = tier default), got {max_new_tokens}",
+                "max_new_tokens",
+            )
         if force_tier and force_tier not in tier_names:
             raise BadRequest(f"{force_tier!r} is not a tier; known tiers: {list(tier_names)}", "force_tier")
         if threshold is not None and not math.isfinite(threshold):
             raise BadRequest(f"must be a finite number, got {threshold}", "threshold")
-        req = GenerationRequest(prompt=prompt, messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-                                max_new_tokens=max_new_tokens, embed=embed)
-        return cls(req, [force_tier] if force_tier else list(tier_names), bool(force_tier), threshold,
-                   include_logprobs, stream)
+        req = GenerationRequest(
+            prompt=prompt,
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            max_new_tokens=max_new_tokens,
+            embed=embed,
+        )
+        return cls(
+            req, [force_tier] if force_tier else list(tier_names), bool(force_tier), threshold, include_logprobs, stream
+        )
 
 
 @dataclass
@@ -72,9 +90,9 @@ class TierRun:
     tier: str
     generation: Generation  # finish_reason "deferred": the rule stopped it early (its tokens so far)
     score: Optional[float]  # the rule's score, for a tier that may defer onward
-    latency_ms: float       # wall time of the call as the walk saw it
+    latency_ms: float  # wall time of the call as the walk saw it
     decided_at: Optional[int] = None  # answer tokens the rule had read when it decided
-    decided_early: bool = False       # decided before the tier's answer was complete
+    decided_early: bool = False  # decided before the tier's answer was complete
 
 
 @dataclass

@@ -6,8 +6,8 @@ next step) and the answer ends with ``finish_reason`` "stop". Pure code."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from typing import AsyncIterator, Sequence
 
 from serving.core.types import Chunk, Generation
 
@@ -35,7 +35,7 @@ class StopText:
                 if s.startswith(buf[-k:]):
                     keep = k
                     break
-        self.held = buf[len(buf) - keep:] if keep else ""
+        self.held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False
 
     def flush(self) -> str:
@@ -58,9 +58,15 @@ async def stop_at(chunks: AsyncIterator[Chunk], stops: Sequence[str], tokenizer:
             text += safe
             if stopped:
                 done = chunk.final
-                gen = Generation(text=text, token_ids=ids, logprobs=lps, prompt_tokens=chunk.prompt_tokens or (
-                    done.prompt_tokens if done else 0), finish_reason="stop", tokenizer=tokenizer,
-                    embedding=done.embedding if done else None)
+                gen = Generation(
+                    text=text,
+                    token_ids=ids,
+                    logprobs=lps,
+                    prompt_tokens=chunk.prompt_tokens or (done.prompt_tokens if done else 0),
+                    finish_reason="stop",
+                    tokenizer=tokenizer,
+                    embedding=done.embedding if done else None,
+                )
                 yield replace(chunk, text=safe, final=gen)
                 return
             if chunk.final is not None:  # no stop string in the answer: what was held back is its end

@@ -65,8 +65,8 @@ class TierDecision:
 
     verdict: str
     score: float
-    decided_at: int       # answer tokens the rule had read when it decided
-    decided_early: bool   # decided before the answer was complete
+    decided_at: int  # answer tokens the rule had read when it decided
+    decided_early: bool  # decided before the answer was complete
 
 
 @dataclass

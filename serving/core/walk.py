@@ -39,8 +39,14 @@ class TierClient(Protocol):
     tier cannot answer and BadRequest when it refuses the input. Closing the iterator early cancels the
     tier's work."""
 
-    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True,
-               stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]: ...
+    def stream(
+        self,
+        tier: str,
+        req: GenerationRequest,
+        tokens: bool = True,
+        stop: Optional[StopRule] = None,
+        draft: Optional[Draft] = None,
+    ) -> AsyncIterator[Chunk]: ...
 
 
 class Recorder(Protocol):
@@ -79,11 +85,25 @@ class Boundary:
     @classmethod
     def from_config(cls, d: Deferral) -> Boundary:
         r = d.resolved()
-        controller = (BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
-                      if d.target_deferral is not None else None)
+        controller = (
+            BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
+            if d.target_deferral is not None
+            else None
+        )
         load = LoadGovernor(Watermarks(**d.load_aware.model_dump())) if d.load_aware is not None else None
-        return cls(r["rule"], r["alpha"], r["threshold"], build_scorer(r["rule"], r["alpha"], r["model"]), controller,
-                   d.decide_within_tokens, d.early_deferral, r["model"], d.on_defer == "verify", d.verify_floor, load)
+        return cls(
+            r["rule"],
+            r["alpha"],
+            r["threshold"],
+            build_scorer(r["rule"], r["alpha"], r["model"]),
+            controller,
+            d.decide_within_tokens,
+            d.early_deferral,
+            r["model"],
+            d.on_defer == "verify",
+            d.verify_floor,
+            load,
+        )
 
     @property
     def decides_early(self) -> bool:
@@ -149,17 +169,32 @@ class Cascade:
                 calls = [(r.tier, r.generation) for r in runs]
                 if answer is not prev.generation:  # the tier was re-run to complete its answer
                     calls.append((prev.tier, answer))
-                yield Outcome(answer, prev.tier, True, _score(first), first.threshold, runs,
-                              degraded=f"{f}; answered by {prev.tier!r}", receipt=self._receipt(calls, answer))
+                yield Outcome(
+                    answer,
+                    prev.tier,
+                    True,
+                    _score(first),
+                    first.threshold,
+                    runs,
+                    degraded=f"{f}; answered by {prev.tier!r}",
+                    receipt=self._receipt(calls, answer),
+                )
                 return
             run = attempt.run()
             runs.append(run)
             self._record(attempt, run)
             if attempt.accepted:
                 gen = attempt.generation
-                yield Outcome(gen, attempt.name, k > 0, _score(first), first.threshold, runs,
-                              receipt=self._receipt([(r.tier, r.generation) for r in runs], gen),
-                              load_shed=attempt.load_shed)
+                yield Outcome(
+                    gen,
+                    attempt.name,
+                    k > 0,
+                    _score(first),
+                    first.threshold,
+                    runs,
+                    receipt=self._receipt([(r.tier, r.generation) for r in runs], gen),
+                    load_shed=attempt.load_shed,
+                )
                 return
             self.metrics.inc("cascade_deferrals", tier=attempt.name)
             prev = run
@@ -180,8 +215,14 @@ class Cascade:
         if attempt.load_shed:
             m.inc("cascade_load_shed", tier=name)
 
-    async def call(self, name: str, req: GenerationRequest, tokens: bool, stop: Optional[StopRule] = None,
-                   draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+    async def call(
+        self,
+        name: str,
+        req: GenerationRequest,
+        tokens: bool,
+        stop: Optional[StopRule] = None,
+        draft: Optional[Draft] = None,
+    ) -> AsyncIterator[Chunk]:
         """The tier client's stream, counted in ``inflight`` while it is open."""
         self.inflight[name] += 1
         self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)

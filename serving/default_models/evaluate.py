@@ -38,15 +38,26 @@ def main() -> None:
     runs = run_offline(cfg, rows, tiers=[weak, strong])
     rule = cfg.deferral.resolved()
     scores = score_run(build_scorer(rule["rule"], rule["alpha"], rule["model"]), runs[weak])
-    points = [operating_point(scores, runs[weak].quality, runs[strong].quality, t) | {"threshold": t}
-              for t in SWEEP + [rule["threshold"]]]
-    report = {"split": args.split, "n": args.n, "rule": rule["rule"], "alpha": rule["alpha"],
-              "threshold": rule["threshold"], "weak_accuracy": points[0]["weak_quality"],
-              "strong_accuracy": points[0]["strong_quality"],
-              "oracle_deferral_share": float((runs[weak].quality < 1).mean()),
-              "at_threshold": points[-1], "sweep": points[:-1]}
-    print(f"{args.split} split (n={args.n}): weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  "
-          f"oracle defers {report['oracle_deferral_share']:.3f}")
+    points = [
+        operating_point(scores, runs[weak].quality, runs[strong].quality, t) | {"threshold": t}
+        for t in SWEEP + [rule["threshold"]]
+    ]
+    report = {
+        "split": args.split,
+        "n": args.n,
+        "rule": rule["rule"],
+        "alpha": rule["alpha"],
+        "threshold": rule["threshold"],
+        "weak_accuracy": points[0]["weak_quality"],
+        "strong_accuracy": points[0]["strong_quality"],
+        "oracle_deferral_share": float((runs[weak].quality < 1).mean()),
+        "at_threshold": points[-1],
+        "sweep": points[:-1],
+    }
+    print(
+        f"{args.split} split (n={args.n}): weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  "
+        f"oracle defers {report['oracle_deferral_share']:.3f}"
+    )
     print(f"{'threshold':>10} {'deferred':>9} {'cascade':>8}")
     for p in points:
         print(f"{p['threshold']:>10.2f} {p['deferral_share']:>9.3f} {p['quality']:>8.3f}")

@@ -45,16 +45,28 @@ CHAT_TEMPLATE = (
 PAIR = {
     "weak": dict(
         arch=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
-        lr=3e-3, batch=64, max_steps=4000, eval_every=100, stop_at=0.70,
+        lr=3e-3,
+        batch=64,
+        max_steps=4000,
+        eval_every=100,
+        stop_at=0.70,
     ),
     # the third tier of the 3-tier example (serving/three_tier_config.yaml): between the pair
     "medium": dict(
         arch=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4),
-        lr=2.5e-3, batch=64, max_steps=3000, eval_every=250, stop_at=0.90,
+        lr=2.5e-3,
+        batch=64,
+        max_steps=3000,
+        eval_every=250,
+        stop_at=0.90,
     ),
     "strong": dict(
         arch=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
-        lr=2e-3, batch=64, max_steps=4000, eval_every=250, stop_at=0.985,
+        lr=2e-3,
+        batch=64,
+        max_steps=4000,
+        eval_every=250,
+        stop_at=0.985,
     ),
 }
 TRAIN_SEED, EVAL_SEED, EVAL_N = 0, 1, 300
@@ -66,8 +78,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", padding_side="left", additional_special_tokens=SCRATCH,
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        additional_special_tokens=SCRATCH,
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
@@ -103,11 +120,16 @@ def exact_match(model, tok, exs, batch=250) -> float:
     ok = 0
     for i in range(0, len(exs), batch):
         chunk = exs[i : i + batch]
-        enc = tok([tok.bos_token + e.prompt + "\n" for e in chunk], return_tensors="pt",
-                  padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=16, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        enc = tok(
+            [tok.bos_token + e.prompt + "\n" for e in chunk],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        out = model.generate(
+            **enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         ok += sum(t.strip() == e.reference for t, e in zip(texts, chunk))
     model.train()
     return ok / len(exs)
@@ -119,9 +141,14 @@ def train(name: str, out_dir: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     tok = build_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok), max_position_embeddings=64, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        rope_theta=10000.0, **spec["arch"],
+        vocab_size=len(tok),
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_theta=10000.0,
+        **spec["arch"],
     )
     model = LlamaForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -145,8 +172,10 @@ def train(name: str, out_dir: Path, threads: int) -> dict:
         if step % spec["eval_every"] == 0:
             acc = exact_match(model, tok, held_out)
             history.append({"step": step, "loss": round(loss.item(), 4), "exact_match": acc})
-            print(f"[{name}] step {step} loss {loss.item():.4f} held-out EM {acc:.3f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"[{name}] step {step} loss {loss.item():.4f} held-out EM {acc:.3f} ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
             if acc >= spec["stop_at"]:
                 break
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,9 +183,17 @@ def train(name: str, out_dir: Path, threads: int) -> dict:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    info = {"name": name, "params": n_params, "steps": step, "exact_match_held_out": acc,
-            "train_seconds": round(time.time() - t0, 1), "threads": threads,
-            "torch": torch.__version__, "spec": spec, "history": history}
+    info = {
+        "name": name,
+        "params": n_params,
+        "steps": step,
+        "exact_match_held_out": acc,
+        "train_seconds": round(time.time() - t0, 1),
+        "threads": threads,
+        "torch": torch.__version__,
+        "spec": spec,
+        "history": history,
+    }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

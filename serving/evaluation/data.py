@@ -33,8 +33,11 @@ def read_jsonl(path: str | Path, expect: str, ok, what: str = "examples") -> lis
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
-    rows = read_jsonl(path, 'expected {"prompt": str, "reference": ...}',
-                      lambda r: isinstance(r.get("prompt"), str) and "reference" in r)
+    rows = read_jsonl(
+        path,
+        'expected {"prompt": str, "reference": ...}',
+        lambda r: isinstance(r.get("prompt"), str) and "reference" in r,
+    )
     return [{"prompt": r["prompt"], "reference": str(r["reference"])} for r in rows]
 
 

@@ -11,8 +11,9 @@ from serving.deferral.posthoc import fit_posthoc
 from serving.evaluation.offline import OfflineTierRun
 
 CHOW_QUANTILE_ALPHAS = (0.0, 0.1, 0.25, 0.5)
-BENCH_RULES = (["chow_sum", "chow_average"] + [f"chow_quantile_{a:g}" for a in CHOW_QUANTILE_ALPHAS]
-               + list(POST_HOC_RULES))
+BENCH_RULES = (
+    ["chow_sum", "chow_average"] + [f"chow_quantile_{a:g}" for a in CHOW_QUANTILE_ALPHAS] + list(POST_HOC_RULES)
+)
 
 
 def parse_rule(name: str) -> tuple[str, float]:
@@ -27,8 +28,9 @@ def score_run(scorer: Scorer, run: OfflineTierRun, idx: Optional[np.ndarray] = N
     return np.array([scorer(run.logprobs[i], run.embeddings[i] if scorer.needs_embedding else None) for i in idx])
 
 
-def fit_rule(rule: str, alpha: float, train: Optional[OfflineTierRun], idx: Optional[np.ndarray] = None
-             ) -> tuple[Scorer, Optional[dict]]:
+def fit_rule(
+    rule: str, alpha: float, train: Optional[OfflineTierRun], idx: Optional[np.ndarray] = None
+) -> tuple[Scorer, Optional[dict]]:
     """The scorer for a rule; post-hoc rules are trained on ``train`` (rows ``idx``) to predict
     whether the weak answer is correct. Returns the fitted model's dict for artifacts too."""
     if rule not in POST_HOC_RULES:
@@ -37,8 +39,9 @@ def fit_rule(rule: str, alpha: float, train: Optional[OfflineTierRun], idx: Opti
         raise ValueError(f"{rule} needs labelled training data")
     idx = np.arange(len(train.logprobs)) if idx is None else idx
     kind = rule.removeprefix("post_hoc_")
-    model = fit_posthoc(kind, [train.logprobs[i] for i in idx], train.quality[idx],
-                        train.embeddings[idx] if kind == "embed" else None).to_dict()
+    model = fit_posthoc(
+        kind, [train.logprobs[i] for i in idx], train.quality[idx], train.embeddings[idx] if kind == "embed" else None
+    ).to_dict()
     return build_scorer(rule, model=model), model
 
 

@@ -30,7 +30,7 @@ class OfflineTierRun:
     texts: list[str]
     logprobs: list[list[float]]
     embeddings: np.ndarray  # (n, hidden)
-    quality: np.ndarray     # (n,) per-example metric value
+    quality: np.ndarray  # (n,) per-example metric value
 
     @property
     def lengths(self) -> np.ndarray:
@@ -47,8 +47,11 @@ def model_fingerprint(tier: Tier) -> str:
     """Identifies the weights (file names, sizes and mtimes for a local source; id + revision for a hub
     id), the generation settings and the engine (log-probs differ between engines by float noise)."""
     src = Path(tier.model.source)
-    parts = [tier.model.model_dump_json(exclude={"torch_threads", "device"}), tier.generation.model_dump_json(),
-             f"engine:{tier.engine.name}"]
+    parts = [
+        tier.model.model_dump_json(exclude={"torch_threads", "device"}),
+        tier.generation.model_dump_json(),
+        f"engine:{tier.engine.name}",
+    ]
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
     parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -66,7 +69,9 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     out = {"texts": [], "logprobs": [], "embeddings": []}
     try:
         for i in tqdm(range(0, len(rows), batch), desc=f"{tier.name}", unit="batch"):
-            gens = engine.generate_many([GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]])
+            gens = engine.generate_many(
+                [GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]]
+            )
             out["texts"] += [g.text for g in gens]
             out["logprobs"] += [g.logprobs for g in gens]
             out["embeddings"] += [g.embedding for g in gens]
@@ -79,8 +84,13 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     return out
 
 
-def run_offline(cfg: CascadeConfig, rows: list[dict], metric: str = "exact_match",
-                cache_dir: Path = DEFAULT_CACHE, tiers: list[str] | None = None) -> dict[str, OfflineTierRun]:
+def run_offline(
+    cfg: CascadeConfig,
+    rows: list[dict],
+    metric: str = "exact_match",
+    cache_dir: Path = DEFAULT_CACHE,
+    tiers: list[str] | None = None,
+) -> dict[str, OfflineTierRun]:
     score = get_metric(metric)
     runs = {}
     for tier in cfg.tiers:
@@ -88,7 +98,9 @@ def run_offline(cfg: CascadeConfig, rows: list[dict], metric: str = "exact_match
             continue
         raw = run_tier(tier, rows, Path(cache_dir))
         runs[tier.name] = OfflineTierRun(
-            tier=tier.name, texts=raw["texts"], logprobs=raw["logprobs"],
+            tier=tier.name,
+            texts=raw["texts"],
+            logprobs=raw["logprobs"],
             embeddings=np.asarray(raw["embeddings"], dtype=np.float64),
             quality=np.array([score(t, r["reference"]) for t, r in zip(raw["texts"], rows)]),
         )

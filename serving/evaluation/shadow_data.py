@@ -15,8 +15,12 @@ def read_samples(path: str | Path) -> list[dict]:
     """The samples of a shadow JSONL file (ValueError names the line that is not one)."""
     from serving.evaluation.data import read_jsonl
 
-    return read_jsonl(path, f"not a shadow sample (format {FORMAT!r}; written by shadow.path)",
-                      lambda r: r.get("format") == FORMAT, "shadow samples")
+    return read_jsonl(
+        path,
+        f"not a shadow sample (format {FORMAT!r}; written by shadow.path)",
+        lambda r: r.get("format") == FORMAT,
+        "shadow samples",
+    )
 
 
 def shadow_runs(path: str | Path, metric: str, tier: str, next_tier: str):
@@ -33,10 +37,20 @@ def shadow_runs(path: str | Path, metric: str, tier: str, next_tier: str):
         raise ValueError(f"{path}: no shadow samples of the boundary {tier} -> {next_tier}")
     refs = [s["reference"] for s in samples]
     embeddings = [s.get("embedding") for s in samples]
-    emb = np.asarray(embeddings, dtype=np.float64) if all(e is not None for e in embeddings) else np.zeros((len(samples), 0))
-    weak = OfflineTierRun(tier, [s["answer"] for s in samples], [s["logprobs"] for s in samples], emb,
-                   np.array([score(s["answer"], r) for s, r in zip(samples, refs)]))
-    strong = OfflineTierRun(next_tier, refs, [[] for _ in samples], np.zeros((len(samples), 0)),
-                     np.array([score(r, r) for r in refs]))
+    emb = (
+        np.asarray(embeddings, dtype=np.float64)
+        if all(e is not None for e in embeddings)
+        else np.zeros((len(samples), 0))
+    )
+    weak = OfflineTierRun(
+        tier,
+        [s["answer"] for s in samples],
+        [s["logprobs"] for s in samples],
+        emb,
+        np.array([score(s["answer"], r) for s, r in zip(samples, refs)]),
+    )
+    strong = OfflineTierRun(
+        next_tier, refs, [[] for _ in samples], np.zeros((len(samples), 0)), np.array([score(r, r) for r in refs])
+    )
     rows = [{"prompt": s["prompt"] or json.dumps(s["messages"]), "reference": r} for s, r in zip(samples, refs)]
     return rows, {tier: weak, next_tier: strong}

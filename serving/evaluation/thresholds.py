@@ -41,5 +41,11 @@ def operating_point(scores, weak_q, strong_q, threshold: float) -> dict:
     defer = scores < threshold
     q = float(np.where(defer, strong_q, weak_q).mean())
     qw, qs = float(weak_q.mean()), float(strong_q.mean())
-    return {"n": int(len(scores)), "deferral_share": float(defer.mean()), "quality": q,
-            "weak_quality": qw, "strong_quality": qs, "pgr": (q - qw) / (qs - qw) if qs != qw else 0.0}
+    return {
+        "n": int(len(scores)),
+        "deferral_share": float(defer.mean()),
+        "quality": q,
+        "weak_quality": qw,
+        "strong_quality": qs,
+        "pgr": (q - qw) / (qs - qw) if qs != qw else 0.0,
+    }

@@ -40,10 +40,17 @@ def to_request(r, *, tier_names, limits, embed: bool, stream: bool) -> CascadeRe
     if isinstance(r, MalformedRequest):
         raise BadRequest(f"the request ({r.size} bytes) is not a valid cascade.v1.GenerateRequest: {r.error}")
     return CascadeRequest.build(
-        prompt=r.prompt, messages=[{"role": m.role, "content": m.content} for m in r.messages],
-        max_new_tokens=r.max_new_tokens or None, force_tier=r.force_tier,
-        threshold=r.threshold if r.HasField("threshold") else None, include_logprobs=r.include_logprobs,
-        stream=stream, tier_names=tier_names, limits=limits, embed=embed)
+        prompt=r.prompt,
+        messages=[{"role": m.role, "content": m.content} for m in r.messages],
+        max_new_tokens=r.max_new_tokens or None,
+        force_tier=r.force_tier,
+        threshold=r.threshold if r.HasField("threshold") else None,
+        include_logprobs=r.include_logprobs,
+        stream=stream,
+        tier_names=tier_names,
+        limits=limits,
+        embed=embed,
+    )
 
 
 def to_response(fields: dict, finished: bool = False) -> pb.GenerateResponse:

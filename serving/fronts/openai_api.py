@@ -25,8 +25,12 @@ from serving.core.request import CascadeRequest
 from serving.fronts.status import status_of
 
 # the walk's field names -> this API's (a BadRequest names the walk's)
-FIELDS = {"max_new_tokens": "max_tokens", "force_tier": "cascade.force_tier", "threshold": "cascade.threshold",
-          "include_logprobs": "cascade.include_logprobs"}
+FIELDS = {
+    "max_new_tokens": "max_tokens",
+    "force_tier": "cascade.force_tier",
+    "threshold": "cascade.threshold",
+    "include_logprobs": "cascade.include_logprobs",
+}
 
 
 class CascadeOptions(BaseModel):
@@ -93,8 +97,11 @@ def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limit
     """The walk's request for a parsed body (BadRequest names the field in the walk's terms; render it
     with :func:`error`)."""
     if body.temperature not in (None, 0, 0.0):
-        raise BadRequest("must be 0 or unset: the cascade decodes greedily (sampling is a tier setting, "
-                         "tiers[].generation.do_sample)", "temperature")
+        raise BadRequest(
+            "must be 0 or unset: the cascade decodes greedily (sampling is a tier setting, "
+            "tiers[].generation.do_sample)",
+            "temperature",
+        )
     if body.top_p not in (None, 1, 1.0):
         raise BadRequest("must be 1 or unset: the cascade decodes greedily", "top_p")
     if body.n not in (None, 1):
@@ -105,8 +112,10 @@ def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limit
         raise BadRequest("and `max_completion_tokens` disagree", "max_tokens")
     name, _, tier = body.model.partition(":")
     if name != cascade_name or (tier and tier not in tier_names):
-        raise BadRequest(f"must be {cascade_name!r} or one of {[f'{cascade_name}:{t}' for t in tier_names]}, got "
-                         f"{body.model!r}", "model")
+        raise BadRequest(
+            f"must be {cascade_name!r} or one of {[f'{cascade_name}:{t}' for t in tier_names]}, got {body.model!r}",
+            "model",
+        )
     opts = body.cascade or CascadeOptions()
     if tier and opts.force_tier and opts.force_tier != tier:
         raise BadRequest("names one tier and `model` another", "force_tier")
@@ -125,9 +134,17 @@ def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limit
                 raise BadRequest("must be a string (or a list of exactly one)", "prompt")
             prompt = prompt[0]
     return CascadeRequest.build(
-        prompt=prompt, messages=messages, max_new_tokens=body.max_completion_tokens or body.max_tokens,
-        force_tier=tier or opts.force_tier or "", threshold=opts.threshold, include_logprobs=opts.include_logprobs,
-        stream=body.stream, tier_names=tier_names, limits=limits, embed=embed)
+        prompt=prompt,
+        messages=messages,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        force_tier=tier or opts.force_tier or "",
+        threshold=opts.threshold,
+        include_logprobs=opts.include_logprobs,
+        stream=body.stream,
+        tier_names=tier_names,
+        limits=limits,
+        embed=embed,
+    )
 
 
 def error(e: BaseException, body: Optional[_Common] = None, message: Optional[str] = None) -> tuple[int, dict]:
@@ -137,19 +154,34 @@ def error(e: BaseException, body: Optional[_Common] = None, message: Optional[st
     if isinstance(e, BadRequest) and e.field:
         param = field_name(e.field, body) if body is not None else FIELDS.get(e.field, e.field)
         message = f"`{param}` {e.problem}"
-    return status.http, {"error": {"message": message or str(e), "type": status.openai_type, "param": param,
-                                   "code": status.grpc.lower()}}
+    return status.http, {
+        "error": {"message": message or str(e), "type": status.openai_type, "param": param, "code": status.grpc.lower()}
+    }
 
 
 def cascade_info(fields: dict[str, Any]) -> dict[str, Any]:
     """The ``cascade`` object of a response: the gRPC response's fields as protobuf's JSON mapping writes them
     (NaN as "NaN", unset optional scores left out)."""
-    keep = ("tier", "deferred", "score", "threshold", "rule", "tiers", "degraded", "degraded_reason",
-            "total_latency_ms", "request_id", "receipt", "load_shed")
+    keep = (
+        "tier",
+        "deferred",
+        "score",
+        "threshold",
+        "rule",
+        "tiers",
+        "degraded",
+        "degraded_reason",
+        "total_latency_ms",
+        "request_id",
+        "receipt",
+        "load_shed",
+    )
     out = {k: fields[k] for k in keep}
     out["score"], out["threshold"] = _number(out["score"]), _number(out["threshold"])
-    out["tiers"] = [{k: (_number(v) if k == "score" else v) for k, v in t.items() if not (k == "score" and v is None)}
-                    for t in out["tiers"]]
+    out["tiers"] = [
+        {k: (_number(v) if k == "score" else v) for k, v in t.items() if not (k == "score" and v is None)}
+        for t in out["tiers"]
+    ]
     return out
 
 
@@ -168,22 +200,48 @@ def finish_reason(fields: dict[str, Any]) -> str:
 
 
 def completion(body: _Common, fields: dict[str, Any]) -> dict[str, Any]:
-    base = {"id": f"cmpl-{fields['request_id']}", "created": int(time.time()), "model": body.model,
-            "usage": usage(fields), "cascade": cascade_info(fields)}
+    base = {
+        "id": f"cmpl-{fields['request_id']}",
+        "created": int(time.time()),
+        "model": body.model,
+        "usage": usage(fields),
+        "cascade": cascade_info(fields),
+    }
     if isinstance(body, ChatRequest):
-        return {**base, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": fields["text"]},
-             "finish_reason": finish_reason(fields)}]}
-    return {**base, "object": "text_completion",
-            "choices": [{"index": 0, "text": fields["text"], "finish_reason": finish_reason(fields)}]}
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": fields["text"]},
+                    "finish_reason": finish_reason(fields),
+                }
+            ],
+        }
+    return {
+        **base,
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": fields["text"], "finish_reason": finish_reason(fields)}],
+    }
 
 
-def sse_chunk(body: _Common, request_id: str, text: Optional[str] = None, first: bool = False,
-              final: Optional[dict] = None, usage_only: Optional[dict] = None) -> bytes:
+def sse_chunk(
+    body: _Common,
+    request_id: str,
+    text: Optional[str] = None,
+    first: bool = False,
+    final: Optional[dict] = None,
+    usage_only: Optional[dict] = None,
+) -> bytes:
     """One Server-Sent Event of a streamed completion (``final`` / ``usage_only``: response fields)."""
     chat = isinstance(body, ChatRequest)
-    out: dict[str, Any] = {"id": f"cmpl-{request_id}", "created": int(time.time()), "model": body.model,
-                           "object": "chat.completion.chunk" if chat else "text_completion"}
+    out: dict[str, Any] = {
+        "id": f"cmpl-{request_id}",
+        "created": int(time.time()),
+        "model": body.model,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+    }
     if usage_only is not None:
         out.update(choices=[], usage=usage(usage_only))
     else:
@@ -205,4 +263,7 @@ def sse_error(status_body: dict) -> bytes:
 def models(cascade_name: str, tiers: list[str]) -> dict[str, Any]:
     now = int(time.time())
     ids = [cascade_name] + [f"{cascade_name}:{t}" for t in tiers]
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "cascade"} for i in ids]}
+    return {
+        "object": "list",
+        "data": [{"id": i, "object": "model", "created": now, "owned_by": "cascade"} for i in ids],
+    }

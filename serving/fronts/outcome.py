@@ -12,30 +12,72 @@ from serving.core.request import CascadeRequest, Outcome, TierRun
 
 def tier_fields(run: TierRun, include_logprobs: bool) -> dict[str, Any]:
     g = run.generation
-    return {"tier": run.tier, "text": g.text, "score": run.score, "latency_ms": run.latency_ms,
-            "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-            "token_logprobs": list(g.logprobs) if include_logprobs else [], "finish_reason": g.finish_reason,
-            "tier_ms": g.tier_ms, "decision_tokens": run.decided_at or 0, "decided_early": run.decided_early,
-            "draft_tokens": g.draft_tokens, "draft_accepted_tokens": g.draft_accepted}
+    return {
+        "tier": run.tier,
+        "text": g.text,
+        "score": run.score,
+        "latency_ms": run.latency_ms,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "token_logprobs": list(g.logprobs) if include_logprobs else [],
+        "finish_reason": g.finish_reason,
+        "tier_ms": g.tier_ms,
+        "decision_tokens": run.decided_at or 0,
+        "decided_early": run.decided_early,
+        "draft_tokens": g.draft_tokens,
+        "draft_accepted_tokens": g.draft_accepted,
+    }
 
 
 def receipt_fields(r: Receipt) -> dict[str, Any]:
-    return {"lines": [{"tier": x.tier, "prompt_tokens": x.prompt_tokens, "completion_tokens": x.completion_tokens,
-                       "cost": x.cost, "discarded": x.discarded} for x in r.lines],
-            "total": r.total, "strong_tier": r.strong_tier, "strong_only": r.strong_only,
-            "strong_only_prompt_tokens": r.strong_only_prompt_tokens,
-            "strong_only_completion_tokens": r.strong_only_completion_tokens,
-            "strong_only_estimated": r.strong_only_estimated}
+    return {
+        "lines": [
+            {
+                "tier": x.tier,
+                "prompt_tokens": x.prompt_tokens,
+                "completion_tokens": x.completion_tokens,
+                "cost": x.cost,
+                "discarded": x.discarded,
+            }
+            for x in r.lines
+        ],
+        "total": r.total,
+        "strong_tier": r.strong_tier,
+        "strong_only": r.strong_only,
+        "strong_only_prompt_tokens": r.strong_only_prompt_tokens,
+        "strong_only_completion_tokens": r.strong_only_completion_tokens,
+        "strong_only_estimated": r.strong_only_estimated,
+    }
 
 
-def response_fields(req: CascadeRequest, out: Outcome, *, rule: str, default_threshold: float, latency_ms: float,
-                    request_id: str, text: Optional[str] = None) -> dict[str, Any]:
+def response_fields(
+    req: CascadeRequest,
+    out: Outcome,
+    *,
+    rule: str,
+    default_threshold: float,
+    latency_ms: float,
+    request_id: str,
+    text: Optional[str] = None,
+) -> dict[str, Any]:
     """``text``: the answer's text (None: the whole answer; "" for a stream's last message)."""
     tiers = [tier_fields(r, req.include_logprobs) for r in out.runs]
-    return {"text": out.answer.text if text is None else text, "tier": out.answered_by, "deferred": out.deferred,
-            "score": out.score, "threshold": default_threshold if out.threshold is None else out.threshold,
-            "rule": rule, "usage": {"prompt_tokens": sum(t["prompt_tokens"] for t in tiers),
-                                    "completion_tokens": sum(t["completion_tokens"] for t in tiers)},
-            "tiers": tiers, "total_latency_ms": latency_ms, "request_id": request_id,
-            "degraded": bool(out.degraded), "degraded_reason": out.degraded,
-            "receipt": receipt_fields(out.receipt), "load_shed": out.load_shed}
+    return {
+        "text": out.answer.text if text is None else text,
+        "tier": out.answered_by,
+        "deferred": out.deferred,
+        "score": out.score,
+        "threshold": default_threshold if out.threshold is None else out.threshold,
+        "rule": rule,
+        "usage": {
+            "prompt_tokens": sum(t["prompt_tokens"] for t in tiers),
+            "completion_tokens": sum(t["completion_tokens"] for t in tiers),
+        },
+        "tiers": tiers,
+        "total_latency_ms": latency_ms,
+        "request_id": request_id,
+        "degraded": bool(out.degraded),
+        "degraded_reason": out.degraded,
+        "receipt": receipt_fields(out.receipt),
+        "load_shed": out.load_shed,
+    }

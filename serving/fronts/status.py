@@ -11,10 +11,10 @@ from serving.core.errors import BadRequest, Overloaded, TierFailure, Unauthentic
 
 @dataclass(frozen=True)
 class Status:
-    grpc: str         # grpc.StatusCode name
+    grpc: str  # grpc.StatusCode name
     http: int
     openai_type: str  # OpenAI's error ``type``
-    reason: str       # the label the metrics count refusals under
+    reason: str  # the label the metrics count refusals under
 
 
 INVALID = Status("INVALID_ARGUMENT", 400, "invalid_request_error", "invalid_argument")

@@ -121,8 +121,15 @@ class ShadowLog:
 class ShadowSampler:
     """The router's shadow sampling: :meth:`offer` after each answer; :meth:`stats` for ``cascade status``."""
 
-    def __init__(self, cfg: CascadeConfig, cascade: Cascade, client: TierClient, metrics: Gauges,
-                 inflight: Callable[[str], int], rng: Optional[random.Random] = None):
+    def __init__(
+        self,
+        cfg: CascadeConfig,
+        cascade: Cascade,
+        client: TierClient,
+        metrics: Gauges,
+        inflight: Callable[[str], int],
+        rng: Optional[random.Random] = None,
+    ):
         self.opts, self.cascade, self.client, self.metrics = cfg.shadow, cascade, client, metrics
         self.inflight = inflight  # the cascade walk's calls in flight to a tier (client requests; not shadow calls)
         self.rng = rng or random.Random()
@@ -179,7 +186,9 @@ class ShadowSampler:
             try:
                 gen = (await final_chunk(self.client.stream(t.next_tier, ask, False))).final
             except EOFError:
-                raise TierFailure(t.next_tier, "error", f"tier {t.next_tier!r} ended its stream without an answer") from None
+                raise TierFailure(
+                    t.next_tier, "error", f"tier {t.next_tier!r} ended its stream without an answer"
+                ) from None
         except Exception as e:
             t.failed += 1
             self._count(t, "failed")
@@ -200,12 +209,26 @@ class ShadowSampler:
         self.metrics.set("cascade_shadow_agreement", high, bound="high", **tags)
         if self.log is not None:
             run = next(r for r in out.runs if r.tier == t.tier)
-            self.log.append({
-                "format": FORMAT, "time": time.time(), "tier": t.tier, "next_tier": t.next_tier, "rule": t.rule,
-                "threshold": self.cascade.boundaries[k].current(req.threshold), "score": run.score,
-                "prompt": ask.prompt, "messages": ask.messages, "max_new_tokens": ask.max_new_tokens,
-                "answer": out.answer.text, "logprobs": out.answer.logprobs, "embedding": out.answer.embedding,
-                "reference": gen.text, "metric": t.metric, "agreement": agreement})
+            self.log.append(
+                {
+                    "format": FORMAT,
+                    "time": time.time(),
+                    "tier": t.tier,
+                    "next_tier": t.next_tier,
+                    "rule": t.rule,
+                    "threshold": self.cascade.boundaries[k].current(req.threshold),
+                    "score": run.score,
+                    "prompt": ask.prompt,
+                    "messages": ask.messages,
+                    "max_new_tokens": ask.max_new_tokens,
+                    "answer": out.answer.text,
+                    "logprobs": out.answer.logprobs,
+                    "embedding": out.answer.embedding,
+                    "reference": gen.text,
+                    "metric": t.metric,
+                    "agreement": agreement,
+                }
+            )
 
     def _count(self, t: Tally, state: str) -> None:
         self.metrics.inc("cascade_shadow_samples", tier=t.tier, rule=t.rule, state=state)

@@ -27,27 +27,38 @@ class RouterStatus:
     def lines(self) -> list[str]:
         """The human form (``cascade status``)."""
         share = lambda x: "n/a" if x is None else f"{x:.3f}"
-        out = [f"  router replica {self.replica}: last {self.recent_requests} requests: deferral share "
-               f"{share(self.deferral_share)}, degraded {share(self.degraded_share)}; in flight {self.inflight}; "
-               f"breakers {', '.join(f'{k} {v}' for k, v in self.breakers.items())}"]
+        out = [
+            f"  router replica {self.replica}: last {self.recent_requests} requests: deferral share "
+            f"{share(self.deferral_share)}, degraded {share(self.degraded_share)}; in flight {self.inflight}; "
+            f"breakers {', '.join(f'{k} {v}' for k, v in self.breakers.items())}"
+        ]
         if c := self.costs:
             ratio = f"{c['strong_only'] / c['total']:.2f}x" if c["total"] else "n/a"
-            out.append(f"  costs over {c['requests']} answered requests: total {c['total']:.6g} "
-                       f"({', '.join(f'{k} {v:.6g}' for k, v in c['by_tier'].items()) or 'no tier priced'}); "
-                       f"strong-only {c['strong_only']:.6g} ({ratio} the total), saved {c['saved']:.6g}; "
-                       f"in flight per tier {self.tier_inflight}")
+            out.append(
+                f"  costs over {c['requests']} answered requests: total {c['total']:.6g} "
+                f"({', '.join(f'{k} {v:.6g}' for k, v in c['by_tier'].items()) or 'no tier priced'}); "
+                f"strong-only {c['strong_only']:.6g} ({ratio} the total), saved {c['saved']:.6g}; "
+                f"in flight per tier {self.tier_inflight}"
+            )
         for tier, sh in self.shadow.items():
-            est = ("no completed samples yet" if sh["agreement"] is None else
-                   f"agreement {sh['agreement']:.3f} [95% {sh['interval'][0]:.3f}, {sh['interval'][1]:.3f}] "
-                   f"over {sh['completed']}")
-            out.append(f"  shadow {tier}->{sh['next_tier']} ({sh['rule']}, {sh['metric']}): {est}; sampled "
-                       f"{sh['sampled']}, dropped {sh['dropped_busy']} busy + {sh['dropped_full']} full, failed "
-                       f"{sh['failed']}, running {sh['running']}")
+            est = (
+                "no completed samples yet"
+                if sh["agreement"] is None
+                else f"agreement {sh['agreement']:.3f} [95% {sh['interval'][0]:.3f}, {sh['interval'][1]:.3f}] "
+                f"over {sh['completed']}"
+            )
+            out.append(
+                f"  shadow {tier}->{sh['next_tier']} ({sh['rule']}, {sh['metric']}): {est}; sampled "
+                f"{sh['sampled']}, dropped {sh['dropped_busy']} busy + {sh['dropped_full']} full, failed "
+                f"{sh['failed']}, running {sh['running']}"
+            )
         for tier, e in self.engines.items():
             if "error" in e:
                 out.append(f"  engine {tier:<8} no answer ({e['error']})")
                 continue
-            out.append(f"  engine {tier:<8} {e['engine']}: running {e['running']}, waiting {e['waiting']}, "
-                       f"KV cache {e['kv_cache_usage']:.0%}, {e['tokens_per_s']:.1f} tokens/s, "
-                       f"{e['requests']} requests (replica {e['replica']})")
+            out.append(
+                f"  engine {tier:<8} {e['engine']}: running {e['running']}, waiting {e['waiting']}, "
+                f"KV cache {e['kv_cache_usage']:.0%}, {e['tokens_per_s']:.1f} tokens/s, "
+                f"{e['requests']} requests (replica {e['replica']})"
+            )
         return out

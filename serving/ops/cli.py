@@ -75,19 +75,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        serve.start(proxy_location=cfg.server.proxy_location,
-                    http_options={"host": cfg.server.host, "port": cfg.server.http_port},
-                    grpc_options=grpc_options(cfg))
+        serve.start(
+            proxy_location=cfg.server.proxy_location,
+            http_options={"host": cfg.server.host, "port": cfg.server.http_port},
+            grpc_options=grpc_options(cfg),
+        )
         serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)
-        metrics = f"metrics http://127.0.0.1:{cfg.server.metrics_port}/metrics; " if started and cfg.server.metrics_port else ""
+        metrics = (
+            f"metrics http://127.0.0.1:{cfg.server.metrics_port}/metrics; "
+            if started and cfg.server.metrics_port
+            else ""
+        )
         rule = cfg.deferral.resolved()
-        print(f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
-              f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
-              f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
-              f"{', auth on' if cfg.server.auth.digests() else ''}); "
-              f"OpenAI API http://{cfg.server.host}:{cfg.server.http_port}/v1; "
-              f"{metrics}ray {ray.get_runtime_context().gcs_address}", flush=True)
+        print(
+            f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
+            f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
+            f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
+            f"{', auth on' if cfg.server.auth.digests() else ''}); "
+            f"OpenAI API http://{cfg.server.host}:{cfg.server.http_port}/v1; "
+            f"{metrics}ray {ray.get_runtime_context().gcs_address}",
+            flush=True,
+        )
         while not stop["flag"]:
             time.sleep(0.2)
         print("shutting down", flush=True)
@@ -99,10 +108,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _print_table(d: dict) -> None:
-    rows = [("text", d.get("text", "")), ("tier", d.get("tier")), ("deferred", d.get("deferred")),
-            ("score", d.get("score")), ("threshold", d.get("threshold")), ("rule", d.get("rule")),
-            ("usage", f"{d['usage'].get('prompt_tokens', 0)} prompt + {d['usage'].get('completion_tokens', 0)} completion tokens"),
-            ("total_ms", f"{d.get('total_latency_ms', 0):.1f}"), ("request_id", d.get("request_id"))]
+    rows = [
+        ("text", d.get("text", "")),
+        ("tier", d.get("tier")),
+        ("deferred", d.get("deferred")),
+        ("score", d.get("score")),
+        ("threshold", d.get("threshold")),
+        ("rule", d.get("rule")),
+        (
+            "usage",
+            f"{d['usage'].get('prompt_tokens', 0)} prompt + {d['usage'].get('completion_tokens', 0)} completion tokens",
+        ),
+        ("total_ms", f"{d.get('total_latency_ms', 0):.1f}"),
+        ("request_id", d.get("request_id")),
+    ]
     for t in d.get("tiers", []):
         score = f" score {t['score']:.4f}" if "score" in t else ""
         rows.append((f"  {t['tier']}", f"{t['latency_ms']:.1f} ms{score}: {t['text']!r}"))
@@ -116,9 +135,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from serving.ops.client import CascadeClient, make_request, to_dict
 
-    req = make_request(args.prompt, max_new_tokens=args.max_new_tokens, force_tier=args.tier or "",
-                       threshold=args.threshold, include_logprobs=args.logprobs)
-    with CascadeClient(args.address, timeout=args.timeout, token=args.token, tls_ca=args.tls_ca, tls=args.tls) as client:
+    req = make_request(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        force_tier=args.tier or "",
+        threshold=args.threshold,
+        include_logprobs=args.logprobs,
+    )
+    with CascadeClient(
+        args.address, timeout=args.timeout, token=args.token, tls_ca=args.tls_ca, tls=args.tls
+    ) as client:
         try:
             if args.stream:
                 final = None
@@ -146,9 +172,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     try:
-        art = calibrate(cfg, args.data, target_deferral=args.target_deferral, target_pgr=args.target_pgr,
-                        rule=args.rule, alpha=args.alpha, train_data=args.train_data, eval_data=args.eval_data,
-                        metric=args.metric, decide_within_tokens=args.decide_within_tokens, shadow=args.shadow)
+        art = calibrate(
+            cfg,
+            args.data,
+            target_deferral=args.target_deferral,
+            target_pgr=args.target_pgr,
+            rule=args.rule,
+            alpha=args.alpha,
+            train_data=args.train_data,
+            eval_data=args.eval_data,
+            metric=args.metric,
+            decide_within_tokens=args.decide_within_tokens,
+            shadow=args.shadow,
+        )
     except (OSError, ValueError) as e:  # unreadable or malformed data: say which, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -161,11 +197,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"rule {art['rule']}  threshold {art['threshold']:.6f}  (target {target})  -> {args.out}")
     print(f"{'split':<8} {'n':>6} {'deferred':>9} {'quality':>8} {'weak':>6} {'strong':>7} {'PGR':>6}")
     for split, m in art["metrics"].items():
-        print(f"{split:<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} {m['weak_quality']:>6.3f} "
-              f"{m['strong_quality']:>7.3f} {m['pgr']:>6.3f}")
+        print(
+            f"{split:<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} {m['weak_quality']:>6.3f} "
+            f"{m['strong_quality']:>7.3f} {m['pgr']:>6.3f}"
+        )
     if args.shadow:
-        print(f"note: shadow samples cover accepted answers only (scores >= the threshold in force when sampled, "
-              f"lowest here {art['data']['min_score']:.4g}): shares and PGR are of that traffic")
+        print(
+            f"note: shadow samples cover accepted answers only (scores >= the threshold in force when sampled, "
+            f"lowest here {art['data']['min_score']:.4g}): shares and PGR are of that traffic"
+        )
     print(f"use it: deferral: {{artifact: {args.out}}} in the cascade config")
     return 0
 
@@ -190,9 +230,15 @@ def _replica_counts(app_name: str) -> dict:
     if app is None:
         return {"app": app_name, "status": "NOT_DEPLOYED", "deployments": {}}
     val = lambda x: getattr(x, "value", x)
-    return {"app": app_name, "status": val(app.status), "deployments": {
-        name: {"status": val(d.status), "replicas": {val(k): v for k, v in d.replica_states.items()}}
-        for name, d in app.deployments.items()}, "router": _router_stats(app_name)}
+    return {
+        "app": app_name,
+        "status": val(app.status),
+        "deployments": {
+            name: {"status": val(d.status), "replicas": {val(k): v for k, v in d.replica_states.items()}}
+            for name, d in app.deployments.items()
+        },
+        "router": _router_stats(app_name),
+    }
 
 
 def _router_stats(app_name: str) -> Optional[dict]:
@@ -245,7 +291,6 @@ def _shares(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated shares like 0.3 or 0.3,0.1; got {text!r}") from None
 
 
-
 def _counts(text: str) -> list[int]:
     try:
         out = [int(c) for c in text.split(",")]
@@ -273,8 +318,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             from serving.ops.probe import probe
 
             with tempfile.TemporaryDirectory() as tmp:
-                report = probe(cfg, Path(tmp), args.probe_concurrency, args.probe_seconds,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
+                report = probe(
+                    cfg,
+                    Path(tmp),
+                    args.probe_concurrency,
+                    args.probe_seconds,
+                    log=lambda m: print(m, file=sys.stderr, flush=True),
+                )
             if args.probe_out:
                 Path(args.probe_out).write_text(json.dumps(report, indent=1))
         curves, measured = curves_from_report(report, cfg.tier_names)
@@ -286,8 +336,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 2
     if args.out:
         parse_config(out, origin="the plan")  # what cascade serve will load
-        Path(args.out).write_text(f"# cascade plan --qps {args.qps:g}: serve it with `cascade serve --config {args.out}`\n"
-                                  + yaml.safe_dump(out, sort_keys=False))
+        Path(args.out).write_text(
+            f"# cascade plan --qps {args.qps:g}: serve it with `cascade serve --config {args.out}`\n"
+            + yaml.safe_dump(out, sort_keys=False)
+        )
     if args.json:
         print(json.dumps(p.to_dict() | {"deferral_source": source, "targets": p.targets()}, indent=1))
     else:
@@ -311,8 +363,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="deploy the cascade on Ray Serve and serve gRPC until Ctrl-C / SIGTERM")
     s.add_argument("--config", help="cascade YAML (default: the shipped weak/strong arithmetic pair)")
-    s.add_argument("--address", help="Ray address to connect to; 'local' starts a new embedded Ray "
-                   "(default: RAY_ADDRESS, else a running local Ray, else start one)")
+    s.add_argument(
+        "--address",
+        help="Ray address to connect to; 'local' starts a new embedded Ray "
+        "(default: RAY_ADDRESS, else a running local Ray, else start one)",
+    )
     s.add_argument("--port", type=int, help="gRPC port (overrides server.grpc_port)")
     s.set_defaults(func=cmd_serve)
     q = sub.add_parser("query", help="send one request")
@@ -341,35 +396,58 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--train-data", help="labelled JSONL a post-hoc rule learns from (default: the fit part of --data)")
     c.add_argument("--eval-data", help="held-out labelled JSONL for the report (default: half of --data held out)")
     c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
-    c.add_argument("--decide-within-tokens", type=int, metavar="K",
-                   help="fit and apply the rule on each answer's first K tokens (deferral.decide_within_tokens)")
-    c.add_argument("--shadow", action="store_true",
-                   help="the data files are shadow samples (shadow.path): use their recorded answers and log-probs, "
-                        "the next tier's answer as the reference; no model runs")
+    c.add_argument(
+        "--decide-within-tokens",
+        type=int,
+        metavar="K",
+        help="fit and apply the rule on each answer's first K tokens (deferral.decide_within_tokens)",
+    )
+    c.add_argument(
+        "--shadow",
+        action="store_true",
+        help="the data files are shadow samples (shadow.path): use their recorded answers and log-probs, "
+        "the next tier's answer as the reference; no model runs",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
-    b = sub.add_parser("build", help="generate a deploy artefact from the config: Serve config, cluster YAML, RayService")
+    b = sub.add_parser(
+        "build", help="generate a deploy artefact from the config: Serve config, cluster YAML, RayService"
+    )
     b.add_argument("--config")
-    b.add_argument("--target", choices=["serve", "cluster", "kuberay"], default="serve",
-                   help="serve: Serve config file for serve deploy/run; cluster: Ray cluster launcher YAML; "
-                        "kuberay: RayService manifest")
+    b.add_argument(
+        "--target",
+        choices=["serve", "cluster", "kuberay"],
+        default="serve",
+        help="serve: Serve config file for serve deploy/run; cluster: Ray cluster launcher YAML; "
+        "kuberay: RayService manifest",
+    )
     b.add_argument("-o", "--output", help="file to write (default: stdout)")
     b.set_defaults(func=cmd_build)
     st = sub.add_parser("status", help="the cascade's deployments and their replicas, from Serve")
-    st.add_argument("--ray-address", help="Ray GCS address (cascade serve prints it; default: RAY_ADDRESS or a local Ray)")
+    st.add_argument(
+        "--ray-address", help="Ray GCS address (cascade serve prints it; default: RAY_ADDRESS or a local Ray)"
+    )
     st.add_argument("--app", default="cascade")
     st.add_argument("--watch", type=float, help="repeat every this many seconds until interrupted")
     st.add_argument("--json", action="store_true", help="one JSON object per snapshot")
     st.set_defaults(func=cmd_status)
-    pl = sub.add_parser("plan", help="replicas per tier and autoscaling targets for a load, from measured tier latencies")
+    pl = sub.add_parser(
+        "plan", help="replicas per tier and autoscaling targets for a load, from measured tier latencies"
+    )
     pl.add_argument("--qps", type=float, required=True, help="offered load (requests/s) to plan for")
     pl.add_argument("--config", help="cascade YAML to plan (default: the shipped one)")
-    pl.add_argument("--deferral", type=_shares, help="share deferred at each boundary, comma-separated (default: the config's "
-                    "deferral.target_deferral, else measured)")
+    pl.add_argument(
+        "--deferral",
+        type=_shares,
+        help="share deferred at each boundary, comma-separated (default: the config's "
+        "deferral.target_deferral, else measured)",
+    )
     pl.add_argument("--p99-ms", type=float, help="bound on the per-tier p99s summed along the longest path")
     pl.add_argument("--utilisation", type=float, default=0.7, help="most utilisation per replica (default 0.7)")
     pl.add_argument("--measured", help="a benchmarks/load.py or --probe-out JSON instead of probing")
-    pl.add_argument("--probe-concurrency", type=_counts, default="1,2,4,8,16", help="closed-loop concurrencies of the probe")
+    pl.add_argument(
+        "--probe-concurrency", type=_counts, default="1,2,4,8,16", help="closed-loop concurrencies of the probe"
+    )
     pl.add_argument("--probe-seconds", type=float, default=4.0, help="seconds per probe run")
     pl.add_argument("--probe-out", help="write the probe's measurements here (reuse with --measured)")
     pl.add_argument("--out", help="write the config with the planned replicas and targets (YAML) here")

@@ -16,11 +16,22 @@ from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 DEFAULT_ADDRESS = "127.0.0.1:9000"
 
 
-def make_request(prompt: str = "", *, messages: Optional[list[dict[str, str]]] = None, max_new_tokens: int = 0,
-                 force_tier: str = "", threshold: Optional[float] = None,
-                 include_logprobs: bool = False) -> pb.GenerateRequest:
-    req = pb.GenerateRequest(prompt=prompt, max_new_tokens=max_new_tokens, force_tier=force_tier,
-                             messages=[pb.Message(**m) for m in messages or []], include_logprobs=include_logprobs)
+def make_request(
+    prompt: str = "",
+    *,
+    messages: Optional[list[dict[str, str]]] = None,
+    max_new_tokens: int = 0,
+    force_tier: str = "",
+    threshold: Optional[float] = None,
+    include_logprobs: bool = False,
+) -> pb.GenerateRequest:
+    req = pb.GenerateRequest(
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        force_tier=force_tier,
+        messages=[pb.Message(**m) for m in messages or []],
+        include_logprobs=include_logprobs,
+    )
     if threshold is not None:
         req.threshold = threshold
     return req
@@ -31,8 +42,15 @@ class CascadeClient:
     ``tls_ca``: PEM file of the CA that signed the server's certificate; turns on TLS (for a TLS
     front such as cluster/tls/); ``tls=True`` uses the system's CAs."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = 60.0, *,
-                 token: Optional[str] = None, tls_ca: Optional[str] = None, tls: bool = False):
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: Optional[float] = 60.0,
+        *,
+        token: Optional[str] = None,
+        tls_ca: Optional[str] = None,
+        tls: bool = False,
+    ):
         if tls_ca or tls:
             ca = Path(tls_ca).read_bytes() if tls_ca else None
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))

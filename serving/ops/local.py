@@ -80,7 +80,7 @@ def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "a 
 
 @dataclass
 class LocalServer:
-    address: str      # gRPC host:port
+    address: str  # gRPC host:port
     ray_address: str  # the embedded Ray's GCS address, for serve.status() from a driver
     log: Path
     metrics_url: Optional[str] = None  # Prometheus endpoint of the embedded Ray
@@ -104,8 +104,13 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
     log_path = workdir / "serve.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "serving.ops.cli", "serve", "--config", str(path), "--address", "local"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.ops.cli", "serve", "--config", str(path), "--address", "local"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     ready = threading.Event()
     found: dict[str, str] = {}
 
@@ -123,10 +128,16 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
         deadline = time.monotonic() + timeout
         while not ready.wait(0.5):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cascade serve did not become ready (rc={proc.poll()}):\n"
-                                   + log_path.read_text()[-4000:])
-        yield LocalServer(f"127.0.0.1:{cfg.server.grpc_port}", found["ray"], log_path, found["metrics"],
-                          f"http://127.0.0.1:{cfg.server.http_port}/v1")
+                raise RuntimeError(
+                    f"cascade serve did not become ready (rc={proc.poll()}):\n" + log_path.read_text()[-4000:]
+                )
+        yield LocalServer(
+            f"127.0.0.1:{cfg.server.grpc_port}",
+            found["ray"],
+            log_path,
+            found["metrics"],
+            f"http://127.0.0.1:{cfg.server.http_port}/v1",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

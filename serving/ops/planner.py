@@ -47,8 +47,9 @@ class PlanError(ValueError):
     """Measurements or a request the planner cannot work with; the message says what."""
 
 
-def tier_summary(latencies_ms: Sequence[float], elapsed_s: float,
-                 engine_ms: Optional[Sequence[float]] = None) -> dict[str, Any]:
+def tier_summary(
+    latencies_ms: Sequence[float], elapsed_s: float, engine_ms: Optional[Sequence[float]] = None
+) -> dict[str, Any]:
     """One tier in one load run: requests, mean requests in flight (Little: total latency / time; with
     ``engine_ms``, the time inside the tier replica, also ``engine_in_flight``: what its engine counts
     as running + waiting), arrival rate, mean/p50/p99 and the latency quantile function."""
@@ -57,9 +58,16 @@ def tier_summary(latencies_ms: Sequence[float], elapsed_s: float,
         return {"n": int(len(xs)), "in_flight": 0.0, "rate_rps": 0.0}
     qs = np.percentile(xs, (np.arange(N_QUANTILES) + 0.5) * 100 / N_QUANTILES)
     engine = {} if engine_ms is None else {"engine_in_flight": float(np.sum(engine_ms) / 1e3 / elapsed_s)}
-    return {"n": int(len(xs)), "in_flight": float(xs.sum() / 1e3 / elapsed_s), **engine, "rate_rps": len(xs) / elapsed_s,
-            "mean_ms": float(xs.mean()), "p50_ms": float(np.percentile(xs, 50)), "p99_ms": float(np.percentile(xs, 99)),
-            "quantiles_ms": [round(float(q), 3) for q in qs]}
+    return {
+        "n": int(len(xs)),
+        "in_flight": float(xs.sum() / 1e3 / elapsed_s),
+        **engine,
+        "rate_rps": len(xs) / elapsed_s,
+        "mean_ms": float(xs.mean()),
+        "p50_ms": float(np.percentile(xs, 50)),
+        "p99_ms": float(np.percentile(xs, 99)),
+        "quantiles_ms": [round(float(q), 3) for q in qs],
+    }
 
 
 def busy_in_flight(mean_in_flight: float, callers: Optional[float] = None) -> float:
@@ -77,7 +85,7 @@ def busy_in_flight(mean_in_flight: float, callers: Optional[float] = None) -> fl
 
 @dataclass
 class Point:
-    in_flight: float          # mean requests in the tier (per replica) during the run
+    in_flight: float  # mean requests in the tier (per replica) during the run
     quantiles_ms: list[float]  # its latency quantile function
     engine_share: float = 1.0  # of the requests in flight at the tier, the share inside its engine
 
@@ -120,12 +128,12 @@ class TierPrediction:
     tier: str
     arrival_rps: float
     replicas: int
-    utilisation: float          # arrivals / (replicas x the replica's largest measured completion rate)
+    utilisation: float  # arrivals / (replicas x the replica's largest measured completion rate)
     in_flight_per_replica: float
     engine_in_flight_per_replica: float  # the same as the engine counts it (running + waiting): the target's unit
     mean_ms: float
     p99_ms: float
-    capacity_rps: float         # the replica's largest measured completion rate
+    capacity_rps: float  # the replica's largest measured completion rate
 
 
 def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int = 20000) -> TierPrediction:
@@ -134,12 +142,21 @@ def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int
     rho = a / curve.x_max
     base = dict(tier=curve.name, arrival_rps=arrival_rps, replicas=replicas, utilisation=rho, capacity_rps=curve.x_max)
     if a <= 0:
-        return TierPrediction(**base, in_flight_per_replica=0.0, engine_in_flight_per_replica=0.0,
-                              mean_ms=curve.points[0].mean_ms,
-                              p99_ms=float(np.percentile(curve.points[0].quantiles_ms, 99)))
+        return TierPrediction(
+            **base,
+            in_flight_per_replica=0.0,
+            engine_in_flight_per_replica=0.0,
+            mean_ms=curve.points[0].mean_ms,
+            p99_ms=float(np.percentile(curve.points[0].quantiles_ms, 99)),
+        )
     if rho >= 1:
-        return TierPrediction(**base, in_flight_per_replica=math.inf, engine_in_flight_per_replica=math.inf,
-                              mean_ms=math.inf, p99_ms=math.inf)
+        return TierPrediction(
+            **base,
+            in_flight_per_replica=math.inf,
+            engine_in_flight_per_replica=math.inf,
+            mean_ms=math.inf,
+            p99_ms=math.inf,
+        )
     logp = [0.0]  # log of the unnormalised stationary probability of j in the replica
     while len(logp) < max_states:
         logp.append(logp[-1] + math.log(a / curve.rate(len(logp))))
@@ -161,8 +178,9 @@ def predict(curve: TierCurve, arrival_rps: float, replicas: int, max_states: int
     w = w[order] / w.sum()
     p99 = float(np.interp(0.99, np.cumsum(w) - w / 2, v[order]))  # each quantile point at the middle of its mass
     engine = mean_n * curve.nearest(max(mean_n, 1.0)).engine_share
-    return TierPrediction(**base, in_flight_per_replica=mean_n, engine_in_flight_per_replica=engine,
-                          mean_ms=mean_n / a * 1e3, p99_ms=p99)
+    return TierPrediction(
+        **base, in_flight_per_replica=mean_n, engine_in_flight_per_replica=engine, mean_ms=mean_n / a * 1e3, p99_ms=p99
+    )
 
 
 @dataclass
@@ -172,7 +190,7 @@ class CapacityPlan:
     tiers: list[TierPrediction]
     p99_bound_ms: Optional[float]
     utilisation_target: float
-    p99_path_ms: float           # per-tier p99s summed along the longest path
+    p99_path_ms: float  # per-tier p99s summed along the longest path
     meets_p99: bool
     notes: list[str] = field(default_factory=list)
     assumptions: tuple = ASSUMPTIONS
@@ -198,8 +216,15 @@ def arrivals(qps: float, deferral: Sequence[float], n_tiers: int) -> list[float]
     return out
 
 
-def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, utilisation: float = 0.7,
-         p99_ms: Optional[float] = None, max_replicas: int = 64) -> CapacityPlan:
+def plan(
+    curves: Sequence[TierCurve],
+    qps: float,
+    deferral: Sequence[float],
+    *,
+    utilisation: float = 0.7,
+    p99_ms: Optional[float] = None,
+    max_replicas: int = 64,
+) -> CapacityPlan:
     """The fewest replicas per tier with utilisation <= ``utilisation`` and, if ``p99_ms`` is given,
     the per-tier p99s summed along the longest path within it (replicas are added one at a time where
     they cut that sum most). A bound that service times alone exceed is reported, not met."""
@@ -213,8 +238,10 @@ def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, 
     for c, rate in zip(curves, lam):
         n = max(1, math.ceil(rate / (utilisation * c.x_max)))
         if n > max_replicas:
-            raise PlanError(f"tier {c.name!r} needs {n} replicas at {rate:.1f} req/s (one does {c.x_max:.1f} at most); "
-                            f"more than {max_replicas}")
+            raise PlanError(
+                f"tier {c.name!r} needs {n} replicas at {rate:.1f} req/s (one does {c.x_max:.1f} at most); "
+                f"more than {max_replicas}"
+            )
         replicas.append(n)
     preds = [predict(c, rate, n) for c, rate, n in zip(curves, lam, replicas)]
     path = lambda ps: sum(p.p99_ms for p, rate in zip(ps, lam) if rate > 0)
@@ -227,17 +254,29 @@ def plan(curves: Sequence[TierCurve], qps: float, deferral: Sequence[float], *, 
                     options.append((preds[k].p99_ms - trial.p99_ms, k, trial))
             gain, k, trial = max(options, default=(0.0, -1, None), key=lambda o: o[0])
             if gain <= 1e-6 * max(p99_ms, 1.0):
-                notes.append(f"p99 bound {p99_ms:.0f} ms not met: more replicas do not bring the summed per-tier "
-                             f"p99 ({path(preds):.0f} ms) down further; the service time itself is too long")
+                notes.append(
+                    f"p99 bound {p99_ms:.0f} ms not met: more replicas do not bring the summed per-tier "
+                    f"p99 ({path(preds):.0f} ms) down further; the service time itself is too long"
+                )
                 break
             replicas[k], preds[k] = replicas[k] + 1, trial
     total = path(preds)
     for c, p in zip(curves, preds):
         if p.in_flight_per_replica > c.points[-1].in_flight:
-            notes.append(f"tier {p.tier!r}: {p.in_flight_per_replica:.1f} in flight per replica is beyond the measured "
-                         "range; its rate is extrapolated flat")
-    return CapacityPlan(qps=qps, deferral=list(deferral), tiers=preds, p99_bound_ms=p99_ms, utilisation_target=utilisation,
-                p99_path_ms=total, meets_p99=p99_ms is None or total <= p99_ms, notes=notes)
+            notes.append(
+                f"tier {p.tier!r}: {p.in_flight_per_replica:.1f} in flight per replica is beyond the measured "
+                "range; its rate is extrapolated flat"
+            )
+    return CapacityPlan(
+        qps=qps,
+        deferral=list(deferral),
+        tiers=preds,
+        p99_bound_ms=p99_ms,
+        utilisation_target=utilisation,
+        p99_path_ms=total,
+        meets_p99=p99_ms is None or total <= p99_ms,
+        notes=notes,
+    )
 
 
 def curves_from_report(report: dict[str, Any], tier_names: Sequence[str]) -> tuple[list[TierCurve], list[float]]:
@@ -256,14 +295,21 @@ def curves_from_report(report: dict[str, Any], tier_names: Sequence[str]) -> tup
             if t not in points or not s.get("quantiles_ms"):
                 continue
             n = max((r.get(f"tier-{t}", 0) for r in run.get("replicas") or []), default=0) or 1
-            points[t].append(Point(busy_in_flight(s["in_flight"] / n, callers / n if callers else None),
-                                   s["quantiles_ms"], s.get("engine_in_flight", s["in_flight"]) / s["in_flight"]))
+            points[t].append(
+                Point(
+                    busy_in_flight(s["in_flight"] / n, callers / n if callers else None),
+                    s["quantiles_ms"],
+                    s.get("engine_in_flight", s["in_flight"]) / s["in_flight"],
+                )
+            )
             if not run.get("forced_tier"):
                 reached[t] += s["n"]
     missing = [t for t, p in points.items() if not p]
     if missing:
-        raise PlanError(f"the report has no per-tier latencies for tier(s) {missing} (runs.<mode>.tiers; re-run "
-                        "benchmarks/load.py from this version, or let `cascade plan` probe)")
+        raise PlanError(
+            f"the report has no per-tier latencies for tier(s) {missing} (runs.<mode>.tiers; re-run "
+            "benchmarks/load.py from this version, or let `cascade plan` probe)"
+        )
     shares = [reached[b] / reached[a] if reached[a] else 0.0 for a, b in zip(tier_names, tier_names[1:])]
     return [TierCurve(t, points[t]) for t in tier_names], shares
 
@@ -281,17 +327,24 @@ def deferral_shares(cfg, given: Optional[Sequence[float]], measured: Sequence[fl
 
 
 def format_plan(p: CapacityPlan) -> str:
-    lines = [f"plan for {p.qps:g} req/s (deferral {', '.join(f'{d:.3f}' for d in p.deferral) or '-'}; "
-             f"utilisation target {p.utilisation_target:.2f}"
-             + (f"; p99 bound {p.p99_bound_ms:.0f} ms" if p.p99_bound_ms else "") + ")",
-             f"{'tier':<10} {'req/s':>8} {'replicas':>8} {'util':>6} {'cap/rep':>8} {'in flight/rep':>13} "
-             f"{'mean ms':>8} {'p99 ms':>8} {'target':>7}"]
+    lines = [
+        f"plan for {p.qps:g} req/s (deferral {', '.join(f'{d:.3f}' for d in p.deferral) or '-'}; "
+        f"utilisation target {p.utilisation_target:.2f}"
+        + (f"; p99 bound {p.p99_bound_ms:.0f} ms" if p.p99_bound_ms else "")
+        + ")",
+        f"{'tier':<10} {'req/s':>8} {'replicas':>8} {'util':>6} {'cap/rep':>8} {'in flight/rep':>13} "
+        f"{'mean ms':>8} {'p99 ms':>8} {'target':>7}",
+    ]
     targets = p.targets()
     for t in p.tiers:
-        lines.append(f"{t.tier:<10} {t.arrival_rps:>8.2f} {t.replicas:>8d} {t.utilisation:>6.2f} {t.capacity_rps:>8.1f} "
-                     f"{t.in_flight_per_replica:>13.2f} {t.mean_ms:>8.1f} {t.p99_ms:>8.1f} {targets[t.tier]:>7.3g}")
-    lines.append(f"p99 summed along the longest path: {p.p99_path_ms:.1f} ms"
-                 + ("" if p.p99_bound_ms is None else (" (meets the bound)" if p.meets_p99 else " (OVER the bound)")))
+        lines.append(
+            f"{t.tier:<10} {t.arrival_rps:>8.2f} {t.replicas:>8d} {t.utilisation:>6.2f} {t.capacity_rps:>8.1f} "
+            f"{t.in_flight_per_replica:>13.2f} {t.mean_ms:>8.1f} {t.p99_ms:>8.1f} {targets[t.tier]:>7.3g}"
+        )
+    lines.append(
+        f"p99 summed along the longest path: {p.p99_path_ms:.1f} ms"
+        + ("" if p.p99_bound_ms is None else (" (meets the bound)" if p.meets_p99 else " (OVER the bound)"))
+    )
     lines += [f"note: {n}" for n in p.notes]
     lines.append("assumptions:")
     lines += [f"  - {a}" for a in p.assumptions]
@@ -310,11 +363,17 @@ def planned_config(raw: dict[str, Any], p: CapacityPlan, engine_autoscaling: dic
         serve = tier.setdefault("serve", {})
         serve.pop("num_replicas", None)
         auto = dict(serve.get("autoscaling_config") or engine_autoscaling)
-        auto.update(min_replicas=1, initial_replicas=t.replicas, max_replicas=t.replicas,
-                    target_ongoing_requests=targets[t.tier])
+        auto.update(
+            min_replicas=1,
+            initial_replicas=t.replicas,
+            max_replicas=t.replicas,
+            target_ongoing_requests=targets[t.tier],
+        )
         serve["autoscaling_config"] = auto
         limit = serve.get("max_ongoing_requests", 16)
         if targets[t.tier] >= limit:
-            raise PlanError(f"tier {t.tier!r}: the planned target of {targets[t.tier]} requests in flight per replica "
-                            f"is not below its serve.max_ongoing_requests ({limit}); raise that limit")
+            raise PlanError(
+                f"tier {t.tier!r}: the planned target of {targets[t.tier]} requests in flight per replica "
+                f"is not below its serve.max_ongoing_requests ({limit}); raise that limit"
+            )
     return raw

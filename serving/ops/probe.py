@@ -27,8 +27,14 @@ def one_replica(raw: dict) -> dict:
     return raw
 
 
-def probe(cfg: CascadeConfig, workdir: Path, concurrencies: Sequence[int] = (1, 2, 4, 8, 16), seconds: float = 4.0,
-          texts: Optional[Sequence[str]] = None, log=print) -> dict[str, Any]:
+def probe(
+    cfg: CascadeConfig,
+    workdir: Path,
+    concurrencies: Sequence[int] = (1, 2, 4, 8, 16),
+    seconds: float = 4.0,
+    texts: Optional[Sequence[str]] = None,
+    log=print,
+) -> dict[str, Any]:
     """Measure ``cfg``'s tiers on one replica each; returns a report for ``curves_from_report``."""
     from serving.evaluation.data import SPLIT_SEEDS
     from serving.ops.local import cascade_server
@@ -41,7 +47,11 @@ def probe(cfg: CascadeConfig, workdir: Path, concurrencies: Sequence[int] = (1, 
         for c in concurrencies:
             results, elapsed = asyncio.run(run_load(srv.address, texts, concurrency=c, duration=seconds, timeout=60))
             runs[f"c{c}"] = run = summarize(results, elapsed) | {"concurrency": c, "forced_tier": ""}
-            log(f"probe: concurrency {c}: {run['throughput_rps']:.1f} req/s, deferral {run['deferral_share']:.3f}, "
-                + ", ".join(f"{t} p50 {s.get('p50_ms', 0):.1f} ms ({s['in_flight']:.2f} in flight)"
-                            for t, s in run["tiers"].items()))
+            log(
+                f"probe: concurrency {c}: {run['throughput_rps']:.1f} req/s, deferral {run['deferral_share']:.3f}, "
+                + ", ".join(
+                    f"{t} p50 {s.get('p50_ms', 0):.1f} ms ({s['in_flight']:.2f} in flight)"
+                    for t, s in run["tiers"].items()
+                )
+            )
     return {"probe": {"concurrencies": list(concurrencies), "seconds": seconds}, "runs": runs}

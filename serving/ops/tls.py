@@ -72,12 +72,18 @@ def render_nginx_conf(listen: str, upstream: str, cert: Path, key: Path, prefix:
     """The nginx config for a TLS listener on ``listen`` forwarding gRPC to ``upstream`` (Serve's
     plaintext gRPC proxy). Paths are made absolute; ``prefix`` holds nginx's pid, logs and temp
     files and must exist when nginx starts."""
-    values = {"listen": _check_address("listen", listen), "upstream": _check_address("upstream", upstream),
-              "cert": _check_path("cert", cert), "key": _check_path("key", key),
-              "prefix": _check_path("prefix", prefix).rstrip("/") or "/"}
+    values = {
+        "listen": _check_address("listen", listen),
+        "upstream": _check_address("upstream", upstream),
+        "cert": _check_path("cert", cert),
+        "key": _check_path("key", key),
+        "prefix": _check_path("prefix", prefix).rstrip("/") or "/",
+    }
     body = template_text().split(_KEEP, 1)[1]
-    return (f"# Rendered by `python -m serving.ops.tls` from serving/ops/{TEMPLATE}: edit the template, not this file.\n"
-            + _ConfTemplate(body).substitute(values))
+    return (
+        f"# Rendered by `python -m serving.ops.tls` from serving/ops/{TEMPLATE}: edit the template, not this file.\n"
+        + _ConfTemplate(body).substitute(values)
+    )
 
 
 def find_nginx() -> Optional[str]:
@@ -91,8 +97,7 @@ def find_nginx() -> Optional[str]:
     return None
 
 
-def self_signed_cert(dir: Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"),
-                     days: int = 30) -> tuple[Path, Path]:
+def self_signed_cert(dir: Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"), days: int = 30) -> tuple[Path, Path]:
     """A self-signed ECDSA P-256 server certificate for ``hosts`` (DNS names or IP addresses, all in
     subjectAltName), written as ``dir/cert.pem`` and ``dir/key.pem`` (0600). For development and
     tests: a client trusts it by using ``cert.pem`` as its root CA (``--tls-ca``)."""
@@ -113,24 +118,44 @@ def self_signed_cert(dir: Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "cascade")])
     now = datetime.datetime.now(datetime.timezone.utc)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = dir / "cert.pem", dir / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     os.chmod(key_path, 0o600)
     return cert_path, key_path
 
@@ -150,13 +175,22 @@ def nginx_test(conf: Path, prefix: Path, nginx: Optional[str] = None) -> subproc
     nginx = nginx or find_nginx()
     if nginx is None:
         raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light)")
-    return subprocess.run([nginx, "-t", "-q", "-p", str(prefix), "-c", str(conf)],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [nginx, "-t", "-q", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
 
 
 @contextlib.contextmanager
-def nginx_front(listen: str, upstream: str, cert: Path, key: Path, workdir: Path,
-                timeout: float = 30.0, nginx: Optional[str] = None, config: Optional[str] = None) -> Iterator[Path]:
+def nginx_front(
+    listen: str,
+    upstream: str,
+    cert: Path,
+    key: Path,
+    workdir: Path,
+    timeout: float = 30.0,
+    nginx: Optional[str] = None,
+    config: Optional[str] = None,
+) -> Iterator[Path]:
     """Run an nginx TLS front in the foreground: ``workdir`` gets the config (``nginx.conf``) and
     nginx's pid, logs and temp files (``config``: this text instead of the rendered one). Checks the config with ``nginx -t``, starts nginx, yields the
     config's path once the TLS port accepts connections, and on exit stops nginx (SIGQUIT: graceful,
@@ -172,8 +206,12 @@ def nginx_front(listen: str, upstream: str, cert: Path, key: Path, workdir: Path
     if checked.returncode != 0:
         raise RuntimeError(f"nginx -t rejected {conf}:\n{checked.stderr}")
     out = open(workdir / "nginx.out", "w")
-    proc = subprocess.Popen([nginx, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [nginx, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     host, port = _probe_host_port(listen)
 
     def _log() -> str:
@@ -210,17 +248,29 @@ def nginx_front(listen: str, upstream: str, cert: Path, key: Path, workdir: Path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.ops.tls",
-                                description="Render the nginx config of a TLS front for the cascade's gRPC port.")
+    p = argparse.ArgumentParser(
+        prog="python -m serving.ops.tls",
+        description="Render the nginx config of a TLS front for the cascade's gRPC port.",
+    )
     p.add_argument("--listen", default="0.0.0.0:9443", help="TLS address nginx listens on (default %(default)s)")
     p.add_argument("--upstream", default="127.0.0.1:9000", help="Serve's plaintext gRPC proxy (default %(default)s)")
     p.add_argument("--cert", type=Path, help="PEM certificate (chain) for the listener")
     p.add_argument("--key", type=Path, help="PEM private key of --cert")
-    p.add_argument("--self-signed", type=Path, metavar="DIR",
-                   help="make a self-signed dev certificate DIR/cert.pem + DIR/key.pem and use it")
-    p.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1"],
-                   help="names/IPs of the self-signed certificate (default: %(default)s)")
-    p.add_argument("--prefix", type=Path, help="directory for nginx's pid, logs, temp files (default: --out's directory)")
+    p.add_argument(
+        "--self-signed",
+        type=Path,
+        metavar="DIR",
+        help="make a self-signed dev certificate DIR/cert.pem + DIR/key.pem and use it",
+    )
+    p.add_argument(
+        "--hosts",
+        nargs="+",
+        default=["localhost", "127.0.0.1"],
+        help="names/IPs of the self-signed certificate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prefix", type=Path, help="directory for nginx's pid, logs, temp files (default: --out's directory)"
+    )
     p.add_argument("--out", type=Path, help="write the config here (created with --prefix); default: stdout")
     a = p.parse_args(argv)
     if a.self_signed:
@@ -244,8 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     nginx = find_nginx() or "nginx"
-    print(f"wrote {a.out}; run: {nginx} -p {Path(prefix).absolute()} -c {a.out.absolute()} -g 'daemon off;'",
-          file=sys.stderr)
+    print(
+        f"wrote {a.out}; run: {nginx} -p {Path(prefix).absolute()} -c {a.out.absolute()} -g 'daemon off;'",
+        file=sys.stderr,
+    )
     return 0
 
 

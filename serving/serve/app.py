@@ -61,8 +61,7 @@ def grpc_options(cfg: CascadeConfig) -> dict[str, Any]:
 def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Application:
     cfg = resolve_config(args)
     tiers = {
-        t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options())
-        .bind(t.model_dump(mode="json"))
+        t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options()).bind(t.model_dump(mode="json"))
         for t in cfg.tiers
     }
     # Tokens from the config and the environment of the process building the app, as digests only.

@@ -25,10 +25,10 @@ RUNNING, WAITING, KV = "engine_running", "engine_waiting", "engine_kv_cache_usag
 # repeats them; tests/unit/test_autoscaling.py keeps the two in step). Serve's defaults (30 s
 # look-back, 10 s metrics interval) put 91 s between a 2 -> 20 qps step and the weak tier's peak.
 ENGINE_AUTOSCALING: dict[str, Any] = {
-    "metrics_interval_s": 1.0,    # replicas and handles push their metrics to the controller every second
-    "look_back_period_s": 5.0,    # ... averaged over the last 5 s
-    "upscale_delay_s": 2.0,       # a scale-up must be wanted for 2 s in a row
-    "downscale_delay_s": 20.0,    # a scale-down for 20 s (no flapping on a short lull)
+    "metrics_interval_s": 1.0,  # replicas and handles push their metrics to the controller every second
+    "look_back_period_s": 5.0,  # ... averaged over the last 5 s
+    "upscale_delay_s": 2.0,  # a scale-up must be wanted for 2 s in a row
+    "downscale_delay_s": 20.0,  # a scale-down for 20 s (no flapping on a short lull)
     "policy": {"policy_function": POLICY, "policy_kwargs": {"kv_cache_target": 0.8}},
 }
 
@@ -51,8 +51,9 @@ class EngineLoad:
             raise ValueError(f"policy_kwargs.kv_cache_target must be in (0, 1], got {kv_cache_target!r}")
         self.kv_cache_target = float(kv_cache_target)
 
-    def desired(self, target: float, metrics: dict[str, dict[Any, float]], queued: float,
-                fallback_load: float) -> float:
+    def desired(
+        self, target: float, metrics: dict[str, dict[Any, float]], queued: float, fallback_load: float
+    ) -> float:
         """The replica count wanted (a float; Serve rounds up and bounds it)."""
         if RUNNING not in metrics:
             return fallback_load / target
@@ -62,5 +63,9 @@ class EngineLoad:
     def __call__(self, ctx) -> tuple[float, dict[str, Any]]:
         if ctx.current_num_replicas == 0:
             return ctx.target_num_replicas, {}
-        return self.desired(ctx.config.get_target_ongoing_requests(), ctx.aggregated_metrics or {},
-                            ctx.total_queued_requests or 0.0, ctx.total_num_requests), {}
+        return self.desired(
+            ctx.config.get_target_ongoing_requests(),
+            ctx.aggregated_metrics or {},
+            ctx.total_queued_requests or 0.0,
+            ctx.total_num_requests,
+        ), {}

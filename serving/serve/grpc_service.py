@@ -20,9 +20,11 @@ def add_cascade_servicer(servicer, server) -> None:
     out = pb.GenerateResponse.SerializeToString
     handlers = {
         "Generate": grpc.unary_unary_rpc_method_handler(
-            servicer.Generate, request_deserializer=parse_request, response_serializer=out),
+            servicer.Generate, request_deserializer=parse_request, response_serializer=out
+        ),
         "GenerateStream": grpc.unary_stream_rpc_method_handler(
-            servicer.GenerateStream, request_deserializer=parse_request, response_serializer=out),
+            servicer.GenerateStream, request_deserializer=parse_request, response_serializer=out
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

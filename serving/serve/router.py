@@ -80,8 +80,11 @@ class Router:
             raise Unauthenticated(f"missing or invalid bearer token: send {how}")
         if self.inflight > self.limits.max_inflight:
             ms = self.limits.retry_after_ms
-            raise Overloaded(f"overloaded: {self.inflight - 1} requests in flight on this router replica (limit "
-                             f"{self.limits.max_inflight}); retry after {ms} ms", ms)
+            raise Overloaded(
+                f"overloaded: {self.inflight - 1} requests in flight on this router replica (limit "
+                f"{self.limits.max_inflight}); retry after {ms} ms",
+                ms,
+            )
 
     def _enter(self) -> float:
         self.inflight += 1
@@ -100,8 +103,13 @@ class Router:
 
     def _answered(self, method: str, req: CascadeRequest, out: Outcome, t0: float) -> None:
         self._finish(method, "OK", out.answered_by, t0)
-        log.info("answered by %s deferred=%s score=%.4f%s", out.answered_by, out.deferred, out.score,
-                 f" degraded: {out.degraded}" if out.degraded else "")
+        log.info(
+            "answered by %s deferred=%s score=%.4f%s",
+            out.answered_by,
+            out.deferred,
+            out.score,
+            f" degraded: {out.degraded}" if out.degraded else "",
+        )
         if req.forced:
             return
         if not math.isnan(out.score):
@@ -129,19 +137,35 @@ class Router:
     def _cancelled(self, method: str, t0: float) -> None:
         self.metrics.inc("cascade_cancelled", method=method)
         self._finish(method, "CANCELLED", "", t0)
-        log.info("cancelled by the client after %.0f ms (deadline or cancel); tier work cancelled",
-                 (time.perf_counter() - t0) * 1e3)
+        log.info(
+            "cancelled by the client after %.0f ms (deadline or cancel); tier work cancelled",
+            (time.perf_counter() - t0) * 1e3,
+        )
 
     def _fields(self, req: CascadeRequest, out: Outcome, t0: float, text=None) -> dict[str, Any]:
-        return response_fields(req, out, rule=self.cascade.rule, default_threshold=self.cascade.threshold,
-                               latency_ms=(time.perf_counter() - t0) * 1e3, request_id=_request_id(), text=text)
+        return response_fields(
+            req,
+            out,
+            rule=self.cascade.rule,
+            default_threshold=self.cascade.threshold,
+            latency_ms=(time.perf_counter() - t0) * 1e3,
+            request_id=_request_id(),
+            text=text,
+        )
 
     # ---- gRPC: thin adapters over the one walk ----------------------------------------------------
     def _grpc_request(self, request, grpc_context, stream: bool) -> CascadeRequest:
-        self._gate(dict(grpc_context.invocation_metadata()).get("authorization", ""),
-                   "metadata `authorization: Bearer <token>`")
-        return grpc_api.to_request(request, tier_names=self.cascade.names, limits=self.limits,
-                                   embed=self.cascade.needs_embedding, stream=stream)
+        self._gate(
+            dict(grpc_context.invocation_metadata()).get("authorization", ""),
+            "metadata `authorization: Bearer <token>`",
+        )
+        return grpc_api.to_request(
+            request,
+            tier_names=self.cascade.names,
+            limits=self.limits,
+            embed=self.cascade.needs_embedding,
+            stream=stream,
+        )
 
     def _grpc_error(self, grpc_context, method: str, e: Exception, t0: float):
         message = self._refused(method, e, t0)
@@ -223,8 +247,13 @@ class Router:
         try:
             self._gate(request.headers.get("authorization", ""), "`Authorization: Bearer <token>`")
             body = openai_api.parse(kind, await request.body())
-            req = openai_api.to_request(body, cascade_name=self.name, tier_names=self.cascade.names,
-                                        limits=self.limits, embed=self.cascade.needs_embedding)
+            req = openai_api.to_request(
+                body,
+                cascade_name=self.name,
+                tier_names=self.cascade.names,
+                limits=self.limits,
+                embed=self.cascade.needs_embedding,
+            )
             if body.stream:
                 streaming = True  # the event stream owns the in-flight slot from here
                 return StreamingResponse(self._sse(body, req, method, t0), media_type="text/event-stream")
@@ -277,8 +306,15 @@ class Router:
             except Exception as e:
                 engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
         return RouterStatus(
-            replica=serve.get_replica_context().replica_id.unique_id, inflight=self.inflight,
-            recent_requests=self.recent.n, deferral_share=self.recent.share, degraded_share=self.recent_degraded.share,
-            requests_by_code=dict(self.counts), breakers={n: b.state for n, b in self.client.breakers.items()},
-            engines=engines, costs=self.cascade.costs.as_dict(), tier_inflight=dict(self.cascade.inflight),
-            shadow=self.shadow.stats())
+            replica=serve.get_replica_context().replica_id.unique_id,
+            inflight=self.inflight,
+            recent_requests=self.recent.n,
+            deferral_share=self.recent.share,
+            degraded_share=self.recent_degraded.share,
+            requests_by_code=dict(self.counts),
+            breakers={n: b.state for n, b in self.client.breakers.items()},
+            engines=engines,
+            costs=self.cascade.costs.as_dict(),
+            tier_inflight=dict(self.cascade.inflight),
+            shadow=self.shadow.stats(),
+        )

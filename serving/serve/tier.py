@@ -23,8 +23,12 @@ from serving.serve.autoscaling import engine_metrics
 from serving.serve.metrics import Metrics
 
 log = logging.getLogger("ray.serve")  # Serve stamps these lines with the request id
-ENGINE_METRICS = ("cascade_engine_running", "cascade_engine_waiting", "cascade_engine_kv_cache_usage",
-                  "cascade_engine_tokens_per_s")
+ENGINE_METRICS = (
+    "cascade_engine_running",
+    "cascade_engine_waiting",
+    "cascade_engine_kv_cache_usage",
+    "cascade_engine_tokens_per_s",
+)
 STATS_PERIOD_S = 2.0
 
 
@@ -50,15 +54,26 @@ class TierDeployment:
             return
         n = self.engine.count_tokens(req)
         if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
-            raise BadRequest(f"is {n} tokens for tier {self.tier.name!r}; its limit is {self.max_prompt_tokens} "
-                             "(tiers[].max_prompt_tokens)", "prompt")
+            raise BadRequest(
+                f"is {n} tokens for tier {self.tier.name!r}; its limit is {self.max_prompt_tokens} "
+                "(tiers[].max_prompt_tokens)",
+                "prompt",
+            )
         new = req.max_new_tokens or self.tier.generation.max_new_tokens
         if ctx is not None and n + new > ctx:
-            raise BadRequest(f"is {new}, and with the prompt's {n} tokens that exceeds tier {self.tier.name!r}'s "
-                             f"context of {ctx} tokens; lower it to at most {max(ctx - n, 0)}", "max_new_tokens")
+            raise BadRequest(
+                f"is {new}, and with the prompt's {n} tokens that exceeds tier {self.tier.name!r}'s "
+                f"context of {ctx} tokens; lower it to at most {max(ctx - n, 0)}",
+                "max_new_tokens",
+            )
 
-    async def stream(self, req: GenerationRequest, tokens: bool = True, stop: Optional[StopRule] = None,
-                     draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        req: GenerationRequest,
+        tokens: bool = True,
+        stop: Optional[StopRule] = None,
+        draft: Optional[Draft] = None,
+    ) -> AsyncIterator[Chunk]:
         """The engine's chunks for one request, with the boundary's rule ``stop`` applied here, next to
         the engine (``serving.core.decide``: nothing is sent until its verdict; a certain DEFER cancels
         the request at once; the last chunk carries the verdict). ``tokens=False``: only the last chunk.
@@ -72,17 +87,26 @@ class TierDeployment:
         t0 = time.perf_counter()
         chunks = None
         if draft is not None:
-            req, offered, done = await verify_draft(self.engine, req, draft,
-                                                    req.max_new_tokens or self.tier.generation.max_new_tokens)
+            req, offered, done = await verify_draft(
+                self.engine, req, draft, req.max_new_tokens or self.tier.generation.max_new_tokens
+            )
             if done is not None:  # the agreeing draft already holds the whole answer
                 done.tier_ms = (time.perf_counter() - t0) * 1e3
-                chunks = _one(Chunk(final=done, prompt_tokens=done.prompt_tokens, token_ids=done.token_ids,
-                                    logprobs=done.logprobs, text=done.text))
+                chunks = _one(
+                    Chunk(
+                        final=done,
+                        prompt_tokens=done.prompt_tokens,
+                        token_ids=done.token_ids,
+                        logprobs=done.logprobs,
+                        text=done.text,
+                    )
+                )
             else:
                 chunks = _counting_draft(self.engine.stream(req), offered, len(req.prefix_ids) - 1)
         try:
-            async with aclosing(decide(chunks or self.engine.stream(req), stop, tokens, t0=t0,
-                                       tokenizer=self.engine.tokenizer_id)) as out:
+            async with aclosing(
+                decide(chunks or self.engine.stream(req), stop, tokens, t0=t0, tokenizer=self.engine.tokenizer_id)
+            ) as out:
                 async for chunk in out:
                     yield chunk
         except asyncio.CancelledError:
@@ -116,8 +140,12 @@ class TierDeployment:
 
     async def stats(self) -> dict[str, Any]:
         self._start_stats()
-        return {"tier": self.tier.name, "replica": serve.get_replica_context().replica_id.unique_id,
-                "threads": threading.active_count(), **asdict(self.engine.stats())}
+        return {
+            "tier": self.tier.name,
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "threads": threading.active_count(),
+            **asdict(self.engine.stats()),
+        }
 
     def info(self) -> dict[str, Any]:
         return {"tier": self.tier.name, **self.engine.info(), "max_prompt_tokens": self.max_prompt_tokens}

@@ -34,14 +34,23 @@ class ServeTierClient:
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
 
-    async def stream(self, name: str, req: GenerationRequest, tokens: bool = True,
-                     stop: Optional[StopRule] = None, draft: Optional[Draft] = None) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        name: str,
+        req: GenerationRequest,
+        tokens: bool = True,
+        stop: Optional[StopRule] = None,
+        draft: Optional[Draft] = None,
+    ) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
         breaker = self.breakers[name]
         if not breaker.allow():
-            raise TierFailure(name, "breaker_open", f"tier {name!r} is failing; not called for "
-                              f"{breaker.retry_in_s():.1f} s more (circuit open)")
+            raise TierFailure(
+                name,
+                "breaker_open",
+                f"tier {name!r} is failing; not called for {breaker.retry_in_s():.1f} s more (circuit open)",
+            )
         timeout = self.cfg.tier(name).timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -61,8 +70,11 @@ class ServeTierClient:
                 ended = True
                 breaker.success()  # the tier answered: it refused the input
                 cause = getattr(e, "cause", e)  # Ray's wrapper of the tier's exception carries it as `cause`
-                raise BadRequest(cause.problem, cause.field) if isinstance(cause, BadRequest) else BadRequest(
-                    remote_message(e)) from None
+                raise (
+                    BadRequest(cause.problem, cause.field)
+                    if isinstance(cause, BadRequest)
+                    else BadRequest(remote_message(e))
+                ) from None
             except asyncio.TimeoutError:
                 failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
             except BackPressureError:

@@ -22,8 +22,17 @@ from serving.serve.autoscaling import ENGINE_AUTOSCALING
 
 pytestmark = pytest.mark.integration
 # the shipped engine-load policy (serving/serve/autoscaling.py), on windows short enough for a test
-FAST = {**ENGINE_AUTOSCALING, "min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-        "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+FAST = {
+    **ENGINE_AUTOSCALING,
+    "min_replicas": 1,
+    "initial_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 1,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 4,
+    "metrics_interval_s": 0.5,
+    "look_back_period_s": 2,
+}
 
 
 class Watch:
@@ -31,10 +40,21 @@ class Watch:
 
     def __init__(self, ray_address: str):
         self.samples: list[dict] = []
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "cascade"), "status", "--watch", "0.5",
-                                      "--json", "--ray-address", ray_address],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "cascade"),
+                "status",
+                "--watch",
+                "0.5",
+                "--json",
+                "--ray-address",
+                ray_address,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -87,7 +107,9 @@ def test_weak_tier_scales_out_and_back_independently(tmp_path):
             down_s = time.monotonic() - t1
         finally:
             watch.close()
-        print(f"weak tier: 1 -> 2 replicas in {up_s:.1f}s under load, back to 1 in {down_s:.1f}s; "
-              f"{done[0]} requests, errors {errors}")
+        print(
+            f"weak tier: 1 -> 2 replicas in {up_s:.1f}s under load, back to 1 in {down_s:.1f}s; "
+            f"{done[0]} requests, errors {errors}"
+        )
         assert not errors and done[0] > 0
         assert all(s.get("tier-strong") == 1 for s in watch.samples if s), "the strong tier must not scale"

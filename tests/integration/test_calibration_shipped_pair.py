@@ -31,9 +31,26 @@ def cache(tmp_path_factory):
 def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path):
     out = tmp_path / "art.json"
     env = dict(os.environ, CASCADE_CACHE=str(cache))
-    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "calibrate", "--data", str(splits["calibration"]),
-                        "--eval-data", str(splits["test"]), "--target-deferral", "0.3", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.ops.cli",
+            "calibrate",
+            "--data",
+            str(splits["calibration"]),
+            "--eval-data",
+            str(splits["test"]),
+            "--target-deferral",
+            "0.3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "heldout" in r.stdout and "threshold" in r.stdout
     art = json.loads(out.read_text())
@@ -52,8 +69,15 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
 
 
 def test_calibrate_post_hoc_for_target_pgr_holds_on_heldout(splits, cache):
-    art = calibrate(load_config(), str(splits["calibration"]), target_pgr=0.9, rule="post_hoc_quantile",
-                    train_data=str(splits["train"]), eval_data=str(splits["test"]), cache=cache)
+    art = calibrate(
+        load_config(),
+        str(splits["calibration"]),
+        target_pgr=0.9,
+        rule="post_hoc_quantile",
+        train_data=str(splits["train"]),
+        eval_data=str(splits["test"]),
+        cache=cache,
+    )
     assert art["rule"] == "post_hoc_quantile" and art["model"]["kind"] == "quantile"
     assert art["metrics"]["fit"]["pgr"] >= 0.9
     assert art["metrics"]["heldout"]["pgr"] >= 0.9 - 0.03  # within 3 points of the target, or above it

@@ -54,16 +54,29 @@ def cases():
     weak, strong = (build_engine(t) for t in CFG.tiers)
     exs = list(examples(3, 200))
     wg = weak.generate_many([GenerationRequest(prompt=e.prompt) for e in exs])
-    easy = next(e for e, g in zip(exs, wg) if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold))
+    easy = next(
+        e
+        for e, g in zip(exs, wg)
+        if g.text == e.reference and not should_defer(score(g.logprobs), CFG.deferral.threshold)
+    )
     # wrong, deferred, and its least likely token not the last one (so the early DEFER cuts the answer short)
-    hard_pool = [(e, g) for e, g in zip(exs, wg) if g.text != e.reference and should_defer(score(g.logprobs), CFG.deferral.threshold)
-                 and g.logprobs.index(min(g.logprobs)) < len(g.logprobs) - 1]
+    hard_pool = [
+        (e, g)
+        for e, g in zip(exs, wg)
+        if g.text != e.reference
+        and should_defer(score(g.logprobs), CFG.deferral.threshold)
+        and g.logprobs.index(min(g.logprobs)) < len(g.logprobs) - 1
+    ]
     sg = strong.generate_many([GenerationRequest(prompt=e.prompt) for e, _ in hard_pool])
     weak.close()
     strong.close()
     hard, hard_weak = next((e, g) for (e, g), s in zip(hard_pool, sg) if s.text == e.reference)
-    return {"easy": easy, "hard": hard, "hard_weak_text": hard_weak.text,
-            "hard_weak_tokens": hard_weak.completion_tokens}
+    return {
+        "easy": easy,
+        "hard": hard,
+        "hard_weak_text": hard_weak.text,
+        "hard_weak_tokens": hard_weak.completion_tokens,
+    }
 
 
 def test_easy_question_is_answered_by_weak(client, cases):
@@ -131,8 +144,9 @@ def test_stream_weak_answer_and_forced_tier(client, cases):
 
 def test_chat_messages_and_request_id_metadata(client, cases):
     e = cases["easy"]
-    r = client.generate(make_request(messages=[{"role": "user", "content": e.prompt}]),
-                        metadata=[("request_id", "test-req-42")])
+    r = client.generate(
+        make_request(messages=[{"role": "user", "content": e.prompt}]), metadata=[("request_id", "test-req-42")]
+    )
     assert r.text == e.reference and r.request_id == "test-req-42"
 
 
@@ -144,7 +158,10 @@ BAD = [
     (make_request("What is 1 + 1?", threshold=float("nan")), "`threshold`"),
     (make_request("What is 1 + 1?", messages=[{"role": "user", "content": "hi"}]), "`prompt` or `messages`"),
     (make_request(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
-    (make_request(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]), "last of `messages`"),
+    (
+        make_request(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]),
+        "last of `messages`",
+    ),
     (make_request("x" * (CFG.limits.max_prompt_chars + 1)), "limit"),
 ]
 
@@ -171,8 +188,19 @@ def _grpcurl(address, body, *flags):
     exe = shutil.which("grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         pytest.skip("grpcurl is not installed (the dev extra installs it on Linux x86_64)")
-    cmd = [exe, "-plaintext", *flags, "-import-path", str(ROOT / "protos"), "-proto", "cascade/v1/cascade.proto",
-           "-d", json.dumps(body), address, "cascade.v1.Cascade/Generate"]
+    cmd = [
+        exe,
+        "-plaintext",
+        *flags,
+        "-import-path",
+        str(ROOT / "protos"),
+        "-proto",
+        "cascade/v1/cascade.proto",
+        "-d",
+        json.dumps(body),
+        address,
+        "cascade.v1.Cascade/Generate",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -187,8 +215,12 @@ def test_grpcurl_a_client_that_is_not_ours(address, cases):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -220,12 +252,15 @@ def test_concurrent_streams_and_unary_calls_finish_without_thread_growth(server,
     results = asyncio.run(run())
     want = {cases["easy"].prompt: cases["easy"].reference, cases["hard"].prompt: cases["hard"].reference}
     assert [text for text, _ in results] == [want[p] for p in prompts + prompts]
-    assert all(r.tier == ("weak" if p == cases["easy"].prompt else "strong")
-               for (_, r), p in zip(results, prompts + prompts))
+    assert all(
+        r.tier == ("weak" if p == cases["easy"].prompt else "strong") for (_, r), p in zip(results, prompts + prompts)
+    )
     after = _status(server)["router"]["engines"]
     for tier in ("weak", "strong"):
-        print(f"tier {tier}: threads before {before[tier]['threads']}, after {after[tier]['threads']}; "
-              f"engine {after[tier]['engine']}, {after[tier]['requests']} requests")
+        print(
+            f"tier {tier}: threads before {before[tier]['threads']}, after {after[tier]['threads']}; "
+            f"engine {after[tier]['engine']}, {after[tier]['requests']} requests"
+        )
         assert after[tier]["engine"] == "continuous" and after[tier]["requests"] > before[tier]["requests"]
         if after[tier]["replica"] == before[tier]["replica"]:
             assert after[tier]["threads"] <= before[tier]["threads"]

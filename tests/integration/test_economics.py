@@ -58,14 +58,17 @@ def check_receipt(r) -> None:
     assert rc.total == pytest.approx(sum(line.cost for line in rc.lines))
     assert [line.discarded for line in rc.lines] == [True] * (len(rc.lines) - 1) + [False]
     assert rc.lines[-1].tier == r.tier
-    assert rc.strong_only == pytest.approx(price(CFG.tier("strong").cost, rc.strong_only_prompt_tokens,
-                                                 rc.strong_only_completion_tokens))
+    assert rc.strong_only == pytest.approx(
+        price(CFG.tier("strong").cost, rc.strong_only_prompt_tokens, rc.strong_only_completion_tokens)
+    )
     if r.tier == "strong":  # the strong tier ran: its real tokens
         assert not rc.strong_only_estimated and rc.strong_only == pytest.approx(rc.lines[-1].cost)
     else:  # estimated from the answer given
         assert rc.strong_only_estimated
-        assert (rc.strong_only_prompt_tokens, rc.strong_only_completion_tokens) == (rc.lines[-1].prompt_tokens,
-                                                                                    rc.lines[-1].completion_tokens)
+        assert (rc.strong_only_prompt_tokens, rc.strong_only_completion_tokens) == (
+            rc.lines[-1].prompt_tokens,
+            rc.lines[-1].completion_tokens,
+        )
 
 
 def test_receipts_of_weak_and_deferred_answers_unary_and_streamed(client):
@@ -156,8 +159,12 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["router"]["costs"]
 
@@ -175,8 +182,11 @@ def test_receipts_add_up_to_the_prometheus_counters_and_status_totals(client, se
     total = sum(r.receipt.total for r in results)
     strong_only = sum(r.receipt.strong_only for r in results)
     shed = sum(r.load_shed for r in results)
-    want = {"ray_cascade_cost_total": total, "ray_cascade_cost_strong_only_total": strong_only,
-            "ray_cascade_load_shed_total": shed}
+    want = {
+        "ray_cascade_cost_total": total,
+        "ray_cascade_cost_strong_only_total": strong_only,
+        "ray_cascade_load_shed_total": shed,
+    }
 
     def moved():
         p = _scrape(server.metrics_url)
@@ -184,12 +194,18 @@ def test_receipts_add_up_to_the_prometheus_counters_and_status_totals(client, se
 
     got = {}
     try:
-        wait_for(lambda: (got.update(moved()) or True) and all(close(got[k], v) for k, v in want.items()),
-                 timeout=90, interval=2, what="the counters to add up to the receipts")
+        wait_for(
+            lambda: (got.update(moved()) or True) and all(close(got[k], v) for k, v in want.items()),
+            timeout=90,
+            interval=2,
+            what="the counters to add up to the receipts",
+        )
     except TimeoutError:
         pytest.fail(f"counters moved by {got}, the receipts add up to {want}")
     s1 = _status(server)
     assert s1["requests"] - s0["requests"] == len(results)
     assert close(s1["total"] - s0["total"], total) and close(s1["strong_only"] - s0["strong_only"], strong_only)
-    print(f"{len(results)} requests: cost {total:.4f}, strong-only {strong_only:.4f} "
-          f"({strong_only / total:.2f}x), {shed} kept for load")
+    print(
+        f"{len(results)} requests: cost {total:.4f}, strong-only {strong_only:.4f} "
+        f"({strong_only / total:.2f}x), {shed} kept for load"
+    )

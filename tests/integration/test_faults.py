@@ -100,8 +100,12 @@ def test_killing_the_strong_replica_under_load(failing_server):
 
     def kill():
         time.sleep(4)
-        out = subprocess.run([sys.executable, "-c", KILL, failing_server.ray_address, "tier-strong", "2"],
-                             capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            [sys.executable, "-c", KILL, failing_server.ray_address, "tier-strong", "2"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         box["kill"] = out
 
     killer = threading.Thread(target=kill)
@@ -113,9 +117,11 @@ def test_killing_the_strong_replica_under_load(failing_server):
     counts = Counter(c for c, _, _ in results)
     slowest = max(s for _, s, _ in results)
     retries = failing_server.log.read_text().count("replica died (")
-    print(f"kill 1 of 2 strong replicas under 6 qps for 25 s: {len(results)} requests, {dict(counts)}, slowest "
-          f"{slowest:.2f} s, {retries} tier calls retried; strong healthy again {kill['healthy_after_s']:.1f} s "
-          f"after the kill")
+    print(
+        f"kill 1 of 2 strong replicas under 6 qps for 25 s: {len(results)} requests, {dict(counts)}, slowest "
+        f"{slowest:.2f} s, {retries} tier calls retried; strong healthy again {kill['healthy_after_s']:.1f} s "
+        f"after the kill"
+    )
     assert kill["status"] == "HEALTHY" and kill["running"] == 2
     # Every request came back within its deadline: answered, or failed with a clear status.
     assert set(counts) <= {"OK", "UNAVAILABLE"} and slowest < DEADLINE_S
@@ -150,7 +156,9 @@ def strongless_server(tmp_path_factory):
     cfg = _fixed(load_config(), strong=2.0)
     s = cfg.tier("strong").serve
     s.num_replicas = None
-    s.autoscaling_config = AutoscalingConfig(min_replicas=0, initial_replicas=0, max_replicas=1, target_ongoing_requests=2)
+    s.autoscaling_config = AutoscalingConfig(
+        min_replicas=0, initial_replicas=0, max_replicas=1, target_ongoing_requests=2
+    )
     s.ray_actor_options = {"num_cpus": 64}
     cfg.reliability.breaker_failures, cfg.reliability.breaker_cooldown_s = 2, 30
     with cascade_server(cfg, tmp_path_factory.mktemp("strongless")) as srv:
@@ -172,6 +180,8 @@ def test_unavailable_strong_tier_gives_degraded_weak_answers(strongless_server):
     assert "timed out after 2 s" in answers[0].degraded_reason and "answered by 'weak'" in answers[0].degraded_reason
     # After breaker_failures (2) timeouts the breaker opens: the strong tier is not waited for.
     assert "circuit open" in answers[2].degraded_reason and "circuit open" in answers[3].degraded_reason
-    print(f"degraded answers: first two waited {timings[0]:.2f} / {timings[1]:.2f} s (strong timeout 2 s), "
-          f"then {timings[2] * 1e3:.0f} / {timings[3] * 1e3:.0f} ms with the breaker open")
+    print(
+        f"degraded answers: first two waited {timings[0]:.2f} / {timings[1]:.2f} s (strong timeout 2 s), "
+        f"then {timings[2] * 1e3:.0f} / {timings[3] * 1e3:.0f} ms with the breaker open"
+    )
     assert max(timings[2:]) < min(timings[:2])

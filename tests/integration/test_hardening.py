@@ -74,15 +74,17 @@ def _call(channel, data: bytes, method: str = "Generate", metadata=AUTH, timeout
 
 def _check(status, details):
     assert status in (C.OK, C.INVALID_ARGUMENT), f"{status.name}: {details}"
-    assert "Traceback" not in details and "File \"" not in details
+    assert "Traceback" not in details and 'File "' not in details
     if status == C.INVALID_ARGUMENT:
         assert details and len(details) < 500
 
 
 # ---- hostile input -----------------------------------------------------------------------------
 text = st.text(st.characters(codec="utf-8"), max_size=40)
-messages = st.lists(st.builds(pb.Message, role=st.sampled_from(["user", "assistant", "system", "", "robot", "USER"]),
-                              content=text), max_size=4)
+messages = st.lists(
+    st.builds(pb.Message, role=st.sampled_from(["user", "assistant", "system", "", "robot", "USER"]), content=text),
+    max_size=4,
+)
 requests = st.builds(
     pb.GenerateRequest,
     prompt=st.one_of(text, st.just(""), st.just(" \n\t"), st.text(max_size=3).map(lambda t: t * 7000)),
@@ -92,20 +94,37 @@ requests = st.builds(
     include_logprobs=st.booleans(),
 )
 thresholds = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
-malformed = st.one_of(st.binary(min_size=1, max_size=64),
-                      # the wrong message type: field numbers the request has, with other wire types
-                      st.builds(pb.GenerateResponse, text=text, tier=text, score=st.floats(allow_nan=True),
-                                usage=st.builds(pb.Usage, prompt_tokens=st.integers(0, 2**32 - 1)))
-                      .map(lambda m: m.SerializeToString()).filter(bool),
-                      st.binary(max_size=8).map(lambda b: b"\x0a\xff\xff\xff\x0f" + b),  # length past the end
-                      st.binary(max_size=8).map(lambda b: b"\x12\x05\x0a\x03\xff\xfe\xfd" + b))  # bad UTF-8
+malformed = st.one_of(
+    st.binary(min_size=1, max_size=64),
+    # the wrong message type: field numbers the request has, with other wire types
+    st.builds(
+        pb.GenerateResponse,
+        text=text,
+        tier=text,
+        score=st.floats(allow_nan=True),
+        usage=st.builds(pb.Usage, prompt_tokens=st.integers(0, 2**32 - 1)),
+    )
+    .map(lambda m: m.SerializeToString())
+    .filter(bool),
+    st.binary(max_size=8).map(lambda b: b"\x0a\xff\xff\xff\x0f" + b),  # length past the end
+    st.binary(max_size=8).map(lambda b: b"\x12\x05\x0a\x03\xff\xfe\xfd" + b),
+)  # bad UTF-8
 # The two hostile runs (searches and settings), shared by their tests and by the `hostile_statuses` fixture.
-generated_settings = settings(max_examples=220, deadline=None, database=None, derandomize=True,
-                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                                     HealthCheck.data_too_large])
+generated_settings = settings(
+    max_examples=220,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 given_generated = given(req=requests, threshold=thresholds, stream=st.booleans())
-malformed_settings = settings(max_examples=120, deadline=None, database=None, derandomize=True,
-                              suppress_health_check=[HealthCheck.function_scoped_fixture])
+malformed_settings = settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 given_malformed = given(data=malformed)
 
 
@@ -173,9 +192,17 @@ def test_service_is_healthy_after_the_hostile_run(hostile_statuses, client, serv
 
 
 # ---- auth ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("metadata", [[], [("authorization", "Bearer wrong")], [("authorization", TOKEN)],
-                                      [("authorization", f"Basic {TOKEN}")], [("authorization", "Bearer ")]],
-                         ids=["none", "wrong", "no-scheme", "basic", "empty"])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("authorization", "Bearer wrong")],
+        [("authorization", TOKEN)],
+        [("authorization", f"Basic {TOKEN}")],
+        [("authorization", "Bearer ")],
+    ],
+    ids=["none", "wrong", "no-scheme", "basic", "empty"],
+)
 def test_missing_or_wrong_token_is_unauthenticated(channel, metadata):
     for method in ("Generate", "GenerateStream"):
         status, details = _call(channel, make_request("What is 2 + 3?").SerializeToString(), method, metadata)
@@ -189,16 +216,19 @@ def test_right_token_is_served_and_never_logged(client, server):
 
 # ---- overload ------------------------------------------------------------------------------------
 def test_overload_is_refused_quickly_with_a_retry_hint(server, client):
-    results, _ = asyncio.run(run_load(server.address, FLOOD, concurrency=48, duration=10, metadata=tuple(AUTH),
-                                      retry_after=True, warm=False))
+    results, _ = asyncio.run(
+        run_load(server.address, FLOOD, concurrency=48, duration=10, metadata=tuple(AUTH), retry_after=True, warm=False)
+    )
     codes = {r["code"] for r in results}
     ok = sorted(r["ms"] for r in results if r["code"] == "OK")
     rejected = [(r["ms"], r["trailing"]) for r in results if r["code"] == "RESOURCE_EXHAUSTED"]
     med_rej = statistics.median(ms for ms, _ in rejected)
     p99_ok = ok[int(0.99 * (len(ok) - 1))]
-    print(f"overload: {len(results)} requests from 48 workers in 10 s ({len(results) / 10:.0f}/s offered): {len(ok)} admitted (p50 "
-          f"{statistics.median(ok):.0f} ms, p99 {p99_ok:.0f} ms), {len(rejected)} RESOURCE_EXHAUSTED "
-          f"(median {med_rej:.1f} ms)")
+    print(
+        f"overload: {len(results)} requests from 48 workers in 10 s ({len(results) / 10:.0f}/s offered): {len(ok)} admitted (p50 "
+        f"{statistics.median(ok):.0f} ms, p99 {p99_ok:.0f} ms), {len(rejected)} RESOURCE_EXHAUSTED "
+        f"(median {med_rej:.1f} ms)"
+    )
     assert codes <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     # 48 callers against an admission limit of 6: at least the first burst beyond the limit is refused
     assert ok and len(rejected) >= 48 - (CFG.limits.max_inflight + 1)
@@ -233,21 +263,38 @@ def test_prometheus_metrics_move(server, client, channel):
     assert client.generate(make_request("What is 2 + 3?")).tier == "weak"
     assert _call(channel, make_request("What is 2 + 3?").SerializeToString(), metadata=[])[0] == C.UNAUTHENTICATED
     assert _call(channel, pb.GenerateRequest(prompt="").SerializeToString())[0] == C.INVALID_ARGUMENT
-    flood, _ = asyncio.run(run_load(server.address, FLOOD, concurrency=48, duration=3, metadata=tuple(AUTH),
-                                    retry_after=True, warm=False))
+    flood, _ = asyncio.run(
+        run_load(server.address, FLOOD, concurrency=48, duration=3, metadata=tuple(AUTH), retry_after=True, warm=False)
+    )
     assert "RESOURCE_EXHAUSTED" in {r["code"] for r in flood}  # 48 callers against an admission limit of 6
-    refused = [f"ray_cascade_rejections_total|reason={r}" for r in ("unauthenticated", "invalid_argument", "overloaded")]
-    before = wait_for(lambda: (s := _scrape(server.metrics_url)) and key in s and all(r in s for r in refused) and s,
-                      timeout=90, interval=2, what="the cascade's metrics on the Prometheus endpoint")
+    refused = [
+        f"ray_cascade_rejections_total|reason={r}" for r in ("unauthenticated", "invalid_argument", "overloaded")
+    ]
+    before = wait_for(
+        lambda: (s := _scrape(server.metrics_url)) and key in s and all(r in s for r in refused) and s,
+        timeout=90,
+        interval=2,
+        what="the cascade's metrics on the Prometheus endpoint",
+    )
     for p in ["What is 2 + 3?", "What is 48213 + 99377?", "What is 31 + 4?"]:
         client.generate(make_request(p))
-    after = wait_for(lambda: (s := _scrape(server.metrics_url)) and s.get(key, 0) > before[key] and s,
-                     timeout=90, interval=2, what="the request counter to move")
-    for name in ["ray_cascade_uncertainty_count", "ray_cascade_tier_latency_ms_count|tier=weak",
-                 "ray_cascade_tier_tokens_total|tier=weak|kind=completion", "ray_cascade_strong_calls_avoided_total",
-                 "ray_cascade_rejections_total|reason=unauthenticated", "ray_cascade_rejections_total|reason=overloaded",
-                 "ray_cascade_rejections_total|reason=invalid_argument", "ray_cascade_deferral_share",
-                 "ray_cascade_requests_total|code=INVALID_ARGUMENT|tier="]:
+    after = wait_for(
+        lambda: (s := _scrape(server.metrics_url)) and s.get(key, 0) > before[key] and s,
+        timeout=90,
+        interval=2,
+        what="the request counter to move",
+    )
+    for name in [
+        "ray_cascade_uncertainty_count",
+        "ray_cascade_tier_latency_ms_count|tier=weak",
+        "ray_cascade_tier_tokens_total|tier=weak|kind=completion",
+        "ray_cascade_strong_calls_avoided_total",
+        "ray_cascade_rejections_total|reason=unauthenticated",
+        "ray_cascade_rejections_total|reason=overloaded",
+        "ray_cascade_rejections_total|reason=invalid_argument",
+        "ray_cascade_deferral_share",
+        "ray_cascade_requests_total|code=INVALID_ARGUMENT|tier=",
+    ]:
         assert after.get(name, 0) > 0, (name, sorted(after))
 
 
@@ -259,8 +306,11 @@ def test_every_log_line_of_a_request_carries_its_id(client, server):
     with_id = re.compile(r"cascade_(Router|tier-\w+) \w+ (\S+) -- ")
 
     def mine():
-        return {m.group(1) for ln in server.log.read_text().splitlines()
-                if rid in ln and (m := with_id.search(ln)) and m.group(2) == rid}
+        return {
+            m.group(1)
+            for ln in server.log.read_text().splitlines()
+            if rid in ln and (m := with_id.search(ln)) and m.group(2) == rid
+        }
 
     # The router's and both tiers' lines for this request (Serve's access lines included) carry its id.
     wait_for(lambda: mine() >= {"Router", "tier-weak", "tier-strong"}, timeout=30, what="the request's log lines")
@@ -269,8 +319,12 @@ def test_every_log_line_of_a_request_carries_its_id(client, server):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--json", "--ray-address", server.ray_address],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--json", "--ray-address", server.ray_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -33,8 +33,13 @@ def ray_node(args: list[str], log: Path):
     env = dict(os.environ, **ENV)
     env.pop("RAY_ADDRESS", None)
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -59,8 +64,14 @@ def cluster(tmp_path_factory):
 
 def _cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
-    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port")
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
     gcs, dash, *ports = free_ports(2 + 3 * len(names))
     head_addr = f"127.0.0.1:{gcs}"
     common = ["--num-cpus=1"]
@@ -68,21 +79,52 @@ def _cluster(tmp_path_factory):
     def own_ports(k: int):  # several nodes on one host: every per-node port must differ, worker ports too
         mine = ports[k * len(names) : (k + 1) * len(names)]
         lo = 20000 + 1000 * k
-        return ([f"--{n}={p}" for n, p in zip(names, mine)] + [f"--min-worker-port={lo}", f"--max-worker-port={lo + 999}"]
-                + [f"--temp-dir={stack.enter_context(tempfile.TemporaryDirectory(prefix='ray'))}"])  # own sockets
+        return (
+            [f"--{n}={p}" for n, p in zip(names, mine)]
+            + [f"--min-worker-port={lo}", f"--max-worker-port={lo + 999}"]
+            + [f"--temp-dir={stack.enter_context(tempfile.TemporaryDirectory(prefix='ray'))}"]
+        )  # own sockets
 
     with contextlib.ExitStack() as stack:  # closes in reverse: client, workers, head, then the temp dirs
-        stack.enter_context(ray_node(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-                                      "--include-dashboard=true", f"--dashboard-port={dash}",
-                                      "--dashboard-host=127.0.0.1", *common, *own_ports(0)], tmp / "head.log"))
+        stack.enter_context(
+            ray_node(
+                [
+                    "--head",
+                    f"--port={gcs}",
+                    "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=true",
+                    f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1",
+                    *common,
+                    *own_ports(0),
+                ],
+                tmp / "head.log",
+            )
+        )
         import ray
 
-        wait_for(lambda: subprocess.run([str(BIN / "ray"), "status", f"--address={head_addr}"],
-                                        capture_output=True).returncode == 0, 120, interval=2, what="the head node")
+        wait_for(
+            lambda: (
+                subprocess.run([str(BIN / "ray"), "status", f"--address={head_addr}"], capture_output=True).returncode
+                == 0
+            ),
+            120,
+            interval=2,
+            what="the head node",
+        )
         for k, pool in enumerate(("weak_pool", "strong_pool"), start=1):
-            stack.enter_context(ray_node([f"--address={head_addr}", "--node-ip-address=127.0.0.1",
-                                          f"--resources={{\"{pool}\": 4}}", *common, *own_ports(k)],
-                                         tmp / f"{pool}.log"))
+            stack.enter_context(
+                ray_node(
+                    [
+                        f"--address={head_addr}",
+                        "--node-ip-address=127.0.0.1",
+                        f'--resources={{"{pool}": 4}}',
+                        *common,
+                        *own_ports(k),
+                    ],
+                    tmp / f"{pool}.log",
+                )
+            )
         ray.init(address=head_addr, logging_level="WARNING")
         stack.callback(ray.shutdown)
         wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 3, 120, what="three nodes")
@@ -102,8 +144,12 @@ def test_replicas_run_on_their_pools_and_answer_over_grpc(cluster):
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     serve_yaml = cluster["tmp"] / "serve.yaml"
     subprocess.run([str(BIN / "cascade"), "build", "--config", str(cfg_path), "-o", str(serve_yaml)], check=True)
-    out = subprocess.run([str(BIN / "serve"), "deploy", str(serve_yaml), "--address", cluster["dashboard"]],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(BIN / "serve"), "deploy", str(serve_yaml), "--address", cluster["dashboard"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
 
     def running():

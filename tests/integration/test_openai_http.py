@@ -28,12 +28,14 @@ AUTH = [("authorization", f"Bearer {TOKEN}")]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with cascade_server(CFG, tmp_path_factory.mktemp("http")) as s:
+
         def models_ok():
             req = urllib.request.Request(s.http_url + "/models", headers={"Authorization": f"Bearer {TOKEN}"})
             try:
                 return urllib.request.urlopen(req, timeout=5).status == 200
             except Exception:
                 return False
+
         wait_for(models_ok, timeout=60, what="the HTTP routes")
         yield s
 
@@ -78,14 +80,21 @@ def test_chat_and_completions_unary_with_usage_equal_to_grpc(api, grpc_client):
 
 
 def test_streaming_chat_and_completions_with_usage(api):
-    stream = api.chat.completions.create(model="cascade", messages=[{"role": "user", "content": "What is 12 + 30?"}],
-                                         stream=True, stream_options={"include_usage": True})
+    stream = api.chat.completions.create(
+        model="cascade",
+        messages=[{"role": "user", "content": "What is 12 + 30?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "42" and chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    text = "".join(c.choices[0].text for c in api.completions.create(model="cascade", prompt="What is 12 + 30?",
-                                                                     stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].text
+        for c in api.completions.create(model="cascade", prompt="What is 12 + 30?", stream=True)
+        if c.choices
+    )
     assert text == "42"
 
 
@@ -98,16 +107,22 @@ def test_forced_tier_and_threshold_override(api):
     assert r.model_extra["cascade"]["tier"] == "weak"
 
 
-@pytest.mark.parametrize("kw,param", [
-    (dict(messages=[{"role": "user", "content": ""}]), "messages[0].content"),
-    (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
-    (dict(messages=[{"role": "user", "content": "hi"}], max_tokens=100_000), "max_tokens"),
-    (dict(messages=[{"role": "user", "content": "hi"}], temperature=0.7), "temperature"),
-    (dict(messages=[{"role": "user", "content": "hi"}], stop=["\n"]), "stop"),
-    (dict(messages=[{"role": "user", "content": "hi"}], model="gpt-4o"), "model"),
-    (dict(messages=[{"role": "user", "content": "hi"}], model="cascade:medium"), "model"),
-    (dict(messages=[{"role": "user", "content": "hi"}], extra_body={"cascade": {"threshold": "high"}}), "cascade.threshold"),
-])
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        (dict(messages=[{"role": "user", "content": ""}]), "messages[0].content"),
+        (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
+        (dict(messages=[{"role": "user", "content": "hi"}], max_tokens=100_000), "max_tokens"),
+        (dict(messages=[{"role": "user", "content": "hi"}], temperature=0.7), "temperature"),
+        (dict(messages=[{"role": "user", "content": "hi"}], stop=["\n"]), "stop"),
+        (dict(messages=[{"role": "user", "content": "hi"}], model="gpt-4o"), "model"),
+        (dict(messages=[{"role": "user", "content": "hi"}], model="cascade:medium"), "model"),
+        (
+            dict(messages=[{"role": "user", "content": "hi"}], extra_body={"cascade": {"threshold": "high"}}),
+            "cascade.threshold",
+        ),
+    ],
+)
 def test_bad_input_is_400_naming_the_field(api, kw, param):
     kw = {"model": "cascade", **kw}
     with pytest.raises(openai.BadRequestError) as e:
@@ -117,8 +132,12 @@ def test_bad_input_is_400_naming_the_field(api, kw, param):
 
 def test_no_or_wrong_token_is_401(server):
     for key in ("wrong", ""):
-        bad = openai.OpenAI(base_url=server.http_url, api_key=key or "x", max_retries=0,
-                            default_headers={} if key else {"Authorization": ""})
+        bad = openai.OpenAI(
+            base_url=server.http_url,
+            api_key=key or "x",
+            max_retries=0,
+            default_headers={} if key else {"Authorization": ""},
+        )
         with pytest.raises(openai.AuthenticationError) as e:
             chat(bad, "What is 1 + 1?")
         assert e.value.status_code == 401
@@ -129,7 +148,9 @@ def test_overload_is_429_with_retry_after(server):
 
     async def one():
         try:
-            await api.chat.completions.create(model="cascade", messages=[{"role": "user", "content": "What is 48213 + 99377?"}])
+            await api.chat.completions.create(
+                model="cascade", messages=[{"role": "user", "content": "What is 48213 + 99377?"}]
+            )
             return 200, None
         except openai.RateLimitError as e:
             return 429, e.response.headers.get("retry-after")

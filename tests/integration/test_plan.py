@@ -22,13 +22,34 @@ CASCADE = str(Path(sys.executable).parent / "cascade")
 
 def test_probe_plan_and_deploy_the_plan(tmp_path):
     out, probe_out = tmp_path / "plan.yaml", tmp_path / "probe.json"
-    r = subprocess.run([CASCADE, "plan", "--qps", "8", "--probe-concurrency", "1,4", "--probe-seconds", "2",
-                        "--probe-out", str(probe_out), "--out", str(out)], capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        [
+            CASCADE,
+            "plan",
+            "--qps",
+            "8",
+            "--probe-concurrency",
+            "1,4",
+            "--probe-seconds",
+            "2",
+            "--probe-out",
+            str(probe_out),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "weak" in r.stdout and "strong" in r.stdout and ASSUMPTIONS[0] in r.stdout
     # the same measurements again, as JSON: the plan is a function of them
-    again = subprocess.run([CASCADE, "plan", "--qps", "8", "--measured", str(probe_out), "--deferral", "0.25", "--json"],
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [CASCADE, "plan", "--qps", "8", "--measured", str(probe_out), "--deferral", "0.25", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     p = json.loads(again.stdout)
     assert [t["arrival_rps"] for t in p["tiers"]] == [8.0, 2.0] and p["deferral_source"] == "--deferral"
     cfg = load_config(out)
@@ -39,8 +60,14 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
             assert c.generate(make_request("What is 2 + 2?")).text
 
         def running():
-            snap = json.loads(subprocess.run([CASCADE, "status", "--json", "--ray-address", server.ray_address],
-                                             capture_output=True, text=True, timeout=120).stdout)
+            snap = json.loads(
+                subprocess.run(
+                    [CASCADE, "status", "--json", "--ray-address", server.ray_address],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                ).stdout
+            )
             got = {n: snap["deployments"][f"tier-{n}"]["replicas"].get("RUNNING", 0) for n in planned}
             return got == {n: a.initial_replicas for n, a in planned.items()}
 
@@ -50,9 +77,14 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
 def test_a_plan_it_cannot_make_says_why(tmp_path):
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"runs": {"c1": {"tiers": {}}}}))
-    r = subprocess.run([CASCADE, "plan", "--qps", "8", "--measured", str(report)], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [CASCADE, "plan", "--qps", "8", "--measured", str(report)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "no per-tier latencies for tier(s) ['weak', 'strong']" in r.stderr
-    r = subprocess.run([CASCADE, "plan", "--qps", "8", "--measured", str(report), "--deferral", "x"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [CASCADE, "plan", "--qps", "8", "--measured", str(report), "--deferral", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2

@@ -24,14 +24,25 @@ TARGET = 0.4
 def artifact(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     splits = write_arithmetic_splits(d, {"train": 400, "calibration": 400})
-    return calibrate(load_config(), str(splits["calibration"]), target_deferral=TARGET, rule="post_hoc_embed",
-                     train_data=str(splits["train"]), cache=tmp_path_factory.mktemp("cache"))
+    return calibrate(
+        load_config(),
+        str(splits["calibration"]),
+        target_deferral=TARGET,
+        rule="post_hoc_embed",
+        train_data=str(splits["train"]),
+        cache=tmp_path_factory.mktemp("cache"),
+    )
 
 
 @pytest.fixture(scope="module")
 def served(artifact, tmp_path_factory):
     raw = load_config().model_dump(mode="json")
-    raw["deferral"] = {"artifact": artifact, "target_deferral": TARGET, "controller_window": 40, "controller_warmup": 20}
+    raw["deferral"] = {
+        "artifact": artifact,
+        "target_deferral": TARGET,
+        "controller_window": 40,
+        "controller_warmup": 20,
+    }
     cfg = parse_config(raw)
     with cascade_server(cfg, tmp_path_factory.mktemp("serve")) as server:
         with CascadeClient(server.address, timeout=120) as c:

@@ -35,8 +35,12 @@ def server(tmp_path_factory, shadow_path):
 
 
 def _status(server) -> dict:
-    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -71,9 +75,19 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
             (deferred if json.load(r)["cascade"]["deferred"] else accepted).append(p)
     assert accepted and deferred, "the test split should have both kinds"
 
-    shadow = wait_for(lambda: (s := _status(server)["router"]["shadow"]["weak"])["completed"] + s["failed"]
-                      + s["dropped_busy"] + s["dropped_full"] >= len(accepted) and s,
-                      timeout=120, interval=1, what="the shadow calls to finish")
+    shadow = wait_for(
+        lambda: (
+            (s := _status(server)["router"]["shadow"]["weak"])["completed"]
+            + s["failed"]
+            + s["dropped_busy"]
+            + s["dropped_full"]
+            >= len(accepted)
+            and s
+        ),
+        timeout=120,
+        interval=1,
+        what="the shadow calls to finish",
+    )
     assert shadow["next_tier"] == "strong" and shadow["rule"] == "chow_quantile" and shadow["metric"] == "exact_match"
     assert shadow["sampled"] == len(accepted)  # rate 1.0: every accepted answer, no deferred or forced one
     assert shadow["completed"] == len(accepted) and shadow["failed"] == shadow["dropped_full"] == 0
@@ -87,20 +101,49 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
     assert all(x["logprobs"] and x["answer"] and x["reference"] and x["score"] >= x["threshold"] for x in lines)
     assert sum(x["agreement"] for x in lines) == pytest.approx(shadow["agreed"])
 
-    series = wait_for(lambda: (s := _shadow_series(server.metrics_url)).get(
-        "ray_cascade_shadow_samples_total|tier=weak|state=completed", 0) >= len(accepted) and s,
-        timeout=90, interval=2, what="the shadow metrics on the Prometheus endpoint")
+    series = wait_for(
+        lambda: (
+            (s := _shadow_series(server.metrics_url)).get(
+                "ray_cascade_shadow_samples_total|tier=weak|state=completed", 0
+            )
+            >= len(accepted)
+            and s
+        ),
+        timeout=90,
+        interval=2,
+        what="the shadow metrics on the Prometheus endpoint",
+    )
     assert series["ray_cascade_shadow_samples_total|tier=weak|state=sampled"] == len(accepted)
     assert series["ray_cascade_shadow_agreed_total|tier=weak"] == pytest.approx(shadow["agreed"])
     assert series["ray_cascade_shadow_agreement|tier=weak|bound=estimate"] == pytest.approx(shadow["agreement"])
 
-    text = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address],
-                          capture_output=True, text=True, timeout=120).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert f"shadow weak->strong (chow_quantile, exact_match): agreement {shadow['agreement']:.3f}" in text
 
     out = tmp_path / "art.json"
-    r = subprocess.run([sys.executable, "-m", "serving.ops.cli", "calibrate", "--data", str(shadow_path), "--shadow",
-                        "--target-deferral", "0.2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.ops.cli",
+            "calibrate",
+            "--data",
+            str(shadow_path),
+            "--shadow",
+            "--target-deferral",
+            "0.2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     art = json.loads(out.read_text())
     assert art["data"]["kind"] == "shadow" and art["data"]["n"] == len(accepted)

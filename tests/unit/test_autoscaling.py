@@ -41,11 +41,24 @@ def test_engine_metrics_are_floats_serve_accepts():
 
 def _ctx(config, current, target, aggregated, queued=0.0, total=0.0):
     return AutoscalingContext(
-        deployment_id=DeploymentID(name="tier-weak", app_name="cascade"), deployment_name="tier-weak",
-        app_name="cascade", current_num_replicas=current, target_num_replicas=target, running_replicas=[],
-        total_num_requests=total, total_queued_requests=queued, aggregated_metrics=aggregated, raw_metrics={},
-        capacity_adjusted_min_replicas=config.min_replicas, capacity_adjusted_max_replicas=config.max_replicas,
-        policy_state={}, last_scale_up_time=None, last_scale_down_time=None, current_time=None, config=config)
+        deployment_id=DeploymentID(name="tier-weak", app_name="cascade"),
+        deployment_name="tier-weak",
+        app_name="cascade",
+        current_num_replicas=current,
+        target_num_replicas=target,
+        running_replicas=[],
+        total_num_requests=total,
+        total_queued_requests=queued,
+        aggregated_metrics=aggregated,
+        raw_metrics={},
+        capacity_adjusted_min_replicas=config.min_replicas,
+        capacity_adjusted_max_replicas=config.max_replicas,
+        policy_state={},
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=None,
+        config=config,
+    )
 
 
 def test_serve_resolves_the_policy_from_the_config_and_calls_it():

@@ -27,8 +27,9 @@ def _cfg(name):
 
 @pytest.mark.parametrize("config,target,file", GENERATED)
 def test_committed_artefacts_are_freshly_generated(config, target, file):
-    assert (CLUSTER / file).read_text() == render(TARGETS[target](_cfg(config))), \
+    assert (CLUSTER / file).read_text() == render(TARGETS[target](_cfg(config))), (
         f"cluster/{file} is stale: cascade build --target {target} -o cluster/{file}"
+    )
 
 
 @pytest.mark.parametrize("config,file", [(None, "serve_local.yaml"), ("cascade-gpu.yaml", "serve.yaml")])

@@ -17,8 +17,10 @@ from serving.core.walk import Cascade
 
 
 def config(tiers=("weak", "strong"), threshold=-0.5, **over):
-    raw = {"tiers": [{"name": n, "model": {"source": n}} for n in tiers],
-           "deferral": {"rule": "chow_quantile", "alpha": 0.0, "threshold": threshold}}
+    raw = {
+        "tiers": [{"name": n, "model": {"source": n}} for n in tiers],
+        "deferral": {"rule": "chow_quantile", "alpha": 0.0, "threshold": threshold},
+    }
     raw.update(over)
     return parse_config(raw)
 
@@ -57,15 +59,22 @@ class FakeTiers:
                 raise self.errors[tier]
             text = "".join(t for t, _ in pieces)
             done = True
-            yield Chunk(final=Generation(text=text, token_ids=list(range(len(pieces))),
-                                         logprobs=[lp for _, lp in pieces], prompt_tokens=3, finish_reason="stop"))
+            yield Chunk(
+                final=Generation(
+                    text=text,
+                    token_ids=list(range(len(pieces))),
+                    logprobs=[lp for _, lp in pieces],
+                    prompt_tokens=3,
+                    finish_reason="stop",
+                )
+            )
         finally:
             if not done:
                 self.closed_early.append(tier)
 
 
-SURE = [("4", -0.01), ("2", -0.02)]      # min log-prob -0.02: accepted at threshold -0.5
-UNSURE = [("5", -0.01), ("3", -1.5)]     # min -1.5: deferred
+SURE = [("4", -0.01), ("2", -0.02)]  # min log-prob -0.02: accepted at threshold -0.5
+UNSURE = [("5", -0.01), ("3", -1.5)]  # min -1.5: deferred
 STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
 
 
@@ -84,6 +93,7 @@ def walk(cascade, p):
     async def run():
         async with aclosing(cascade.walk(p)) as events:
             return [ev async for ev in events]
+
     return asyncio.run(run())
 
 
@@ -163,6 +173,7 @@ def test_no_switch_after_bytes_were_sent():
                 async for ev in events:
                     seen.append(ev)
         return seen
+
     assert asyncio.run(run()) == [Text("strong", "4"), Text("strong", "3")]
 
 
@@ -181,6 +192,7 @@ def test_a_reader_that_stops_cancels_the_tier_stream():
             async for ev in events:
                 assert isinstance(ev, Text)
                 break  # the client went away after the first piece
+
     asyncio.run(run())
     assert fake.closed_early == ["weak", "strong"]  # weak: stopped by the early DEFER; strong: by the reader
 
@@ -201,8 +213,15 @@ def test_tokens_are_asked_for_only_where_someone_reads_them():
 
 
 def test_budget_controller_sets_the_threshold_when_the_request_has_none():
-    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5, "target_deferral": 0.5,
-                           "controller_window": 10, "controller_warmup": 1})
+    cfg = config(
+        deferral={
+            "rule": "chow_quantile",
+            "threshold": -0.5,
+            "target_deferral": 0.5,
+            "controller_window": 10,
+            "controller_warmup": 1,
+        }
+    )
     c = Cascade(cfg, FakeTiers({"weak": SURE, "strong": STRONG}))
     outs = [walk(c, plan(c, threshold=None))[-1] for _ in range(4)]
     assert all(math.isfinite(o.threshold) for o in outs) and outs[0].threshold == -0.5
@@ -275,9 +294,11 @@ def test_a_window_defers_on_its_prefix():
 
 
 def test_each_boundary_has_its_own_rule():
-    tiers = [{"name": "a", "model": {"source": "a"}, "deferral": {"rule": "chow_quantile", "threshold": -0.5}},
-             {"name": "b", "model": {"source": "b"}, "deferral": {"rule": "chow_quantile", "threshold": -3.0}},
-             {"name": "c", "model": {"source": "c"}}]
+    tiers = [
+        {"name": "a", "model": {"source": "a"}, "deferral": {"rule": "chow_quantile", "threshold": -0.5}},
+        {"name": "b", "model": {"source": "b"}, "deferral": {"rule": "chow_quantile", "threshold": -3.0}},
+        {"name": "c", "model": {"source": "c"}},
+    ]
     cfg = parse_config({"tiers": tiers, "deferral": {"rule": "chow_sum", "threshold": -100.0}})
     fake = FakeTiers({"a": UNSURE, "b": UNSURE, "c": STRONG})
     *_, out = walk(Cascade(cfg, fake), plan(Cascade(cfg, fake)))
@@ -297,7 +318,12 @@ def test_a_tier_that_stops_itself_reports_the_decision_the_walk_takes():
     """Unary (tokens=False): the tier ends the weak call at the certain DEFER; its last chunk says so."""
     out = unary(Cascade(config(), FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})))
     weak = out.runs[0]
-    assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == ("deferred", 2, True, -2.0)
+    assert (weak.generation.finish_reason, weak.decided_at, weak.decided_early, weak.score) == (
+        "deferred",
+        2,
+        True,
+        -2.0,
+    )
     assert out.answered_by == "strong" and out.answer.text == "439"
 
 
@@ -323,8 +349,10 @@ def test_a_verification_band_regenerates_below_its_floor():
 
 
 # ---- receipts and load-aware deferral ---------------------------------------------------------------
-COSTS = {"weak": {"per_request": 0.5, "per_completion_token": 1.0}, "strong": {"per_request": 5.0,
-                                                                               "per_completion_token": 10.0}}
+COSTS = {
+    "weak": {"per_request": 0.5, "per_completion_token": 1.0},
+    "strong": {"per_request": 5.0, "per_completion_token": 10.0},
+}
 
 
 def priced(**over):
@@ -367,8 +395,10 @@ def test_receipt_of_a_degraded_answer_lists_the_rerun():
     fake = FakeTiers({"weak": LONG_UNSURE}, {"strong": TierFailure("strong", "timeout", "timed out")})
     out = unary(Cascade(priced(), fake))
     # weak stopped early (2 tokens, discarded), strong failed (not billed), weak re-run to the end
-    assert [(x.tier, x.completion_tokens, x.discarded) for x in out.receipt.lines] == [("weak", 2, True),
-                                                                                       ("weak", 5, False)]
+    assert [(x.tier, x.completion_tokens, x.discarded) for x in out.receipt.lines] == [
+        ("weak", 2, True),
+        ("weak", 5, False),
+    ]
     assert out.receipt.total == 2.5 + 5.5 and out.receipt.strong_only_estimated
 
 
@@ -392,8 +422,13 @@ class GatedTiers(FakeTiers):
 
 def test_load_aware_deferral_keeps_answers_while_the_next_tier_is_saturated():
     m = Recorder()
-    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5,
-                           "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0}})
+    cfg = config(
+        deferral={
+            "rule": "chow_quantile",
+            "threshold": -0.5,
+            "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0},
+        }
+    )
     fake = GatedTiers({"weak": UNSURE, "strong": STRONG})
     c = Cascade(cfg, fake, m)
 
@@ -417,8 +452,13 @@ def test_load_aware_deferral_keeps_answers_while_the_next_tier_is_saturated():
 
 
 def test_load_aware_deferral_does_not_touch_a_request_threshold_or_sure_answers():
-    cfg = config(deferral={"rule": "chow_quantile", "threshold": -0.5,
-                           "load_aware": {"high_watermark": 1, "floor": -2.0, "ramp_s": 0}})
+    cfg = config(
+        deferral={
+            "rule": "chow_quantile",
+            "threshold": -0.5,
+            "load_aware": {"high_watermark": 1, "floor": -2.0, "ramp_s": 0},
+        }
+    )
     fake = GatedTiers({"weak": SURE, "strong": STRONG})
     c = Cascade(cfg, fake)
     c.inflight["strong"] = 5  # saturated
@@ -430,8 +470,11 @@ def test_load_aware_deferral_does_not_touch_a_request_threshold_or_sure_answers(
     assert (out.answered_by, out.load_shed, out.threshold) == ("strong", False, -1.0)
 
 
-LOAD_AWARE = {"rule": "chow_quantile", "threshold": -0.5,
-              "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0}}
+LOAD_AWARE = {
+    "rule": "chow_quantile",
+    "threshold": -0.5,
+    "load_aware": {"high_watermark": 1, "low_watermark": 0, "floor": -2.0, "ramp_s": 0},
+}
 
 
 def test_load_aware_deferral_decides_at_the_load_when_it_decides():

@@ -5,8 +5,10 @@ from serving.config import ConfigError, load_config, parse_config
 
 
 def minimal(**over):
-    cfg = {"tiers": [{"name": "weak", "model": {"source": "a"}}, {"name": "strong", "model": {"source": "b"}}],
-           "deferral": {"rule": "chow_average", "threshold": -1.0}}
+    cfg = {
+        "tiers": [{"name": "weak", "model": {"source": "a"}}, {"name": "strong", "model": {"source": "b"}}],
+        "deferral": {"rule": "chow_average", "threshold": -1.0},
+    }
     cfg.update(over)
     return cfg
 
@@ -16,7 +18,7 @@ def test_default_config_is_the_shipped_pair():
     assert cfg.tier_names == ["weak", "strong"]
     assert cfg.server.grpc_port == 9000
     for tier in cfg.tiers:
-        assert (tier.model.source.endswith(f"default_models/{tier.name}"))
+        assert tier.model.source.endswith(f"default_models/{tier.name}")
         assert tier.serve.ray_actor_options["resources"] == {f"{tier.name}_pool": 1}
 
 
@@ -96,9 +98,11 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_deployment_options_pass_through():
     raw = minimal()
-    raw["tiers"][0]["serve"] = {"max_ongoing_requests": 8,
-                                "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2},
-                                "ray_actor_options": {"num_gpus": 1, "resources": {"weak_pool": 1}}}
+    raw["tiers"][0]["serve"] = {
+        "max_ongoing_requests": 8,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2},
+        "ray_actor_options": {"num_gpus": 1, "resources": {"weak_pool": 1}},
+    }
     opts = parse_config(raw).tiers[0].serve.deployment_options()
     assert opts["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
     assert opts["ray_actor_options"] == {"num_gpus": 1, "resources": {"weak_pool": 1}}
@@ -146,11 +150,21 @@ def test_verify_floor_needs_verify_and_lies_below_the_threshold():
 
 def test_vllm_engine_options_and_what_it_cannot_do():
     raw = minimal()
-    raw["tiers"][1]["engine"] = {"name": "vllm", "max_model_len": 4096, "max_num_seqs": 64, "quantization": "awq",
-                                 "engine_args": {"swap_space": 4}}
+    raw["tiers"][1]["engine"] = {
+        "name": "vllm",
+        "max_model_len": 4096,
+        "max_num_seqs": 64,
+        "quantization": "awq",
+        "engine_args": {"swap_space": 4},
+    }
     e = parse_config(raw).tiers[1].engine
-    assert (e.name, e.max_model_len, e.max_num_seqs, e.quantization, e.engine_args) == ("vllm", 4096, 64, "awq",
-                                                                                         {"swap_space": 4})
+    assert (e.name, e.max_model_len, e.max_num_seqs, e.quantization, e.engine_args) == (
+        "vllm",
+        4096,
+        64,
+        "awq",
+        {"swap_space": 4},
+    )
     raw["tiers"][1]["engine"] = {"name": "vllm", "gpu_memory_util": 0.5}  # a typo is named, not passed on
     with pytest.raises(ConfigError, match=r"tiers\[1\].engine.vllm.gpu_memory_util"):
         parse_config(raw)
@@ -176,7 +190,11 @@ def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
     raw["tiers"][1]["engine"] = "vllm"
     raw["tiers"][1]["serve"] = {"ray_actor_options": {"num_cpus": 2, "resources": {"strong_pool": 1}}}
     t = parse_config(raw).tiers[1]
-    assert t.deployment_options()["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1, "resources": {"strong_pool": 1}}
+    assert t.deployment_options()["ray_actor_options"] == {
+        "num_cpus": 2,
+        "num_gpus": 1,
+        "resources": {"strong_pool": 1},
+    }
     assert t.gpus_per_replica == 1
     raw["tiers"][1]["engine"] = {"name": "vllm", "tensor_parallel_size": 4}
     t = parse_config(raw).tiers[1]
@@ -192,8 +210,12 @@ def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
 def test_config_refuses_bad_watermarks_and_floors():
     base = {"tiers": [{"name": "w", "model": {"source": "w"}}, {"name": "s", "model": {"source": "s"}}]}
     with pytest.raises(ConfigError, match=r"deferral.load_aware.*low_watermark \(4\) must be below high_watermark"):
-        parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "low_watermark": 4,
-                                                                               "floor": -2}}})
+        parse_config(
+            {
+                **base,
+                "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "low_watermark": 4, "floor": -2}},
+            }
+        )
     with pytest.raises(ConfigError, match=r"deferral: .*load_aware.floor \(0.0\) must be below threshold"):
         parse_config({**base, "deferral": {"threshold": -0.5, "load_aware": {"high_watermark": 4, "floor": 0}}})
     with pytest.raises(ConfigError, match=r"deferral.load_aware.high_watermark"):

@@ -28,9 +28,9 @@ def test_curve_by_hand():
     assert c.pgr.tolist() == [0, 1, 1, 2, 1]
     assert auc(c) == pytest.approx(0.78125)
     assert apgr(c) == pytest.approx(1.125)
-    assert cpt(c, 0.5) == pytest.approx(0.125)   # interpolated between (0, 0) and (0.25, 1)
+    assert cpt(c, 0.5) == pytest.approx(0.125)  # interpolated between (0, 0) and (0.25, 1)
     assert cpt(c, 0.95) == pytest.approx(0.2375)
-    assert cpt(c, 3.0) == 1.0                   # never reached
+    assert cpt(c, 3.0) == 1.0  # never reached
     assert quality_at_share(c, 0.6) == pytest.approx(0.85)
 
 

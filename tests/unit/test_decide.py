@@ -20,8 +20,16 @@ class Engine:
             for i, (text, lp) in enumerate(self.pieces):
                 yield Chunk(token_ids=[i], logprobs=[lp], text=text, prompt_tokens=3)
             done = True
-            yield Chunk(final=Generation("".join(t for t, _ in self.pieces), list(range(len(self.pieces))),
-                                         [lp for _, lp in self.pieces], 3, "stop"), prompt_tokens=3)
+            yield Chunk(
+                final=Generation(
+                    "".join(t for t, _ in self.pieces),
+                    list(range(len(self.pieces))),
+                    [lp for _, lp in self.pieces],
+                    3,
+                    "stop",
+                ),
+                prompt_tokens=3,
+            )
         finally:
             self.closed_early = not done
 

@@ -31,25 +31,39 @@ def chat(raw: dict):
 
 def test_grpc_request_maps_to_the_walks_request():
     r = grpc_req(prompt="What is 1 + 2?", max_new_tokens=8, threshold=-0.5, include_logprobs=True)
-    assert (r.request.prompt, r.request.max_new_tokens, r.threshold, r.include_logprobs) == ("What is 1 + 2?", 8, -0.5,
-                                                                                            True)
+    assert (r.request.prompt, r.request.max_new_tokens, r.threshold, r.include_logprobs) == (
+        "What is 1 + 2?",
+        8,
+        -0.5,
+        True,
+    )
     assert (r.tiers, r.forced, r.stream) == (TIERS, False, False)
     r = grpc_req(messages=[pb.Message(role="user", content="hi")], force_tier="strong")
     assert (r.request.messages, r.tiers, r.forced, r.threshold, r.request.max_new_tokens) == (
-        [{"role": "user", "content": "hi"}], ["strong"], True, None, None)
+        [{"role": "user", "content": "hi"}],
+        ["strong"],
+        True,
+        None,
+        None,
+    )
 
 
-@pytest.mark.parametrize("kw,field", [
-    (dict(prompt=""), "`prompt`"),
-    (dict(prompt="x", max_new_tokens=65), "`max_new_tokens` must be between 1 and 64"),
-    (dict(prompt="x", force_tier="medium"), "`force_tier` 'medium' is not a tier"),
-    (dict(prompt="x", threshold=math.nan), "`threshold` must be a finite number"),
-    (dict(prompt="x" * 101), "`prompt` is 101 characters; the limit is 100"),
-    (dict(messages=[pb.Message(role="robot", content="hi")]), "`messages[0].role` must be one of"),
-    (dict(messages=[pb.Message(role="user", content="a")] * 4), "`messages` has 4 entries"),
-    (dict(messages=[pb.Message(role="user", content="a"), pb.Message(role="assistant", content="b")]),
-     "the last of `messages`"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(prompt=""), "`prompt`"),
+        (dict(prompt="x", max_new_tokens=65), "`max_new_tokens` must be between 1 and 64"),
+        (dict(prompt="x", force_tier="medium"), "`force_tier` 'medium' is not a tier"),
+        (dict(prompt="x", threshold=math.nan), "`threshold` must be a finite number"),
+        (dict(prompt="x" * 101), "`prompt` is 101 characters; the limit is 100"),
+        (dict(messages=[pb.Message(role="robot", content="hi")]), "`messages[0].role` must be one of"),
+        (dict(messages=[pb.Message(role="user", content="a")] * 4), "`messages` has 4 entries"),
+        (
+            dict(messages=[pb.Message(role="user", content="a"), pb.Message(role="assistant", content="b")]),
+            "the last of `messages`",
+        ),
+    ],
+)
 def test_grpc_bad_requests_name_the_proto_field(kw, field):
     with pytest.raises(BadRequest) as e:
         grpc_req(**kw)
@@ -65,11 +79,15 @@ def test_malformed_bytes_are_a_bad_request():
 
 
 def test_one_status_table_for_both_fronts():
-    cases = [(BadRequest("no"), "INVALID_ARGUMENT", 400), (Unauthenticated("who"), "UNAUTHENTICATED", 401),
-             (Overloaded("busy", 250), "RESOURCE_EXHAUSTED", 429),
-             (TierFailure("strong", "overloaded", "queue full"), "RESOURCE_EXHAUSTED", 429),
-             (TierFailure("strong", "timeout", "slow"), "UNAVAILABLE", 504),
-             (TierFailure("strong", "unavailable", "gone"), "UNAVAILABLE", 503), (RuntimeError("bug"), "INTERNAL", 500)]
+    cases = [
+        (BadRequest("no"), "INVALID_ARGUMENT", 400),
+        (Unauthenticated("who"), "UNAUTHENTICATED", 401),
+        (Overloaded("busy", 250), "RESOURCE_EXHAUSTED", 429),
+        (TierFailure("strong", "overloaded", "queue full"), "RESOURCE_EXHAUSTED", 429),
+        (TierFailure("strong", "timeout", "slow"), "UNAVAILABLE", 504),
+        (TierFailure("strong", "unavailable", "gone"), "UNAVAILABLE", 503),
+        (RuntimeError("bug"), "INTERNAL", 500),
+    ]
     for e, code, http in cases:
         assert (status_of(e).grpc, status_of(e).http) == (code, http)
         assert grpc_api.error(e, None)[0] == code and openai_api.error(e)[0] == http
@@ -78,25 +96,40 @@ def test_one_status_table_for_both_fronts():
 
 
 def test_openai_chat_maps_to_the_walks_request():
-    body, r = chat({"model": "cascade:weak", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                    "max_tokens": 5, "cascade": {"threshold": -1.0}, "user": "ignored-by-design"})
+    body, r = chat(
+        {
+            "model": "cascade:weak",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_tokens": 5,
+            "cascade": {"threshold": -1.0},
+            "user": "ignored-by-design",
+        }
+    )
     assert (r.request.messages, r.request.max_new_tokens, r.tiers, r.forced, r.threshold) == (
-        [{"role": "user", "content": "hi"}], 5, ["weak"], True, -1.0)
+        [{"role": "user", "content": "hi"}],
+        5,
+        ["weak"],
+        True,
+        -1.0,
+    )
     body = openai_api.parse(openai_api.CompletionRequest, b'{"model": "cascade", "prompt": ["one"], "stream": true}')
     r = openai_api.to_request(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=True)
     assert (r.request.prompt, r.stream, r.request.embed, r.forced) == ("one", True, True, False)
 
 
-@pytest.mark.parametrize("raw,param", [
-    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, "max_tokens"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": "hi"}], "cascade": {"threshold": "high"}}, "cascade.threshold"),
-    ({"messages": [{"role": "user", "content": "hi"}], "cascade": {"force_tier": "medium"}}, "cascade.force_tier"),
-    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, "model"),
-    ({"messages": [{"role": "user", "content": "x" * 101}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "raw,param",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, "max_tokens"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}], "cascade": {"threshold": "high"}}, "cascade.threshold"),
+        ({"messages": [{"role": "user", "content": "hi"}], "cascade": {"force_tier": "medium"}}, "cascade.force_tier"),
+        ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, "model"),
+        ({"messages": [{"role": "user", "content": "x" * 101}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, "temperature"),
+    ],
+)
 def test_openai_bad_requests_name_the_api_field(raw, param):
     with pytest.raises(BadRequest) as e:
         body = openai_api.parse(openai_api.ChatRequest, json.dumps({"model": "cascade", **raw}).encode())
@@ -120,18 +153,25 @@ def outcome(score=-0.2):
 
 def test_both_fronts_say_the_same_about_an_answer():
     req = CascadeRequest.build(prompt="q", tier_names=TIERS, limits=LIMITS, include_logprobs=True)
-    fields = response_fields(req, outcome(), rule="chow_quantile", default_threshold=-0.3, latency_ms=20.0,
-                             request_id="r1")
+    fields = response_fields(
+        req, outcome(), rule="chow_quantile", default_threshold=-0.3, latency_ms=20.0, request_id="r1"
+    )
     msg = grpc_api.to_response(fields)
     assert (msg.text, msg.tier, msg.threshold, msg.usage.completion_tokens, list(msg.tiers[0].token_logprobs)) == (
-        "42", "weak", -0.3, 2, [-0.1, -0.2])
+        "42",
+        "weak",
+        -0.3,
+        2,
+        [-0.1, -0.2],
+    )
     body = openai_api.parse(openai_api.ChatRequest, b'{"model": "cascade", "messages": []}')
     c = openai_api.completion(body, fields)
     assert c["choices"][0]["message"]["content"] == "42" and c["usage"]["total_tokens"] == 5
     assert c["cascade"]["tier"] == msg.tier and c["cascade"]["tiers"][0]["decision_tokens"] == 2
     json.dumps(c, allow_nan=False)  # what the HTTP response writes
-    nan = response_fields(req, outcome(math.nan), rule="chow_quantile", default_threshold=-0.3, latency_ms=1.0,
-                          request_id="r2")
+    nan = response_fields(
+        req, outcome(math.nan), rule="chow_quantile", default_threshold=-0.3, latency_ms=1.0, request_id="r2"
+    )
     nan["tiers"][0]["score"] = None
     info = openai_api.cascade_info(nan)
     assert info["score"] == "NaN" and "score" not in info["tiers"][0]  # protobuf's JSON mapping of NaN / unset

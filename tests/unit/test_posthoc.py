@@ -12,10 +12,10 @@ from serving.deferral.posthoc import QUANTILE_GRID, PostHocModel, fit_posthoc, q
 def test_quantile_features_by_hand():
     f = quantile_features([-1.0, -3.0, 0.0, -2.0])
     assert len(f) == len(QUANTILE_GRID) + 1
-    assert f[0] == -3.0 and f[len(QUANTILE_GRID) - 1] == 0.0   # alpha 0 = min, alpha 1 = max
-    assert f[5] == pytest.approx(-1.5)                          # alpha 0.5: median of -3,-2,-1,0
-    assert f[1] == pytest.approx(-3.0 + 0.3 * 1.0)              # alpha 0.1: position 0.3 between -3 and -2
-    assert f[-1] == 4.0                                         # length
+    assert f[0] == -3.0 and f[len(QUANTILE_GRID) - 1] == 0.0  # alpha 0 = min, alpha 1 = max
+    assert f[5] == pytest.approx(-1.5)  # alpha 0.5: median of -3,-2,-1,0
+    assert f[1] == pytest.approx(-3.0 + 0.3 * 1.0)  # alpha 0.1: position 0.3 between -3 and -2
+    assert f[-1] == 4.0  # length
     assert quantile_features([]).tolist() == [0.0] * (len(QUANTILE_GRID) + 1)
 
 
@@ -34,7 +34,7 @@ def test_posthoc_learns_to_rank_correct_answers_higher_and_round_trips(kind):
     scorer = build_scorer(f"post_hoc_{kind}", model=json.loads(json.dumps(m.to_dict())))
     assert scorer.needs_embedding == (kind == "embed")
     s = np.array([scorer(lp, e) for lp, e in zip(lps, emb)])
-    assert s[y == 1].mean() > s[y == 0].mean() + 2       # log-odds separate
+    assert s[y == 1].mean() > s[y == 0].mean() + 2  # log-odds separate
     assert s[0] == pytest.approx(m.score(lps[0], emb[0]))
     with pytest.raises(ValueError, match="post_hoc_"):
         build_scorer("post_hoc_embed" if kind == "quantile" else "post_hoc_quantile", model=m.to_dict())

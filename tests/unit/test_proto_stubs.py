@@ -6,7 +6,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_stubs_are_fresh():
-    r = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -8,18 +8,30 @@ from serving.core.types import Generation
 
 
 def config(costs):
-    return parse_config({"tiers": [{"name": n, "model": {"source": n}, **({"cost": c} if c else {})}
-                                   for n, c in costs.items()],
-                         "deferral": {"rule": "chow_quantile", "threshold": -0.5}})
+    return parse_config(
+        {
+            "tiers": [{"name": n, "model": {"source": n}, **({"cost": c} if c else {})} for n, c in costs.items()],
+            "deferral": {"rule": "chow_quantile", "threshold": -0.5},
+        }
+    )
 
 
 def gen(prompt, completion, reason="stop"):
-    return Generation(text="x" * completion, token_ids=list(range(completion)), logprobs=[-0.1] * completion,
-                      prompt_tokens=prompt, finish_reason=reason)
+    return Generation(
+        text="x" * completion,
+        token_ids=list(range(completion)),
+        logprobs=[-0.1] * completion,
+        prompt_tokens=prompt,
+        finish_reason=reason,
+    )
 
 
-CFG = config({"weak": {"per_prompt_token": 0.001, "per_completion_token": 0.002, "per_request": 0.01},
-              "strong": {"per_prompt_token": 0.01, "per_completion_token": 0.03, "per_request": 0.1}})
+CFG = config(
+    {
+        "weak": {"per_prompt_token": 0.001, "per_completion_token": 0.002, "per_request": 0.01},
+        "strong": {"per_prompt_token": 0.01, "per_completion_token": 0.03, "per_request": 0.1},
+    }
+)
 
 
 def test_price_is_per_request_plus_per_token():

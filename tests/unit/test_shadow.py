@@ -18,15 +18,17 @@ from serving.evaluation.shadow_data import FORMAT, read_samples, shadow_runs
 from serving.observability.shadow import ShadowLog, ShadowSampler, wilson
 from serving.ops.cli import main as cli
 
-SURE = [("4", -0.01), ("2", -0.02)]      # accepted at threshold -0.5
-UNSURE = [("5", -0.01), ("3", -1.5)]     # deferred
+SURE = [("4", -0.01), ("2", -0.02)]  # accepted at threshold -0.5
+UNSURE = [("5", -0.01), ("3", -1.5)]  # deferred
 STRONG = [("4", -0.1), ("3", -0.1), ("9", -0.1)]
 
 
 def config(tmp_path=None, tiers=("weak", "strong"), **shadow):
-    raw = {"tiers": [{"name": n, "model": {"source": n}} for n in tiers],
-           "deferral": {"rule": "chow_quantile", "alpha": 0.0, "threshold": -0.5},
-           "shadow": {"rate": 1.0, **({"path": str(tmp_path / "shadow.jsonl")} if tmp_path else {}), **shadow}}
+    raw = {
+        "tiers": [{"name": n, "model": {"source": n}} for n in tiers],
+        "deferral": {"rule": "chow_quantile", "alpha": 0.0, "threshold": -0.5},
+        "shadow": {"rate": 1.0, **({"path": str(tmp_path / "shadow.jsonl")} if tmp_path else {}), **shadow},
+    }
     return parse_config(raw)
 
 
@@ -54,8 +56,15 @@ class Tiers:
                 raise self.errors[tier]
             pieces = self.answers[tier]
             pieces = pieces[req.prompt] if isinstance(pieces, dict) else pieces
-            yield Chunk(final=Generation(text="".join(t for t, _ in pieces), token_ids=list(range(len(pieces))),
-                                         logprobs=[lp for _, lp in pieces], prompt_tokens=3, finish_reason="stop"))
+            yield Chunk(
+                final=Generation(
+                    text="".join(t for t, _ in pieces),
+                    token_ids=list(range(len(pieces))),
+                    logprobs=[lp for _, lp in pieces],
+                    prompt_tokens=3,
+                    finish_reason="stop",
+                )
+            )
         finally:
             self.inflight[tier] -= 1
 
@@ -122,7 +131,11 @@ def test_accepted_answer_is_shadowed_after_the_answer_and_logged(tmp_path):
     assert rec.counts[("cascade_shadow_samples", tuple(sorted(tags + (("state", "completed"),))))] == 1
     assert rec.gauges[("cascade_shadow_agreement", tuple(sorted(tags + (("bound", "estimate"),))))] == 0.0
     [line] = read_samples(tmp_path / "shadow.jsonl")
-    assert line["format"] == FORMAT and (line["tier"], line["next_tier"], line["rule"]) == ("weak", "strong", "chow_quantile")
+    assert line["format"] == FORMAT and (line["tier"], line["next_tier"], line["rule"]) == (
+        "weak",
+        "strong",
+        "chow_quantile",
+    )
     assert (line["prompt"], line["answer"], line["reference"], line["agreement"]) == ("q", "42", "439", 0.0)
     assert line["logprobs"] == [-0.01, -0.02] and line["score"] == pytest.approx(-0.02) and line["threshold"] == -0.5
 
@@ -203,8 +216,10 @@ def test_dropped_when_next_tier_busy_or_budget_full():
     asyncio.run(full())
     s = sampler.stats()["weak"]
     assert (s["sampled"], s["completed"], s["dropped_full"]) == (2, 1, 1)
-    assert rec.counts[("cascade_shadow_samples", (("rule", "chow_quantile"), ("state", "dropped_full"),
-                                                  ("tier", "weak")))] == 1
+    assert (
+        rec.counts[("cascade_shadow_samples", (("rule", "chow_quantile"), ("state", "dropped_full"), ("tier", "weak")))]
+        == 1
+    )
 
 
 def test_own_shadow_calls_do_not_count_as_busy():
@@ -246,7 +261,9 @@ def test_three_tiers_shadow_each_boundary_and_chat_requests_are_logged(tmp_path)
         for p in ("a", "b"):
             _, task = await answer_and_offer(cascade, sampler, request(p, cascade.names))
             await task
-        chat = CascadeRequest(GenerationRequest(messages=[{"role": "user", "content": "a"}]), cascade.names, False, None)
+        chat = CascadeRequest(
+            GenerationRequest(messages=[{"role": "user", "content": "a"}]), cascade.names, False, None
+        )
         tiers.answers["weak"][""] = SURE
         tiers.answers["medium"][""] = SURE
         _, task = await answer_and_offer(cascade, sampler, chat)
@@ -257,14 +274,20 @@ def test_three_tiers_shadow_each_boundary_and_chat_requests_are_logged(tmp_path)
     assert (st["weak"]["next_tier"], st["weak"]["completed"], st["weak"]["agreement"]) == ("medium", 2, 1.0)
     assert (st["medium"]["next_tier"], st["medium"]["completed"], st["medium"]["agreement"]) == ("strong", 1, 0.0)
     lines = read_samples(tmp_path / "shadow.jsonl")
-    assert [(x["tier"], x["next_tier"]) for x in lines] == [("weak", "medium"), ("medium", "strong"), ("weak", "medium")]
+    assert [(x["tier"], x["next_tier"]) for x in lines] == [
+        ("weak", "medium"),
+        ("medium", "strong"),
+        ("weak", "medium"),
+    ]
     assert lines[2]["messages"] == [{"role": "user", "content": "a"}] and lines[2]["prompt"] == ""
 
 
 def test_metric_defaults_to_the_artifact_s_and_is_validated():
-    raw = {"tiers": [{"name": n, "model": {"source": n}} for n in ("weak", "strong")],
-           "deferral": {"artifact": {"rule": "chow_sum", "threshold": -1.0, "metric": "numeric_match"}},
-           "shadow": {"rate": 0.5}}
+    raw = {
+        "tiers": [{"name": n, "model": {"source": n}} for n in ("weak", "strong")],
+        "deferral": {"artifact": {"rule": "chow_sum", "threshold": -1.0, "metric": "numeric_match"}},
+        "shadow": {"rate": 0.5},
+    }
     cfg = parse_config(raw)
     _, sampler, _ = setup(cfg, Tiers({}))
     assert sampler.stats()["weak"]["metric"] == "numeric_match"
@@ -307,10 +330,23 @@ def _synthetic_shadow_file(path, n=400, seed=0):
         for i in range(n):
             low = -rng.uniform(0, 1.0)
             agree = rng.random() < 1 + low  # surer answers agree more often
-            f.write(json.dumps({"format": FORMAT, "tier": "weak", "next_tier": "strong", "rule": "chow_quantile",
-                                "prompt": f"What is {i} + 1?", "messages": [], "answer": str(i + 1),
-                                "logprobs": [-0.01, low, -0.02], "embedding": None,
-                                "reference": str(i + 1) if agree else str(i + 2)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "format": FORMAT,
+                        "tier": "weak",
+                        "next_tier": "strong",
+                        "rule": "chow_quantile",
+                        "prompt": f"What is {i} + 1?",
+                        "messages": [],
+                        "answer": str(i + 1),
+                        "logprobs": [-0.01, low, -0.02],
+                        "embedding": None,
+                        "reference": str(i + 1) if agree else str(i + 2),
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_calibrate_from_shadow_samples(tmp_path):

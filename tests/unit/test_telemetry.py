@@ -18,8 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "cluster" / "grafana" / "cascade-dashboard.json"
 
 # Tags Ray adds to every metric it exports (Serve adds the first three from the replica context).
-RAY_TAGS = {"application", "deployment", "replica", "SessionName", "NodeAddress", "WorkerId", "Component", "Version",
-            "instance", "job"}
+RAY_TAGS = {
+    "application",
+    "deployment",
+    "replica",
+    "SessionName",
+    "NodeAddress",
+    "WorkerId",
+    "Component",
+    "Version",
+    "instance",
+    "job",
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SERIES = re.compile(r"\bray_cascade_[A-Za-z0-9_]+")
 SELECTOR = re.compile(r"\b(ray_cascade_[A-Za-z0-9_]+)\s*\{([^}]*)\}")
@@ -99,7 +109,9 @@ def test_rows_and_units(dashboard):
 def test_every_series_is_declared(dashboard):
     for expr in _exprs(dashboard):
         for series in SERIES.findall(expr):
-            assert _declared(series), f"{series} (in {expr!r}) is not a metric in serving.observability.metrics.METRIC_SPECS"
+            assert _declared(series), (
+                f"{series} (in {expr!r}) is not a metric in serving.observability.metrics.METRIC_SPECS"
+            )
 
 
 def test_every_metric_is_on_the_dashboard(dashboard):

@@ -14,8 +14,13 @@ from serving.ops.tls import PLACEHOLDERS, nginx_test, render_nginx_conf, self_si
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "cluster" / "tls" / "nginx-grpc-tls.conf"
-EXAMPLE_ARGS = dict(listen="0.0.0.0:9443", upstream="127.0.0.1:9000", cert="/srv/cascade-tls/cert.pem",
-                    key="/srv/cascade-tls/key.pem", prefix="/srv/cascade-tls")
+EXAMPLE_ARGS = dict(
+    listen="0.0.0.0:9443",
+    upstream="127.0.0.1:9000",
+    cert="/srv/cascade-tls/cert.pem",
+    key="/srv/cascade-tls/key.pem",
+    prefix="/srv/cascade-tls",
+)
 
 
 def _directives(conf: str) -> str:
@@ -34,12 +39,23 @@ def test_every_placeholder_is_documented_and_filled(tmp_path):
 
 def test_key_directives():
     d = _directives(render_nginx_conf(**EXAMPLE_ARGS))
-    for line in ["listen 0.0.0.0:9443 ssl http2;", "server 127.0.0.1:9000;", "grpc_pass grpc://cascade_grpc;",
-                 'ssl_certificate "/srv/cascade-tls/cert.pem";', 'ssl_certificate_key "/srv/cascade-tls/key.pem";',
-                 "ssl_protocols TLSv1.2 TLSv1.3;", "client_max_body_size 1m;", "grpc_read_timeout 300s;",
-                 "grpc_send_timeout 300s;", "underscores_in_headers on;", 'pid "/srv/cascade-tls/nginx.pid";',
-                 'error_log "/srv/cascade-tls/error.log" warn;', 'access_log "/srv/cascade-tls/access.log" combined;',
-                 "error_page 502 503 = @grpc_unavailable;", "add_header grpc-status 14 always;"]:
+    for line in [
+        "listen 0.0.0.0:9443 ssl http2;",
+        "server 127.0.0.1:9000;",
+        "grpc_pass grpc://cascade_grpc;",
+        'ssl_certificate "/srv/cascade-tls/cert.pem";',
+        'ssl_certificate_key "/srv/cascade-tls/key.pem";',
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "client_max_body_size 1m;",
+        "grpc_read_timeout 300s;",
+        "grpc_send_timeout 300s;",
+        "underscores_in_headers on;",
+        'pid "/srv/cascade-tls/nginx.pid";',
+        'error_log "/srv/cascade-tls/error.log" warn;',
+        'access_log "/srv/cascade-tls/access.log" combined;',
+        "error_page 502 503 = @grpc_unavailable;",
+        "add_header grpc-status 14 always;",
+    ]:
         assert line in d.splitlines(), line
     assert "http2 on;" not in d  # nginx 1.25.1+ only; Debian 12 ships 1.22
     assert "daemon" not in d  # given on the command line (-g 'daemon off;')
@@ -49,13 +65,23 @@ def test_key_directives():
 
 
 def test_the_example_in_cluster_is_current():
-    assert EXAMPLE.read_text() == render_nginx_conf(**EXAMPLE_ARGS), \
-        "stale: python -m serving.ops.tls --listen 0.0.0.0:9443 --upstream 127.0.0.1:9000 --cert /srv/cascade-tls/cert.pem " \
+    assert EXAMPLE.read_text() == render_nginx_conf(**EXAMPLE_ARGS), (
+        "stale: python -m serving.ops.tls --listen 0.0.0.0:9443 --upstream 127.0.0.1:9000 --cert /srv/cascade-tls/cert.pem "
         "--key /srv/cascade-tls/key.pem --prefix /srv/cascade-tls > cluster/tls/nginx-grpc-tls.conf"
+    )
 
 
-@pytest.mark.parametrize("field,value", [("listen", "9443"), ("listen", "0.0.0.0:9443; evil"), ("upstream", "a b:1"),
-                                         ("cert", '/x/"c.pem'), ("key", "/x/$k.pem"), ("prefix", "/x;y")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("listen", "9443"),
+        ("listen", "0.0.0.0:9443; evil"),
+        ("upstream", "a b:1"),
+        ("cert", '/x/"c.pem'),
+        ("key", "/x/$k.pem"),
+        ("prefix", "/x;y"),
+    ],
+)
 def test_bad_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         render_nginx_conf(**{**EXAMPLE_ARGS, field: value})
