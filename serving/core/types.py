@@ -7,6 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Optional
 
+from serving.core.decoding import Decoding
+
+# Per generated token, its most likely alternatives under the model's unmodified distribution, most
+# likely first: (token id, log-prob) pairs. Only when a request asks for them (Decoding.top_logprobs).
+TopLogprobs = list[list[tuple[int, float]]]
+
 
 @dataclass
 class GenerationRequest:
@@ -20,6 +26,7 @@ class GenerationRequest:
     # returns them as part of the answer, with their log-probs.
     prefix_ids: list[int] = field(default_factory=list)
     prefix_logprobs: list[float] = field(default_factory=list)
+    decoding: Decoding = field(default_factory=Decoding)  # the request's decoding controls (default: greedy)
 
 
 @dataclass
@@ -41,6 +48,8 @@ class Generation:
     tokenizer: str = ""  # the engine's vocabulary fingerprint (tiers that share it can exchange token ids)
     draft_tokens: int = 0  # speculative deferral: tokens of the earlier tier's draft this tier verified
     draft_accepted: int = 0  # of those, the agreeing prefix kept (its own token follows at the first disagreement)
+    top_logprobs: Optional[TopLogprobs] = None  # when the request asked for alternatives (Decoding.top_logprobs)
+    token_texts: Optional[list[str]] = None  # each token's text, when the request asked for log-probs
 
     @property
     def completion_tokens(self) -> int:
@@ -78,6 +87,7 @@ class Chunk:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
+    top_logprobs: Optional[TopLogprobs] = None  # for these tokens, when the request asked for alternatives
     final: Optional[Generation] = None
     prompt_tokens: int = 0
     decision: Optional[TierDecision] = None  # on the last chunk, when the call carried a rule

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import BaseModel, ConfigDict
 
 from serving.core.errors import EngineError
-from serving.core.types import Chunk, Draft, Generation, GenerationRequest, final_chunk
+from serving.core.types import Chunk, Draft, Generation, GenerationRequest, TopLogprobs, final_chunk
 
 
 class EngineOptions(BaseModel):
@@ -81,6 +81,10 @@ class Engine(abc.ABC):
     ``serving.engines.ENGINES`` under the name a tier's ``engine.name`` selects."""
 
     name: str = "?"
+    # The Decoding fields (serving.core.decoding) this engine honours per request when a request sets
+    # them away from their defaults; the tier refuses a request that sets any other, naming the field and
+    # itself. ``stop`` (stop strings) is the tier's, for every engine (serving.core.stops).
+    decoding_support: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
@@ -106,6 +110,14 @@ class Engine(abc.ABC):
     ) -> tuple[list[float], list[int], list[float]]:
         """Prefill only, one forward over the prompt + ``continuation``: each continuation token's
         log-prob, and this model's greedy token with its log-prob at every position plus the next."""
+
+    async def prompt_logprobs(
+        self, req: GenerationRequest, top_k: int = 0
+    ) -> tuple[list[int], list[float], TopLogprobs]:
+        """Prefill only: the prompt's token ids (chat template applied), each token's log-prob given the
+        ones before it (the first token has none: NaN), and with ``top_k`` its top-k alternatives per
+        position. What OpenAI's ``echo`` + ``logprobs`` returns. Engines without it raise EngineError."""
+        raise EngineError(f"the {self.name} engine cannot score a prompt")
 
     def info(self) -> dict:
         """Static facts for ``cascade status`` (model size, device, settings)."""
