@@ -351,6 +351,7 @@ class Limits(_Strict):
     max_new_tokens: int = Field(256, ge=1, description="largest max_new_tokens a request may ask for")
     max_prompt_chars: int = Field(16384, ge=1)
     max_messages: int = Field(256, ge=1, description="most chat messages in one request")
+    max_n: int = Field(8, ge=1, le=128, description="most answers one request may ask for (`n`), each its own walk")
     max_request_bytes: int = Field(
         1 << 20,
         ge=1024,

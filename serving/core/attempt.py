@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from serving.core.errors import TierFailure
 from serving.core.request import CascadeRequest, Text, TierRun
-from serving.core.types import Draft, Generation, TierDecision
+from serving.core.types import Chunk, Draft, Generation, TierDecision
 from serving.deferral.rules import should_defer
 
 if TYPE_CHECKING:
@@ -39,9 +39,13 @@ class TierAttempt:
         # tier's accepted within a decision window)
         self.tokens = req.stream and (self.final or (b is not None and b.decides_early))
         self.draft = None
+        self.verify_skipped = ""
         if prev is not None and cascade.boundary_of(prev.tier).wants_verify(prev.score):
-            g = prev.generation
-            self.draft = Draft(g.token_ids, g.text, g.tokenizer)
+            if req.request.decoding.sampled:  # verification keeps a greedy answer exact, not a sampled one's law
+                self.verify_skipped = "sampled"
+            else:
+                g = prev.generation
+                self.draft = Draft(g.token_ids, g.text, g.tokenizer)
         self.sent = False  # some of its text went to the client
         self.generation: Optional[Generation] = None
         self.reported: Optional[TierDecision] = None
@@ -54,26 +58,35 @@ class TierAttempt:
         """Calls the tier and yields the text that is certain to be the answer as it comes; then the
         attempt is concluded (``accepted``, ``score``, ``threshold``). Raises TierFailure / BadRequest."""
         t0 = time.perf_counter()
-        tail = ""
+        tail = Chunk()
         async with aclosing(
             self.cascade.call(self.name, self.req.request, self.tokens, self.stop, self.draft)
         ) as chunks:
             async for chunk in chunks:  # leaving this loop closes the stream: the tier stops
                 if chunk.final is None:
-                    if chunk.text:  # the tier sends text before its last chunk only once it is certain
-                        self.sent = True
-                        yield Text(self.name, chunk.text)
+                    if chunk.text or chunk.token_ids:  # the tier sends tokens before its last chunk only once certain
+                        self.sent = self.sent or bool(chunk.text)
+                        yield _text(self.name, chunk)
                     continue
-                self.generation, self.reported, tail = chunk.final, chunk.decision, chunk.text
+                self.generation, self.reported, tail = chunk.final, chunk.decision, chunk
         if self.generation is None:
             raise TierFailure(self.name, "error", f"tier {self.name!r} ended its stream without an answer")
         self.ms = (time.perf_counter() - t0) * 1e3
         self._conclude()
         if self.accepted or self.final:
-            if not self.sent:
-                yield Text(self.name, self.generation.text)
-            elif tail:
-                yield Text(self.name, tail)
+            if not self.sent and not tail.token_ids:  # nothing of it went out: the whole answer, at once
+                g = self.generation
+                yield Text(
+                    self.name,
+                    g.text,
+                    list(g.token_ids),
+                    list(g.logprobs),
+                    g.token_texts,
+                    g.top_logprobs,
+                    g.prompt_tokens,
+                )
+            elif tail.text or tail.token_ids:
+                yield _text(self.name, tail)
 
     def _conclude(self) -> None:
         d = self.reported
@@ -108,4 +121,11 @@ class TierAttempt:
             self.ms,
             d.decided_at if decided else None,
             decided and d.decided_early,
+            self.verify_skipped,
         )
+
+
+def _text(tier: str, chunk: Chunk) -> Text:
+    return Text(
+        tier, chunk.text, chunk.token_ids, chunk.logprobs, chunk.token_texts, chunk.top_logprobs, chunk.prompt_tokens
+    )

@@ -36,17 +36,26 @@ async def decide(
     t0 = time.perf_counter() if t0 is None else t0
     decision = stop.decision() if stop is not None else None
     ids, lps, text, prompt_tokens = [], [], "", 0
+    texts, tops = [], []  # per-token texts and alternatives, when the request asked for log-probs
     sent, sent_text = 0, 0  # how much of ids / text has gone out
 
     def unsent(**extra) -> Chunk:
         return Chunk(
-            token_ids=ids[sent:], logprobs=lps[sent:], text=text[sent_text:], prompt_tokens=prompt_tokens, **extra
+            token_ids=ids[sent:],
+            logprobs=lps[sent:],
+            text=text[sent_text:],
+            prompt_tokens=prompt_tokens,
+            token_texts=texts[sent:] if texts else None,
+            top_logprobs=tops[sent:] if tops else None,
+            **extra,
         )
 
     try:
         async for chunk in chunks:
             ids += chunk.token_ids
             lps += chunk.logprobs
+            texts += chunk.token_texts or []
+            tops += chunk.top_logprobs or []
             text += chunk.text
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             if decision is not None and decision.verdict is Verdict.UNDECIDED and chunk.token_ids:

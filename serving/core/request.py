@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
+from serving.core.decoding import Decoding
 from serving.core.errors import BadRequest
 from serving.core.receipt import Receipt
-from serving.core.types import Generation, GenerationRequest
+from serving.core.types import Generation, GenerationRequest, TopLogprobs
 
 ROLES = ("system", "user", "assistant")
 
@@ -27,6 +28,17 @@ class CascadeRequest:
     include_logprobs: bool = False
     stream: bool = False  # the caller sends text as it comes: the last tier streams tokens
 
+    def variant(self, k: int) -> CascadeRequest:
+        """The request for the k-th of n answers: the same, with seed + k when it is seeded (each answer its
+        own draw)."""
+        d = self.request.decoding
+        decoding = replace(d, seed=d.seed + k) if d.seed is not None else d
+        return replace(self, request=replace(self.request, decoding=decoding))
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.include_logprobs or self.request.decoding.top_logprobs is not None
+
     @classmethod
     def build(
         cls,
@@ -41,6 +53,7 @@ class CascadeRequest:
         tier_names: Sequence[str],
         limits,
         embed: bool = False,
+        decoding: Optional[Decoding] = None,
     ) -> CascadeRequest:
         """Checks a request against the shared ``limits`` (``serving.config.Limits``) and the tiers;
         BadRequest names the field. ``messages``: role/content mappings whose content is a string."""
@@ -77,6 +90,7 @@ class CascadeRequest:
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
             max_new_tokens=max_new_tokens,
             embed=embed,
+            decoding=(decoding or Decoding()).check(),
         )
         return cls(
             req, [force_tier] if force_tier else list(tier_names), bool(force_tier), threshold, include_logprobs, stream
@@ -93,6 +107,7 @@ class TierRun:
     latency_ms: float  # wall time of the call as the walk saw it
     decided_at: Optional[int] = None  # answer tokens the rule had read when it decided
     decided_early: bool = False  # decided before the tier's answer was complete
+    verify_skipped: str = ""  # "sampled": on_defer verify was skipped for this sampled request (regenerated)
 
 
 @dataclass
@@ -101,6 +116,13 @@ class Text:
 
     tier: str
     text: str
+    # the tokens the text covers, when the tier sent them (the last tier's stream); their log-probs and
+    # texts when the request asked for log-probs
+    token_ids: list[int] = field(default_factory=list, compare=False)
+    logprobs: list[float] = field(default_factory=list, compare=False)
+    token_texts: Optional[list[str]] = field(default=None, compare=False)
+    top_logprobs: Optional[TopLogprobs] = field(default=None, compare=False)
+    prompt_tokens: int = field(default=0, compare=False)
 
 
 @dataclass

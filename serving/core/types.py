@@ -88,6 +88,7 @@ class Chunk:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     top_logprobs: Optional[TopLogprobs] = None  # for these tokens, when the request asked for alternatives
+    token_texts: Optional[list[str]] = None  # each token's text, when the request asked for log-probs
     final: Optional[Generation] = None
     prompt_tokens: int = 0
     decision: Optional[TierDecision] = None  # on the last chunk, when the call carried a rule

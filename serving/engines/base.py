@@ -137,6 +137,15 @@ class Engine(abc.ABC):
     def eos_ids(self) -> list[int]:
         return self.codec.eos_ids
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self.codec.tokenizer)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token's own text (special tokens spelled out), as OpenAI's log-probs name tokens."""
+        tok = self.codec.tokenizer
+        return [tok.decode([i], skip_special_tokens=False) for i in ids]
+
     def decode(self, ids: list[int]) -> str:
         return self.codec.decode(ids)
 

@@ -1,14 +1,14 @@
 """The OpenAI-compatible HTTP front's mapping (no Ray, no FastAPI): an OpenAI request body -> the walk's
-:class:`CascadeRequest` (pydantic validates the body's shape; the shared limits are checked once, by
-``CascadeRequest.build``), and the walk's outcome -> OpenAI response JSON / Server-Sent Events. The
-routes live on the Router (``serving/serve/router.py``), so HTTP and gRPC share the gates, the walk and
-the metrics.
+:class:`CascadeRequest` s (pydantic validates the body's shape; decoding controls and the shared limits are
+checked once, by ``CascadeRequest.build``), and the walk's outcomes -> OpenAI response JSON / Server-Sent
+Events. The routes live on the Router (``serving/serve/router.py``), so HTTP and gRPC share the gates, the
+walk and the metrics.
 
-Cascade controls are typed, not smuggled in the model name: ``model`` is the cascade's name, or
-``<cascade>:<tier>`` to force a tier; an extra body object ``"cascade": {"threshold": .., "force_tier":
-.., "include_logprobs": ..}`` overrides per request. Decoding is greedy: ``temperature`` 0 (or unset)
-and ``top_p`` 1 (or unset) are accepted, other values refused with 400; so are ``stop``, ``n`` > 1 and
-tools. Unknown fields are ignored, as OpenAI's clients send many.
+Every field a client sends is honoured or refused with 400 naming it, never ignored (README: "The OpenAI
+fields"). Cascade controls are typed, not smuggled in the model name: ``model`` is the cascade's name, or
+``<cascade>:<tier>`` to force a tier; an extra body object ``"cascade": {"threshold": .., "force_tier": ..,
+"include_logprobs": ..}`` overrides per request. ``n`` answers (and, for ``/v1/completions``, each prompt of a
+list) are each their own walk.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serving.core.decoding import Decoding
 from serving.core.errors import BadRequest
-from serving.core.request import CascadeRequest
+from serving.core.request import CascadeRequest, Outcome
+from serving.fronts.outcome import sum_usage
 from serving.fronts.status import status_of
 
 # the walk's field names -> this API's (a BadRequest names the walk's)
@@ -31,6 +34,8 @@ FIELDS = {
     "threshold": "cascade.threshold",
     "include_logprobs": "cascade.include_logprobs",
 }
+# Fields that do not change the answer: accepted as they are.
+NO_EFFECT = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 
 
 class CascadeOptions(BaseModel):
@@ -47,25 +52,73 @@ class _Common(BaseModel):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
+    n: Optional[int] = Field(None, ge=1)
+    # sampling (OpenAI's, and vLLM's extras)
     temperature: Optional[float] = None
     top_p: Optional[float] = None
-    n: Optional[int] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
+    stop_token_ids: Optional[list[int]] = None
+    min_tokens: Optional[int] = None
+    ignore_eos: Optional[bool] = None
+    repetition_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    logit_bias: Optional[dict[str, float]] = None
+    # refused unless they ask for nothing (no engine here constrains its output to a grammar or calls tools)
+    response_format: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    functions: Optional[list[Any]] = None
+    function_call: Optional[Union[str, dict[str, Any]]] = None
     cascade: Optional[CascadeOptions] = None
 
 
 class ChatRequest(_Common):
     messages: list[dict[str, Any]]
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
 
 
 class CompletionRequest(_Common):
     prompt: Union[str, list[str]]
+    logprobs: Optional[int] = None
+    echo: Optional[bool] = None
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+
+
+@dataclass
+class Call:
+    """What one OpenAI request asks: the walks to run (choice i is ``requests[i]``), and how to answer."""
+
+    body: _Common
+    requests: list[CascadeRequest]
+    prompts: list[str] = field(default_factory=list)  # completions: choice i's prompt (for echo)
+    logprobs: bool = False  # the answer's log-probs in the response (chat: logprobs; completions: logprobs=k)
+    echo: bool = False
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.body, ChatRequest)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.body.stream_options or {}).get("include_usage"))
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool((self.body.stream_options or {}).get("continuous_usage_stats"))
 
 
 def field_name(field: Optional[str], body: _Common) -> Optional[str]:
     """A walk field's name in this API."""
     if field == "prompt" and isinstance(body, ChatRequest):
         return "messages"
+    if field == "top_logprobs" and isinstance(body, CompletionRequest):
+        return "logprobs"
     return FIELDS.get(field, field)
 
 
@@ -77,11 +130,19 @@ def parse(kind: type[_Common], raw: bytes) -> _Common:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     try:
-        return kind.model_validate(data)
+        body = kind.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise BadRequest(err["msg"], loc) from None
+    unknown = sorted(set(body.model_extra or {}) - NO_EFFECT)
+    if unknown:
+        raise BadRequest(
+            "is not a field this server knows: it is refused rather than ignored (the README lists every field "
+            "it honours)",
+            unknown[0],
+        )
+    return body
 
 
 def _content(m: dict[str, Any], i: int) -> str:
@@ -93,21 +154,61 @@ def _content(m: dict[str, Any], i: int) -> str:
     raise BadRequest("must be a string or a list of text parts", f"messages[{i}].content")
 
 
-def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limits, embed: bool) -> CascadeRequest:
-    """The walk's request for a parsed body (BadRequest names the field in the walk's terms; render it
-    with :func:`error`)."""
-    if body.temperature not in (None, 0, 0.0):
+def _refusals(body: _Common) -> None:
+    """Fields that ask for what no tier here does (grammar-constrained output, tool calls)."""
+    rf = body.response_format
+    if rf is not None and rf.get("type") != "text":
         raise BadRequest(
-            "must be 0 or unset: the cascade decodes greedily (sampling is a tier setting, "
-            "tiers[].generation.do_sample)",
-            "temperature",
+            f"{rf.get('type')!r} is not supported: no tier constrains its output to JSON or a schema (only "
+            "{'type': 'text'} is accepted)",
+            "response_format",
         )
-    if body.top_p not in (None, 1, 1.0):
-        raise BadRequest("must be 1 or unset: the cascade decodes greedily", "top_p")
-    if body.n not in (None, 1):
-        raise BadRequest("must be 1", "n")
-    if body.stop:
-        raise BadRequest("is not supported by the cascade", "stop")
+    if body.tools:
+        raise BadRequest("is not supported: the cascade's tiers do not call tools", "tools")
+    if body.functions:
+        raise BadRequest("is not supported: the cascade's tiers do not call functions", "functions")
+    for name in ("tool_choice", "function_call"):
+        v = getattr(body, name)
+        if v not in (None, "none", "auto"):
+            raise BadRequest("is not supported: the cascade's tiers do not call tools", name)
+    if isinstance(body, CompletionRequest):
+        if body.suffix:
+            raise BadRequest("is not supported (no tier does fill-in-the-middle)", "suffix")
+        if body.best_of not in (None, 1) and body.best_of != (body.n or 1):
+            raise BadRequest("must equal `n` (or be unset): the cascade returns every answer it generates", "best_of")
+
+
+def decoding(body: _Common, top_logprobs: Optional[int]) -> Decoding:
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    bias = {}
+    for k, v in (body.logit_bias or {}).items():
+        try:
+            bias[int(k)] = v
+        except ValueError:
+            raise BadRequest(f"keys must be token ids, got {k!r}", "logit_bias") from None
+    pick = lambda v, default: default if v is None else v  # noqa: E731
+    return Decoding(
+        temperature=pick(body.temperature, 0.0),
+        top_p=pick(body.top_p, 1.0),
+        top_k=pick(body.top_k, 0),
+        min_p=pick(body.min_p, 0.0),
+        seed=body.seed,
+        stop=stop,
+        stop_token_ids=list(body.stop_token_ids or []),
+        min_tokens=pick(body.min_tokens, 0),
+        ignore_eos=bool(body.ignore_eos),
+        repetition_penalty=pick(body.repetition_penalty, 1.0),
+        presence_penalty=pick(body.presence_penalty, 0.0),
+        frequency_penalty=pick(body.frequency_penalty, 0.0),
+        logit_bias=bias,
+        top_logprobs=top_logprobs,
+    )
+
+
+def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, embed: bool) -> Call:
+    """The walks one request asks for (BadRequest names the field in the walk's terms; render it with
+    :func:`error`)."""
+    _refusals(body)
     if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
         raise BadRequest("and `max_completion_tokens` disagree", "max_tokens")
     name, _, tier = body.model.partition(":")
@@ -119,8 +220,27 @@ def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limit
     opts = body.cascade or CascadeOptions()
     if tier and opts.force_tier and opts.force_tier != tier:
         raise BadRequest("names one tier and `model` another", "force_tier")
-    messages, prompt = [], ""
-    if isinstance(body, ChatRequest):
+    chat = isinstance(body, ChatRequest)
+    if chat:
+        if body.top_logprobs is not None and not body.logprobs:
+            raise BadRequest("needs `logprobs: true`", "top_logprobs")
+        wants = bool(body.logprobs)
+        top = (body.top_logprobs or 0) if wants else None
+        echo = False
+    else:
+        wants = body.logprobs is not None
+        top = body.logprobs if wants else None
+        echo = bool(body.echo)
+        if echo and wants and not (tier or opts.force_tier):
+            raise BadRequest(
+                "with `logprobs` needs one tier (model 'cascade:<tier>'): the prompt's log-probs are one model's, "
+                "and the cascade has not chosen its model before it answers",
+                "echo",
+            )
+    n = body.n or 1
+    prompts: list[Any] = [None]
+    messages = []
+    if chat:
         if not body.messages:
             raise BadRequest("must not be empty", "messages")
         for i, m in enumerate(body.messages):
@@ -128,23 +248,31 @@ def to_request(body: _Common, *, cascade_name: str, tier_names: list[str], limit
                 raise BadRequest("must be an object with `role` and `content`", f"messages[{i}]")
             messages.append({"role": str(m["role"]), "content": _content(m, i)})
     else:
-        prompt = body.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise BadRequest("must be a string (or a list of exactly one)", "prompt")
-            prompt = prompt[0]
-    return CascadeRequest.build(
-        prompt=prompt,
-        messages=messages,
-        max_new_tokens=body.max_completion_tokens or body.max_tokens,
-        force_tier=tier or opts.force_tier or "",
-        threshold=opts.threshold,
-        include_logprobs=opts.include_logprobs,
-        stream=body.stream,
-        tier_names=tier_names,
-        limits=limits,
-        embed=embed,
-    )
+        prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+        if not prompts:
+            raise BadRequest("must not be empty", "prompt")
+    if n * len(prompts) > limits.max_n:
+        raise BadRequest(f"asks for {n * len(prompts)} answers (n x prompts); the limit is {limits.max_n}", "n")
+    dec = decoding(body, top)
+    requests, texts = [], []
+    for p in prompts:
+        first = CascadeRequest.build(
+            prompt=p or "",
+            messages=messages,
+            max_new_tokens=body.max_completion_tokens or body.max_tokens,
+            force_tier=tier or opts.force_tier or "",
+            threshold=opts.threshold,
+            include_logprobs=opts.include_logprobs,
+            stream=body.stream,
+            tier_names=tier_names,
+            limits=limits,
+            embed=embed,
+            decoding=dec,
+        )
+        for k in range(n):
+            requests.append(first.variant(k) if k else first)
+            texts.append(p or "")
+    return Call(body, requests, texts, wants, echo)
 
 
 def error(e: BaseException, body: Optional[_Common] = None, message: Optional[str] = None) -> tuple[int, dict]:
@@ -194,66 +322,116 @@ def usage(fields: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def finish_reason(fields: dict[str, Any]) -> str:
-    last = fields["tiers"][-1]["finish_reason"] if fields["tiers"] else "stop"
-    return "length" if last == "length" else "stop"
+def finish_reason(out: Outcome) -> str:
+    """OpenAI's reason: "length" when the answer hit its max tokens, else "stop" (end of sequence or a stop string)."""
+    return "length" if out.answer.finish_reason == "length" else "stop"
 
 
-def completion(body: _Common, fields: dict[str, Any]) -> dict[str, Any]:
-    base = {
-        "id": f"cmpl-{fields['request_id']}",
-        "created": int(time.time()),
-        "model": body.model,
-        "usage": usage(fields),
-        "cascade": cascade_info(fields),
-    }
-    if isinstance(body, ChatRequest):
-        return {
-            **base,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": fields["text"]},
-                    "finish_reason": finish_reason(fields),
-                }
-            ],
-        }
+@dataclass
+class PromptLogprobs:
+    """echo + logprobs on /v1/completions: the prompt's tokens, their log-probs (the first: none) and
+    alternatives, from one scoring pass at the named tier."""
+
+    token_texts: list[str]
+    logprobs: list[float]
+    top_logprobs: list[list[tuple]]
+
+
+def _token(text: str, lp: float, tops=None) -> dict[str, Any]:
+    d = {"token": text, "logprob": _number(lp), "bytes": list(text.encode())}
+    if tops is not None:
+        d["top_logprobs"] = [{"token": a[2], "logprob": _number(a[1]), "bytes": list(a[2].encode())} for a in tops]
+    return d
+
+
+def chat_logprobs(texts: list[str], lps: list[float], tops: Optional[list]) -> dict[str, Any]:
+    return {"content": [_token(t, lp, (tops[i] if tops else [])) for i, (t, lp) in enumerate(zip(texts, lps))]}
+
+
+def completion_logprobs(texts: list[str], lps: list[float], tops: Optional[list], offset: int = 0) -> dict[str, Any]:
+    offsets, at = [], offset
+    for t in texts:
+        offsets.append(at)
+        at += len(t)
     return {
-        **base,
-        "object": "text_completion",
-        "choices": [{"index": 0, "text": fields["text"], "finish_reason": finish_reason(fields)}],
+        "tokens": list(texts),
+        "token_logprobs": [None if math.isnan(lp) else lp for lp in lps],
+        "top_logprobs": [{a[2]: a[1] for a in step} for step in tops] if tops else [None] * len(texts),
+        "text_offset": offsets,
     }
 
 
-def sse_chunk(
-    body: _Common,
-    request_id: str,
-    text: Optional[str] = None,
-    first: bool = False,
-    final: Optional[dict] = None,
-    usage_only: Optional[dict] = None,
-) -> bytes:
-    """One Server-Sent Event of a streamed completion (``final`` / ``usage_only``: response fields)."""
-    chat = isinstance(body, ChatRequest)
+def choice(call: Call, index: int, out: Outcome, prompt_lp: Optional[PromptLogprobs] = None) -> dict[str, Any]:
+    """One answer of a unary response."""
+    a = out.answer
+    texts = a.token_texts or []
+    if call.chat:
+        c = {"index": index, "message": {"role": "assistant", "content": a.text}}
+        c["logprobs"] = chat_logprobs(texts, a.logprobs, a.top_logprobs) if call.logprobs else None
+    else:
+        prefix = call.prompts[index] if call.echo else ""
+        c = {"index": index, "text": prefix + a.text, "logprobs": None}
+        if call.logprobs:
+            lp = completion_logprobs(texts, a.logprobs, a.top_logprobs, len(prefix))
+            if prompt_lp is not None:
+                head = completion_logprobs(prompt_lp.token_texts, prompt_lp.logprobs, prompt_lp.top_logprobs)
+                lp = {k: head[k] + lp[k] for k in lp}
+            c["logprobs"] = lp
+    c["finish_reason"] = finish_reason(out)
+    return c
+
+
+def completion(call: Call, outs: list[Outcome], fields: list[dict[str, Any]], prompt_lps=None) -> dict[str, Any]:
+    """The unary response: every answer a choice; usage summed; ``cascade`` the first answer's (with every
+    answer's under ``cascade.choices`` when there are several)."""
+    total = sum_usage(fields) if len(fields) > 1 else fields[0]
+    info = cascade_info(total)
+    if len(fields) > 1:
+        info["choices"] = [cascade_info(f) for f in fields]
+    return {
+        "id": f"cmpl-{fields[0]['request_id']}",
+        "created": int(time.time()),
+        "model": call.body.model,
+        "object": "chat.completion" if call.chat else "text_completion",
+        "choices": [choice(call, i, o, (prompt_lps or [None] * len(outs))[i]) for i, o in enumerate(outs)],
+        "usage": usage(total),
+        "cascade": info,
+    }
+
+
+def sse(call: Call, request_id: str, choices: list[dict[str, Any]], **extra) -> bytes:
+    """One Server-Sent Event of a streamed completion."""
     out: dict[str, Any] = {
         "id": f"cmpl-{request_id}",
         "created": int(time.time()),
-        "model": body.model,
-        "object": "chat.completion.chunk" if chat else "text_completion",
+        "model": call.body.model,
+        "object": "chat.completion.chunk" if call.chat else "text_completion",
+        "choices": choices,
+        **extra,
     }
-    if usage_only is not None:
-        out.update(choices=[], usage=usage(usage_only))
-    else:
-        reason = finish_reason(final) if final is not None else None
-        if chat:
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            out["choices"] = [{"index": 0, "delta": delta, "finish_reason": reason}]
-        else:
-            out["choices"] = [{"index": 0, "text": text or "", "finish_reason": reason}]
-        if final is not None:
-            out["cascade"] = cascade_info(final)
     return f"data: {json.dumps(out)}\n\n".encode()
+
+
+def sse_role(call: Call, index: int) -> dict[str, Any]:
+    """The first delta of a chat answer (its role)."""
+    return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+
+def sse_text(call: Call, index: int, ev) -> dict[str, Any]:
+    """A delta: text certain to be part of answer ``index`` (a walk's Text event)."""
+    lp = None
+    if call.logprobs and ev.token_texts is not None:
+        lp = (chat_logprobs if call.chat else completion_logprobs)(ev.token_texts, ev.logprobs, ev.top_logprobs)
+    if call.chat:
+        return {"index": index, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
+    return {"index": index, "text": ev.text, "logprobs": lp, "finish_reason": None}
+
+
+def sse_final(call: Call, index: int, out: Outcome) -> dict[str, Any]:
+    """The last delta of answer ``index``: its finish reason."""
+    if call.chat:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason(out)}
+    return {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason(out)}
 
 
 def sse_error(status_body: dict) -> bytes:

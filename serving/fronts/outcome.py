@@ -26,6 +26,10 @@ def tier_fields(run: TierRun, include_logprobs: bool) -> dict[str, Any]:
         "decided_early": run.decided_early,
         "draft_tokens": g.draft_tokens,
         "draft_accepted_tokens": g.draft_accepted,
+        "token_ids": list(g.token_ids) if include_logprobs else [],
+        "tokens": list(g.token_texts or []) if include_logprobs else [],
+        "top_logprobs": [list(step) for step in g.top_logprobs or []] if include_logprobs else [],
+        "verify_skipped": run.verify_skipped,
     }
 
 
@@ -61,7 +65,7 @@ def response_fields(
     text: Optional[str] = None,
 ) -> dict[str, Any]:
     """``text``: the answer's text (None: the whole answer; "" for a stream's last message)."""
-    tiers = [tier_fields(r, req.include_logprobs) for r in out.runs]
+    tiers = [tier_fields(r, req.wants_logprobs) for r in out.runs]
     return {
         "text": out.answer.text if text is None else text,
         "tier": out.answered_by,
@@ -81,3 +85,16 @@ def response_fields(
         "receipt": receipt_fields(out.receipt),
         "load_shed": out.load_shed,
     }
+
+
+def sum_usage(choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first answer's fields with usage and receipt summed over every answer (n > 1)."""
+    out = dict(choices[0])
+    out["usage"] = {k: sum(c["usage"][k] for c in choices) for k in ("prompt_tokens", "completion_tokens")}
+    r = dict(out["receipt"])
+    r["lines"] = [line for c in choices for line in c["receipt"]["lines"]]
+    for k in ("total", "strong_only", "strong_only_prompt_tokens", "strong_only_completion_tokens"):
+        r[k] = sum(c["receipt"][k] for c in choices)
+    r["strong_only_estimated"] = any(c["receipt"]["strong_only_estimated"] for c in choices)
+    out["receipt"] = r
+    return out

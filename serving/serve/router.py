@@ -154,12 +154,12 @@ class Router:
         )
 
     # ---- gRPC: thin adapters over the one walk ----------------------------------------------------
-    def _grpc_request(self, request, grpc_context, stream: bool) -> CascadeRequest:
+    def _grpc_requests(self, request, grpc_context, stream: bool) -> list[CascadeRequest]:
         self._gate(
             dict(grpc_context.invocation_metadata()).get("authorization", ""),
             "metadata `authorization: Bearer <token>`",
         )
-        return grpc_api.to_request(
+        return grpc_api.to_requests(
             request,
             tier_names=self.cascade.names,
             limits=self.limits,
@@ -179,8 +179,8 @@ class Router:
     async def Generate(self, request, grpc_context):
         t0 = self._enter()
         try:
-            req = self._grpc_request(request, grpc_context, stream=False)
-            out = await self.cascade.run(req)
+            reqs = self._grpc_requests(request, grpc_context, stream=False)
+            outs = await self._run_all(reqs)
         except asyncio.CancelledError:
             self._cancelled("Generate", t0)
             raise
@@ -188,8 +188,16 @@ class Router:
             return self._grpc_error(grpc_context, "Generate", e, t0)
         finally:
             self._exit()
-        self._answered("Generate", req, out, t0)
-        return grpc_api.to_response(self._fields(req, out, t0))
+        for req, out in zip(reqs, outs):
+            self._answered("Generate", req, out, t0)
+        fields = [self._fields(req, out, t0) for req, out in zip(reqs, outs)]
+        return grpc_api.to_response(fields[0], choices=fields)
+
+    async def _run_all(self, reqs: list[CascadeRequest]) -> list[Outcome]:
+        """The walks of one request's answers, side by side (n > 1: each answer its own walk)."""
+        if len(reqs) == 1:
+            return [await self.cascade.run(reqs[0])]
+        return list(await asyncio.gather(*(self.cascade.run(r) for r in reqs)))
 
     async def GenerateStream(self, request, grpc_context) -> AsyncIterator:
         """Text as soon as it is certain to be part of the answer, then a last message with
@@ -197,7 +205,7 @@ class Router:
         t0 = self._enter()
         out = None
         try:
-            req = self._grpc_request(request, grpc_context, stream=True)
+            [req] = self._grpc_requests(request, grpc_context, stream=True)
             async with aclosing(self.cascade.walk(req)) as events:
                 async for ev in events:
                     if isinstance(ev, Text):
@@ -247,7 +255,7 @@ class Router:
         try:
             self._gate(request.headers.get("authorization", ""), "`Authorization: Bearer <token>`")
             body = openai_api.parse(kind, await request.body())
-            req = openai_api.to_request(
+            call = openai_api.to_call(
                 body,
                 cascade_name=self.name,
                 tier_names=self.cascade.names,
@@ -256,8 +264,9 @@ class Router:
             )
             if body.stream:
                 streaming = True  # the event stream owns the in-flight slot from here
-                return StreamingResponse(self._sse(body, req, method, t0), media_type="text/event-stream")
-            out = await self.cascade.run(req)
+                return StreamingResponse(self._sse(call, method, t0), media_type="text/event-stream")
+            outs = await self._run_all(call.requests)
+            prompt_lps = await self._prompt_logprobs(call) if call.echo and call.logprobs else None
         except asyncio.CancelledError:
             self._cancelled(method, t0)
             raise
@@ -266,34 +275,102 @@ class Router:
         finally:
             if not streaming:
                 self._exit()
-        self._answered(method, req, out, t0)
-        return JSONResponse(openai_api.completion(body, self._fields(req, out, t0)))
-
-    async def _sse(self, body, req: CascadeRequest, method: str, t0: float) -> AsyncIterator[bytes]:
-        rid = _request_id()
-        out = None
-        try:
-            yield openai_api.sse_chunk(body, rid, first=True)
-            async with aclosing(self.cascade.walk(req)) as events:
-                async for ev in events:
-                    if isinstance(ev, Text):
-                        yield openai_api.sse_chunk(body, rid, ev.text)
-                    else:
-                        out = ev
-            fields = self._fields(req, out, t0, text="")
-            yield openai_api.sse_chunk(body, rid, final=fields)
-            if (body.stream_options or {}).get("include_usage"):
-                yield openai_api.sse_chunk(body, rid, usage_only=fields)
-            yield b"data: [DONE]\n\n"
+        for req, out in zip(call.requests, outs):
             self._answered(method, req, out, t0)
+        fields = [self._fields(req, out, t0) for req, out in zip(call.requests, outs)]
+        return JSONResponse(openai_api.completion(call, outs, fields, prompt_lps))
+
+    async def _prompt_logprobs(self, call) -> list:
+        """echo + logprobs: each choice's prompt scored by the tier the request names."""
+        top = call.requests[0].request.decoding.top_logprobs or 0
+        scored = await asyncio.gather(
+            *(self.client.call(r.tiers[0], "prompt_logprobs", r.request, top) for r in call.requests)
+        )
+        return [openai_api.PromptLogprobs(*s) for s in scored]
+
+    async def _sse(self, call, method: str, t0: float) -> AsyncIterator[bytes]:
+        rid = _request_id()
+        outs: dict[int, Outcome] = {}
+        produced, prompt_tokens = 0, 0
+        try:
+            if call.chat:
+                yield openai_api.sse(call, rid, [openai_api.sse_role(call, i) for i in range(len(call.requests))])
+            elif call.echo:
+                yield openai_api.sse(
+                    call,
+                    rid,
+                    [
+                        {"index": i, "text": p, "logprobs": None, "finish_reason": None}
+                        for i, p in enumerate(call.prompts)
+                    ],
+                )
+            async for index, ev in self._events(call.requests):
+                if isinstance(ev, Text):
+                    produced += len(ev.token_ids)
+                    prompt_tokens = ev.prompt_tokens or prompt_tokens
+                    extra = {}
+                    if call.continuous_usage:
+                        extra["usage"] = {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": produced,
+                            "total_tokens": prompt_tokens + produced,
+                        }
+                    yield openai_api.sse(call, rid, [openai_api.sse_text(call, index, ev)], **extra)
+                else:
+                    outs[index] = ev
+                    fields = self._fields(call.requests[index], ev, t0, text="")
+                    yield openai_api.sse(
+                        call, rid, [openai_api.sse_final(call, index, ev)], cascade=openai_api.cascade_info(fields)
+                    )
+            fields = [self._fields(r, outs[i], t0, text="") for i, r in enumerate(call.requests)]
+            if call.include_usage:
+                total = openai_api.sum_usage(fields) if len(fields) > 1 else fields[0]
+                yield openai_api.sse(call, rid, [], usage=openai_api.usage(total))
+            yield b"data: [DONE]\n\n"
+            for i, r in enumerate(call.requests):
+                self._answered(method, r, outs[i], t0)
         except asyncio.CancelledError:  # the client went away: the walk's tier calls are cancelled with it
             self._cancelled(method, t0)
             raise
         except Exception as e:
             message = self._refused(method, e, t0)
-            yield openai_api.sse_error(openai_api.error(e, body, message)[1])
+            yield openai_api.sse_error(openai_api.error(e, call.body, message)[1])
         finally:
             self._exit()
+
+    async def _events(self, reqs: list[CascadeRequest]) -> AsyncIterator[tuple[int, Any]]:
+        """(answer index, walk event) of every answer's walk as they come (n > 1: side by side)."""
+        if len(reqs) == 1:
+            async with aclosing(self.cascade.walk(reqs[0])) as events:
+                async for ev in events:
+                    yield 0, ev
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, req: CascadeRequest) -> None:
+            try:
+                async with aclosing(self.cascade.walk(req)) as events:
+                    async for ev in events:
+                        await queue.put((i, ev))
+            except Exception as e:  # handed to the reader, which raises it
+                await queue.put((i, e))
+            finally:
+                await queue.put((i, None))
+
+        tasks = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(reqs)]
+        try:
+            running = len(tasks)
+            while running:
+                i, ev = await queue.get()
+                if ev is None:
+                    running -= 1
+                elif isinstance(ev, Exception):
+                    raise ev
+                else:
+                    yield i, ev
+        finally:
+            for task in tasks:  # a walk still running when the reader stops (an error, a client gone): cancelled
+                task.cancel()
 
     # ---- operations --------------------------------------------------------------------------
     async def stats(self) -> RouterStatus:

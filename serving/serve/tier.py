@@ -15,7 +15,8 @@ from ray import serve
 
 from serving.config import Tier
 from serving.core.decide import decide
-from serving.core.errors import BadRequest
+from serving.core.errors import BadRequest, EngineError
+from serving.core.stops import stop_at
 from serving.core.types import Chunk, Draft, GenerationRequest
 from serving.deferral.incremental import StopRule
 from serving.engines import build_engine, verify_draft
@@ -47,8 +48,31 @@ class TierDeployment:
         ctx = self.engine.context_length
         return max(ctx - self.tier.generation.max_new_tokens, 1) if ctx else None
 
+    def _check_decoding(self, req: GenerationRequest) -> None:
+        """Refuses decoding controls this tier's engine cannot honour per request, naming the field and the tier
+        (stop strings are the tier's own, for every engine; log-probs of the chosen tokens come with every
+        answer)."""
+        d, support = req.decoding, self.engine.decoding_support
+        for f in d.requested():
+            if f == "stop" or (f == "top_logprobs" and d.top_logprobs == 0) or f in support:
+                continue
+            raise BadRequest(
+                f"is not honoured per request by tier {self.tier.name!r} (engine {self.engine.name}, which honours "
+                f"{sorted(support | {'stop'})}); leave it unset, or send the request to another tier",
+                f,
+            )
+        vocab = self.engine.vocab_size
+        if vocab:
+            bad = [i for i in list(d.stop_token_ids) + list(d.logit_bias) if i >= vocab]
+            if bad:
+                field = "stop_token_ids" if bad[0] in d.stop_token_ids else "logit_bias"
+                raise BadRequest(
+                    f"has token id {bad[0]}, not in tier {self.tier.name!r}'s vocabulary of {vocab}", field
+                )
+
     def _check(self, req: GenerationRequest) -> None:
         """Refuses a prompt this tier cannot take, before it reaches the engine."""
+        self._check_decoding(req)
         ctx = self.engine.context_length
         if self.max_prompt_tokens is None and ctx is None:
             return
@@ -103,15 +127,28 @@ class TierDeployment:
                 )
             else:
                 chunks = _counting_draft(self.engine.stream(req), offered, len(req.prefix_ids) - 1)
+        chunks = chunks or self.engine.stream(req)
+        if req.decoding.stop:  # stop strings: the tier's, for every engine (text held back while it may be one)
+            chunks = stop_at(chunks, req.decoding.stop, self.engine.tokenizer_id)
+        if req.decoding.top_logprobs is not None:  # the request asked for log-probs: each token's text too
+            chunks = _with_token_texts(chunks, self.engine)
         try:
-            async with aclosing(
-                decide(chunks or self.engine.stream(req), stop, tokens, t0=t0, tokenizer=self.engine.tokenizer_id)
-            ) as out:
+            async with aclosing(decide(chunks, stop, tokens, t0=t0, tokenizer=self.engine.tokenizer_id)) as out:
                 async for chunk in out:
                     yield chunk
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise
+
+    async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0) -> tuple[list, list, list]:
+        """echo + logprobs: the prompt's token texts, log-probs (the first: NaN) and top-k alternatives
+        as (id, log-prob, text), from one scoring pass (no decoding)."""
+        self._check(req)
+        try:
+            ids, lps, tops = await self.engine.prompt_logprobs(req, top_k)
+        except EngineError as e:
+            raise BadRequest(f"cannot be answered by tier {self.tier.name!r}: {e}", "echo") from None
+        return self.engine.token_texts(ids), lps, _named(tops, self.engine) if tops else []
 
     # ---- operations --------------------------------------------------------------------------
     def _start_stats(self) -> None:
@@ -154,6 +191,28 @@ class TierDeployment:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
+
+
+async def _with_token_texts(chunks: AsyncIterator[Chunk], engine) -> AsyncIterator[Chunk]:
+    """Each token's text (and its alternatives' texts: (id, log-prob, text)) on the chunks and the answer,
+    for responses with log-probs."""
+    try:
+        async for chunk in chunks:
+            chunk.token_texts = engine.token_texts(chunk.token_ids)
+            if chunk.top_logprobs:
+                chunk.top_logprobs = _named(chunk.top_logprobs, engine)
+            g = chunk.final
+            if g is not None:
+                g.token_texts = engine.token_texts(g.token_ids)
+                if g.top_logprobs:
+                    g.top_logprobs = _named(g.top_logprobs, engine)
+            yield chunk
+    finally:
+        await chunks.aclose()
+
+
+def _named(tops, engine):
+    return [[(i, lp, *engine.token_texts([i])) for i, lp, *_ in step] for step in tops]
 
 
 async def _one(chunk: Chunk) -> AsyncIterator[Chunk]:

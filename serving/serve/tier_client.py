@@ -31,6 +31,7 @@ class ServeTierClient:
     def __init__(self, config: CascadeConfig, handles: dict[str, DeploymentHandle], metrics):
         self.cfg, self.metrics = config, metrics
         self.handles = {n: h.options(stream=True) for n, h in handles.items()}
+        self.unary = dict(handles)
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
 
@@ -69,12 +70,7 @@ class ServeTierClient:
             except BadRequest as e:
                 ended = True
                 breaker.success()  # the tier answered: it refused the input
-                cause = getattr(e, "cause", e)  # Ray's wrapper of the tier's exception carries it as `cause`
-                raise (
-                    BadRequest(cause.problem, cause.field)
-                    if isinstance(cause, BadRequest)
-                    else BadRequest(remote_message(e))
-                ) from None
+                raise _bad_request(e) from None
             except asyncio.TimeoutError:
                 failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
             except BackPressureError:
@@ -107,3 +103,42 @@ class ServeTierClient:
             breaker.failure()
             raise failure
         raise AssertionError("unreachable")
+
+    async def call(self, name: str, method: str, *args):
+        """A unary call of a tier method (e.g. ``prompt_logprobs``) under the tier's timeout and breaker;
+        raises TierFailure / BadRequest like :meth:`stream`."""
+        breaker = self.breakers[name]
+        if not breaker.allow():
+            raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
+        timeout = self.cfg.tier(name).timeout_s
+        try:
+            out = await asyncio.wait_for(getattr(self.unary[name], method).remote(*args), timeout)
+        except BadRequest as e:
+            breaker.success()
+            raise _bad_request(e) from None
+        except asyncio.TimeoutError:
+            failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
+        except BackPressureError:
+            breaker.release()
+            raise TierFailure(name, "overloaded", f"tier {name!r} is overloaded (its queue is full)") from None
+        except RayActorError:
+            failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
+        except DeploymentUnavailableError:
+            failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
+        except asyncio.CancelledError:
+            breaker.release()
+            raise
+        except Exception as e:
+            log.warning("tier %s failed: %r", name, e)
+            failure = TierFailure(name, "error", f"tier {name!r} failed: {type(e).__name__}")
+        else:
+            breaker.success()
+            return out
+        breaker.failure()
+        raise failure
+
+
+def _bad_request(e: BadRequest) -> BadRequest:
+    """The tier's refusal, without Ray's wrapper (which carries the tier's exception as ``cause``)."""
+    cause = getattr(e, "cause", e)
+    return BadRequest(cause.problem, cause.field) if isinstance(cause, BadRequest) else BadRequest(remote_message(e))

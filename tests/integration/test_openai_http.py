@@ -113,8 +113,12 @@ def test_forced_tier_and_threshold_override(api):
         (dict(messages=[{"role": "user", "content": ""}]), "messages[0].content"),
         (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
         (dict(messages=[{"role": "user", "content": "hi"}], max_tokens=100_000), "max_tokens"),
-        (dict(messages=[{"role": "user", "content": "hi"}], temperature=0.7), "temperature"),
-        (dict(messages=[{"role": "user", "content": "hi"}], stop=["\n"]), "stop"),
+        (dict(messages=[{"role": "user", "content": "hi"}], temperature=2.5), "temperature"),
+        (dict(messages=[{"role": "user", "content": "hi"}], stop=["x"] * 9), "stop"),
+        (
+            dict(messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]),
+            "tools",
+        ),
         (dict(messages=[{"role": "user", "content": "hi"}], model="gpt-4o"), "model"),
         (dict(messages=[{"role": "user", "content": "hi"}], model="cascade:medium"), "model"),
         (

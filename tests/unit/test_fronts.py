@@ -3,11 +3,13 @@ statuses. Pure: no Ray, no servers."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving.config import Limits
+from serving.core.decoding import Decoding
 from serving.core.errors import BadRequest, Overloaded, TierFailure, Unauthenticated
 from serving.core.receipt import Receipt
 from serving.core.request import CascadeRequest, Outcome, TierRun
@@ -26,7 +28,8 @@ def grpc_req(**kw):
 
 def chat(raw: dict):
     body = openai_api.parse(openai_api.ChatRequest, json.dumps({"model": "cascade", **raw}).encode())
-    return body, openai_api.to_request(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    call = openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    return body, call.requests[0]
 
 
 def test_grpc_request_maps_to_the_walks_request():
@@ -113,7 +116,7 @@ def test_openai_chat_maps_to_the_walks_request():
         -1.0,
     )
     body = openai_api.parse(openai_api.CompletionRequest, b'{"model": "cascade", "prompt": ["one"], "stream": true}')
-    r = openai_api.to_request(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=True)
+    r = openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=True).requests[0]
     assert (r.request.prompt, r.stream, r.request.embed, r.forced) == ("one", True, True, False)
 
 
@@ -127,13 +130,25 @@ def test_openai_chat_maps_to_the_walks_request():
         ({"messages": [{"role": "user", "content": "hi"}], "cascade": {"force_tier": "medium"}}, "cascade.force_tier"),
         ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, "model"),
         ({"messages": [{"role": "user", "content": "x" * 101}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 2.5}, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_k": -2}, "top_k"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a"] * 9}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, "frobnicate"),
     ],
 )
 def test_openai_bad_requests_name_the_api_field(raw, param):
     with pytest.raises(BadRequest) as e:
         body = openai_api.parse(openai_api.ChatRequest, json.dumps({"model": "cascade", **raw}).encode())
-        openai_api.to_request(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+        openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
     status, payload = openai_api.error(e.value, locals().get("body"))
     assert status == 400 and payload["error"]["param"] == param and f"`{param}`" in payload["error"]["message"]
     assert payload["error"]["type"] == "invalid_request_error"
@@ -165,7 +180,8 @@ def test_both_fronts_say_the_same_about_an_answer():
         [-0.1, -0.2],
     )
     body = openai_api.parse(openai_api.ChatRequest, b'{"model": "cascade", "messages": []}')
-    c = openai_api.completion(body, fields)
+    call = openai_api.Call(body, [req])
+    c = openai_api.completion(call, [outcome()], [fields])
     assert c["choices"][0]["message"]["content"] == "42" and c["usage"]["total_tokens"] == 5
     assert c["cascade"]["tier"] == msg.tier and c["cascade"]["tiers"][0]["decision_tokens"] == 2
     json.dumps(c, allow_nan=False)  # what the HTTP response writes
@@ -175,5 +191,121 @@ def test_both_fronts_say_the_same_about_an_answer():
     nan["tiers"][0]["score"] = None
     info = openai_api.cascade_info(nan)
     assert info["score"] == "NaN" and "score" not in info["tiers"][0]  # protobuf's JSON mapping of NaN / unset
-    event = openai_api.sse_chunk(body, "r1", final=fields)
+    event = openai_api.sse(call, "r1", [openai_api.sse_final(call, 0, outcome())], cascade=info)
     assert event.startswith(b"data: ") and json.loads(event[6:])["choices"][0]["finish_reason"] == "stop"
+
+
+def test_decoding_fields_map_from_both_fronts():
+    _, r = chat(
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 5,
+            "seed": 3,
+            "stop": "\n",
+            "stop_token_ids": [2],
+            "min_tokens": 1,
+            "ignore_eos": True,
+            "repetition_penalty": 1.1,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.5,
+            "logit_bias": {"7": 2.0},
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+    )
+    d = r.request.decoding
+    assert (d.temperature, d.top_p, d.top_k, d.seed, d.stop, d.stop_token_ids, d.min_tokens, d.ignore_eos) == (
+        0.7,
+        0.9,
+        5,
+        3,
+        ["\n"],
+        [2],
+        1,
+        True,
+    )
+    assert (d.repetition_penalty, d.presence_penalty, d.frequency_penalty, d.logit_bias, d.top_logprobs) == (
+        1.1,
+        0.5,
+        -0.5,
+        {7: 2.0},
+        2,
+    )
+    g = grpc_req(
+        prompt="x", decoding=pb.Decoding(temperature=0.7, seed=3, stop=["\n"], logit_bias={7: 2.0}, top_logprobs=2)
+    )
+    assert g.request.decoding == replace(
+        d,
+        top_p=1.0,
+        top_k=0,
+        stop_token_ids=[],
+        min_tokens=0,
+        ignore_eos=False,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+    )
+    assert grpc_req(prompt="x").request.decoding == Decoding()  # unset: greedy, as before
+    with pytest.raises(BadRequest) as e:
+        grpc_req(prompt="x", decoding=pb.Decoding(temperature=-1))
+    assert "`decoding.temperature`" in grpc_api.error(e.value, None)[1]
+
+
+def test_n_answers_are_walks_of_their_own_with_their_own_seeds():
+    body = openai_api.parse(
+        openai_api.CompletionRequest,
+        b'{"model": "cascade", "prompt": ["a", "b"], "n": 2, "seed": 10, "temperature": 1}',
+    )
+    call = openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    assert [(r.request.prompt, r.request.decoding.seed) for r in call.requests] == [
+        ("a", 10),
+        ("a", 11),
+        ("b", 10),
+        ("b", 11),
+    ]
+    reqs = grpc_api.to_requests(
+        pb.GenerateRequest(prompt="x", n=3), tier_names=TIERS, limits=LIMITS, embed=False, stream=False
+    )
+    assert len(reqs) == 3 and all(r.request.decoding.seed is None for r in reqs)
+    with pytest.raises(BadRequest, match="GenerateStream"):
+        grpc_api.to_requests(
+            pb.GenerateRequest(prompt="x", n=2), tier_names=TIERS, limits=LIMITS, embed=False, stream=True
+        )
+
+
+def test_echo_with_logprobs_needs_one_tier():
+    body = openai_api.parse(
+        openai_api.CompletionRequest, b'{"model": "cascade", "prompt": "a", "echo": true, "logprobs": 1}'
+    )
+    with pytest.raises(BadRequest) as e:
+        openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    assert e.value.field == "echo"
+    body = openai_api.parse(
+        openai_api.CompletionRequest, b'{"model": "cascade:weak", "prompt": "a", "echo": true, "logprobs": 1}'
+    )
+    call = openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    assert call.echo and call.logprobs and call.requests[0].request.decoding.top_logprobs == 1
+
+
+def test_openai_logprobs_shapes():
+    texts, lps = ["4", "2"], [-0.1, -0.2]
+    tops = [[(4, -0.1, "4"), (5, -2.5, "5")], [(2, -0.2, "2"), (3, -1.9, "3")]]
+    chat_lp = openai_api.chat_logprobs(texts, lps, tops)
+    assert chat_lp["content"][0] == {
+        "token": "4",
+        "logprob": -0.1,
+        "bytes": [52],
+        "top_logprobs": [
+            {"token": "4", "logprob": -0.1, "bytes": [52]},
+            {"token": "5", "logprob": -2.5, "bytes": [53]},
+        ],
+    }
+    comp = openai_api.completion_logprobs(texts, lps, tops, offset=3)
+    assert comp == {
+        "tokens": ["4", "2"],
+        "token_logprobs": [-0.1, -0.2],
+        "top_logprobs": [{"4": -0.1, "5": -2.5}, {"2": -0.2, "3": -1.9}],
+        "text_offset": [3, 4],
+    }

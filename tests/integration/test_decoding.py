@@ -1,0 +1,143 @@
+"""Decoding controls through `cascade serve`, over the OpenAI front (the official client) and gRPC: stop
+strings cut the answer and the stream, n answers, list prompts, log-probs in OpenAI's shape equal to gRPC's,
+echo, usage in streams, and every field the cascade cannot honour refused naming it. Real Ray Serve, real
+HTTP and gRPC, the shipped pair."""
+
+from __future__ import annotations
+
+import grpc
+import openai
+import pytest
+
+from serving._proto.cascade.v1 import cascade_pb2 as pb
+from serving.config import load_config
+from serving.ops.client import CascadeClient
+from serving.ops.local import cascade_server
+
+pytestmark = pytest.mark.integration
+CFG = load_config()
+Q = "What is 4821 + 377?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with cascade_server(CFG, tmp_path_factory.mktemp("decoding")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    return openai.OpenAI(base_url=server.http_url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with CascadeClient(server.address, timeout=60) as c:
+        yield c
+
+
+def chat(api, model="cascade", content=Q, **kw):
+    return api.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+
+
+def streamed(api, **kw):
+    chunks = list(chat(api, stream=True, **kw))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, text
+
+
+def test_stop_cuts_the_answer_and_the_stream_before_the_stop_string(api):
+    full = chat(api, model="cascade:strong").choices[0].message.content
+    assert len(full) >= 3, full
+    stop = full[2]
+    cut = full[: full.index(stop)]
+    r = chat(api, model="cascade:strong", stop=[stop, "never-there"])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (cut, "stop")
+    chunks, text = streamed(api, model="cascade:strong", stop=stop)
+    assert text == cut and all(stop not in (c.choices[0].delta.content or "") for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    # on the cascade too, whichever tier answers: its text ends before the stop string
+    r = chat(api, stop=[stop])
+    assert stop not in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+
+
+def test_n_answers_each_its_own_walk_usage_summed(api):
+    one = chat(api)
+    r = chat(api, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content == one.choices[0].message.content for c in r.choices)  # greedy: the same answer
+    assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert len(r.model_extra["cascade"]["choices"]) == 3
+
+
+def test_completions_take_a_list_of_prompts_and_echo(api):
+    r = api.completions.create(model="cascade", prompt=["What is 1 + 2?", "What is 3 + 4?"], max_tokens=8)
+    assert [c.index for c in r.choices] == [0, 1] and all(c.text for c in r.choices)
+    r = api.completions.create(model="cascade", prompt="What is 1 + 2?", echo=True, max_tokens=8)
+    assert r.choices[0].text.startswith("What is 1 + 2?")
+
+
+def test_logprobs_in_openai_shape_equal_grpc_token_logprobs(api, client):
+    r = chat(api, model="cascade:weak", logprobs=True)
+    content = r.choices[0].logprobs.content
+    g = client.generate(
+        pb.GenerateRequest(
+            prompt="", messages=[pb.Message(role="user", content=Q)], force_tier="weak", include_logprobs=True
+        )
+    )
+    assert [t.logprob for t in content] == pytest.approx(list(g.tiers[0].token_logprobs))
+    assert r.choices[0].message.content in "".join(t.token for t in content)  # special tokens are spelled out
+    assert list(g.tiers[0].tokens) == [t.token for t in content] and len(g.tiers[0].token_ids) == len(content)
+    c = api.completions.create(model="cascade:weak", prompt=Q, logprobs=0, max_tokens=8)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) and lp.text_offset[0] == 0
+
+
+def test_streams_report_usage_when_asked(api):
+    chunks, _ = streamed(api, stream_options={"include_usage": True, "continuous_usage_stats": True})
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens > 0
+    texts = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert texts and all(c.usage is not None and c.usage.completion_tokens > 0 for c in texts)
+
+
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        (dict(response_format={"type": "json_object"}), "response_format"),
+        (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
+        (dict(extra_body={"frobnicate": 1}), "frobnicate"),
+        (dict(logit_bias={"not-a-token": 1}), "logit_bias"),
+        (dict(extra_body={"stop_token_ids": [10**7]}), "stop_token_ids"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_naming_it(api, kw, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(api, **kw)
+    assert e.value.status_code == 400 and f"`{param}`" in str(e.value)
+
+
+def test_echo_with_logprobs_on_the_cascade_is_refused(api):
+    with pytest.raises(openai.BadRequestError) as e:
+        api.completions.create(model="cascade", prompt=Q, echo=True, logprobs=1, max_tokens=4)
+    assert "`echo`" in str(e.value) and "one tier" in str(e.value)
+
+
+def test_grpc_decoding_stop_and_n(client):
+    full = client.generate(pb.GenerateRequest(prompt=Q, force_tier="strong")).text
+    stop = full[2]
+    r = client.generate(pb.GenerateRequest(prompt=Q, force_tier="strong", decoding=pb.Decoding(stop=[stop])))
+    assert r.text == full[: full.index(stop)] and r.tiers[-1].finish_reason == "stop"
+    r = client.generate(pb.GenerateRequest(prompt=Q, n=2))
+    assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text == r.text
+    assert r.usage.completion_tokens == sum(c.usage.completion_tokens for c in r.choices)
+    for req, field in [
+        (pb.GenerateRequest(prompt=Q, decoding=pb.Decoding(temperature=5)), "decoding.temperature"),
+        (pb.GenerateRequest(prompt=Q, decoding=pb.Decoding(stop=["x"] * 9)), "decoding.stop"),
+    ]:
+        with pytest.raises(grpc.RpcError) as e:
+            client.generate(req)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"`{field}`" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        list(client.stream(pb.GenerateRequest(prompt=Q, n=2)))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "`n`" in e.value.details()
