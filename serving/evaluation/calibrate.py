@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from serving.config import CascadeConfig
+from serving.core.decoding import Decoding
 from serving.evaluation.data import data_hash, load_jsonl
 from serving.evaluation.fit import fit_rule, score_run
 from serving.evaluation.offline import DEFAULT_CACHE, model_fingerprint, run_offline
@@ -34,13 +36,16 @@ def calibrate(
     seed: int = 0,
     decide_within_tokens: Optional[int] = None,
     shadow: bool = False,
+    decoding: Optional[Decoding] = None,
 ) -> dict:
     """Returns the artifact. The threshold is picked on ``data`` (its fit part); quality and the
     realised deferral share are reported on ``eval_data``, or on a held-out part of ``data``. With
     ``decide_within_tokens`` k the rule is fitted and applied on each answer's first k tokens (a
     decision window, config ``deferral.decide_within_tokens``). With ``shadow`` the data files are shadow
     samples (``shadow.path``): their recorded answers and log-probs, the next tier's answer as the
-    reference; no model runs."""
+    reference; no model runs. ``decoding``: the decoding the tiers will serve with (default greedy): the
+    threshold is fitted on answers decoded that way (the scores read the unmodified distribution's log-probs,
+    but which tokens are emitted, and so the scores' spread, moves with sampling)."""
     if (target_deferral is None) == (target_pgr is None):
         raise ValueError("give exactly one of target_deferral and target_pgr")
     current = cfg.deferral.resolved()
@@ -52,7 +57,7 @@ def calibrate(
         if shadow:
             return shadow_runs(path, metric, weak_name, strong_name)
         rows = load_jsonl(path)
-        return rows, run_offline(cfg, rows, metric, cache, tiers=tiers)
+        return rows, run_offline(cfg, rows, metric, cache, tiers=tiers, decoding=decoding)
 
     rows, runs = load(data, [weak_name, strong_name])
     weak, strong = runs[weak_name].prefix(decide_within_tokens), runs[strong_name]
@@ -104,6 +109,7 @@ def calibrate(
         "target": target,
         "metric": metric,
         "decide_within_tokens": decide_within_tokens,
+        "decoding": asdict(decoding or Decoding()),
         "data": {"path": str(data), "sha256": data_hash(rows), "n": n, "n_fit": int(len(fit_idx))}
         | ({"kind": "shadow", "min_score": float(score_run(scorer, weak).min())} if shadow else {}),
         "train_data": (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from serving.config import CascadeConfig, Tier
+from serving.core.decoding import Decoding
 from serving.evaluation.data import data_hash
 from serving.evaluation.quality import get_metric
 
@@ -57,8 +58,14 @@ def model_fingerprint(tier: Tier) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batch: int = 64) -> dict:
-    key = hashlib.sha256((model_fingerprint(tier) + data_hash(rows)).encode()).hexdigest()[:24]
+def run_tier(
+    tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batch: int = 64, decoding: Optional[Decoding] = None
+) -> dict:
+    """The tier's answers to ``rows`` with ``decoding`` (default: greedy; a seeded one uses seed + row index, so
+    a sampled run is reproducible), cached by model, data and decoding."""
+    decoding = decoding or Decoding()
+    tag = "" if decoding == Decoding() else json.dumps(asdict(decoding), sort_keys=True)
+    key = hashlib.sha256((model_fingerprint(tier) + data_hash(rows) + tag).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"{tier.name}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -70,7 +77,10 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     try:
         for i in tqdm(range(0, len(rows), batch), desc=f"{tier.name}", unit="batch"):
             gens = engine.generate_many(
-                [GenerationRequest(prompt=r["prompt"], embed=True) for r in rows[i : i + batch]]
+                [
+                    GenerationRequest(prompt=r["prompt"], embed=True, decoding=_row(decoding, i + j))
+                    for j, r in enumerate(rows[i : i + batch])
+                ]
             )
             out["texts"] += [g.text for g in gens]
             out["logprobs"] += [g.logprobs for g in gens]
@@ -84,19 +94,26 @@ def run_tier(tier: Tier, rows: list[dict], cache_dir: Path = DEFAULT_CACHE, batc
     return out
 
 
+def _row(d: Decoding, i: int) -> Decoding:
+    return replace(d, seed=d.seed + i) if d.seed is not None else d
+
+
 def run_offline(
     cfg: CascadeConfig,
     rows: list[dict],
     metric: str = "exact_match",
     cache_dir: Path = DEFAULT_CACHE,
     tiers: list[str] | None = None,
+    decoding: Optional[Decoding] = None,
 ) -> dict[str, OfflineTierRun]:
+    """Every tier's answers (``tiers``: only these) scored with ``metric``; ``decoding``: the decoding they
+    are served with (thresholds are fitted for it)."""
     score = get_metric(metric)
     runs = {}
     for tier in cfg.tiers:
         if tiers and tier.name not in tiers:
             continue
-        raw = run_tier(tier, rows, Path(cache_dir))
+        raw = run_tier(tier, rows, Path(cache_dir), decoding=decoding)
         runs[tier.name] = OfflineTierRun(
             tier=tier.name,
             texts=raw["texts"],

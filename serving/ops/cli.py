@@ -168,6 +168,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from serving.core.decoding import Decoding
     from serving.evaluation.calibrate import calibrate
 
     cfg = load_config(args.config)
@@ -184,6 +185,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             metric=args.metric,
             decide_within_tokens=args.decide_within_tokens,
             shadow=args.shadow,
+            decoding=Decoding(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
         )
     except (OSError, ValueError) as e:  # unreadable or malformed data: say which, no traceback
         print(f"error: {e}", file=sys.stderr)
@@ -408,6 +410,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="the data files are shadow samples (shadow.path): use their recorded answers and log-probs, "
         "the next tier's answer as the reference; no model runs",
     )
+    c.add_argument("--temperature", type=float, default=0.0, help="decode as served: sampling temperature (0: greedy)")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--top-k", type=int, default=0)
+    c.add_argument("--seed", type=int, help="sampled runs: row i uses seed + i (reproducible)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
     b = sub.add_parser(

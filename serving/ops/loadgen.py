@@ -34,15 +34,20 @@ def step_arrivals(steps: list[tuple[float, float]], seed: int) -> list[float]:
     return out
 
 
-async def one_call(stub, prompt: str, force_tier: str = "", timeout: float = 30.0, metadata: Sequence = ()) -> dict:
-    """One Generate: its status code, client latency, trailing metadata and, when OK, where the time went."""
+async def one_call(
+    stub, prompt: str, force_tier: str = "", timeout: float = 30.0, metadata: Sequence = (), decoding=None
+) -> dict:
+    """One Generate: its status code, client latency, trailing metadata and, when OK, where the time went.
+    ``decoding``: a ``cascade.v1.Decoding`` message (default: none, greedy)."""
     import grpc
 
     from serving._proto.cascade.v1 import cascade_pb2 as pb
 
     t0 = time.perf_counter()
     call = stub.Generate(
-        pb.GenerateRequest(prompt=prompt, force_tier=force_tier), metadata=list(metadata), timeout=timeout
+        pb.GenerateRequest(prompt=prompt, force_tier=force_tier, decoding=decoding),
+        metadata=list(metadata),
+        timeout=timeout,
     )
     try:
         r = await call
@@ -79,6 +84,7 @@ async def run_load(
     metadata: Sequence = (),
     retry_after: bool = False,
     warm: bool = True,
+    decoding=None,
 ) -> tuple[list[dict], float]:
     """Open loop when ``times`` (arrival offsets, s) is given, else closed loop with ``concurrency``
     callers for ``duration`` seconds. ``retry_after``: a closed-loop caller honours a ``retry-after-ms``
@@ -92,13 +98,15 @@ async def run_load(
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.CascadeStub(ch)
         if warm:
-            await one_call(stub, texts[0], force_tier, timeout, metadata)
+            await one_call(stub, texts[0], force_tier, timeout, metadata, decoding)
         t0 = time.perf_counter()
         if times is not None:
 
             async def fire(i: int, at: float):
                 await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
-                results.append({"t": at, **await one_call(stub, texts[i % len(texts)], force_tier, timeout, metadata)})
+                results.append(
+                    {"t": at, **await one_call(stub, texts[i % len(texts)], force_tier, timeout, metadata, decoding)}
+                )
 
             await asyncio.gather(*(fire(i, at) for i, at in enumerate(times)))
         else:
@@ -106,7 +114,7 @@ async def run_load(
 
             async def caller():
                 while (now := time.perf_counter() - t0) < duration:
-                    r = await one_call(stub, texts[next(counter) % len(texts)], force_tier, timeout, metadata)
+                    r = await one_call(stub, texts[next(counter) % len(texts)], force_tier, timeout, metadata, decoding)
                     results.append({"t": now, **r})
                     if retry_after and "retry-after-ms" in r["trailing"]:
                         await asyncio.sleep(int(r["trailing"]["retry-after-ms"]) / 1e3)
