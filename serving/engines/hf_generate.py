@@ -187,8 +187,11 @@ class SoloDecoder:
 
     def __init__(self, hf: HFModel, executor, guard=contextlib.nullcontext, rate=None):
         self.hf, self.executor, self.guard, self.rate = hf, executor, guard, rate
-        self.running = 0
+        self.running = 0  # streams open
         self.finished = 0
+        self.decoding = 0  # worker loops running (a cancelled one ends at its next step)
+        self.cancelled = 0  # loops that ended early because their stream was closed
+        self._count = threading.Lock()
 
     async def stream(self, req: GenerationRequest, max_new: int, defaults, prompt=None) -> AsyncIterator[Chunk]:
         hf = self.hf
@@ -208,17 +211,26 @@ class SoloDecoder:
                 cancel.set()
 
         def work() -> None:
+            with self._count:
+                self.decoding += 1
             try:
                 reason, ids = decode(
                     hf, prompt, req, steps, defaults, lambda *t: put(("tok", *t)), cancel, guard=self.guard
                 )
+                if reason == "cancelled":
+                    with self._count:
+                        self.cancelled += 1
+                    return
                 emb = None
-                if req.embed and reason != "cancelled":
+                if req.embed:
                     with self.guard():
                         emb = hf.embed(prompt, ids)
                 put(("end", reason, emb))
             except BaseException as e:  # noqa: BLE001  (reported on the stream)
                 put(("error", e))
+            finally:
+                with self._count:
+                    self.decoding -= 1
 
         self.running += 1
         loop.run_in_executor(self.executor, work)

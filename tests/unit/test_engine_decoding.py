@@ -4,6 +4,7 @@ stop tokens, ignore_eos, min_tokens, logit bias, penalties, top log-probs, promp
 
 import asyncio
 import math
+import time
 from dataclasses import fields
 
 import pytest
@@ -199,11 +200,18 @@ def test_closing_a_sampled_stream_frees_its_slot(engine):
         await asyncio.sleep(0.3)  # the dropped request's last step
         return got, full
 
+    cancelled = getattr(getattr(engine, "solo", None), "cancelled", 0)
     got, full = engine.run(run())
     assert sum(len(c.token_ids) for c in got) < 60 and full.completion_tokens >= 1
     assert engine.stats().running == 0
     if engine.name == "vllm":
         assert engine.llm.output_processor.get_num_unfinished_requests() == 0
+    else:  # the dropped request's loop ended early, at its next step
+        for _ in range(50):
+            if engine.solo.decoding == 0:
+                break
+            time.sleep(0.1)
+        assert engine.solo.decoding == 0 and engine.solo.cancelled == cancelled + 1
     # the engine still serves, and the same seed still gives the same answer
     a, b = engine.generate_many([req(max_new_tokens=5, temperature=1.0, seed=8)] * 2)
     assert a.token_ids == b.token_ids
@@ -217,3 +225,27 @@ def test_presence_and_frequency_penalty_math():
     out = PresenceFrequencyPenalty(0.5, 0.25, start=2)(seq, scores)
     assert out[0].tolist() == pytest.approx([0, -0.75, -1.25, 0, 0, -0.75])
     assert PresenceFrequencyPenalty(1.0, 1.0, start=7)(seq, scores).tolist() == scores.tolist()
+
+
+def test_continuous_keeps_greedy_requests_in_the_batch(built):
+    e = built("continuous")
+    assert e.in_batch(req()) and e.in_batch(req(stop_token_ids=[3], ignore_eos=True, top_logprobs=0))
+    for other in (dict(temperature=0.5), dict(seed=1), dict(top_logprobs=1), dict(min_tokens=2), dict(min_p=0.1)):
+        assert not e.in_batch(req(**other)), other
+
+
+def test_decoding_on_from_a_prefix_with_top_logprobs(engine, ref):
+    full = engine.generate_many([req(max_new_tokens=8, ignore_eos=True)])[0]
+    on = GenerationRequest(
+        prompt=PROMPTS[1],
+        max_new_tokens=8,
+        prefix_ids=full.token_ids[:3],
+        prefix_logprobs=full.logprobs[:3],
+        decoding=Decoding(top_logprobs=2, ignore_eos=True),
+    )
+    g = engine.generate_many([on])[0]
+    assert g.token_ids == full.token_ids and g.logprobs == pytest.approx(full.logprobs, abs=1e-4)
+    lp = raw_logprobs(ref, engine, on, g.token_ids)
+    assert len(g.top_logprobs) == 8
+    for k, top in enumerate(g.top_logprobs):  # the prefix's alternatives too
+        assert [t for t, _ in top] == lp[k].topk(2).indices.tolist(), k
