@@ -249,3 +249,31 @@ def test_decoding_on_from_a_prefix_with_top_logprobs(engine, ref):
     assert len(g.top_logprobs) == 8
     for k, top in enumerate(g.top_logprobs):  # the prefix's alternatives too
         assert [t for t, _ in top] == lp[k].topk(2).indices.tolist(), k
+
+
+def test_a_sampling_tier_reports_raw_logprobs_on_the_transformers_engines(tiny_model_dir_hd32, ref):
+    """generation.do_sample: requests without controls sample at the tier's temperature, never in the
+    continuous batch (which reports log-probs after temperature); a seed makes them reproducible."""
+    from serving.config import Tier
+
+    for name in ("continuous", "static"):
+        t = Tier.model_validate(
+            {
+                "name": "t",
+                "model": {"source": str(tiny_model_dir_hd32)},
+                "generation": {"max_new_tokens": 6, "do_sample": True, "temperature": 1.6},
+                "engine": name,
+            }
+        )
+        e = build_engine(t)
+        try:
+            r = GenerationRequest(prompt=PROMPTS[0], decoding=Decoding(seed=4, ignore_eos=True))
+            a, b = e.generate_many([r, r])
+            assert a.token_ids == b.token_ids and len(a.token_ids) == 6
+            lp = raw_logprobs(ref, e, r, a.token_ids)
+            assert a.logprobs == pytest.approx([lp[k, t].item() for k, t in enumerate(a.token_ids)], abs=1e-4)
+            plain = e.generate_many([GenerationRequest(prompt=PROMPTS[0])])[0]
+            lp = raw_logprobs(ref, e, r, plain.token_ids)
+            assert plain.logprobs == pytest.approx([lp[k, t].item() for k, t in enumerate(plain.token_ids)], abs=1e-4)
+        finally:
+            e.close()
