@@ -32,7 +32,7 @@ from pydantic import Field
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
-from serving.engines.controls import ENGINE_FIELDS, EOS_FIELDS, asked, sampling, stop_ids
+from serving.engines.controls import ENGINE_FIELDS, EOS_FIELDS, needs, sampling, stop_ids
 
 if TYPE_CHECKING:
     from serving.config import Tier
@@ -167,7 +167,7 @@ class ContinuousEngine(Engine):
         not alone beside it (:mod:`serving.engines.hf_generate`). A sampled request never does, the tier's
         default sampling (``generation.do_sample``) included: the batch reports log-probs after its
         temperature and top-p, not the model's unmodified ones."""
-        return asked(req.decoding) <= EOS_FIELDS and sampling(req.decoding, self.defaults)[0] == 0
+        return needs(req.decoding, self.defaults) <= EOS_FIELDS and sampling(req.decoding, self.defaults)[0] == 0
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         if not self.manager.is_running():

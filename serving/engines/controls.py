@@ -15,6 +15,8 @@ from serving.core.errors import BadRequest
 ENGINE_FIELDS = frozenset(f.name for f in fields(Decoding)) - {"stop"}
 # The controls transformers' continuous batching takes per request (its per-request end-of-sequence ids).
 EOS_FIELDS = frozenset({"stop_token_ids", "ignore_eos"})
+# The fields that only shape a draw: moot under greedy decoding.
+SAMPLING_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "seed"})
 
 
 def asked(d: Decoding) -> set[str]:
@@ -34,6 +36,15 @@ def sampling(d: Decoding, defaults) -> tuple[float, float]:
     temperature = d.temperature if d.temperature > 0 else (defaults.temperature if tier_samples else 0.0)
     top_p = d.top_p if d.top_p < 1 else (defaults.top_p if tier_samples else 1.0)
     return float(temperature), float(top_p)
+
+
+def needs(d: Decoding, defaults) -> set[str]:
+    """What the request asks of an engine beyond the tier's own decoding: :func:`asked`, less the
+    sampling-only fields when the decoding in force is greedy (a seed or top-p changes nothing there)."""
+    out = asked(d)
+    if sampling(d, defaults)[0] == 0:
+        out -= SAMPLING_FIELDS
+    return out
 
 
 def stop_ids(d: Decoding, eos_ids: list[int]) -> list[int]:

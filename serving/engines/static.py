@@ -21,7 +21,7 @@ from pydantic import Field
 
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
-from serving.engines.controls import ENGINE_FIELDS, asked
+from serving.engines.controls import ENGINE_FIELDS, needs
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +119,7 @@ class StaticEngine(Engine):
                 self.running = 0
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
-        if asked(req.decoding):
+        if needs(req.decoding, self.defaults):
             solo = self.solo.stream(req, req.max_new_tokens or self.defaults.max_new_tokens, self.defaults)
             try:
                 async for chunk in solo:

@@ -230,7 +230,8 @@ def test_presence_and_frequency_penalty_math():
 def test_continuous_keeps_greedy_requests_in_the_batch(built):
     e = built("continuous")
     assert e.in_batch(req()) and e.in_batch(req(stop_token_ids=[3], ignore_eos=True, top_logprobs=0))
-    for other in (dict(temperature=0.5), dict(seed=1), dict(top_logprobs=1), dict(min_tokens=2), dict(min_p=0.1)):
+    assert e.in_batch(req(seed=1, top_p=0.5, top_k=3))  # moot under greedy decoding
+    for other in (dict(temperature=0.5), dict(top_logprobs=1), dict(min_tokens=2), dict(repetition_penalty=1.1)):
         assert not e.in_batch(req(**other)), other
 
 
