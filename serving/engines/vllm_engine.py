@@ -426,6 +426,16 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         self.llm.shutdown()
+        loop = getattr(self, "_own_loop", None)  # offline use (Engine.run): let vLLM's cancelled tasks finish there
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            import asyncio
+
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+            self._own_loop = None
 
 
 def _top(d, k: int) -> list[tuple[int, float]]:
