@@ -65,8 +65,11 @@ def test_seeded_sampling_is_reproducible_alone_or_in_a_batch(engine):
     seeded = req(temperature=1.0, seed=1234, ignore_eos=True)
     a = engine.generate_many([seeded])[0]
     neighbours = [req(p) for p in PROMPTS] + [req(PROMPTS[0], temperature=1.0, seed=99)]
-    b = engine.generate_many([*neighbours[:2], seeded, *neighbours[2:]])[2]  # beside greedy and sampled ones
+    mixed = engine.generate_many([*neighbours[:2], seeded, *neighbours[2:]])  # beside greedy and sampled ones
+    b = mixed[2]
     assert len(a.token_ids) == 8 and a.token_ids == b.token_ids
+    for n, g in zip(neighbours[:4], mixed[:2] + mixed[3:5]):  # the greedy ones (batched) are unaffected too
+        assert g.token_ids == engine.generate_many([n])[0].token_ids
     assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
     others = [engine.generate_many([req(temperature=1.0, seed=s, ignore_eos=True)])[0].token_ids for s in (1, 2, 3)]
     assert any(o != a.token_ids for o in others)  # another seed, another draw (a random model: very likely)
