@@ -5,11 +5,19 @@ transformers runs one background thread that owns the model; outputs reach the a
 ``register_result_handler`` (one ``call_soon_threadsafe`` per decoding step for the whole batch).
 A request's log-prob is the log-softmax of the logits after the logits processors, which for greedy
 decoding are the raw logits: the same numbers the static engine reports.
+
+Per-request decoding controls: continuous batching takes a request's own end-of-sequence ids, so greedy
+requests with ``stop_token_ids`` / ``ignore_eos`` stay in the batch. It cannot sample per request while
+reporting raw log-probs (its per-request processors run before its log-probs, and its seed is global),
+so every other request (sampled, seeded, penalties, min_p, logit_bias, min_tokens, top_logprobs > 0)
+decodes alone on the same weights (``serving.engines.hf_generate``), each forward taken while the batch
+loop is paused at a step boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -17,13 +25,14 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field
 
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
+from serving.engines.controls import ENGINE_FIELDS, EOS_FIELDS, needs, sampling, stop_ids
 
 if TYPE_CHECKING:
     from serving.config import Tier
@@ -61,10 +70,18 @@ class ContinuousEngineConfig(EngineOptions):
     )
     use_cuda_graph: Optional[bool] = Field(None, description="GPU: CUDA graphs (default: transformers decides)")
     compile_level: int = Field(0, ge=0, le=3, description="torch.compile level for the forward (0 = off)")
+    solo_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="requests decoded at once beside the batch (per-request sampling, seeds, penalties, "
+        "logit bias, min tokens, top log-probs: each alone, its forwards taken between batch steps)",
+    )
 
 
 class ContinuousEngine(Engine):
     name = "continuous"
+    decoding_support: ClassVar[frozenset[str]] = ENGINE_FIELDS
 
     def __init__(self, tier: Tier):
         from transformers import GenerationConfig  # torch and transformers load with the engine, not the module
@@ -72,6 +89,7 @@ class ContinuousEngine(Engine):
         from transformers.generation.continuous_batching.requests import RequestStatus
 
         from serving.engines.hf import HFModel, TextStream
+        from serving.engines.hf_generate import SoloDecoder
 
         self._failed, self._text_stream = RequestStatus.FAILED, TextStream
         opts: ContinuousEngineConfig = tier.engine
@@ -121,6 +139,10 @@ class ContinuousEngine(Engine):
         self.rate = TokenRate()
         self.finished = 0
         self._side = ThreadPoolExecutor(1, thread_name_prefix="engine-side")  # embeddings: off the event loop
+        # requests with decoding controls the batch cannot take: decoded alone, a few at a time
+        self._solo_pool = ThreadPoolExecutor(opts.solo_workers, thread_name_prefix="engine-solo")
+        self._solo_lock = threading.Lock()
+        self.solo = SoloDecoder(self.hf, self._solo_pool, guard=self._solo_forward, rate=self.rate)
         log.info(
             "continuous engine: page_size=%s num_blocks=%s max_batch_tokens=%s max_requests=%s",
             page,
@@ -140,11 +162,27 @@ class ContinuousEngine(Engine):
     def healthy(self) -> bool:
         return self.manager.is_running()
 
+    def in_batch(self, req: GenerationRequest) -> bool:
+        """Whether the request decodes in the continuous batch (greedy, at most with its own end tokens),
+        not alone beside it (:mod:`serving.engines.hf_generate`). A sampled request never does, the tier's
+        default sampling (``generation.do_sample``) included: the batch reports log-probs after its
+        temperature and top-p, not the model's unmodified ones."""
+        return needs(req.decoding, self.defaults) <= EOS_FIELDS and sampling(req.decoding, self.defaults)[0] == 0
+
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         if not self.manager.is_running():
             raise EngineError("the continuous batching loop is not running")
+        if not self.in_batch(req):
+            solo = self.solo.stream(req, req.max_new_tokens or self.defaults.max_new_tokens, self.defaults)
+            try:
+                async for chunk in solo:
+                    yield chunk
+            finally:
+                await solo.aclose()  # a consumer gone away cancels it now
+            return
         t0 = time.perf_counter()
         prompt = self.hf.encode(req)
+        stop = stop_ids(req.decoding, self.hf.eos_ids)
         rid = f"r{next(_ids)}"
         outputs: asyncio.Queue = asyncio.Queue()
         self.manager.register_result_handler(rid, outputs.put_nowait)
@@ -155,7 +193,7 @@ class ContinuousEngine(Engine):
             request_id=rid,
             max_new_tokens=max(max_new - len(fixed), 1),
             streaming=True,
-            eos_token_id=self.hf.eos_ids,
+            eos_token_id=stop,
         )
         text = self._text_stream(self.hf)
         seen, done = 0, False
@@ -176,7 +214,7 @@ class ContinuousEngine(Engine):
                 if out.is_finished():
                     done = True
                     chunk.final = await self._final(
-                        req, prompt, fixed + out.generated_tokens, fixed_lps + out.logprobs, max_new, t0
+                        req, prompt, fixed + out.generated_tokens, fixed_lps + out.logprobs, stop, t0
                     )
                     chunk.text += text.finish(chunk.final.text)
                     self.finished += 1
@@ -187,9 +225,9 @@ class ContinuousEngine(Engine):
                 with self.manager.output_router._lock:  # transformers delivers nothing for a cancelled request
                     self.manager.output_router.result_handlers.pop(rid, None)
 
-    async def _final(self, req, prompt, ids, lps, max_new, t0) -> Generation:
+    async def _final(self, req, prompt, ids, lps, stop, t0) -> Generation:
         ids, lps = list(ids), list(lps)
-        reason = "stop" if ids and ids[-1] in self.hf.eos_ids else "length"
+        reason = "stop" if ids and ids[-1] in stop else "length"
         gen = Generation(
             text=self.hf.decode(ids),
             token_ids=ids,
@@ -211,22 +249,40 @@ class ContinuousEngine(Engine):
             self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation)
         )
 
+    async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
+        """One forward over the prompt on the side thread, the decoding loop paused for it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._side, self._paused, self.hf.prompt_logprobs, self.hf.encode(req), top_k)
+
+    def _pause(self):
+        """The decoding loop paused at a step boundary while the caller holds this (a no-op once stopped)."""
+        return self.manager.pause() if self.manager.is_running() else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _solo_forward(self):
+        """One forward of a request decoded alone: one at a time, each in its own pause, so the batch
+        loop takes a step between two of them (overlapping pauses would keep it paused)."""
+        with self._solo_lock, self._pause():
+            yield
+
     def _paused(self, fn, *args):
         """Runs a forward of our own (score, embed) on the side thread while transformers' loop is paused
         at a step boundary: its paged-attention setup makes a concurrent plain forward on the same model
         wrong (measured: 0 of 200 scores right under load). Running requests keep their state and go on."""
-        if not self.manager.is_running():
-            return fn(*args)
-        with self.manager.pause():
+        with self._pause():
             return fn(*args)
 
     def stats(self) -> EngineStats:
         s = EngineStats(
-            engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished, generated_tokens=self.rate.total
+            engine=self.name,
+            tokens_per_s=self.rate.rate,
+            requests=self.finished + self.solo.finished,
+            generated_tokens=self.rate.total,
         )
         bp = self.manager.batch_processor
+        s.running = self.solo.running
         if bp is not None:
-            s.running = len(bp.scheduler.active_requests)
+            s.running += len(bp.scheduler.active_requests)
             s.waiting = len(bp.scheduler.waiting_requests) + self.manager.input_queue.qsize()
             try:
                 s.kv_cache_usage = 1.0 - float(bp.cache.compute_free_capacity())
@@ -250,3 +306,4 @@ class ContinuousEngine(Engine):
         if self.manager.is_running():
             self.manager.stop(block=True, timeout=10)  # nothing is waiting by then: a prompt stop
         self._side.shutdown(wait=False)
+        self._solo_pool.shutdown(wait=False)

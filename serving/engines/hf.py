@@ -149,6 +149,21 @@ class HFModel(HFTokenizer):
         return given.view(-1).tolist(), best.tolist(), lp.gather(-1, best.view(-1, 1)).view(-1).tolist()
 
     @torch.inference_mode()
+    def prompt_logprobs(self, prompt_ids: list[int], top_k: int = 0):
+        """One forward over the prompt: (its token ids, each token's log-prob given the ones before it
+        (the first: NaN), per position its ``top_k`` most likely tokens as (id, log-prob), most likely
+        first (an empty list at the first position, and everywhere when ``top_k`` is 0))."""
+        ids = torch.tensor([prompt_ids], device=self.device)
+        lp = torch.log_softmax(self.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        given = lp.gather(-1, ids[0, 1:].view(-1, 1)).view(-1).tolist()
+        tops: list[list[tuple[int, float]]] = [[] for _ in prompt_ids]
+        if top_k and len(prompt_ids) > 1:
+            vals, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+            for i, (v, t) in enumerate(zip(vals.tolist(), idx.tolist())):
+                tops[i + 1] = list(zip(t, v))
+        return list(prompt_ids), [float("nan")] + given, tops
+
+    @torch.inference_mode()
     def embed(self, prompt_ids: list[int], answer_ids: list[int]) -> list[float]:
         """Final hidden state over prompt + answer, mean-pooled over the answer's tokens (one forward)."""
         ids = torch.tensor([prompt_ids + answer_ids], device=self.device)

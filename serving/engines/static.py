@@ -3,6 +3,9 @@ left-padded batch that ``model.generate`` runs to completion; a request that arr
 for the whole batch, and a row that ends early keeps its slot until the longest row ends. Its stream
 is one chunk with the whole answer. Kept to measure the continuous engine against (and for a model
 whose architecture transformers' continuous batching cannot run).
+
+A request with non-default decoding controls (``serving.core.decoding``) is not batched: it decodes alone
+on the same worker thread (``serving.engines.hf_generate``), streamed token by token.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field
 
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
+from serving.engines.controls import ENGINE_FIELDS, needs
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +53,11 @@ def _cancelled(events: list[threading.Event]):
 
 class StaticEngine(Engine):
     name = "static"
+    decoding_support: ClassVar[frozenset[str]] = ENGINE_FIELDS
 
     def __init__(self, tier: Tier):
         from serving.engines.hf import HFModel  # torch and transformers load with the engine, not the module
+        from serving.engines.hf_generate import SoloDecoder
 
         opts: StaticEngineConfig = tier.engine
         self.max_batch, self.wait_s = opts.max_batch_size, opts.batch_wait_timeout_s
@@ -63,6 +69,7 @@ class StaticEngine(Engine):
         self.running = 0
         self.rate = TokenRate()
         self.finished = 0
+        self.solo = SoloDecoder(self.hf, self._worker, rate=self.rate)  # non-default decoding: alone, in turn
 
     def count_tokens(self, req: GenerationRequest) -> int:
         return self.hf.count_tokens(req)
@@ -112,6 +119,14 @@ class StaticEngine(Engine):
                 self.running = 0
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
+        if needs(req.decoding, self.defaults):
+            solo = self.solo.stream(req, req.max_new_tokens or self.defaults.max_new_tokens, self.defaults)
+            try:
+                async for chunk in solo:
+                    yield chunk
+            finally:
+                await solo.aclose()  # a consumer gone away cancels it now
+            return
         t0 = time.perf_counter()
         fut = asyncio.get_running_loop().create_future()
         cancel = threading.Event()
@@ -220,14 +235,18 @@ class StaticEngine(Engine):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self.hf.score, self.hf.encode(req), list(continuation))
 
+    async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self.hf.prompt_logprobs, self.hf.encode(req), top_k)
+
     def stats(self) -> EngineStats:
         waiting = self._queue.qsize() if self._queue is not None else 0
         return EngineStats(
             engine=self.name,
-            running=self.running,
+            running=self.running + self.solo.running,
             waiting=waiting,
             tokens_per_s=self.rate.rate,
-            requests=self.finished,
+            requests=self.finished + self.solo.finished,
             generated_tokens=self.rate.total,
         )
 

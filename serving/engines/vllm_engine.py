@@ -8,6 +8,9 @@ deltas); closing the stream aborts the request in vLLM; ``score`` is one prefill
 Prompts are rendered and tokenised here with the model's own tokenizer (the same code as the other
 engines), so every engine sees the same token ids.
 
+Per-request decoding controls (``serving.core.decoding``) map onto vLLM's own ``SamplingParams`` (every
+field but ``stop``, the tier's); ``top_logprobs`` asks vLLM for that many alternatives per token.
+
 A log-prob here is vLLM's ``raw_logprobs``: the log-softmax of the model's logits before any sampling
 processor — the same quantity the transformers engines report, up to vLLM's kernels and dtype; scores
 (and so calibrated thresholds) are engine-specific: recalibrate when a tier changes engine.
@@ -27,6 +30,7 @@ from pydantic import Field
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
+from serving.engines.controls import ENGINE_FIELDS, check_vocab, sampling, stop_ids
 
 if TYPE_CHECKING:
     from serving.config import Tier
@@ -138,6 +142,7 @@ def _check_device(tok: HFTokenizer, on_cpu: bool) -> None:
 
 class VLLMEngine(Engine):
     name = "vllm"
+    decoding_support: ClassVar[frozenset[str]] = ENGINE_FIELDS
 
     def __init__(self, tier: Tier):
         EngineArgs, self._SamplingParams, self._Kind, AsyncLLM, StatLoggerBase = _import_vllm()
@@ -246,11 +251,28 @@ class VLLMEngine(Engine):
     def healthy(self) -> bool:
         return not self.llm.errored
 
-    def _sampling(self, max_new: int, **kw):
-        d = self.defaults
-        sampling = dict(temperature=d.temperature, top_p=d.top_p) if d.do_sample else dict(temperature=0.0)
+    def _sampling(self, req: GenerationRequest, max_new: int, **kw):
+        """The request's SamplingParams: its decoding controls (the tier's default sampling where it sets
+        none), ending at the model's end-of-sequence ids (unless ``ignore_eos``) and its stop tokens."""
+        d = req.decoding
+        temperature, top_p = sampling(d, self.defaults)
         return self._SamplingParams(
-            max_tokens=max_new, stop_token_ids=self.codec.eos_ids, skip_special_tokens=True, **sampling, **kw
+            max_tokens=max_new,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=max(d.top_k, 0),  # 0: off
+            min_p=d.min_p,
+            seed=d.seed,
+            stop_token_ids=stop_ids(d, self.codec.eos_ids),
+            ignore_eos=d.ignore_eos,
+            min_tokens=d.min_tokens,
+            repetition_penalty=d.repetition_penalty,
+            presence_penalty=d.presence_penalty,
+            frequency_penalty=d.frequency_penalty,
+            logit_bias=dict(d.logit_bias) or None,
+            logprobs=d.top_logprobs or 0,
+            skip_special_tokens=True,
+            **kw,
         )
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
@@ -265,9 +287,15 @@ class VLLMEngine(Engine):
         prompt = self.codec.encode(req)
         fixed, fixed_lps = list(req.prefix_ids), list(req.prefix_logprobs)  # a verified draft: decode on from it
         max_new = req.max_new_tokens or self.defaults.max_new_tokens
-        params = self._sampling(max(max_new - len(fixed), 1), logprobs=0, output_kind=self._Kind.DELTA)
+        dec = req.decoding
+        check_vocab(dec, getattr(self.codec.config, "vocab_size", None))
+        k = dec.top_logprobs or 0
+        stop = set(stop_ids(dec, self.codec.eos_ids))
+        extra = dict(prompt_logprobs=k) if k and fixed else {}  # the verified prefix's alternatives
+        params = self._sampling(req, max(max_new - len(fixed), 1), output_kind=self._Kind.DELTA, **extra)
         gen = self.llm.generate({"prompt_token_ids": prompt + fixed}, params, request_id=f"v{next(_ids)}")
         all_ids, all_lps, sent, first, done = list(fixed), list(fixed_lps), "", True, False
+        all_tops: list = []
         try:
             async for out in gen:
                 o = out.outputs[0]
@@ -275,17 +303,27 @@ class VLLMEngine(Engine):
                 lps = [d[t].logprob for t, d in zip(ids, o.logprobs or [])]
                 if len(lps) != len(ids):
                     raise EngineError(f"vLLM returned {len(ids)} tokens but {len(lps)} log-probs")
+                tops = [_top(d, k) for d in (o.logprobs or [])] if k else []
                 self.rate.add(len(ids))
                 all_ids += ids
                 all_lps += lps
                 text = self.codec.decode(fixed) + o.text if first and fixed else o.text
                 if first:
+                    if k and fixed:
+                        plps = out.prompt_logprobs or []
+                        pre = [
+                            plps[len(prompt) + j] if len(prompt) + j < len(plps) else None for j in range(len(fixed))
+                        ]
+                        tops = [_top(p, k) if p else [] for p in pre] + tops
                     ids, lps, first = fixed + ids, fixed_lps + lps, False
+                all_tops += tops
                 sent += text
-                chunk = Chunk(token_ids=ids, logprobs=lps, text=text, prompt_tokens=len(prompt))
+                chunk = Chunk(
+                    token_ids=ids, logprobs=lps, text=text, top_logprobs=tops if k else None, prompt_tokens=len(prompt)
+                )
                 if out.finished:
                     done = True
-                    reason = "stop" if all_ids and all_ids[-1] in self.codec.eos_ids else "length"
+                    reason = "stop" if all_ids and all_ids[-1] in stop else "length"
                     final = Generation(
                         text=self.codec.decode(all_ids),
                         token_ids=all_ids,
@@ -293,6 +331,7 @@ class VLLMEngine(Engine):
                         prompt_tokens=len(prompt),
                         finish_reason=reason,
                         tokenizer=self.codec.tokenizer_id,
+                        top_logprobs=all_tops if k else None,
                         tier_ms=(time.perf_counter() - t0) * 1e3,
                     )
                     chunk.final = final
@@ -334,6 +373,28 @@ class VLLMEngine(Engine):
         greedy_lps.append(o.logprobs[0][o.token_ids[0]].logprob)
         return given, greedy, greedy_lps
 
+    async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
+        """One prefill with ``prompt_logprobs``: the prompt's ids, each token's log-prob (the first: NaN)
+        and per position its ``top_k`` alternatives, most likely first (none at the first position)."""
+        prompt = self.codec.encode(req)
+        params = self._SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=max(top_k, 1),
+            output_kind=self._Kind.FINAL_ONLY,
+            detokenize=False,
+        )
+        out = None
+        async for last in self.llm.generate({"prompt_token_ids": prompt}, params, request_id=f"p{next(_ids)}"):
+            out = last
+        plps = out.prompt_logprobs or []
+        lps, tops = [], []
+        for j, tok in enumerate(prompt):
+            d = plps[j] if j < len(plps) else None
+            lps.append(d[tok].logprob if d else float("nan"))
+            tops.append(_top(d, top_k) if d and top_k else [])
+        return list(prompt), lps, tops
+
     def stats(self) -> EngineStats:
         s = EngineStats(
             engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished, generated_tokens=self.rate.total
@@ -365,6 +426,23 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         self.llm.shutdown()
+        loop = getattr(self, "_own_loop", None)  # offline use (Engine.run): let vLLM's cancelled tasks finish there
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            import asyncio
+
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+            self._own_loop = None
+
+
+def _top(d, k: int) -> list[tuple[int, float]]:
+    """A position's k most likely tokens from vLLM's {token id: Logprob} (which also holds the chosen token
+    whatever its rank), most likely first, as (token id, log-prob)."""
+    ranked = sorted(((x.rank, t, x.logprob) for t, x in d.items() if x.rank is not None and x.rank <= k))
+    return [(t, lp) for _, t, lp in ranked[:k]]
 
 
 def _version() -> str:
