@@ -141,3 +141,68 @@ def test_grpc_decoding_stop_and_n(client):
     with pytest.raises(grpc.RpcError) as e:
         list(client.stream(pb.GenerateRequest(prompt=Q, n=2)))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "`n`" in e.value.details()
+
+
+# ---- sampling: honoured by every engine of the shipped pair (continuous) ----------------------------------------
+def test_sampled_answers_are_reproducible_with_a_seed(api, client):
+    kw = dict(temperature=1.0, seed=1234, max_tokens=12)
+    a, b = chat(api, **kw), chat(api, **kw)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.model_extra["cascade"]["tier"] == b.model_extra["cascade"]["tier"]
+    # the same seed over gRPC, forced to one tier, streamed and unary: the same tokens
+    req = pb.GenerateRequest(prompt=Q, force_tier="weak", decoding=pb.Decoding(temperature=1.0, seed=99))
+    unary = client.generate(req).text
+    assert "".join(m.text for m in client.stream(req)) == unary
+    answers = {
+        client.generate(
+            pb.GenerateRequest(prompt=Q, force_tier="weak", decoding=pb.Decoding(temperature=1.5, seed=s))
+        ).text
+        for s in range(8)
+    }
+    assert len(answers) > 1  # different seeds draw different answers (8 draws at temperature 1.5)
+
+
+def test_sampling_does_not_move_the_score(client):
+    """The rule reads the emitted tokens' log-probs under the unmodified distribution: a sampled answer that
+    happens to equal the greedy one has the greedy one's score."""
+    greedy = client.generate(pb.GenerateRequest(prompt=Q, force_tier="weak", include_logprobs=True))
+    for s in range(6):
+        r = client.generate(
+            pb.GenerateRequest(
+                prompt=Q, force_tier="weak", include_logprobs=True, decoding=pb.Decoding(temperature=0.3, seed=s)
+            )
+        )
+        if list(r.tiers[0].token_ids) == list(greedy.tiers[0].token_ids):
+            assert list(r.tiers[0].token_logprobs) == pytest.approx(list(greedy.tiers[0].token_logprobs), abs=1e-4)
+            assert r.score == pytest.approx(greedy.score, abs=1e-4)
+            return
+    pytest.fail("no sampled answer at temperature 0.3 equalled the greedy one in 6 draws")
+
+
+def test_ignore_eos_gives_exactly_max_tokens_and_top_logprobs_come_when_asked(api):
+    r = chat(api, model="cascade:strong", max_tokens=7, extra_body={"ignore_eos": True}, logprobs=True, top_logprobs=3)
+    c = r.choices[0]
+    assert r.usage.completion_tokens == 7 and c.finish_reason == "length" and len(c.logprobs.content) == 7
+    for t in c.logprobs.content:
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+        assert t.logprob <= t.top_logprobs[0].logprob + 1e-6
+
+
+def test_echo_with_logprobs_on_one_tier_equals_an_offline_forward_pass(api):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from serving.config import ModelSource
+    from serving.core.types import GenerationRequest
+    from serving.engines.hf import HFTokenizer
+
+    prompt = "What is 12 + 30?"
+    r = api.completions.create(model="cascade:weak", prompt=prompt, echo=True, logprobs=1, max_tokens=4)
+    lp = r.choices[0].logprobs
+    src = CFG.tier("weak").model.source
+    ids = HFTokenizer(ModelSource(source=src)).encode(GenerationRequest(prompt=prompt))
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(src)(torch.tensor([ids])).logits[0].float()
+    want = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+    assert r.choices[0].text.startswith(prompt) and lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(want, abs=1e-4)
