@@ -291,6 +291,7 @@ def cascade_info(fields: dict[str, Any]) -> dict[str, Any]:
     """The ``cascade`` object of a response: the gRPC response's fields as protobuf's JSON mapping writes them
     (NaN as "NaN", unset optional scores left out)."""
     keep = (
+        "usage",
         "tier",
         "deferred",
         "score",
@@ -317,8 +318,12 @@ def _number(x: float):
     return x if math.isfinite(x) else ("NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity"))
 
 
-def usage(fields: dict[str, Any]) -> dict[str, int]:
-    p, c = fields["usage"]["prompt_tokens"], fields["usage"]["completion_tokens"]
+def usage(outs: list[Outcome]) -> dict[str, int]:
+    """OpenAI's usage: the answers' own tokens (the answering tier's prompt, the completion returned), what
+    load tools count. Every tier's work, the discarded calls included, is ``cascade.usage`` (gRPC's
+    ``usage``) and ``cascade.receipt``."""
+    p = sum(o.answer.prompt_tokens for o in outs)
+    c = sum(o.answer.completion_tokens for o in outs)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -394,7 +399,7 @@ def completion(call: Call, outs: list[Outcome], fields: list[dict[str, Any]], pr
         "model": call.body.model,
         "object": "chat.completion" if call.chat else "text_completion",
         "choices": [choice(call, i, o, (prompt_lps or [None] * len(outs))[i]) for i, o in enumerate(outs)],
-        "usage": usage(total),
+        "usage": usage(outs),
         "cascade": info,
     }
 

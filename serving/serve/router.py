@@ -324,8 +324,7 @@ class Router:
                     )
             fields = [self._fields(r, outs[i], t0, text="") for i, r in enumerate(call.requests)]
             if call.include_usage:
-                total = openai_api.sum_usage(fields) if len(fields) > 1 else fields[0]
-                yield openai_api.sse(call, rid, [], usage=openai_api.usage(total))
+                yield openai_api.sse(call, rid, [], usage=openai_api.usage([outs[i] for i in range(len(fields))]))
             yield b"data: [DONE]\n\n"
             for i, r in enumerate(call.requests):
                 self._answered(method, r, outs[i], t0)

@@ -66,7 +66,7 @@ def test_n_answers_each_its_own_walk_usage_summed(api):
     r = chat(api, n=3)
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert all(c.message.content == one.choices[0].message.content for c in r.choices)  # greedy: the same answer
-    assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert r.usage.completion_tokens == 3 * one.usage.completion_tokens  # the answers' tokens, summed
     assert len(r.model_extra["cascade"]["choices"]) == 3
 
 

@@ -102,8 +102,9 @@ def test_http_front_carries_the_receipt(server):
     assert [(x["tier"], x["discarded"]) for x in rc["lines"]] == [("weak", True), ("strong", False)]
     assert rc["total"] == pytest.approx(sum(x["cost"] for x in rc["lines"]))
     assert rc["strong_only_estimated"] is False and rc["strong_only"] == pytest.approx(rc["lines"][1]["cost"])
-    # the line's token counts are the usage's
-    assert sum(x["prompt_tokens"] for x in rc["lines"]) == r.usage.prompt_tokens
+    # the lines' token counts are every tier's work (cascade.usage); OpenAI's usage is the answer's
+    assert sum(x["prompt_tokens"] for x in rc["lines"]) == c["usage"]["prompt_tokens"]
+    assert r.usage.completion_tokens == rc["lines"][-1]["completion_tokens"]
     r = api.completions.create(model="cascade", prompt=EASY)
     assert r.model_extra["cascade"]["receipt"]["strong_only_estimated"] is True
 
