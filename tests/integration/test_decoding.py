@@ -206,3 +206,44 @@ def test_echo_with_logprobs_on_one_tier_equals_an_offline_forward_pass(api):
     want = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
     assert r.choices[0].text.startswith(prompt) and lp.token_logprobs[0] is None
     assert lp.token_logprobs[1 : len(ids)] == pytest.approx(want, abs=1e-4)
+
+
+EVERY_FIELD = [
+    dict(temperature=0.7, seed=3),
+    dict(temperature=0.9, top_p=0.8, seed=3),
+    dict(temperature=0.9, seed=3, extra_body={"top_k": 3}),
+    dict(temperature=0.9, seed=3, extra_body={"min_p": 0.1}),
+    dict(extra_body={"repetition_penalty": 1.3}),
+    dict(presence_penalty=0.8),
+    dict(frequency_penalty=0.8),
+    dict(extra_body={"min_tokens": 6}),
+    dict(extra_body={"stop_token_ids": [5]}),
+    dict(max_completion_tokens=5, extra_body={"ignore_eos": True}),
+    dict(logprobs=True, top_logprobs=2),
+    dict(stop=["1", "2", "3", "4"]),
+]
+
+
+@pytest.mark.parametrize("model", ["cascade", "cascade:weak"])
+@pytest.mark.parametrize(
+    "kw", EVERY_FIELD, ids=lambda kw: ",".join(sorted(set(kw) - {"extra_body"} | set(kw.get("extra_body", {}))))
+)
+def test_every_field_is_honoured_unary_and_streamed(api, model, kw):
+    """Each field on the cascade and on a forced tier, unary and streamed: answered (not refused), and a stream
+    carries the same answer as the unary call (seeded where it samples)."""
+    kw = kw if "max_completion_tokens" in kw else {"max_tokens": 12, **kw}
+    r = chat(api, model=model, **kw)
+    text = r.choices[0].message.content
+    chunks = list(chat(api, model=model, stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    extra = kw.get("extra_body", {})
+    if "min_tokens" in extra:
+        assert r.model_extra["cascade"]["tiers"][-1]["completion_tokens"] >= 6
+    if "ignore_eos" in extra:
+        assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    if "stop_token_ids" in extra and r.choices[0].finish_reason == "stop":
+        assert r.model_extra["cascade"]["tiers"][-1]["completion_tokens"] <= 12
+    if kw.get("logprobs"):
+        assert all(len(t.top_logprobs) == 2 for t in r.choices[0].logprobs.content)
+    if "stop" in kw:
+        assert not any(s in text for s in kw["stop"])
