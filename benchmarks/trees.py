@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="8,32")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
     ap.add_argument("--workdir", default="results/trees")
     ap.add_argument("--out", default="results/trees.json")
     args = ap.parse_args()
@@ -113,7 +114,8 @@ def main() -> None:
             srv = TreeServer(trees[side], Path(args.workdir) / f"{side}{r}")
             try:
                 for c in conc:
-                    for mode, tier in MODES.items():
+                    for mode in args.modes.split(","):
+                        tier = MODES[mode]
                         res, el = asyncio.run(
                             run_load(srv.address, texts, concurrency=c, duration=args.duration, force_tier=tier)
                         )
