@@ -511,3 +511,15 @@ def test_a_load_aware_tier_stops_early_only_below_the_floor():
     fake = FakeTiers({"weak": [("1", -0.01), ("2", -3.0), ("3", -0.01)], "strong": STRONG})
     out = unary(Cascade(config(deferral=LOAD_AWARE), fake))
     assert out.runs[0].generation.finish_reason == "deferred" and out.runs[0].generation.completion_tokens == 2
+
+
+def test_a_sampled_request_regenerates_instead_of_verifying_and_says_so():
+    from serving.core.decoding import Decoding
+
+    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
+    c = Cascade(config(deferral={"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify"}), fake)
+    p = plan(c)
+    p.request.decoding = Decoding(temperature=0.8, seed=1)
+    *_, out = walk(c, p)
+    assert fake.drafts == [None, None] and out.answered_by == "strong"
+    assert [r.verify_skipped for r in out.runs] == ["", "sampled"]
