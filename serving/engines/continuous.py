@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field
@@ -173,12 +174,9 @@ class ContinuousEngine(Engine):
         if not self.manager.is_running():
             raise EngineError("the continuous batching loop is not running")
         if not self.in_batch(req):
-            solo = self.solo.stream(req, req.max_new_tokens or self.defaults.max_new_tokens, self.defaults)
-            try:
+            async with aclosing(self.solo.stream(req, self.defaults)) as solo:  # closed: cancelled at the next step
                 async for chunk in solo:
                     yield chunk
-            finally:
-                await solo.aclose()  # a consumer gone away cancels it now
             return
         t0 = time.perf_counter()
         prompt = self.hf.encode(req)

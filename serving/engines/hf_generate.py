@@ -193,7 +193,9 @@ class SoloDecoder:
         self.cancelled = 0  # loops that ended early because their stream was closed
         self._count = threading.Lock()
 
-    async def stream(self, req: GenerationRequest, max_new: int, defaults, prompt=None) -> AsyncIterator[Chunk]:
+    async def stream(self, req: GenerationRequest, defaults, prompt=None) -> AsyncIterator[Chunk]:
+        """The request decoded alone, up to its max tokens (``defaults``: the tier's generation settings)."""
+        max_new = req.max_new_tokens or defaults.max_new_tokens
         hf = self.hf
         check_vocab(req.decoding, hf.model.config.vocab_size)
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field
@@ -120,12 +121,9 @@ class StaticEngine(Engine):
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         if needs(req.decoding, self.defaults):
-            solo = self.solo.stream(req, req.max_new_tokens or self.defaults.max_new_tokens, self.defaults)
-            try:
+            async with aclosing(self.solo.stream(req, self.defaults)) as solo:  # closed: cancelled at the next step
                 async for chunk in solo:
                     yield chunk
-            finally:
-                await solo.aclose()  # a consumer gone away cancels it now
             return
         t0 = time.perf_counter()
         fut = asyncio.get_running_loop().create_future()

@@ -36,6 +36,8 @@ FIELDS = {
 }
 # Fields that do not change the answer: accepted as they are.
 NO_EFFECT = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
+MESSAGE_KEYS = {"role", "content"}
+STREAM_OPTIONS = {"include_usage", "continuous_usage_stats"}
 
 
 class CascadeOptions(BaseModel):
@@ -209,6 +211,9 @@ def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, 
     """The walks one request asks for (BadRequest names the field in the walk's terms; render it with
     :func:`error`)."""
     _refusals(body)
+    unknown = sorted(set(body.stream_options or {}) - STREAM_OPTIONS)
+    if unknown:
+        raise BadRequest(f"has {unknown[0]!r}; the options honoured are {sorted(STREAM_OPTIONS)}", "stream_options")
     if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
         raise BadRequest("and `max_completion_tokens` disagree", "max_tokens")
     name, _, tier = body.model.partition(":")
@@ -246,6 +251,11 @@ def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, 
         for i, m in enumerate(body.messages):
             if not isinstance(m, dict) or "role" not in m:
                 raise BadRequest("must be an object with `role` and `content`", f"messages[{i}]")
+            extra = sorted(set(m) - MESSAGE_KEYS)
+            if extra:
+                raise BadRequest(
+                    "is not supported in a message: it is refused rather than ignored", f"messages[{i}].{extra[0]}"
+                )
             messages.append({"role": str(m["role"]), "content": _content(m, i)})
     else:
         prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]

@@ -61,7 +61,7 @@ class TierDeployment:
                 f"{sorted(support | {'stop'})}); leave it unset, or send the request to another tier",
                 f,
             )
-        vocab = self.engine.vocab_size
+        vocab = self.engine.vocab_size if d.stop_token_ids or d.logit_bias else None  # only when ids were sent
         if vocab:
             bad = [i for i in list(d.stop_token_ids) + list(d.logit_bias) if i >= vocab]
             if bad:

@@ -143,6 +143,11 @@ def test_openai_chat_maps_to_the_walks_request():
         ),
         ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
         ({"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, "frobnicate"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True, "x": 1}},
+            "stream_options",
+        ),
     ],
 )
 def test_openai_bad_requests_name_the_api_field(raw, param):
