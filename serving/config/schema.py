@@ -355,8 +355,15 @@ class Limits(_Strict):
     max_request_bytes: int = Field(
         1 << 20,
         ge=1024,
-        description="largest gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
-        "set where Ray starts); larger ones get RESOURCE_EXHAUSTED from gRPC itself",
+        description="largest request: a gRPC message Serve's proxy accepts (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; "
+        "set where Ray starts; larger ones get RESOURCE_EXHAUSTED from gRPC itself), and an HTTP body (larger "
+        "ones get 413, refused on their Content-Length before they are read, or as soon as they grow past it)",
+    )
+    http_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="an HTTP request's whole body must arrive within this many seconds of the router taking "
+        "the request; a slower sender gets 408 (the tier timeouts and server.request_timeout_s start after)",
     )
     max_inflight: int = Field(128, ge=1, description="requests one router replica works on at once; more are refused")
     retry_after_ms: int = Field(500, ge=0, description="retry hint sent with RESOURCE_EXHAUSTED (trailing metadata)")

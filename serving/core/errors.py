@@ -20,9 +20,23 @@ class BadRequest(ValueError):
         return type(self), (self.problem, self.field)
 
 
+class RequestRefused(BadRequest):
+    """A request refused before its body is read or parsed (the HTTP front: its headers, its body's size or
+    the time it takes to arrive, an unknown route); ``kind`` picks its row of the status table (too_large,
+    body_timeout, media_type, not_found, method)."""
+
+    def __init__(self, kind: str, problem: str, field: Optional[str] = None):
+        super().__init__(problem, field)
+        self.kind = kind
+
+    def __reduce__(self):
+        return type(self), (self.kind, self.problem, self.field)
+
+
 class TierFailure(Exception):
     """A tier could not answer; ``reason`` is one of timeout, replica_died, overloaded, unavailable,
-    breaker_open, error."""
+    not_ready (no running replica: still starting, or scaled to zero; refused without waiting), breaker_open,
+    error."""
 
     def __init__(self, tier: str, reason: str, message: str):
         super().__init__(message)

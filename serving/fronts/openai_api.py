@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -22,7 +23,7 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.core.decoding import Decoding
-from serving.core.errors import BadRequest
+from serving.core.errors import BadRequest, RequestRefused
 from serving.core.request import CascadeRequest, Outcome
 from serving.fronts.outcome import sum_usage
 from serving.fronts.status import status_of
@@ -124,19 +125,105 @@ def field_name(field: Optional[str], body: _Common) -> Optional[str]:
     return FIELDS.get(field, field)
 
 
-def parse(kind: type[_Common], raw: bytes) -> _Common:
+MAX_DEPTH = 32  # deepest nesting of objects and arrays a body may have (every field here needs at most 4)
+MEDIA_TYPE = "application/json"
+
+
+def check_content_type(value: Optional[str]) -> None:
+    """The body is JSON in UTF-8: a Content-Type that says otherwise is refused (415), not read as JSON
+    anyway; none at all is taken as JSON."""
+    if value is None:
+        return
+    media, *params = (p.strip() for p in value.split(";"))
+    charset = next(
+        (v.strip('"').lower() for k, _, v in (p.partition("=") for p in params) if k.lower() == "charset"), None
+    )
+    if media.lower() != MEDIA_TYPE or charset not in (None, "utf-8", "utf8"):
+        raise RequestRefused("media_type", f"must be {MEDIA_TYPE!r} (UTF-8), got {value[:100]!r}", "content-type")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadRequest("appears twice in one object: which one to honour is ambiguous", dup)
+    return out
+
+
+def _check_tree(data: Any) -> None:
+    """Nesting at most MAX_DEPTH deep, and every string (keys too) valid Unicode: JSON's \\u escapes can
+    spell lone surrogates, which no tokenizer encodes. Raises BadRequest naming the path."""
+    todo: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while todo:
+        v, path, depth = todo.pop()
+        if isinstance(v, str):
+            _unicode(v, path)
+        elif isinstance(v, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise BadRequest(f"nests deeper than {MAX_DEPTH} levels", path or None)
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                if isinstance(k, str):
+                    _unicode(k, path)
+                    todo.append((x, f"{path}.{k}" if path else k, depth + 1))
+                else:
+                    todo.append((x, f"{path}[{k}]", depth + 1))
+
+
+def _unicode(s: str, path: str) -> None:
     try:
-        data = json.loads(raw or b"null")
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(
+            f"has a lone surrogate ({s[e.start]!r} at {e.start}): not valid Unicode", path or None
+        ) from None
+
+
+_UNION_TAG = re.compile(r"(str|int|float|bool|none|(list|dict|tuple|set)\[.*\])$")
+
+
+def _path(loc: tuple) -> str:
+    """A pydantic error's location as this API names a field (``messages[0].content``), without the member
+    of a union pydantic tried (``prompt.str`` -> ``prompt``)."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not _UNION_TAG.match(p):
+            out += f".{p}" if out else p
+    return out
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", list: "an array", int: "a number", float: "a number"}[type(v)]
+
+
+def parse(kind: type[_Common], raw: bytes) -> _Common:
+    """The body (UTF-8 JSON: one object, no key twice, at most MAX_DEPTH deep) validated as ``kind``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the body is not UTF-8: byte {e.start} is {raw[e.start : e.start + 1]!r}") from None
+    try:
+        data = json.loads(text or "null", object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels") from None
+    except BadRequest:
+        raise
     except ValueError as e:
-        raise BadRequest(f"the body is not JSON: {e}") from None
+        why = str(e).split(";")[0] if "integer string conversion" in str(e) else str(e)  # Python's int limit
+        raise BadRequest(f"the body is not JSON: {why}") from None
     if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise BadRequest(f"the body must be a JSON object, got {_json_type(data)}")
+    _check_tree(data)
     try:
         body = kind.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise BadRequest(err["msg"], loc) from None
+        raise BadRequest(err["msg"], _path(err["loc"])) from None
     unknown = sorted(set(body.model_extra or {}) - NO_EFFECT)
     if unknown:
         raise BadRequest(
@@ -152,7 +239,10 @@ def _content(m: dict[str, Any], i: int) -> str:
     if isinstance(c, str):
         return c
     if isinstance(c, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in c):
-        return "".join(str(p.get("text", "")) for p in c)
+        for j, p in enumerate(c):
+            if not isinstance(p.get("text"), str):
+                raise BadRequest("must be a string", f"messages[{i}].content[{j}].text")
+        return "".join(p["text"] for p in c)
     raise BadRequest("must be a string or a list of text parts", f"messages[{i}].content")
 
 
@@ -214,6 +304,9 @@ def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, 
     unknown = sorted(set(body.stream_options or {}) - STREAM_OPTIONS)
     if unknown:
         raise BadRequest(f"has {unknown[0]!r}; the options honoured are {sorted(STREAM_OPTIONS)}", "stream_options")
+    for k, v in (body.stream_options or {}).items():
+        if not isinstance(v, bool):
+            raise BadRequest(f"must be true or false, got {_json_type(v)}", f"stream_options.{k}")
     if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
         raise BadRequest("and `max_completion_tokens` disagree", "max_tokens")
     name, _, tier = body.model.partition(":")

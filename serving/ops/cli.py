@@ -80,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             http_options={"host": cfg.server.host, "port": cfg.server.http_port},
             grpc_options=grpc_options(cfg),
         )
+        # Returns once the app is RUNNING: every deployment's replicas running, each tier replica warmed up
+        # (TierDeployment.__init__) before Serve counts it as running. A tier scaled to zero has none to wait for:
+        # calls to it are refused at once until it has one (ServeTierClient).
         serve.run(build_app(cfg), name=cfg.server.app_name)
         tiers = " -> ".join(cfg.tier_names)
         metrics = (

@@ -20,10 +20,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import parse_config
 from serving.core.breaker import RecentShare
-from serving.core.errors import Overloaded, Unauthenticated
+from serving.core.errors import Overloaded, RequestRefused, Unauthenticated
 from serving.core.request import CascadeRequest, Outcome, Text
 from serving.core.walk import Cascade
 from serving.fronts import grpc_api, openai_api
@@ -36,7 +37,19 @@ from serving.serve.metrics import Metrics
 from serving.serve.tier_client import ServeTierClient
 
 log = logging.getLogger("ray.serve")  # Serve's replica logger stamps each line with the request id
-http_app = FastAPI(title="cascade: OpenAI-compatible API", docs_url=None, redoc_url=None)
+http_app = FastAPI(title="cascade: OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@http_app.exception_handler(StarletteHTTPException)
+async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """What FastAPI answers itself (an unknown path, a method a route does not take), as OpenAI's error JSON."""
+    kind = "method" if exc.status_code == 405 else "not_found"
+    what = f"{request.method} {request.url.path[:200]}"
+    e = RequestRefused(
+        kind, f"{what}: {exc.detail}; the routes are POST /v1/chat/completions, POST /v1/completions, GET /v1/models"
+    )
+    status, payload = openai_api.error(e)
+    return JSONResponse(payload, status_code=status, headers=getattr(exc, "headers", None))
 
 
 def _request_id() -> str:
@@ -128,7 +141,7 @@ class Router:
         if status is INTERNAL:  # a bug: a short status, the traceback only in the log
             log.error("unexpected error", exc_info=e)
             message = f"internal error ({type(e).__name__}); request id {_request_id()}"
-        elif status.reason in ("invalid_argument", "unauthenticated", "overloaded"):
+        elif status.reason in ("invalid_argument", "unauthenticated", "overloaded", "too_large", "body_timeout"):
             self.metrics.inc("cascade_rejections", reason=status.reason)
         log.info("refused %s: %s", status.grpc, message)  # never the request's metadata (it may hold a token)
         self._finish(method, status.grpc, "", t0)
@@ -254,7 +267,7 @@ class Router:
         streaming, body = False, None
         try:
             self._gate(request.headers.get("authorization", ""), "`Authorization: Bearer <token>`")
-            body = openai_api.parse(kind, await request.body())
+            body = openai_api.parse(kind, await self._body(request, t0))
             call = openai_api.to_call(
                 body,
                 cascade_name=self.name,
@@ -279,6 +292,32 @@ class Router:
             self._answered(method, req, out, t0)
         fields = [self._fields(req, out, t0) for req, out in zip(call.requests, outs)]
         return JSONResponse(openai_api.completion(call, outs, fields, prompt_lps))
+
+    async def _body(self, request: Request, t0: float) -> bytes:
+        """The request's body, bounded: at most ``limits.max_request_bytes`` (413: refused on its Content-Length
+        before a byte is read, or as soon as a body without one grows past it) and all of it within
+        ``limits.http_body_timeout_s`` of the request's start (408: a slow or stalled sender)."""
+        openai_api.check_content_type(request.headers.get("content-type"))
+        limit = self.limits.max_request_bytes
+        too_large = f"is over the limit of {limit} bytes (limits.max_request_bytes)"
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestRefused("too_large", f"{declared[:40]} {too_large}", "content-length")
+        chunks, size = [], 0
+        budget = self.limits.http_body_timeout_s
+        try:
+            async with asyncio.timeout(max(budget - (time.perf_counter() - t0), 0.0)):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestRefused("too_large", f"the body {too_large}")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestRefused(
+                "body_timeout",
+                f"the body did not arrive within {budget:g} s (limits.http_body_timeout_s); {size} bytes came",
+            ) from None
+        return b"".join(chunks)
 
     async def _prompt_logprobs(self, call) -> list:
         """echo + logprobs: each choice's prompt scored by the tier the request names."""

@@ -35,12 +35,24 @@ STATS_PERIOD_S = 2.0
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class TierDeployment:
-    def __init__(self, tier: dict[str, Any]):
+    async def __init__(self, tier: dict[str, Any]):  # Serve awaits an async constructor before the replica runs
         self.tier = Tier.model_validate(tier)
         self.engine = build_engine(self.tier)
         self.max_prompt_tokens = self._prompt_limit()
         self.metrics = Metrics(ENGINE_METRICS)
         self._stats_task: Optional[asyncio.Task] = None
+        await self._warm()
+
+    async def _warm(self) -> None:
+        """One token through the engine before the replica reports RUNNING, so that no client request pays for
+        the engine's first step (its threads, lazy kernels); a failure here is logged and left to the requests."""
+        t0 = time.perf_counter()
+        try:
+            await self.engine.generate(GenerationRequest(prompt="1 + 1", max_new_tokens=1))
+        except Exception as e:
+            log.warning("tier %s: warm-up failed (%s: %s)", self.tier.name, type(e).__name__, e)
+            return
+        log.info("tier %s: warmed up in %.0f ms", self.tier.name, (time.perf_counter() - t0) * 1e3)
 
     def _prompt_limit(self) -> Optional[int]:
         if self.tier.max_prompt_tokens:

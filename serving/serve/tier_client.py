@@ -1,10 +1,12 @@
 """The Serve tier client: every call to a tier goes through here, once, with the tier's timeout, the
-retry policy and its circuit breaker. Streams the tier's chunks over a streaming DeploymentHandle."""
+retry policy, its circuit breaker and its readiness (no running replica: refused at once). Streams the
+tier's chunks over a streaming DeploymentHandle."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Optional
 
@@ -21,6 +23,25 @@ from serving.deferral.incremental import StopRule
 log = logging.getLogger("ray.serve")
 
 
+READY_GRACE_S = 2.0  # a new router replica's handles hear from Serve's controller within this long
+
+
+def running_replicas(handle: DeploymentHandle) -> int:
+    """The replicas of the handle's deployment that Serve's controller last said are running: no call, no
+    wait (the handle's router is told of every change by long poll). ``running_replicas_populated()`` is the
+    handle's public part, what Serve's proxy asks before it takes traffic; it stays true once a replica has
+    run, so the current set is read from the handle's request router (Ray 2.60:
+    ``AsyncioRouter._deployment_available`` and ``.request_router.curr_replicas``). If those internals move, a
+    populated handle counts as one replica (calls then wait for one, as Serve does)."""
+    if not handle.running_replicas_populated():
+        return 0
+    try:
+        router = handle._router._asyncio_router
+        return len(router.request_router.curr_replicas) if router._deployment_available else 0
+    except AttributeError:
+        return 1
+
+
 def remote_message(e: BaseException) -> str:
     """The message of an exception raised in another replica, without Ray's remote traceback."""
     cause = getattr(e, "cause", None)
@@ -34,6 +55,39 @@ class ServeTierClient:
         self.unary = dict(handles)
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
+        self.started = time.monotonic()
+        self.waking: dict[str, asyncio.Future] = {}
+
+    def running(self, name: str) -> int:
+        return running_replicas(self.unary[name])
+
+    async def _ready(self, name: str) -> None:
+        """Refuses at once (TierFailure ``not_ready``, with a retry hint) a call to a tier that has no running
+        replica — still starting, or scaled to zero — instead of letting it wait out the tier's timeout in
+        Serve's queue. A tier that autoscales is woken: one call is left queued for it, which is what makes
+        Serve scale a deployment up from zero."""
+        while not self.running(name):
+            if (left := self.started + READY_GRACE_S - time.monotonic()) <= 0:
+                self._wake(name)
+                raise TierFailure(
+                    name,
+                    "not_ready",
+                    f"tier {name!r} has no running replica (starting, or scaled to zero)",
+                )
+            await asyncio.sleep(min(left, 0.05))  # a new router replica: its handles have not heard yet
+
+    def _wake(self, name: str) -> None:
+        if self.cfg.tier(name).serve.autoscaling_config is None:
+            return
+        pending = self.waking.get(name)
+        if pending is None or pending.done():
+            self.waking[name] = asyncio.ensure_future(self._wake_call(name))
+
+    async def _wake_call(self, name: str) -> None:
+        try:
+            await asyncio.wait_for(self.unary[name].info.remote(), max(self.cfg.tier(name).timeout_s, 60.0))
+        except Exception as e:  # it only asks for a replica; the next client call sees what came of it
+            log.info("tier %s: wake-up call ended: %s", name, type(e).__name__)
 
     async def stream(
         self,
@@ -45,6 +99,7 @@ class ServeTierClient:
     ) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
+        await self._ready(name)
         breaker = self.breakers[name]
         if not breaker.allow():
             raise TierFailure(
@@ -107,6 +162,7 @@ class ServeTierClient:
     async def call(self, name: str, method: str, *args):
         """A unary call of a tier method (e.g. ``prompt_logprobs``) under the tier's timeout and breaker;
         raises TierFailure / BadRequest like :meth:`stream`."""
+        await self._ready(name)
         breaker = self.breakers[name]
         if not breaker.allow():
             raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")

@@ -151,8 +151,8 @@ def test_client_deadline_cancels_the_tier_work(failing_server):
 
 @pytest.fixture(scope="module")
 def strongless_server(tmp_path_factory):
-    """The strong tier scaled to zero with nowhere to start a replica (it asks for 64 CPUs): every
-    call to it waits out its timeout; the default `degrade` policy answers with the weak text."""
+    """The strong tier scaled to zero with nowhere to start a replica (it asks for 64 CPUs): every call to
+    it is refused at once (no running replica); the default `degrade` policy answers with the weak text."""
     cfg = _fixed(load_config(), strong=2.0)
     s = cfg.tier("strong").serve
     s.num_replicas = None
@@ -177,11 +177,8 @@ def test_unavailable_strong_tier_gives_degraded_weak_answers(strongless_server):
     for r in answers:
         assert r.tier == "weak" and r.deferred and r.degraded and r.text == answers[0].text
         assert [t.tier for t in r.tiers] == ["weak"]
-    assert "timed out after 2 s" in answers[0].degraded_reason and "answered by 'weak'" in answers[0].degraded_reason
-    # After breaker_failures (2) timeouts the breaker opens: the strong tier is not waited for.
-    assert "circuit open" in answers[2].degraded_reason and "circuit open" in answers[3].degraded_reason
-    print(
-        f"degraded answers: first two waited {timings[0]:.2f} / {timings[1]:.2f} s (strong timeout 2 s), "
-        f"then {timings[2] * 1e3:.0f} / {timings[3] * 1e3:.0f} ms with the breaker open"
-    )
-    assert max(timings[2:]) < min(timings[:2])
+        assert "'strong' has no running replica" in r.degraded_reason and "answered by 'weak'" in r.degraded_reason
+    # Not waited for, not even the first time (it used to wait out the 2 s timeout until the breaker opened); and
+    # a tier that is only not ready does not open its breaker.
+    print(f"degraded answers without waiting for the strong tier: {[round(t * 1e3) for t in timings]} ms")
+    assert max(timings) < 1.0

@@ -10,13 +10,13 @@ import pytest
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving.config import Limits
 from serving.core.decoding import Decoding
-from serving.core.errors import BadRequest, Overloaded, TierFailure, Unauthenticated
+from serving.core.errors import BadRequest, Overloaded, RequestRefused, TierFailure, Unauthenticated
 from serving.core.receipt import Receipt
 from serving.core.request import CascadeRequest, Outcome, TierRun
 from serving.core.types import Generation
 from serving.fronts import grpc_api, openai_api
 from serving.fronts.outcome import response_fields
-from serving.fronts.status import status_of
+from serving.fronts.status import retry_after_ms, status_of
 
 TIERS = ["weak", "strong"]
 LIMITS = Limits(max_new_tokens=64, max_prompt_chars=100, max_messages=3)
@@ -89,6 +89,12 @@ def test_one_status_table_for_both_fronts():
         (TierFailure("strong", "overloaded", "queue full"), "RESOURCE_EXHAUSTED", 429),
         (TierFailure("strong", "timeout", "slow"), "UNAVAILABLE", 504),
         (TierFailure("strong", "unavailable", "gone"), "UNAVAILABLE", 503),
+        (TierFailure("strong", "not_ready", "no running replica"), "UNAVAILABLE", 503),
+        (RequestRefused("too_large", "big", "content-length"), "RESOURCE_EXHAUSTED", 413),
+        (RequestRefused("body_timeout", "slow"), "DEADLINE_EXCEEDED", 408),
+        (RequestRefused("media_type", "not JSON", "content-type"), "INVALID_ARGUMENT", 415),
+        (RequestRefused("not_found", "no route"), "UNIMPLEMENTED", 404),
+        (RequestRefused("method", "GET"), "UNIMPLEMENTED", 405),
         (RuntimeError("bug"), "INTERNAL", 500),
     ]
     for e, code, http in cases:
@@ -96,6 +102,12 @@ def test_one_status_table_for_both_fronts():
         assert grpc_api.error(e, None)[0] == code and openai_api.error(e)[0] == http
     code, details, trailing = grpc_api.error(TierFailure("strong", "overloaded", "queue full"), 500)
     assert "retry after 500 ms" in details and trailing == [("retry-after-ms", "500")]
+    # a tier with no running replica (starting, scaled to zero) is refused at once, with a hint to come back
+    assert retry_after_ms(TierFailure("strong", "not_ready", "none"), 500) == 500
+    assert retry_after_ms(TierFailure("strong", "timeout", "slow"), 500) is None
+    status, payload = openai_api.error(RequestRefused("too_large", "is over the limit", "content-length"))
+    assert status == 413 and payload["error"]["param"] == "content-length"
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
 
 
 def test_openai_chat_maps_to_the_walks_request():
@@ -163,6 +175,85 @@ def test_not_json_is_400():
     for raw in (b"{", b"[1]", b""):
         with pytest.raises(BadRequest):
             openai_api.parse(openai_api.ChatRequest, raw)
+
+
+OK_BODY = '"model": "cascade", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    "raw,param,says",
+    [
+        (b'{"model": "cascade", "messages": [{"role": "user", "content": "\xff"}]}', None, "not UTF-8: byte 63"),
+        (b"\xef\xbb\xbf{" + OK_BODY.encode() + b"}", None, "BOM"),
+        ('{"x": 1}'.encode("utf-16"), None, "not UTF-8"),
+        (("{" + OK_BODY + ', "model": "other"}').encode(), "model", "appears twice"),
+        (b'{"model": "cascade", "messages": [{"role": "user", "role": "user", "content": "hi"}]}', "role", "twice"),
+        (b"[" * 5000 + b"]" * 5000, None, "nests deeper than 32"),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, None, "nests deeper than 32"),
+        (("{" + OK_BODY + ', "metadata": ' + "[" * 40 + "]" * 40 + "}").encode(), "metadata" + "[0]" * 31, "deeper"),
+        (
+            b'{"model": "cascade", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+            "messages[0].content",
+            "surrogate",
+        ),
+        (("{" + OK_BODY + ', "stop": ["\\udfff"]}').encode(), "stop[0]", "lone surrogate"),
+        (("{" + OK_BODY + ', "metadata": {"\\ud800": 1}}').encode(), "metadata", "lone surrogate"),
+        (b'{"model": "cascade", "max_tokens": 1' + b"0" * 5000 + b"}", None, "4300 digits"),
+        (b"3", None, "got a number"),
+        (b'"hi"', None, "got a string"),
+        (b"null", None, "got null"),
+        (b'{"model": "cascade", "messages": [1]}', "messages[0]", "dictionary"),
+        (b'{"model": "cascade", "prompt": [[1, 2]]}', "prompt", "string"),
+    ],
+)
+def test_hostile_bodies_are_400_naming_what_is_wrong(raw, param, says):
+    kind = openai_api.CompletionRequest if b'"prompt"' in raw else openai_api.ChatRequest
+    with pytest.raises(BadRequest) as e:
+        openai_api.parse(kind, raw)
+    status, payload = openai_api.error(e.value)
+    assert status == 400 and payload["error"]["param"] == param and says in payload["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "raw,param",
+    [
+        ({"stream_options": {"include_usage": "no"}}, "stream_options.include_usage"),
+        ({"stream_options": {"continuous_usage_stats": 1}}, "stream_options.continuous_usage_stats"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_not_coerced(raw, param):
+    with pytest.raises(BadRequest) as e:
+        body = openai_api.parse(
+            openai_api.ChatRequest,
+            json.dumps({"model": "cascade", "messages": [{"role": "user", "content": "hi"}], **raw}).encode(),
+        )
+        openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
+    assert openai_api.error(e.value)[1]["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        (None, True),
+        ("application/json", True),
+        ("Application/JSON; charset=UTF-8", True),
+        ('application/json; charset="utf-8"', True),
+        ("application/json; charset=latin-1", False),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("", False),
+    ],
+)
+def test_content_type_is_json_or_refused_with_415(value, ok):
+    if ok:
+        openai_api.check_content_type(value)
+        return
+    with pytest.raises(RequestRefused) as e:
+        openai_api.check_content_type(value)
+    status, payload = openai_api.error(e.value)
+    assert status == 415 and payload["error"]["param"] == "content-type"
 
 
 def outcome(score=-0.2):
