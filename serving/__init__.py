@@ -11,7 +11,8 @@ Folders by role (each ``__init__`` says what lives there and what it may import)
 - ``observability/`` metric specs, shadow sampling
 - ``evaluation/``    offline runs, quality metrics, deferral curves, fitting, thresholds, calibration
 - ``ops/``           the CLI, cluster build, planner and probe, load generator, TLS front, gRPC client
-- ``tasks/``, ``default_models/``: the shipped arithmetic task and its weak/strong pair
+- ``tasks/``, ``default_models/``: the shipped arithmetic task and its weak/strong pair; ``tasks/short_answers.py``
+  and ``smol_pair/``: the realistic pair (a student distilled from SmolLM2-135M, then SmolLM2)
 
 Layering: core, deferral, config and fronts import no Ray, grpc, FastAPI or torch (a test checks);
 engines import torch/transformers/vLLM only when an engine is built; Ray lives in serve/ and ops/.

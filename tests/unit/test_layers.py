@@ -63,6 +63,7 @@ ALLOWED = {
     "serve": {"core", "deferral", "engines", "config", "fronts", "observability", "evaluation"},
     "ops": {"core", "deferral", "engines", "config", "fronts", "observability", "evaluation", "serve", "tasks"},
     "default_models": {"core", "deferral", "engines", "config", "evaluation", "tasks"},
+    "smol_pair": {"core", "deferral", "engines", "config", "evaluation", "tasks"},
 }
 
 
