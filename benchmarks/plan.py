@@ -25,8 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from benchmarks.common import prompts, pyplot, write_json
-from serving.config import load_config, parse_config, portable
+from benchmarks.common import add_config_args, base_config, prompts, pyplot, use_config, write_json
+from serving.config import parse_config, portable
 from serving.ops.loadgen import arrivals, run_load, summarize
 from serving.ops.local import cascade_server
 from serving.ops.planner import curves_from_report, format_plan, plan, planned_config
@@ -58,9 +58,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/plan.json")
     ap.add_argument("--plot")
+    add_config_args(ap)
     args = ap.parse_args()
-    cfg = load_config()
-    texts = prompts(None)
+    use_config(args.config)
+    cfg = base_config()
+    texts = prompts(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         measured = probe(
             cfg, Path(tmp) / "probe", [int(c) for c in args.probe_concurrency.split(",")], args.probe_seconds

@@ -34,8 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from benchmarks.common import ReplicaPoller, one_replica, prompts
-from serving.config import load_config, parse_config
+from benchmarks.common import ReplicaPoller, add_config_args, base_config, one_replica, prompts, use_config
+from serving.config import parse_config
 from serving.ops.loadgen import run_load, step_arrivals, summarize
 from serving.ops.local import cascade_server
 
@@ -43,7 +43,7 @@ from serving.ops.local import cascade_server
 def step_config(policy: str, weak_target: float):
     """The default config with autoscaling; ``serve_default``: Serve's own policy and windows instead
     of the engine policy, with the delays the tiers had before (upscale 5 s, downscale 30 s)."""
-    raw = load_config().model_dump(mode="json", exclude_unset=True)
+    raw = base_config().model_dump(mode="json", exclude_unset=True)
     for t in raw["tiers"]:
         a = t["serve"]["autoscaling_config"]
         if policy == "serve_default":
@@ -54,15 +54,16 @@ def step_config(policy: str, weak_target: float):
     return parse_config(raw)
 
 
-def step_run(policy: str, weak_target: float, steps, workdir: Path) -> dict:
+def step_run(policy: str, weak_target: float, steps, workdir: Path, config=None, data=None) -> dict:
     """One step run in a process of its own (a driver's Serve client outlives its Ray, so a second
     cluster in the same process would be polled through the first one's stale client)."""
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_step_run, policy, weak_target, steps, workdir).result()
+        return pool.submit(_step_run, policy, weak_target, steps, workdir, config, data).result()
 
 
-def _step_run(policy: str, weak_target: float, steps, workdir: Path) -> dict:
-    texts = prompts(None)
+def _step_run(policy: str, weak_target: float, steps, workdir: Path, config=None, data=None) -> dict:
+    use_config(config)  # a spawned process: the parent's --config does not carry over
+    texts = prompts(data)
     with cascade_server(step_config(policy, weak_target), workdir) as srv:
         with ReplicaPoller(srv.ray_address, "cascade", interval=1.0) as poller:
             res, el = asyncio.run(run_load(srv.address, texts, times=step_arrivals(steps, 0), timeout=60))
@@ -129,14 +130,16 @@ def main() -> None:
     ap.add_argument("--parts", default="overhead,autoscaling", help="which parts to run (overhead = parts 1-2)")
     ap.add_argument("--out", default="results/scaling.json")
     ap.add_argument("--plot")
+    add_config_args(ap)
     args = ap.parse_args()
+    use_config(args.config)
     parts = set(args.parts.split(","))
-    texts = prompts(None)
+    texts = prompts(args.data)
     report: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration}
     with tempfile.TemporaryDirectory() as tmp:
         if "overhead" in parts:
             with cascade_server(
-                parse_config(one_replica(load_config().model_dump(mode="json", exclude_none=True))), Path(tmp) / "a"
+                parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True))), Path(tmp) / "a"
             ) as srv:
                 solo = closed(srv.address, texts, 1, args.duration, "weak")
                 report["router_overhead"] = solo["router_overhead_ms"] | {"client_p50_ms": solo["latency_ms"]["p50"]}
@@ -163,7 +166,7 @@ def main() -> None:
                 "weak_target": args.weak_target,
                 "engine_weak_target": args.engine_weak_target or args.weak_target,
                 "runs": {
-                    policy: step_run(policy, target, steps, Path(tmp) / policy)
+                    policy: step_run(policy, target, steps, Path(tmp) / policy, args.config, args.data)
                     for policy, target in (
                         ("serve_default", args.weak_target),
                         ("engine", args.engine_weak_target or args.weak_target),

@@ -28,18 +28,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import grpc
 import numpy as np
 
-from benchmarks.common import one_replica, pyplot, write_json
+from benchmarks.common import add_config_args, base_config, one_replica, pyplot, test_rows, use_config, write_json
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import parse_config
 from serving.core.types import Draft, GenerationRequest
 from serving.deferral import build_scorer, should_defer
 from serving.deferral.incremental import Decision, Verdict
 from serving.engines import build_engine, verify_draft
-from serving.evaluation.data import SPLIT_SEEDS
 from serving.ops.loadgen import run_load, summarize
 from serving.ops.local import cascade_server
-from serving.tasks.arithmetic import examples
 
 
 def pct(xs, q):
@@ -48,7 +46,7 @@ def pct(xs, q):
 
 # ---- 1: in-process ------------------------------------------------------------------------------------
 def offline(texts: list[str]) -> dict:
-    cfg = load_config()
+    cfg = base_config()
     d = cfg.deferral
     scorer = build_scorer(d.rule, d.alpha)
     weak_e, strong_e = (build_engine(t) for t in cfg.tiers)
@@ -110,7 +108,7 @@ def offline(texts: list[str]) -> dict:
 
 # ---- 2: over gRPC -------------------------------------------------------------------------------------
 def config(mode: str):
-    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
+    raw = one_replica(base_config().model_dump(mode="json", exclude_none=True))
     raw["deferral"]["on_defer"] = mode
     return parse_config(raw)
 
@@ -167,8 +165,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--out", default="results/speculative.json")
     ap.add_argument("--plot")
+    add_config_args(ap)
     args = ap.parse_args()
-    texts = [e.prompt for e in examples(SPLIT_SEEDS["test"], args.n)]
+    use_config(args.config)
+    texts = [r["prompt"] for r in test_rows(args.data, args.n)]
     report = {"machine": f"{os.cpu_count()} CPUs", "offline": offline(texts)}
     with tempfile.TemporaryDirectory() as tmp:
         report["served"] = served(texts, args.sequential, args.duration, Path(tmp))
