@@ -41,7 +41,7 @@ def strong_tier(threads: int):
     return tier.model_copy(update={"model": tier.model.model_copy(update={"torch_threads": threads})})
 
 
-def generate(name: str, threads: int = 2, chunk: int = 32) -> float:
+def generate(name: str, threads: int = 2, chunk: int = 256) -> float:
     from serving.core.types import GenerationRequest
     from serving.engines import build_engine
 
@@ -49,7 +49,7 @@ def generate(name: str, threads: int = 2, chunk: int = 32) -> float:
     engine = build_engine(strong_tier(threads))
     start, rows = time.perf_counter(), []
     try:
-        for i in tqdm(range(0, len(questions), chunk), desc=f"SmolLM2 answers ({name})", unit="chunk"):
+        for i in tqdm(range(0, len(questions), chunk), desc=f"SmolLM2 answers ({name})", unit="chunk of 256"):
             part = questions[i : i + chunk]
             gens = engine.generate_many([GenerationRequest(prompt=q.prompt) for q in part])
             for q, g in zip(part, gens):

@@ -1,8 +1,9 @@
 """Short-answer questions for a real chat LM, with ground truth: the prompt family of the SmolLM2 pair.
 
-Sixteen templates over small tables shipped here (capitals, plurals, opposites, chemical symbols, days,
-months, units) and generated operands (arithmetic, counting, sorting, uppercase, repetition). Answers run
-from one word to a few dozen tokens: "The capital of Peru is Lima." vs "1, 2, 3, … 14". About half the
+Twenty-one tasks: facts from small tables shipped here (capitals, continents, plurals, past tenses, opposites,
+chemical symbols, young animals, colours, legs, days, months, units), each asked three ways, and generated
+operands (sums, products, halves, squares, comparisons, counting, sorting, uppercase, repetition). Answers run
+from one word to a few dozen tokens: "The capital of Peru is Lima." vs a 32-token ramble. About half the
 prompts carry " Answer in a few words.", which shortens SmolLM2's answers, so lengths vary within a task.
 
 ``split(name)`` gives a deterministic, de-duplicated split (``train``, ``val``, ``test``): one seeded draw
@@ -18,35 +19,88 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Italy": "Rome", "Spain": "Madrid",
-    "Germany": "Berlin", "Egypt": "Cairo", "Kenya": "Nairobi", "Canada": "Ottawa", "Russia": "Moscow",
-    "China": "Beijing", "India": "New Delhi", "Greece": "Athens", "Portugal": "Lisbon", "Norway": "Oslo",
-    "Sweden": "Stockholm", "Finland": "Helsinki", "Poland": "Warsaw", "Austria": "Vienna", "Ireland": "Dublin",
-    "Chile": "Santiago", "Argentina": "Buenos Aires", "Mexico": "Mexico City", "Cuba": "Havana",
-    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Turkey": "Ankara", "Iran": "Tehran", "Iraq": "Baghdad",
-    "Hungary": "Budapest", "Denmark": "Copenhagen", "Belgium": "Brussels", "Colombia": "Bogota",
-    "Australia": "Canberra", "Brazil": "Brasilia", "South Korea": "Seoul", "Indonesia": "Jakarta",
-    "Nigeria": "Abuja", "Morocco": "Rabat", "Ukraine": "Kyiv",
+COUNTRIES = {  # country: (capital, continent)
+    "France": ("Paris", "Europe"), "Japan": ("Tokyo", "Asia"), "Peru": ("Lima", "South America"),
+    "Italy": ("Rome", "Europe"), "Spain": ("Madrid", "Europe"), "Germany": ("Berlin", "Europe"),
+    "Egypt": ("Cairo", "Africa"), "Kenya": ("Nairobi", "Africa"), "Canada": ("Ottawa", "North America"),
+    "Russia": ("Moscow", "Europe"), "China": ("Beijing", "Asia"), "India": ("New Delhi", "Asia"),
+    "Greece": ("Athens", "Europe"), "Portugal": ("Lisbon", "Europe"), "Norway": ("Oslo", "Europe"),
+    "Sweden": ("Stockholm", "Europe"), "Finland": ("Helsinki", "Europe"), "Poland": ("Warsaw", "Europe"),
+    "Austria": ("Vienna", "Europe"), "Ireland": ("Dublin", "Europe"), "Chile": ("Santiago", "South America"),
+    "Argentina": ("Buenos Aires", "South America"), "Mexico": ("Mexico City", "North America"),
+    "Cuba": ("Havana", "North America"), "Thailand": ("Bangkok", "Asia"), "Vietnam": ("Hanoi", "Asia"),
+    "Turkey": ("Ankara", "Asia"), "Iran": ("Tehran", "Asia"), "Iraq": ("Baghdad", "Asia"),
+    "Hungary": ("Budapest", "Europe"), "Denmark": ("Copenhagen", "Europe"), "Belgium": ("Brussels", "Europe"),
+    "Colombia": ("Bogota", "South America"), "Australia": ("Canberra", "Oceania"),
+    "Brazil": ("Brasilia", "South America"), "South Korea": ("Seoul", "Asia"), "Indonesia": ("Jakarta", "Asia"),
+    "Nigeria": ("Abuja", "Africa"), "Morocco": ("Rabat", "Africa"), "Ukraine": ("Kyiv", "Europe"),
+    "Netherlands": ("Amsterdam", "Europe"), "Switzerland": ("Bern", "Europe"), "Czechia": ("Prague", "Europe"),
+    "Romania": ("Bucharest", "Europe"), "Bulgaria": ("Sofia", "Europe"), "Serbia": ("Belgrade", "Europe"),
+    "Croatia": ("Zagreb", "Europe"), "Iceland": ("Reykjavik", "Europe"), "Estonia": ("Tallinn", "Europe"),
+    "Latvia": ("Riga", "Europe"), "Lithuania": ("Vilnius", "Europe"), "Ghana": ("Accra", "Africa"),
+    "Ethiopia": ("Addis Ababa", "Africa"), "Senegal": ("Dakar", "Africa"), "Algeria": ("Algiers", "Africa"),
+    "Tunisia": ("Tunis", "Africa"), "Uganda": ("Kampala", "Africa"), "Zimbabwe": ("Harare", "Africa"),
+    "Pakistan": ("Islamabad", "Asia"), "Bangladesh": ("Dhaka", "Asia"), "Nepal": ("Kathmandu", "Asia"),
+    "Philippines": ("Manila", "Asia"), "Malaysia": ("Kuala Lumpur", "Asia"), "Mongolia": ("Ulaanbaatar", "Asia"),
+    "Afghanistan": ("Kabul", "Asia"), "Syria": ("Damascus", "Asia"), "Jordan": ("Amman", "Asia"),
+    "Lebanon": ("Beirut", "Asia"), "Qatar": ("Doha", "Asia"), "Venezuela": ("Caracas", "South America"),
+    "Ecuador": ("Quito", "South America"), "Bolivia": ("Sucre", "South America"),
+    "Uruguay": ("Montevideo", "South America"), "Paraguay": ("Asuncion", "South America"),
+    "Jamaica": ("Kingston", "North America"), "Panama": ("Panama City", "North America"),
+    "New Zealand": ("Wellington", "Oceania"), "Fiji": ("Suva", "Oceania"),
 }  # fmt: skip
+CAPITALS = {c: cap for c, (cap, _) in COUNTRIES.items()}
 PLURALS = {
     "child": "children", "mouse": "mice", "goose": "geese", "man": "men", "woman": "women", "tooth": "teeth",
     "foot": "feet", "person": "people", "cat": "cats", "dog": "dogs", "box": "boxes", "city": "cities",
     "knife": "knives", "leaf": "leaves", "wolf": "wolves", "baby": "babies", "bus": "buses", "fish": "fish",
     "sheep": "sheep", "ox": "oxen", "cactus": "cacti", "house": "houses", "book": "books", "glass": "glasses",
     "potato": "potatoes", "hero": "heroes", "party": "parties", "church": "churches", "life": "lives",
-    "story": "stories",
+    "story": "stories", "wife": "wives", "louse": "lice", "deer": "deer", "tomato": "tomatoes", "key": "keys",
+    "toy": "toys", "day": "days", "lady": "ladies", "fox": "foxes", "dish": "dishes", "watch": "watches",
+    "half": "halves", "shelf": "shelves", "thief": "thieves", "loaf": "loaves", "crisis": "crises",
+    "mouth": "mouths", "apple": "apples", "chair": "chairs", "tree": "trees",
+}  # fmt: skip
+PAST = {
+    "run": "ran", "go": "went", "eat": "ate", "see": "saw", "write": "wrote", "sing": "sang", "swim": "swam",
+    "drink": "drank", "take": "took", "give": "gave", "come": "came", "know": "knew", "fly": "flew",
+    "drive": "drove", "speak": "spoke", "break": "broke", "choose": "chose", "begin": "began", "bring": "brought",
+    "buy": "bought", "think": "thought", "teach": "taught", "catch": "caught", "fight": "fought", "sell": "sold",
+    "tell": "told", "find": "found", "sit": "sat", "stand": "stood", "make": "made", "walk": "walked",
+    "jump": "jumped", "play": "played", "talk": "talked", "cook": "cooked", "dance": "danced", "open": "opened",
+    "help": "helped", "call": "called", "laugh": "laughed", "sleep": "slept", "keep": "kept", "feel": "felt",
+    "leave": "left", "meet": "met", "pay": "paid", "read": "read", "win": "won", "lose": "lost", "hold": "held",
+}  # fmt: skip
+BABIES = {
+    "cat": "kitten", "dog": "puppy", "cow": "calf", "horse": "foal", "sheep": "lamb", "goat": "kid", "pig": "piglet",
+    "duck": "duckling", "goose": "gosling", "frog": "tadpole", "kangaroo": "joey", "bear": "cub", "lion": "cub",
+    "deer": "fawn", "swan": "cygnet", "owl": "owlet", "hen": "chick", "whale": "calf", "seal": "pup", "fox": "kit",
+}  # fmt: skip
+COLORS = {
+    "banana": "yellow", "lemon": "yellow", "grass": "green", "snow": "white", "coal": "black", "sky": "blue",
+    "strawberry": "red", "tomato": "red", "carrot": "orange", "pumpkin": "orange", "lime": "green",
+    "milk": "white", "blood": "red", "chocolate": "brown", "cherry": "red", "ocean": "blue", "leaf": "green",
+    "sunflower": "yellow", "crow": "black", "flamingo": "pink",
+}  # fmt: skip
+LEGS = {
+    "spider": 8, "dog": 4, "cat": 4, "bird": 2, "ant": 6, "cow": 4, "chicken": 2, "horse": 4, "bee": 6,
+    "octopus": 8, "human": 2, "beetle": 6, "duck": 2, "elephant": 4, "fly": 6, "crab": 10, "snake": 0, "fish": 0,
 }  # fmt: skip
 OPPOSITES = {
     "hot": "cold", "big": "small", "up": "down", "fast": "slow", "happy": "sad", "light": "dark", "old": "new",
     "open": "closed", "early": "late", "hard": "soft", "high": "low", "full": "empty", "rich": "poor",
     "wet": "dry", "strong": "weak", "left": "right", "day": "night", "win": "lose", "love": "hate",
     "true": "false", "long": "short", "clean": "dirty", "loud": "quiet", "thick": "thin", "inside": "outside",
+    "young": "old", "good": "bad", "black": "white", "north": "south", "east": "west", "push": "pull",
+    "give": "take", "buy": "sell", "begin": "end", "heavy": "light", "sweet": "sour", "brave": "afraid",
+    "always": "never", "above": "below", "first": "last", "friend": "enemy", "question": "answer", "cheap": "expensive",
 }  # fmt: skip
 SYMBOLS = {
     "iron": "Fe", "gold": "Au", "silver": "Ag", "oxygen": "O", "hydrogen": "H", "carbon": "C", "sodium": "Na",
     "helium": "He", "copper": "Cu", "lead": "Pb", "nitrogen": "N", "calcium": "Ca", "potassium": "K",
     "zinc": "Zn", "tin": "Sn", "mercury": "Hg", "neon": "Ne", "sulfur": "S", "chlorine": "Cl", "uranium": "U",
+    "magnesium": "Mg", "aluminum": "Al", "silicon": "Si", "phosphorus": "P", "fluorine": "F", "argon": "Ar",
+    "nickel": "Ni", "cobalt": "Co", "platinum": "Pt", "iodine": "I", "lithium": "Li", "titanium": "Ti",
 }  # fmt: skip
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -75,24 +129,53 @@ def _ask(rng: random.Random, table: dict) -> tuple[str, str]:
     return rng.choice(sorted(table.items()))
 
 
+def _say(r: random.Random, forms: tuple[str, ...], what: str) -> str:
+    return r.choice(forms).format(what)
+
+
 def _capital(r):
     c, a = _ask(r, CAPITALS)
-    return f"What is the capital of {c}?", a
+    return _say(r, ("What is the capital of {}?", "What is the capital city of {}?", "Name the capital of {}."), c), a
+
+
+def _continent(r):
+    c, (_, a) = _ask(r, COUNTRIES)
+    return _say(r, ("Which continent is {} in?", "On which continent is {}?", "What continent is {} part of?"), c), a
 
 
 def _plural(r):
     w, a = _ask(r, PLURALS)
-    return f"What is the plural of {w}?", a
+    return _say(r, ("What is the plural of {}?", "What is the plural form of {}?", "Give the plural of {}."), w), a
+
+
+def _past(r):
+    w, a = _ask(r, PAST)
+    return _say(r, ("What is the past tense of {}?", "What is the past tense of the verb {}?", "Give the past tense of {}."), w), a  # fmt: skip
 
 
 def _opposite(r):
     w, a = _ask(r, OPPOSITES)
-    return f"What is the opposite of {w}?", a
+    return _say(r, ("What is the opposite of {}?", "What is the antonym of {}?", "Give the opposite of {}."), w), a
 
 
 def _symbol(r):
     w, a = _ask(r, SYMBOLS)
-    return f"What is the chemical symbol for {w}?", a
+    return _say(r, ("What is the chemical symbol for {}?", "What is the chemical symbol of {}?", "Give the chemical symbol for {}."), w), a  # fmt: skip
+
+
+def _baby(r):
+    w, a = _ask(r, BABIES)
+    return _say(r, ("What is a baby {} called?", "What do you call a baby {}?", "What is the name for a young {}?"), w), a  # fmt: skip
+
+
+def _color(r):
+    w, a = _ask(r, COLORS)
+    return _say(r, ("What color is a {}?", "What is the color of a {}?", "What color does a {} have?"), w), a
+
+
+def _legs(r):
+    w, a = _ask(r, LEGS)
+    return _say(r, ("How many legs does a {} have?", "How many legs has a {}?", "A {} has how many legs?"), w), str(a)
 
 
 def _day(r):
@@ -159,18 +242,24 @@ def _larger(r):
     return f"Which is larger, {a} or {b}?", str(max(a, b))
 
 
-TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "capital": _capital, "plural": _plural, "opposite": _opposite, "symbol": _symbol, "day": _day,
-    "month": _month, "units": _units, "add": _add, "times": _times, "half": _half, "squared": _squared,
-    "count": _count, "sort": _sort, "upper": _upper, "repeat": _repeat, "larger": _larger,
+# task -> (question maker, weight). About two thirds are facts SmolLM2 answers in a steady template ("The
+# capital of Peru is Lima."), which a student can learn; a third are tasks it answers erratically and at length
+# (sums, sorting, repetition), which a student cannot: the traffic a cascade sends on.
+TASKS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], float]] = {
+    "capital": (_capital, 12), "continent": (_continent, 10), "plural": (_plural, 8), "past": (_past, 8),
+    "opposite": (_opposite, 7), "symbol": (_symbol, 5), "baby": (_baby, 3), "color": (_color, 3), "legs": (_legs, 3),
+    "day": (_day, 1), "month": (_month, 2), "units": (_units, 2),
+    "add": (_add, 6), "larger": (_larger, 6), "sort": (_sort, 5), "repeat": (_repeat, 5), "upper": (_upper, 5),
+    "count": (_count, 3), "half": (_half, 3), "times": (_times, 3), "squared": (_squared, 1),
 }  # fmt: skip
-SPLITS = {"train": 3000, "val": 400, "test": 500}
+SPLITS = {"train": 2400, "val": 300, "test": 400}
 SEED = 2024
 
 
 def draw(rng: random.Random) -> Question:
-    task = rng.choice(sorted(TASKS))
-    prompt, truth = TASKS[task](rng)
+    names = sorted(TASKS)
+    task = rng.choices(names, weights=[TASKS[n][1] for n in names])[0]
+    prompt, truth = TASKS[task][0](rng)
     return Question(task, prompt + (SHORT if rng.random() < 0.5 else ""), truth)
 
 
