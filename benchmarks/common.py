@@ -203,6 +203,8 @@ async def chat_load(
                 if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
                 ev = json.loads(line[6:])
+                if "error" in ev:  # a failure after the first byte: an SSE error event, not an answer
+                    return {"i": i, "status": "sse_error", "ms": (time.perf_counter() - t0) * 1e3, "error": ev["error"]}
                 for c in ev.get("choices") or ():
                     text = (c.get("delta") or {}).get("content")
                     if text:

@@ -37,3 +37,16 @@ if [ -z "$served" ]; then
         --out "$OUT_DIR/speculative_gpu.json" --plot "$OUT_DIR/speculative_gpu.png" 2>&1 \
         | grep -v "Loading weights" | tee "$OUT_DIR/speculative_gpu.txt"
 fi
+# The realistic benchmark on a same-family GPU pair by hub id (benchmarks/realistic.py: vLLM's own server
+# serving the strong model alone vs our strong-only and our cascade, strong tier on vLLM, regenerate and
+# verify, c = 1, 8, 32; the threshold defers 30 % of the weak scores; about 10 more minutes). The weights
+# must be on the machine (a populated Hugging Face cache with HF_HUB_OFFLINE=1, or directories):
+#   WEAK_MODEL=/models/qwen2.5-0.5b STRONG_MODEL=/models/qwen2.5-7b bash benchmarks/gpu_check.sh
+# REALISTIC=0 skips it.
+WEAK_MODEL=${WEAK_MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
+STRONG_MODEL=${STRONG_MODEL:-Qwen/Qwen2.5-7B-Instruct}
+if [ -z "$served" ] && [ "${REALISTIC:-1}" != 0 ] && "$PY" -c "import vllm" 2>/dev/null; then
+    "$PY" -m benchmarks.realistic --weak "$WEAK_MODEL" --strong "$STRONG_MODEL" --device cuda --engines vllm \
+        --concurrency 1,8,32 --duration 15 --out "$OUT_DIR/realistic_gpu.json" --plot "$OUT_DIR/realistic_gpu.png" \
+        2>&1 | grep -v "Loading weights" | tee "$OUT_DIR/realistic_gpu.txt"
+fi

@@ -65,7 +65,7 @@ def main() -> None:
     texts = prompts(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         measured = probe(
-            cfg, Path(tmp) / "probe", [int(c) for c in args.probe_concurrency.split(",")], args.probe_seconds
+            cfg, Path(tmp) / "probe", [int(c) for c in args.probe_concurrency.split(",")], args.probe_seconds, texts
         )
         curves, shares = curves_from_report(measured, cfg.tier_names)
         p = plan(curves, args.qps, shares, p99_ms=args.p99_ms)
