@@ -129,6 +129,7 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
 def pair_config(engine: str, on_defer: str, args):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
     cfg.deferral.on_defer = on_defer
+    cfg.deferral.early_deferral = not args.no_early
     if args.threshold is not None:
         cfg.deferral.threshold = args.threshold
     if args.strong:  # another pair by hub id or directory (benchmarks/gpu_check.sh): same family, same tokenizer
@@ -171,6 +172,9 @@ def main(argv=None) -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--engines", default="continuous,vllm", help="strong-tier engines of our servers")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--on-defer", default="regenerate,verify", help="our servers' deferral modes")
+    ap.add_argument("--no-strong-only", action="store_true")
+    ap.add_argument("--no-early", action="store_true", help="early deferral off: the whole student answer is the draft")
     ap.add_argument("--threshold", type=float, help="override the shipped calibrated threshold")
     ap.add_argument("--weak", help="another pair: the weak model (hub id or directory; with --strong)")
     ap.add_argument("--strong", help="another pair: the strong model (hub id or directory), also the peer's")
@@ -187,7 +191,7 @@ def main(argv=None) -> None:
     hf = args.strong or str(convert())
     peer_args = ("--dtype", "auto", "--gpu-memory-utilization", "0.6") if args.device == "cuda" else ()
     report: dict = {"concurrency": conc, "duration_s": args.duration, "n_prompts": len(rows), "runs": {}}
-    if not args.strong:
+    if not args.strong and not args.no_peer:
         report["step_cost"] = step_cost()
         print("time per decoding step (1 thread, ms):", json.dumps(report["step_cost"], indent=None))
 
@@ -207,7 +211,7 @@ def main(argv=None) -> None:
     if not args.no_peer and not args.strong:
         peer()
     for engine in args.engines.split(","):
-        for on_defer in ("regenerate", "verify"):
+        for on_defer in args.on_defer.split(","):
             with cascade_server(pair_config(engine, on_defer, args), Path(tempfile.mkdtemp()), timeout=900) as s:
                 url = s.http_url.removesuffix("/v1")
                 if args.strong and "references" not in report:  # another pair: its strong answers first
@@ -221,7 +225,7 @@ def main(argv=None) -> None:
                     )
                 extra = {"cascade": {"threshold": report["threshold"]}} if args.strong else None
                 for c in conc:
-                    if on_defer == "regenerate":
+                    if on_defer == args.on_defer.split(",")[0] and not args.no_strong_only:
                         record(
                             f"ours strong-only ({engine})",
                             c,

@@ -50,9 +50,9 @@ class TierDeployment:
         try:
             await self.engine.generate(GenerationRequest(prompt="1 + 1", max_new_tokens=1))
         except Exception as e:
-            log.warning("tier %s: warm-up failed (%s: %s)", self.tier.name, type(e).__name__, e)
+            log.warning("warm-up of tier %s failed (%s: %s)", self.tier.name, type(e).__name__, e)
             return
-        log.info("tier %s: warmed up in %.0f ms", self.tier.name, (time.perf_counter() - t0) * 1e3)
+        log.info("warmed up tier %s in %.0f ms", self.tier.name, (time.perf_counter() - t0) * 1e3)
 
     def _prompt_limit(self) -> Optional[int]:
         if self.tier.max_prompt_tokens:
