@@ -143,39 +143,23 @@ def _continent(r):
     return _say(r, ("Which continent is {} in?", "On which continent is {}?", "What continent is {} part of?"), c), a
 
 
-def _plural(r):
-    w, a = _ask(r, PLURALS)
-    return _say(r, ("What is the plural of {}?", "What is the plural form of {}?", "Give the plural of {}."), w), a
+def _fact(table: dict, *forms: str) -> Callable[[random.Random], tuple[str, str]]:
+    """A fact task: one entry of ``table`` asked one of three ways (``forms``), its value the truth."""
+
+    def make(r: random.Random) -> tuple[str, str]:
+        w, a = _ask(r, table)
+        return _say(r, forms, w), str(a)
+
+    return make
 
 
-def _past(r):
-    w, a = _ask(r, PAST)
-    return _say(r, ("What is the past tense of {}?", "What is the past tense of the verb {}?", "Give the past tense of {}."), w), a  # fmt: skip
-
-
-def _opposite(r):
-    w, a = _ask(r, OPPOSITES)
-    return _say(r, ("What is the opposite of {}?", "What is the antonym of {}?", "Give the opposite of {}."), w), a
-
-
-def _symbol(r):
-    w, a = _ask(r, SYMBOLS)
-    return _say(r, ("What is the chemical symbol for {}?", "What is the chemical symbol of {}?", "Give the chemical symbol for {}."), w), a  # fmt: skip
-
-
-def _baby(r):
-    w, a = _ask(r, BABIES)
-    return _say(r, ("What is a baby {} called?", "What do you call a baby {}?", "What is the name for a young {}?"), w), a  # fmt: skip
-
-
-def _color(r):
-    w, a = _ask(r, COLORS)
-    return _say(r, ("What color is a {}?", "What is the color of a {}?", "What color does a {} have?"), w), a
-
-
-def _legs(r):
-    w, a = _ask(r, LEGS)
-    return _say(r, ("How many legs does a {} have?", "How many legs has a {}?", "A {} has how many legs?"), w), str(a)
+_plural = _fact(PLURALS, "What is the plural of {}?", "What is the plural form of {}?", "Give the plural of {}.")
+_past = _fact(PAST, "What is the past tense of {}?", "What is the past tense of the verb {}?", "Give the past tense of {}.")  # fmt: skip
+_opposite = _fact(OPPOSITES, "What is the opposite of {}?", "What is the antonym of {}?", "Give the opposite of {}.")
+_symbol = _fact(SYMBOLS, "What is the chemical symbol for {}?", "What is the chemical symbol of {}?", "Give the chemical symbol for {}.")  # fmt: skip
+_baby = _fact(BABIES, "What is a baby {} called?", "What do you call a baby {}?", "What is the name for a young {}?")
+_color = _fact(COLORS, "What color is a {}?", "What is the color of a {}?", "What color does a {} have?")
+_legs = _fact(LEGS, "How many legs does a {} have?", "How many legs has a {}?", "A {} has how many legs?")
 
 
 def _day(r):
