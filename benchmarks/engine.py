@@ -197,7 +197,8 @@ def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, m
     same closed loop over /v1/chat/completions (greedy)."""
     import aiohttp
 
-    with vllm_server(model, python, max_model_len=64) as url:
+    with vllm_server(model, python, max_model_len=64) as server:
+        url = server.url
 
         async def run():
             lat, counter = [], iter(range(10**9))

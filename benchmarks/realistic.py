@@ -204,7 +204,8 @@ def main(argv=None) -> None:
         )
 
     def peer() -> None:
-        with vllm_server(hf, max_model_len=512, args=peer_args) as url:
+        with vllm_server(hf, max_model_len=512, args=peer_args) as server:
+            url = server.url
             for c in conc:
                 record("vllm_server (strong alone)", c, load(url, hf, texts, c, args.duration, rows))
 

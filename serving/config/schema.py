@@ -468,6 +468,12 @@ class Server(_Strict):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)"
     )
+    ingress: Literal["direct", "proxy"] = Field(
+        "direct",
+        description="direct: the Router replicas serve HTTP and gRPC on grpc_port/http_port themselves (Serve's "
+        "direct ingress: no proxy process in the path; further Router replicas on one machine take the next "
+        "ports, up to the router's most replicas); proxy: through Serve's HTTP and gRPC proxies",
+    )
     request_timeout_s: Optional[float] = Field(
         120.0,
         gt=0,

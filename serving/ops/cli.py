@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.serve.app import build_app, grpc_options
 
     started = ensure_ray(cfg, args.address)
+    direct = started and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
     stop = {"flag": False}
 
     def _stop(signum, frame):
@@ -75,11 +76,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        serve.start(
-            proxy_location=cfg.server.proxy_location,
-            http_options={"host": cfg.server.host, "port": cfg.server.http_port},
-            grpc_options=grpc_options(cfg),
-        )
+        http, grpc_opts = {"host": cfg.server.host, "port": cfg.server.http_port}, grpc_options(cfg)
+        if direct:  # the Router replicas take the configured ports; Serve's (head-node) proxy gets spare ones
+            from serving.ops.local import free_ports
+
+            http["port"], grpc_opts["port"] = free_ports(2)
+        serve.start(proxy_location=cfg.server.proxy_location, http_options=http, grpc_options=grpc_opts)
         # Returns once the app is RUNNING: every deployment's replicas running, each tier replica warmed up
         # (TierDeployment.__init__) before Serve counts it as running. A tier scaled to zero has none to wait for:
         # calls to it are refused at once until it has one (ServeTierClient).
@@ -97,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
             f"{', auth on' if cfg.server.auth.digests() else ''}); "
             f"OpenAI API http://{cfg.server.host}:{cfg.server.http_port}/v1; "
+            f"{'direct ingress; ' if direct else ''}"
             f"{metrics}ray {ray.get_runtime_context().gcs_address}",
             flush=True,
         )

@@ -85,6 +85,7 @@ class LocalServer:
     log: Path
     metrics_url: Optional[str] = None  # Prometheus endpoint of the embedded Ray
     http_url: Optional[str] = None  # the OpenAI-compatible API's base URL (…/v1)
+    pid: Optional[int] = None  # the `cascade serve` process (its tree: Ray, Serve's proxies, the replicas)
 
 
 READY = re.compile(r"^cascade ready: gRPC on (\S+) .*?(?:metrics (\S+); )?ray (\S+)")
@@ -137,6 +138,7 @@ def cascade_server(cfg: CascadeConfig, workdir: Path, timeout: float = 300.0) ->
             log_path,
             found["metrics"],
             f"http://127.0.0.1:{cfg.server.http_port}/v1",
+            proc.pid,
         )
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -27,13 +27,39 @@ def node_env(cfg: CascadeConfig) -> dict[str, str]:
     return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes), **SERVE_TUNING}
 
 
+def router_replicas(cfg: CascadeConfig) -> int:
+    """The most Router replicas the config can run."""
+    r = cfg.router
+    if r.num_replicas is not None:
+        return max(r.num_replicas, 1)
+    auto = r.autoscaling_config or {}
+    return max(int(auto.get("max_replicas", 1) if isinstance(auto, dict) else auto.max_replicas), 1)
+
+
+def ingress_env(cfg: CascadeConfig) -> dict[str, str]:
+    """``server.ingress: direct`` on an embedded Ray (`cascade serve`): Serve's direct ingress, each Router
+    replica serving HTTP and gRPC itself; the ports it may take start at the configured ones (the first
+    replica on a machine gets them). Clusters (`cascade build`) keep Serve's proxies in front: there,
+    direct ingress needs a load balancer over the replicas' ports (Serve's HAProxy mode)."""
+    if cfg.server.ingress != "direct":
+        return {}
+    n = router_replicas(cfg)
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    for proto, port in (("HTTP", cfg.server.http_port), ("GRPC", cfg.server.grpc_port)):
+        env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(port)
+        env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(port + n)  # exclusive
+    return env
+
+
 def serve_env(cfg: CascadeConfig) -> None:
     """Settings Serve reads from the environment of the processes Ray starts (set before ``ray.init``
     starts an embedded Ray; on clusters, in the nodes' environment): ``node_env`` (an environment
     variable already set wins), and ready/health-check timeouts long enough for a busy 2-core machine
-    (5 s by default)."""
+    (5 s by default), and the ingress mode (``ingress_env``)."""
     for k, v in node_env(cfg).items():
         os.environ.setdefault(k, v)
+    for k, v in ingress_env(cfg).items():  # the config's ports, whatever a parent process left behind
+        os.environ[k] = v if k != "RAY_SERVE_ENABLE_DIRECT_INGRESS" else os.environ.get(k, v)
     for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(var, "60")
 

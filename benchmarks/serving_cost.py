@@ -1,0 +1,441 @@
+"""The serving path's own cost, measured with the peer's tool: ``vllm bench serve`` drives vLLM's OpenAI
+server (the strong model alone) and our cascade's OpenAI front with the same prompts file and concurrency;
+our gRPC front is driven by our gRPC client (unary and streamed) on the same prompts; one aiohttp client
+measures HTTP unary on both servers. Every row also gets the CPU each process of its server burned per
+request (read from /proc for the server's whole process tree: Serve's proxy, the Router, each tier, vLLM's
+engine core, Ray's own daemons), so a gap is explained where it is spent.
+
+    python -m benchmarks.serving_cost --out results/serving_cost.json                # c=16, 300 prompts
+    python -m benchmarks.serving_cost --rounds 2 --rows vllm_sse,cascade_sse          # alternate A/B rows
+    python -m benchmarks.serving_cost --profile results/flame                         # + py-spy flame graphs
+    python -m benchmarks.serving_cost --answers results/answers.json --answers-n 1000 # texts and tiers only
+
+Both servers stay up for the whole run and rows alternate round by round, so a noisy machine shows as
+spread between rounds, not as a bias between servers; the table reports each row's median over rounds.
+Loopback only, bounded by --num-prompts per row. Never asserts timings. ``--answers`` writes the text and
+tier of the first N held-out test questions over gRPC and HTTP (greedy) for comparing two trees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.common import add_config_args, base_config, one_replica, prompts, pyplot, use_config, vllm_server
+from serving.config import PACKAGE_DIR, parse_config
+from serving.ops.local import cascade_server
+
+ROWS = {  # name: (server, client, model)
+    "vllm_sse": ("vllm", "vllm_bench", "strong"),
+    "vllm_http_unary": ("vllm", "http_unary", "strong"),
+    "cascade_sse": ("ours", "vllm_bench", "cascade"),
+    "strong_sse": ("ours", "vllm_bench", "cascade:strong"),
+    "cascade_http_unary": ("ours", "http_unary", "cascade"),
+    "cascade_grpc_unary": ("ours", "grpc_unary", "cascade"),
+    "cascade_grpc_stream": ("ours", "grpc_stream", "cascade"),
+    # server B: the same config with --b-ingress (default proxy: Serve's HTTP/gRPC proxies in front of the
+    # Router) and --b-env, up only when one of these rows is asked for (A/B of a serving option in one run)
+    "cascade_sse_b": ("b", "vllm_bench", "cascade"),
+    "strong_sse_b": ("b", "vllm_bench", "cascade:strong"),
+    "cascade_http_unary_b": ("b", "http_unary", "cascade"),
+    "cascade_grpc_unary_b": ("b", "grpc_unary", "cascade"),
+    "cascade_grpc_stream_b": ("b", "grpc_stream", "cascade"),
+}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- CPU per process of a server's tree ---------------------------------------------------------------------
+def _stat(pid: int) -> Optional[tuple[int, float]]:
+    """(parent pid, CPU seconds so far) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / TICK
+
+
+def _label(pid: int) -> str:
+    """What a process is, from its command line (Ray sets replica titles: ``ray::ServeReplica:app:Dep``)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    for key, name in (
+        ("ServeReplica:", None),
+        ("ProxyActor", "Serve proxy"),
+        ("ServeController", "Serve controller"),
+        ("EngineCore", "vLLM engine core"),
+        ("vllm.entrypoints", "vLLM API server"),
+        ("serving.ops.cli", "cascade serve (driver)"),
+        ("gcs_server", "Ray system"),
+        ("raylet", "Ray system"),
+        ("dashboard", "Ray system"),
+        ("log_monitor", "Ray system"),
+        ("monitor.py", "Ray system"),
+        ("runtime_env", "Ray system"),
+    ):
+        if key in cmd:
+            return name or "replica " + cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    return "vLLM engine core" if "EngineCore" in comm else f"other ({comm})"
+
+
+def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (label, CPU s) for ``root`` and every descendant."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (s := _stat(int(d))):
+            procs[int(d)] = s
+    children = defaultdict(list)
+    for pid, (ppid, _) in procs.items():
+        children[ppid].append(pid)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            out[pid] = (_label(pid), procs[pid][1])
+            todo += children[pid]
+    return out
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    """CPU s per label between two snapshots (a process that died in between counts what it had by ``before``)."""
+    by = defaultdict(float)
+    for pid, (label, cpu) in after.items():
+        by[label] += cpu - (before[pid][1] if pid in before else 0.0)
+    return dict(by)
+
+
+# ---- clients --------------------------------------------------------------------------------------------------
+def vllm_bench(base_url: str, model: str, tokenizer: str, dataset: Path, args, out_dir: Path) -> dict:
+    """``vllm bench serve`` (in-process: the CPU build's ``vllm`` console script cannot find its own metadata)."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    p = FlexibleArgumentParser()
+    add_cli_args(p)
+    argv = ["--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions"]
+    argv += ["--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(dataset)]
+    argv += ["--custom-output-len", str(args.output_len), "--skip-chat-template", "--disable-shuffle"]
+    argv += ["--num-prompts", str(args.num_prompts), "--max-concurrency", str(args.concurrency)]
+    argv += ["--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
+    argv += ["--save-result", "--result-dir", str(out_dir), "--result-filename", "bench.json", "--disable-tqdm"]
+    main(p.parse_args(argv))
+    r = json.loads((out_dir / "bench.json").read_text())
+    return {
+        "completed": r["completed"],
+        "failed": r.get("failed", 0),
+        "elapsed_s": r["duration"],
+        "rps": r["request_throughput"],
+        **{f"{m}_{q}_ms": r.get(f"{q}_{m}_ms") for m in ("ttft", "tpot", "itl", "e2el") for q in ("p50", "p99")},
+        "completion_tokens_mean": statistics.fmean(r.get("output_lens") or [0]),
+    }
+
+
+def _pcts(xs: list[float], name: str) -> dict[str, Optional[float]]:
+    import numpy as np
+
+    return {f"{name}_{q}_ms": float(np.percentile(xs, int(q[1:]))) if xs else None for q in ("p50", "p99")}
+
+
+async def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
+    """The same aiohttp client for both servers: non-streamed chat completions, closed loop."""
+    import aiohttp
+
+    todo, lat, failed = iter(range(args.num_prompts)), [], 0
+
+    async def caller(http):
+        nonlocal failed
+        for i in todo:
+            body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}]}
+            body |= {"max_tokens": args.output_len, "temperature": 0}
+            t0 = time.perf_counter()
+            async with http.post(base_url + "/v1/chat/completions", json=body) as r:
+                await r.read()
+                if r.status == 200:
+                    lat.append((time.perf_counter() - t0) * 1e3)
+                else:
+                    failed += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(http) for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - t0
+    return {"completed": len(lat), "failed": failed, "elapsed_s": elapsed, "rps": len(lat) / elapsed}
+    # (no TTFT: a unary answer's first byte is its last)
+
+
+async def grpc_load(address: str, texts: list[str], args, stream: bool) -> dict:
+    """Our gRPC client (grpc.aio), closed loop over the same prompts: Generate, or GenerateStream with the
+    time to the first text message and between text messages."""
+    import grpc
+
+    from serving._proto.cascade.v1 import cascade_pb2 as pb
+    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+
+    todo, e2e, ttft, itl, failed = iter(range(args.num_prompts)), [], [], [], 0
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.CascadeStub(ch)
+
+        async def caller():
+            nonlocal failed
+            for i in todo:
+                req = pb.GenerateRequest(prompt=texts[i % len(texts)], max_new_tokens=args.output_len)
+                t0 = time.perf_counter()
+                try:
+                    if not stream:
+                        await stub.Generate(req, timeout=60)
+                    else:
+                        last = None
+                        async for m in stub.GenerateStream(req, timeout=60):
+                            now = time.perf_counter()
+                            if m.text:
+                                (ttft.append((now - t0) * 1e3) if last is None else itl.append((now - last) * 1e3))
+                                last = now
+                except grpc.aio.AioRpcError:
+                    failed += 1
+                    continue
+                e2e.append((time.perf_counter() - t0) * 1e3)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - t0
+    out = {"completed": len(e2e), "failed": failed, "elapsed_s": elapsed, "rps": len(e2e) / elapsed}
+    out |= _pcts(e2e, "e2el")
+    if stream:
+        out |= _pcts(ttft, "ttft") | _pcts(itl, "itl")
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+def run_row(name: str, servers: dict, dataset: Path, texts: list[str], args, tmp: Path) -> dict:
+    server, client, model = ROWS[name]
+    s = servers[server]
+    before = tree_cpu(s["pid"])
+    m = s.get("model", model)
+    if client == "vllm_bench":
+        r = vllm_bench(s["http"], m, s["tokenizer"], dataset, args, tmp / name)
+    elif client == "http_unary":
+        r = asyncio.run(http_unary(s["http"], m, texts, args))
+    else:
+        r = asyncio.run(grpc_load(s["grpc"], texts, args, stream=client == "grpc_stream"))
+    cpu = cpu_delta(before, tree_cpu(s["pid"]))
+    n = max(r["completed"], 1)
+    r["cpu_ms_per_request"] = {k: round(v * 1e3 / n, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}
+    r["cpu_ms_per_request_total"] = round(sum(cpu.values()) * 1e3 / n, 3)
+    return r
+
+
+def profile(servers: dict, rows: list[str], dataset: Path, texts: list[str], args, tmp: Path, out: Path) -> dict:
+    """py-spy flame graphs (SVG) of every process of our server's tree while each row runs again."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for name in rows:
+        if ROWS[name][0] == "vllm":
+            continue
+        pids = {
+            pid: label for pid, (label, _) in tree_cpu(servers[ROWS[name][0]]["pid"]).items() if label != "Ray system"
+        }
+        spies = []
+        for pid, label in pids.items():
+            svg = out / f"{name}--{label.replace(' ', '_').replace('(', '').replace(')', '')}--{pid}.svg"
+            cmd = [spy, "record", "-p", str(pid), "-r", "67", "-o", str(svg), "--nonblocking", "-f", "flamegraph"]
+            spies.append((label, svg, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        time.sleep(1.0)
+        run_row(name, servers, dataset, texts, args, tmp)
+        for _, _, p in spies:
+            p.send_signal(2)  # py-spy writes its graph on SIGINT
+        for label, svg, p in spies:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            if svg.exists():
+                made.setdefault(name, {})[label] = str(svg)
+    return made
+
+
+async def answers(grpc_address: str, http: str, texts: list[str], output_len: int) -> list[dict]:
+    """Text and tier of each prompt over gRPC (Generate) and HTTP (non-streamed chat), greedy."""
+    import aiohttp
+    import grpc
+
+    from serving._proto.cascade.v1 import cascade_pb2 as pb
+    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
+
+    sem = asyncio.Semaphore(8)
+    async with grpc.aio.insecure_channel(grpc_address) as ch, aiohttp.ClientSession() as session:
+        stub = pb_grpc.CascadeStub(ch)
+
+        async def one(p: str) -> dict:
+            async with sem:
+                g = await stub.Generate(pb.GenerateRequest(prompt=p, max_new_tokens=output_len))
+                body = {"model": "cascade", "messages": [{"role": "user", "content": p}], "max_tokens": output_len}
+                async with session.post(http + "/v1/chat/completions", json=body) as r:
+                    h = await r.json()
+                return {
+                    "prompt": p,
+                    "grpc": [g.text, g.tier, g.deferred],
+                    "http": [h["choices"][0]["message"]["content"], h["cascade"]["tier"], h["cascade"]["deferred"]],
+                }
+
+        return list(await asyncio.gather(*(one(p) for p in texts)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--num-prompts", type=int, default=300, help="requests per row (held-out test prompts)")
+    ap.add_argument("--output-len", type=int, default=12, help="max_tokens (answers end at EOS: natural lengths)")
+    ap.add_argument("--rounds", type=int, default=1, help="rows alternate round by round; medians reported")
+    ap.add_argument("--strong", default=str(PACKAGE_DIR / "default_models" / "strong"), help="vLLM peer's model")
+    ap.add_argument("--profile", metavar="DIR", help="also record py-spy flame graphs of our processes per row")
+    ap.add_argument("--answers", metavar="FILE", help="only write texts and tiers of --answers-n test questions")
+    ap.add_argument("--answers-n", type=int, default=1000)
+    ap.add_argument("--b-ingress", default="proxy", choices=["proxy", "direct"], help="server B's server.ingress")
+    ap.add_argument("--b-env", default="", help="server B's extra environment: K=V,K=V (Serve's settings)")
+    ap.add_argument("--out", default="results/serving_cost.json")
+    args = ap.parse_args()
+    use_config(args.config)
+    rows = [r for r in args.rows.split(",") if r]
+    if bad := [r for r in rows if r not in ROWS]:
+        ap.error(f"--rows: unknown {bad}; choose from {list(ROWS)}")
+    cfg = parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True)))
+    texts = prompts(args.data, max(args.num_prompts, args.answers_n if args.answers else 0))
+    tokenizer = str(cfg.tiers[-1].model.source)
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        if args.answers:
+            with cascade_server(cfg, tmp / "srv") as srv:
+                got = asyncio.run(answers(srv.address, srv.http_url.removesuffix("/v1"), texts, args.output_len))
+            Path(args.answers).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.answers).write_text(json.dumps(got, indent=0))
+            same = sum(a["grpc"] == a["http"] for a in got)
+            print(f"{len(got)} answers -> {args.answers}; gRPC and HTTP agree on {same}")
+            return
+        dataset = tmp / "prompts.jsonl"
+        dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts[: args.num_prompts]))
+        servers: dict = {}
+        need_peer = any(ROWS[r][0] == "vllm" for r in rows)
+        peer = vllm_server(args.strong) if need_peer else contextlib.nullcontext()
+        b_cfg = cfg.model_copy(deep=True)
+        b_cfg.server.ingress = args.b_ingress
+        b = _with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
+        with cascade_server(cfg, tmp / "srv") as srv, b or contextlib.nullcontext() as bsrv, peer as vllm:
+            servers["ours"] = {"pid": srv.pid, "http": srv.http_url.removesuffix("/v1"), "grpc": srv.address}
+            servers["ours"]["tokenizer"] = tokenizer
+            if bsrv:
+                servers["b"] = {"pid": bsrv.pid, "http": bsrv.http_url.removesuffix("/v1"), "grpc": bsrv.address}
+                servers["b"]["tokenizer"] = tokenizer
+            if need_peer:
+                servers["vllm"] = {"pid": vllm.pid, "http": vllm.url, "model": args.strong, "tokenizer": args.strong}
+            results = defaultdict(list)
+            for rnd in range(args.rounds):
+                order = rows if rnd % 2 == 0 else rows[::-1]
+                for name in order:
+                    r = run_row(name, servers, dataset, texts, args, tmp)
+                    print(f"round {rnd} {name}: {r['rps']:.1f} rps, {r['cpu_ms_per_request_total']:.1f} CPU ms/req")
+                    results[name].append(r)
+            flames = profile(servers, rows, dataset, texts, args, tmp, Path(args.profile)) if args.profile else {}
+    report = {"args": vars(args), "rows": {k: summarize(v) for k, v in results.items()}, "runs": results}
+    report["flame_graphs"] = flames
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    table(report["rows"])
+    plot(report["rows"], Path(args.out).with_suffix(".png"))
+
+
+@contextlib.contextmanager
+def _with_env(pairs: str, cm, *a):
+    """``cm(*a)`` entered with ``pairs`` (K=V,K=V) in the environment the server process inherits."""
+    env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with cm(*a) as got:
+            for k, v in old.items():  # the server has its environment; ours goes back as it was
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            yield got
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (CPU per request per process too)."""
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if k == "cpu_ms_per_request":
+            labels = {lab for r in vals for lab in r}
+            out[k] = {lab: statistics.median(r.get(lab, 0.0) for r in vals) for lab in labels}
+        elif vals and all(isinstance(v, (int, float)) for v in vals):
+            out[k] = statistics.median(vals)
+        else:
+            out[k] = None
+    out["rounds"] = len(runs)
+    return out
+
+
+def table(rows: dict) -> None:
+    peer = rows.get("vllm_sse", {}).get("rps")
+    print(
+        f"\n{'row':22} {'rps':>7} {'×vLLM':>6} {'TTFT p50':>9} {'p99':>7} {'TPOT p50':>9} {'e2e p50':>8} {'CPU ms/req':>10}"
+    )
+    for name, r in rows.items():
+        ratio = f"{r['rps'] / peer:.2f}" if peer else "-"
+        f = lambda k, r=r: f"{r[k]:.1f}" if r.get(k) is not None else "-"  # noqa: E731
+        print(
+            f"{name:22} {r['rps']:7.1f} {ratio:>6} {f('ttft_p50_ms'):>9} {f('ttft_p99_ms'):>7} "
+            f"{f('tpot_p50_ms'):>9} {f('e2el_p50_ms'):>8} {r['cpu_ms_per_request_total']:10.1f}"
+        )
+    print("\nCPU ms per request by process (median over rounds):")
+    for name, r in rows.items():
+        parts = sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
+        print(f"  {name:22} " + ", ".join(f"{k} {v:.1f}" for k, v in parts if v >= 0.05))
+
+
+def plot(rows: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = list(rows)
+    a.bar(names, [rows[n]["rps"] for n in names], color=["#888" if n.startswith("vllm") else "#369" for n in names])
+    a.set_ylabel("requests / s")
+    a.set_title("throughput (same prompts, same concurrency)")
+    a.tick_params(axis="x", rotation=35)
+    labels = sorted({lab for n in names for lab in rows[n]["cpu_ms_per_request"]})
+    bottom = [0.0] * len(names)
+    for lab in labels:
+        vals = [rows[n]["cpu_ms_per_request"].get(lab, 0.0) for n in names]
+        b.bar(names, vals, bottom=bottom, label=lab)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    b.set_ylabel("CPU ms per request")
+    b.set_title("where the CPU goes, per process")
+    b.tick_params(axis="x", rotation=35)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot -> {path}")
+
+
+if __name__ == "__main__":
+    main()
