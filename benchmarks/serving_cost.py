@@ -43,7 +43,7 @@ ROWS = {  # name: (server, client, model)
     "cascade_http_unary": ("ours", "http_unary", "cascade"),
     "cascade_grpc_unary": ("ours", "grpc_unary", "cascade"),
     "cascade_grpc_stream": ("ours", "grpc_stream", "cascade"),
-    # server B: the same config with --b-ingress (default proxy: Serve's HTTP/gRPC proxies in front of the
+    # server B: the same config with --b-set (default server.ingress=proxy: Serve's HTTP/gRPC proxies in front of the
     # Router) and --b-env, up only when one of these rows is asked for (A/B of a serving option in one run)
     "cascade_sse_b": ("b", "vllm_bench", "cascade"),
     "strong_sse_b": ("b", "vllm_bench", "cascade:strong"),
@@ -311,7 +311,12 @@ def main() -> None:
     ap.add_argument("--profile", metavar="DIR", help="also record py-spy flame graphs of our processes per row")
     ap.add_argument("--answers", metavar="FILE", help="only write texts and tiers of --answers-n test questions")
     ap.add_argument("--answers-n", type=int, default=1000)
-    ap.add_argument("--b-ingress", default="proxy", choices=["proxy", "direct"], help="server B's server.ingress")
+    ap.add_argument("--set", default="", help="our server's config: dotted.key=value,... (as --b-set)")
+    ap.add_argument(
+        "--b-set",
+        default="server.ingress=proxy",
+        help="server B's config: dotted.key=value,... (YAML values), e.g. router.colocate_with=weak",
+    )
     ap.add_argument("--b-env", default="", help="server B's extra environment: K=V,K=V (Serve's settings)")
     ap.add_argument("--out", default="results/serving_cost.json")
     args = ap.parse_args()
@@ -319,7 +324,7 @@ def main() -> None:
     rows = [r for r in args.rows.split(",") if r]
     if bad := [r for r in rows if r not in ROWS]:
         ap.error(f"--rows: unknown {bad}; choose from {list(ROWS)}")
-    cfg = parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True)))
+    cfg = _with_settings(parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True))), args.set)
     texts = prompts(args.data, max(args.num_prompts, args.answers_n if args.answers else 0))
     tokenizer = str(cfg.tiers[-1].model.source)
     with tempfile.TemporaryDirectory() as t:
@@ -337,8 +342,7 @@ def main() -> None:
         servers: dict = {}
         need_peer = any(ROWS[r][0] == "vllm" for r in rows)
         peer = vllm_server(args.strong) if need_peer else contextlib.nullcontext()
-        b_cfg = cfg.model_copy(deep=True)
-        b_cfg.server.ingress = args.b_ingress
+        b_cfg = _with_settings(cfg, args.b_set)
         b = _with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
         with cascade_server(cfg, tmp / "srv") as srv, b or contextlib.nullcontext() as bsrv, peer as vllm:
             servers["ours"] = {"pid": srv.pid, "http": srv.http_url.removesuffix("/v1"), "grpc": srv.address}
@@ -362,6 +366,21 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
     table(report["rows"])
     plot(report["rows"], Path(args.out).with_suffix(".png"))
+
+
+def _with_settings(cfg, pairs: str):
+    """``cfg`` with dotted-key settings (``router.colocate_with=weak,server.ingress=proxy``), validated again."""
+    import yaml
+
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    for kv in filter(None, pairs.split(",")):
+        key, value = kv.split("=", 1)
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return parse_config(raw)
 
 
 @contextlib.contextmanager

@@ -137,6 +137,23 @@ class ServeOptions(_Strict):
         return opts
 
 
+class RouterOptions(ServeOptions):
+    """The Router deployment's Serve options, and where the first tier's engine runs."""
+
+    colocate_with: Optional[str] = Field(
+        None,
+        description="the first tier's name: its engine runs inside each Router replica (called in-process by the "
+        "walk, later tiers through handles), so a request it answers crosses one process fewer; the Router then "
+        "takes that tier's pool (ray_actor_options), replicas or autoscaling and health checks, and keeps its own "
+        "max_ongoing_requests; the tier has no deployment of its own",
+    )
+
+    def deployment_options(self) -> dict[str, Any]:
+        opts = super().deployment_options()
+        opts.pop("colocate_with", None)
+        return opts
+
+
 class Cost(_Strict):
     """What one call to a tier costs, in the operator's unit (dollars, GPU-seconds, ...): per call, plus
     per prompt token and per generated token. Every response carries a receipt priced with it."""
@@ -468,11 +485,12 @@ class Server(_Strict):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         "EveryNode", description="where Serve runs its HTTP/gRPC proxies (one machine: HeadOnly)"
     )
-    ingress: Literal["direct", "proxy"] = Field(
-        "direct",
-        description="direct: the Router replicas serve HTTP and gRPC on grpc_port/http_port themselves (Serve's "
-        "direct ingress: no proxy process in the path; further Router replicas on one machine take the next "
-        "ports, up to the router's most replicas); proxy: through Serve's HTTP and gRPC proxies",
+    ingress: Literal["auto", "direct", "proxy"] = Field(
+        "auto",
+        description="direct: the Router replica serves HTTP and gRPC on http_port/grpc_port itself (Serve's direct "
+        "ingress: no proxy process in the path; needs a Router of one replica, as a second one on the machine would "
+        "take the next ports); proxy: through Serve's HTTP and gRPC proxies; auto: direct when the Router has one "
+        "replica, else proxy. Applies to `cascade serve` on its own Ray; clusters keep the proxies",
     )
     request_timeout_s: Optional[float] = Field(
         120.0,
@@ -499,7 +517,50 @@ class CascadeConfig(_Strict):
     reliability: Reliability = Field(default_factory=Reliability)
     shadow: Shadow = Field(default_factory=Shadow)
     server: Server = Field(default_factory=Server)
-    router: ServeOptions = Field(default_factory=lambda: ServeOptions(max_ongoing_requests=256))
+    router: RouterOptions = Field(default_factory=lambda: RouterOptions(max_ongoing_requests=256))
+
+    @model_validator(mode="after")
+    def _colocation(self) -> CascadeConfig:
+        name = self.router.colocate_with
+        if name is not None and name != self.tiers[0].name:
+            raise ValueError(
+                f"router.colocate_with: {name!r} is not the first tier ({self.tiers[0].name!r}); only the first "
+                "tier's engine can run inside the Router"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _direct_ingress(self) -> CascadeConfig:
+        if self.server.ingress == "direct" and self.router_max_replicas > 1:
+            raise ValueError(
+                f"server.ingress: direct serves the configured ports from one Router replica, and the Router can "
+                f"run {self.router_max_replicas}: set router.num_replicas: 1 (with router.colocate_with, the first "
+                "tier's serve.num_replicas), or server.ingress: proxy (or auto)"
+            )
+        return self
+
+    @property
+    def router_max_replicas(self) -> int:
+        opts = self.router_deployment_options()
+        if opts.get("num_replicas") is not None:
+            return opts["num_replicas"]
+        return int((opts.get("autoscaling_config") or {}).get("max_replicas", 1))
+
+    @property
+    def direct_ingress(self) -> bool:
+        """The Router serves the ports itself (``server.ingress``)."""
+        return self.server.ingress == "direct" or (self.server.ingress == "auto" and self.router_max_replicas <= 1)
+
+    def router_deployment_options(self) -> dict[str, Any]:
+        """The Router's Serve options; co-located with the first tier, that tier's placement, replicas or
+        autoscaling and health checks, with the Router's own request limits."""
+        own = self.router.deployment_options()
+        if self.router.colocate_with is None:
+            return own
+        opts = self.tiers[0].deployment_options()
+        for k in ("max_ongoing_requests", "max_queued_requests"):
+            opts[k] = own[k]
+        return opts
 
     @model_validator(mode="after")
     def _verify_needs_greedy(self) -> CascadeConfig:

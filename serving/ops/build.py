@@ -32,8 +32,12 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
                 "route_prefix": "/",
                 "import_path": "serving.serve.app:build_app",
                 "args": {"config": portable(cfg)},
-                "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.tiers]
-                + [_deployment("Router", cfg.router.deployment_options())],
+                "deployments": [
+                    _deployment(f"tier-{t.name}", t.deployment_options())
+                    for t in cfg.tiers
+                    if t.name != cfg.router.colocate_with
+                ]
+                + [_deployment("Router", cfg.router_deployment_options())],
             }
         ],
     }

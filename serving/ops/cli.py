@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.serve.app import build_app, grpc_options
 
     started = ensure_ray(cfg, args.address)
-    direct = started and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
+    direct = started and cfg.direct_ingress
     stop = {"flag": False}
 
     def _stop(signum, frame):

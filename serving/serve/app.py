@@ -27,27 +27,17 @@ def node_env(cfg: CascadeConfig) -> dict[str, str]:
     return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.limits.max_request_bytes), **SERVE_TUNING}
 
 
-def router_replicas(cfg: CascadeConfig) -> int:
-    """The most Router replicas the config can run."""
-    r = cfg.router
-    if r.num_replicas is not None:
-        return max(r.num_replicas, 1)
-    auto = r.autoscaling_config or {}
-    return max(int(auto.get("max_replicas", 1) if isinstance(auto, dict) else auto.max_replicas), 1)
-
-
 def ingress_env(cfg: CascadeConfig) -> dict[str, str]:
-    """``server.ingress: direct`` on an embedded Ray (`cascade serve`): Serve's direct ingress, each Router
-    replica serving HTTP and gRPC itself; the ports it may take start at the configured ones (the first
-    replica on a machine gets them). Clusters (`cascade build`) keep Serve's proxies in front: there,
-    direct ingress needs a load balancer over the replicas' ports (Serve's HAProxy mode)."""
-    if cfg.server.ingress != "direct":
-        return {}
-    n = router_replicas(cfg)
+    """Direct ingress (``server.ingress``) on an embedded Ray (`cascade serve`): Serve's direct ingress, the one
+    Router replica serving HTTP and gRPC itself on the configured ports. Clusters (`cascade build`) keep
+    Serve's proxies in front: there, direct ingress needs a load balancer over the replicas' ports (Serve's
+    HAProxy mode)."""
+    if not cfg.direct_ingress:
+        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
     for proto, port in (("HTTP", cfg.server.http_port), ("GRPC", cfg.server.grpc_port)):
         env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(port)
-        env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(port + n)  # exclusive
+        env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(port + 1)  # exclusive: that port only
     return env
 
 
@@ -58,8 +48,7 @@ def serve_env(cfg: CascadeConfig) -> None:
     (5 s by default), and the ingress mode (``ingress_env``)."""
     for k, v in node_env(cfg).items():
         os.environ.setdefault(k, v)
-    for k, v in ingress_env(cfg).items():  # the config's ports, whatever a parent process left behind
-        os.environ[k] = v if k != "RAY_SERVE_ENABLE_DIRECT_INGRESS" else os.environ.get(k, v)
+    os.environ.update(ingress_env(cfg))  # the config decides, whatever a parent process left behind
     for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(var, "60")
 
@@ -89,7 +78,8 @@ def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Applic
     tiers = {
         t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options()).bind(t.model_dump(mode="json"))
         for t in cfg.tiers
+        if t.name != cfg.router.colocate_with  # that one runs inside the Router
     }
     # Tokens from the config and the environment of the process building the app, as digests only.
     router_cfg = digested(cfg, cfg.model_dump(mode="json"), with_env=True)
-    return Router.options(name="Router", **cfg.router.deployment_options()).bind(router_cfg, tiers)
+    return Router.options(name="Router", **cfg.router_deployment_options()).bind(router_cfg, tiers)

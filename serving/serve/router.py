@@ -34,6 +34,7 @@ from serving.fronts.status import retry_after_ms as retry_hint
 from serving.observability.shadow import ShadowSampler
 from serving.observability.status import RouterStatus
 from serving.serve.metrics import Metrics
+from serving.serve.tier import TierServer
 from serving.serve.tier_client import ServeTierClient
 
 log = logging.getLogger("ray.serve")  # Serve's replica logger stamps each line with the request id
@@ -59,10 +60,13 @@ def _request_id() -> str:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(http_app)
 class Router:
-    def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
+    async def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
         cfg = parse_config(config)
         self.metrics = Metrics()
-        self.client = ServeTierClient(cfg, tiers, self.metrics)
+        # router.colocate_with: the first tier's engine in this process (built and warmed before the replica runs)
+        name = cfg.router.colocate_with
+        self.local = {name: await TierServer.start(cfg.tier(name).model_dump(mode="json"))} if name else {}
+        self.client = ServeTierClient(cfg, tiers, self.metrics, self.local)
         self.cascade = Cascade(cfg, self.client, self.metrics)
         self.shadow = ShadowSampler(cfg, self.cascade, self.client, self.metrics, self.cascade.inflight.__getitem__)
         self.tiers = tiers
@@ -411,10 +415,18 @@ class Router:
                 task.cancel()
 
     # ---- operations --------------------------------------------------------------------------
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Co-located with the first tier: its engine's load (the tier's autoscaling policy scales the Router)."""
+        return await next(iter(self.local.values())).record_autoscaling_stats() if self.local else {}
+
+    def check_health(self) -> None:
+        for t in self.local.values():  # a co-located engine that stopped makes this replica unhealthy
+            t.check_health()
+
     async def stats(self) -> RouterStatus:
         """This router replica's view, for `cascade status`: its counters, breakers, and one replica of
         each tier's engine stats."""
-        engines = {}
+        engines = {name: await t.stats() for name, t in self.local.items()}
         for name, h in self.tiers.items():
             try:
                 engines[name] = await asyncio.wait_for(h.stats.remote(), 5)

@@ -1,4 +1,6 @@
-"""One cascade tier: an engine (which batches on its own) behind a streaming Serve method."""
+"""One cascade tier: an engine (which batches on its own) behind a streaming method. :class:`TierServer` is the
+tier's logic around its engine; :class:`TierDeployment` serves it as a Serve deployment, and a Router co-located
+with the first tier (``router.colocate_with``) holds one in-process."""
 
 from __future__ import annotations
 
@@ -33,15 +35,20 @@ ENGINE_METRICS = (
 STATS_PERIOD_S = 2.0
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-class TierDeployment:
-    async def __init__(self, tier: dict[str, Any]):  # Serve awaits an async constructor before the replica runs
+class TierServer:
+    def __init__(self, tier: dict[str, Any]):
         self.tier = Tier.model_validate(tier)
         self.engine = build_engine(self.tier)
         self.max_prompt_tokens = self._prompt_limit()
         self.metrics = Metrics(ENGINE_METRICS)
         self._stats_task: Optional[asyncio.Task] = None
+
+    @classmethod
+    async def start(cls, tier: dict[str, Any]) -> TierServer:
+        """Built and warmed up (what a Router co-located with this tier holds)."""
+        self = cls(tier)
         await self._warm()
+        return self
 
     async def _warm(self) -> None:
         """One token through the engine before the replica reports RUNNING, so that no client request pays for
@@ -203,6 +210,13 @@ class TierDeployment:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+class TierDeployment(TierServer):
+    async def __init__(self, tier: dict[str, Any]):  # Serve awaits an async constructor before the replica runs
+        super().__init__(tier)
+        await self._warm()
 
 
 async def _with_token_texts(chunks: AsyncIterator[Chunk], engine) -> AsyncIterator[Chunk]:

@@ -49,17 +49,20 @@ def remote_message(e: BaseException) -> str:
 
 
 class ServeTierClient:
-    def __init__(self, config: CascadeConfig, handles: dict[str, DeploymentHandle], metrics):
+    def __init__(self, config: CascadeConfig, handles: dict[str, DeploymentHandle], metrics, local=None):
+        """``local``: tiers served in this process (``router.colocate_with``: a TierServer by name), called
+        directly under the same timeout and breaker."""
         self.cfg, self.metrics = config, metrics
         self.handles = {n: h.options(stream=True) for n, h in handles.items()}
         self.unary = dict(handles)
+        self.local = dict(local or {})
         rel = config.reliability
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
         self.started = time.monotonic()
         self.waking: dict[str, asyncio.Future] = {}
 
     def running(self, name: str) -> int:
-        return running_replicas(self.unary[name])
+        return 1 if name in self.local else running_replicas(self.unary[name])
 
     async def _ready(self, name: str) -> None:
         """Refuses at once (TierFailure ``not_ready``, with a retry hint) a call to a tier that has no running
@@ -77,7 +80,7 @@ class ServeTierClient:
             await asyncio.sleep(min(left, 0.05))  # a new router replica: its handles have not heard yet
 
     def _wake(self, name: str) -> None:
-        if self.cfg.tier(name).serve.autoscaling_config is None:
+        if name in self.local or self.cfg.tier(name).serve.autoscaling_config is None:
             return
         pending = self.waking.get(name)
         if pending is None or pending.done():
@@ -110,8 +113,13 @@ class ServeTierClient:
         timeout = self.cfg.tier(name).timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        local = self.local.get(name)
         for attempt in range(self.cfg.reliability.retries + 1):
-            gen = self.handles[name].stream.remote(req, tokens, stop, draft)
+            gen = (
+                local.stream(req, tokens, stop, draft)
+                if local
+                else self.handles[name].stream.remote(req, tokens, stop, draft)
+            )
             got_any, ended = False, False
             try:
                 while True:
@@ -153,8 +161,8 @@ class ServeTierClient:
                 breaker.success()
                 return
             finally:
-                if not ended:
-                    gen.cancel()  # stop the tier's work: its engine frees the slot at the next step
+                if not ended:  # stop the tier's work: its engine frees the slot at the next step
+                    await gen.aclose() if local else gen.cancel()
             breaker.failure()
             raise failure
         raise AssertionError("unreachable")
@@ -168,7 +176,9 @@ class ServeTierClient:
             raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
         timeout = self.cfg.tier(name).timeout_s
         try:
-            out = await asyncio.wait_for(getattr(self.unary[name], method).remote(*args), timeout)
+            target = self.local.get(name)
+            call = getattr(target, method)(*args) if target else getattr(self.unary[name], method).remote(*args)
+            out = await asyncio.wait_for(call, timeout)
         except BadRequest as e:
             breaker.success()
             raise _bad_request(e) from None

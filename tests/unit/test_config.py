@@ -262,3 +262,26 @@ def test_package_file_and_home_model_sources(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="no file 'no_such_model' in an installed package 'serving'"):
         load_config(path)
+
+
+def test_ingress_auto_is_direct_only_with_one_router_replica():
+    assert load_config().direct_ingress  # the shipped config: one Router replica serves both ports
+    auto = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}
+    assert not parse_config(minimal(router=auto)).direct_ingress  # several: Serve's proxies in front
+    assert not parse_config(minimal(server={"ingress": "proxy"})).direct_ingress
+    with pytest.raises(ConfigError) as e:
+        parse_config(minimal(router=auto, server={"ingress": "direct"}))
+    assert "server.ingress: direct" in str(e.value) and "router.num_replicas: 1" in str(e.value)
+
+
+def test_router_colocated_with_the_first_tier_takes_its_placement_and_scaling():
+    tiers = minimal()["tiers"]
+    tiers[0]["serve"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "resources": {"weak_pool": 1}}}
+    cfg = parse_config(minimal(tiers=tiers, router={"colocate_with": "weak", "max_ongoing_requests": 200}))
+    opts = cfg.router_deployment_options()
+    assert opts["num_replicas"] == 2 and opts["ray_actor_options"]["resources"] == {"weak_pool": 1}
+    assert opts["max_ongoing_requests"] == 200 and "colocate_with" not in opts
+    assert not cfg.direct_ingress  # two Router replicas now: auto keeps the proxies
+    with pytest.raises(ConfigError) as e:
+        parse_config(minimal(router={"colocate_with": "strong"}))
+    assert "router.colocate_with" in str(e.value) and "first tier" in str(e.value)
