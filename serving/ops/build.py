@@ -33,7 +33,7 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
                 "import_path": "serving.serve.app:build_app",
                 "args": {"config": portable(cfg)},
                 "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.tiers]
-                + [_deployment("Router", cfg.router.deployment_options())],
+                + [_deployment("Router", cfg.router_options())],
             }
         ],
     }

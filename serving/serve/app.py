@@ -66,4 +66,4 @@ def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Applic
     }
     # Tokens from the config and the environment of the process building the app, as digests only.
     router_cfg = digested(cfg, cfg.model_dump(mode="json"), with_env=True)
-    return Router.options(name="Router", **cfg.router.deployment_options()).bind(router_cfg, tiers)
+    return Router.options(name="Router", **cfg.router_options()).bind(router_cfg, tiers)
