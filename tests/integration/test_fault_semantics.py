@@ -265,6 +265,19 @@ def test_both_fronts_refuse_a_missing_or_wrong_token(server):
                 with pytest.raises(grpc.RpcError) as e:
                     call(pb.GenerateRequest(prompt=PROMPT), metadata=md, timeout=30)
                 assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Serve's own gRPC services answer without a token (documented): health, the app list, reflection
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+        from ray.serve.generated import serve_pb2, serve_pb2_grpc
+
+        api = serve_pb2_grpc.RayServeAPIServiceStub(ch)
+        assert api.Healthz(serve_pb2.HealthzRequest(), timeout=10).message == "success"
+        assert list(api.ListApplications(serve_pb2.ListApplicationsRequest(), timeout=10).application_names) == [
+            "cascade"
+        ]
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([ask]), timeout=10)
+        services = {s.name for s in answer.list_services_response.service}
+        assert "cascade.v1.Cascade" in services
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
             for method, path, body in (
