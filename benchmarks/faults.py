@@ -268,7 +268,7 @@ def summarize(records: list[dict], fault_at: Optional[float], duration: float) -
         back = None
         for s in range(int(fault_at), int(duration) - 3):
             if per_s[s : s + 3].mean() >= 0.9 * base:
-                back = s - fault_at
+                back = max(0.0, s - fault_at)  # the second the fault fell in counts from the fault
                 break
         out["back_to_full_rate_s"] = back
     lat = sorted(r["end"] - r["t"] for r in records if r["status"] == "OK")
@@ -430,7 +430,7 @@ def scale_fault(workdir: Path, args) -> dict:
     from serving._proto.cascade.v1 import cascade_pb2 as pb
     from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 
-    tokens = 3000
+    tokens = 1000
     cfg = long_config(long_model(workdir), weak_scale_down=3)
     with cascade_server(cfg, workdir / "scale") as server, Chaos(server.ray_address) as chaos:
         wait_for(lambda: len(chaos.ask("replicas", deployment="tier-weak")) == 3, timeout=120, what="3 replicas")
