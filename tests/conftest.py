@@ -14,10 +14,10 @@ SHIPPED = ROOT / "serving" / "default_models"
 
 
 def build_tiny_llama(
-    out: Path, seed: int = 0, chat_template: bool = True, hidden_size: int = 32, heads: int = 4
+    out: Path, seed: int = 0, chat_template: bool = True, hidden_size: int = 32, heads: int = 4, context: int = 128
 ) -> Path:
     """A randomly initialised 2-layer Llama with the project's character tokenizer, saved like a hub model
-    (head_dim = hidden_size / heads)."""
+    (head_dim = hidden_size / heads; ``context``: its max_position_embeddings)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -33,7 +33,7 @@ def build_tiny_llama(
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=heads,
-        max_position_embeddings=128,
+        max_position_embeddings=context,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

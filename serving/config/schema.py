@@ -70,9 +70,21 @@ class ServeOptions(_Strict):
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(-1, ge=-1, description="-1: no limit; else at least 1 (Serve's rule)")
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
-    health_check_period_s: Optional[float] = Field(None, gt=0)
-    health_check_timeout_s: Optional[float] = Field(None, gt=0)
-    graceful_shutdown_timeout_s: Optional[float] = Field(None, ge=0)
+    health_check_period_s: Optional[float] = Field(
+        None, gt=0, description="how often Serve calls the replica's check_health (Serve's default: 10 s)"
+    )
+    health_check_timeout_s: Optional[float] = Field(
+        None, gt=0, description="a health check that takes longer counts as failed (Serve's default: 30 s)"
+    )
+    graceful_shutdown_timeout_s: Optional[float] = Field(
+        None,
+        ge=0,
+        description="a replica being removed finishes its requests for at most this long; default: a tier's "
+        "timeout_s + 5 s (no tier call lives longer), the router's server.request_timeout_s + 5 s (at least 20 s)",
+    )
+    graceful_shutdown_wait_loop_s: Optional[float] = Field(
+        None, gt=0, description="how often a replica being removed checks for requests still running (Serve: 2 s)"
+    )
 
     @field_validator("ray_actor_options")
     @classmethod
@@ -135,6 +147,12 @@ class ServeOptions(_Strict):
         if self.autoscaling_config is not None:
             opts["autoscaling_config"] = self.autoscaling_config.model_dump(mode="json", exclude_unset=True)
         return opts
+
+
+def drain_window(longest_call_s: Optional[float]) -> float:
+    """A removed replica's graceful shutdown window when the config sets none: its longest call plus 5 s,
+    never below Serve's own 20 s; so scaling down never cuts a stream that is within its timeout."""
+    return max(20.0, (longest_call_s or 0.0) + 5.0)
 
 
 class RouterOptions(ServeOptions):
@@ -205,7 +223,9 @@ class Tier(_Strict):
     def deployment_options(self) -> dict[str, Any]:
         """Serve options for this tier's deployment: ``serve`` as given, plus what the tier's engine asks
         for where it runs (a GPU engine: its GPUs, or a placement group; ``engine.placement``)."""
-        return self.engine.placement(self.serve.deployment_options(), self.model.device)
+        opts = self.serve.deployment_options()
+        opts.setdefault("graceful_shutdown_timeout_s", drain_window(self.timeout_s))
+        return self.engine.placement(opts, self.model.device)
 
     @model_validator(mode="after")
     def _engine_fits(self) -> Tier:
@@ -555,11 +575,16 @@ class CascadeConfig(_Strict):
         """The Router's Serve options; co-located with the first tier, that tier's placement, replicas or
         autoscaling and health checks, with the Router's own request limits."""
         own = self.router.deployment_options()
+        # a Router replica being removed drains for up to its longest request (server.request_timeout_s) + 5 s
+        own.setdefault("graceful_shutdown_timeout_s", drain_window(self.server.request_timeout_s))
         if self.router.colocate_with is None:
             return own
         opts = self.tiers[0].deployment_options()
         for k in ("max_ongoing_requests", "max_queued_requests"):
             opts[k] = own[k]
+        opts["graceful_shutdown_timeout_s"] = max(
+            opts["graceful_shutdown_timeout_s"], own["graceful_shutdown_timeout_s"]
+        )
         return opts
 
     @model_validator(mode="after")

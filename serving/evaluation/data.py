@@ -12,9 +12,10 @@ from serving.tasks.arithmetic import examples
 SPLIT_SEEDS = {"train": 4, "calibration": 2, "test": 3}
 
 
-def read_jsonl(path: str | Path, expect: str, ok, what: str = "examples") -> list[dict]:
+def read_jsonl(path: str | Path, expect: str, ok, what: str = "examples", torn_tail_ok: bool = False) -> list[dict]:
     """The non-blank lines of a JSONL file as dicts; ValueError names the first line that is not JSON or
-    that ``ok(row)`` refuses (with the message ``expect``), or the file when it holds none."""
+    that ``ok(row)`` refuses (with the message ``expect``), or the file when it holds none.
+    ``torn_tail_ok``: a last line with no newline that is not JSON (a writer killed mid-line) is skipped."""
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):
@@ -23,6 +24,8 @@ def read_jsonl(path: str | Path, expect: str, ok, what: str = "examples") -> lis
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
+                if torn_tail_ok and not line.endswith("\n"):
+                    break  # only the last line can lack its newline
                 raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
             if not isinstance(row, dict) or not ok(row):
                 raise ValueError(f"{path}:{i}: {expect}")

@@ -12,7 +12,8 @@ FORMAT = "cascade-shadow/1"  # what serving.observability.shadow writes
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    """The samples of a shadow JSONL file (ValueError names the line that is not one)."""
+    """The samples of a shadow JSONL file (ValueError names the line that is not one); a torn last line (its
+    writer was killed mid-write; the next append cuts it off) is skipped."""
     from serving.evaluation.data import read_jsonl
 
     return read_jsonl(
@@ -20,6 +21,7 @@ def read_samples(path: str | Path) -> list[dict]:
         f"not a shadow sample (format {FORMAT!r}; written by shadow.path)",
         lambda r: r.get("format") == FORMAT,
         "shadow samples",
+        torn_tail_ok=True,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import json
 import logging
 import math
@@ -85,13 +86,25 @@ class Tally:
 
 class ShadowLog:
     """Appends JSON lines to ``path``; when a line would take the file past ``max_bytes`` the file is
-    renamed to ``<path>.1`` (replacing the previous one) and a new one started. Router replicas that
-    share the file each notice a rotation (another inode at ``path``) and reopen."""
+    renamed to ``<path>.1`` (replacing the previous one) and a new one started.
+
+    Safe against writers killed at any point, and against several writers (router replicas) sharing the
+    file: each append holds an exclusive ``flock`` on ``<path>.lock`` while it (1) reopens ``path`` if another
+    writer rotated it, (2) cuts off a torn last line a killed writer left (the bytes after the last newline),
+    (3) rotates with one ``os.replace`` (atomic: a line is in ``.1`` or in ``path``, never in both;
+    a writer killed just after it leaves no ``path`` until the next append creates it) and
+    (4) writes the whole line with one ``write()`` on an ``O_APPEND`` descriptor. So a line is in exactly one
+    file, whole, or nowhere, except that a writer killed in the middle of its ``write()`` can leave a torn
+    *last* line until the next append cuts it off; readers skip that one
+    (``serving.evaluation.shadow_data.read_samples``). No fsync: a line whose ``write()`` returned is in the
+    page cache and survives the process being killed, but not the machine losing power (shadow samples are
+    statistics; a lost tail costs a few samples)."""
 
     def __init__(self, path: str | Path, max_bytes: int):
         self.path, self.max_bytes = Path(path), max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd: Optional[int] = None
+        self.lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
 
     def _open(self) -> int:
         if self.fd is not None:
@@ -101,21 +114,53 @@ class ShadowLog:
             except FileNotFoundError:
                 pass
             os.close(self.fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         return self.fd
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record) + "\n").encode()
-        fd = self._open()
-        if os.fstat(fd).st_size and os.fstat(fd).st_size + len(line) > self.max_bytes:
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
             fd = self._open()
-        os.write(fd, line)  # one write on an O_APPEND descriptor: whole lines even with several writers
+            size = _cut_torn_tail(fd, self.path)
+            if size and size + len(line) > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                fd = self._open()  # creates the new file
+            written = os.write(fd, line)  # one write of the whole line (regular files: all of it, bar a kill)
+            if written < len(line):  # a short write (disk full): no half line left behind for the next writer
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """Truncates the file after its last newline (a writer killed mid-line left the bytes after it); returns
+    the size after that. Called with the log's lock held."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end, step = size, 1 << 16
+    while end > 0:
+        start = max(0, end - step)
+        k = os.pread(fd, end - start, start).rfind(b"\n")
+        if k >= 0:
+            keep = start + k + 1
+            break
+        end = start
+    else:
+        keep = 0
+    os.ftruncate(fd, keep)
+    log.warning("shadow log %s: cut a torn last line (%d bytes) a killed writer left", path, size - keep)
+    return keep
 
 
 class ShadowSampler:
