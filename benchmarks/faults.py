@@ -8,7 +8,7 @@ SSE, every request with its own deadline (``--deadline``, 20 s): a request with 
 stream is *answered* when it ends marked complete (gRPC ``finished``, SSE a ``finish_reason`` and ``[DONE]``),
 *cut* when it ends without either and without an error status (a silently truncated answer), else it failed
 with the status it got. Unary calls are retried (at most twice) only where the status says retry:
-UNAVAILABLE / RESOURCE_EXHAUSTED (gRPC), 503 / 429 (HTTP), after the retry hint or a backoff (0.5 s doubling
+UNAVAILABLE / RESOURCE_EXHAUSTED (gRPC), 503 / 429 or a refused connection (HTTP), after the retry hint or a backoff (0.5 s doubling
 to 4 s); ``--retries`` of them (2).
 
 Faults (``--faults``, comma-separated; each on a fresh server):
@@ -149,20 +149,20 @@ class Mixed:
     async def _one(self, kind: str, stub, http, prompt: str) -> tuple[str, int, dict]:
         retries = 0
         while True:
-            status, hint_s, extra = await getattr(self, "_" + kind)(stub, http, prompt)
+            status, hint_s, extra = await getattr(self, "_" + kind)(stub, http, prompt, retries > 0)
             if kind.endswith("unary") and hint_s is not None and retries < self.retries:
                 await asyncio.sleep(max(hint_s, min(0.5 * 2**retries, 4.0)))  # the hint, or backing off to 4 s
                 retries += 1
                 continue
             return status, retries, extra
 
-    async def _grpc_unary(self, stub, http, prompt):
+    async def _grpc_unary(self, stub, http, prompt, retry=False):
         import grpc
 
         from serving._proto.cascade.v1 import cascade_pb2 as pb
 
-        try:
-            r = await stub.Generate(pb.GenerateRequest(prompt=prompt), timeout=self.deadline)
+        try:  # a retry waits for the channel to reconnect (a restarted server) instead of failing fast
+            r = await stub.Generate(pb.GenerateRequest(prompt=prompt), timeout=self.deadline, wait_for_ready=retry)
             return "OK", None, {"degraded": r.degraded}
         except grpc.aio.AioRpcError as e:
             code = e.code().name
@@ -171,7 +171,7 @@ class Mixed:
             hint = dict(e.trailing_metadata() or ()).get("retry-after-ms")
             return code, ((int(hint) / 1e3 if hint else 0.5) if code in RETRY_GRPC else None), {"details": e.details()}
 
-    async def _grpc_stream(self, stub, http, prompt):
+    async def _grpc_stream(self, stub, http, prompt, retry=False):
         import grpc
 
         from serving._proto.cascade.v1 import cascade_pb2 as pb
@@ -187,7 +187,7 @@ class Mixed:
             return "cut", None, {}
         return "OK", None, {"degraded": last.degraded}
 
-    async def _http_unary(self, stub, http, prompt):
+    async def _http_unary(self, stub, http, prompt, retry=False):
         import httpx
 
         body = {"model": "cascade", "messages": [{"role": "user", "content": prompt}]}
@@ -195,6 +195,8 @@ class Mixed:
             r = await http.post(self.http_url + "/chat/completions", json=body, timeout=self.deadline)
         except httpx.TimeoutException:
             return "hung", None, {}
+        except httpx.ConnectError:  # refused before a byte was sent (no server on the port yet): safe to retry
+            return "http_ConnectError", 0.5, {}
         except httpx.HTTPError as e:
             return f"http_{type(e).__name__}", None, {}
         if r.status_code == 200:
@@ -203,7 +205,7 @@ class Mixed:
         retry = (float(hint) if hint else 0.5) if r.status_code in RETRY_HTTP else None
         return f"http_{r.status_code}", retry, {}
 
-    async def _http_sse(self, stub, http, prompt):
+    async def _http_sse(self, stub, http, prompt, retry=False):
         import httpx
 
         body = {"model": "cascade", "messages": [{"role": "user", "content": prompt}], "stream": True}
