@@ -149,6 +149,21 @@ class HFModel(HFTokenizer):
         return given.view(-1).tolist(), best.tolist(), lp.gather(-1, best.view(-1, 1)).view(-1).tolist()
 
     @torch.inference_mode()
+    def choice_logprobs(self, prompts: list[list[int]], choices: list[int]) -> list[list[float]]:
+        """One batched forward over the prompts (right-padded: a causal model's logits at a prompt's last
+        position do not see the padding after it): per prompt, the log-prob of each choice token next."""
+        if not prompts:
+            return []
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=self.device)
+        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        lp = torch.log_softmax(logits[torch.arange(len(prompts), device=self.device), last].float(), dim=-1)
+        return lp[:, torch.tensor(choices, device=self.device)].tolist()
+
+    @torch.inference_mode()
     def prompt_logprobs(self, prompt_ids: list[int], top_k: int = 0):
         """One forward over the prompt: (its token ids, each token's log-prob given the ones before it
         (the first: NaN), per position its ``top_k`` most likely tokens as (id, log-prob), most likely

@@ -32,7 +32,7 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
                 "route_prefix": "/",
                 "import_path": "serving.serve.app:build_app",
                 "args": {"config": portable(cfg)},
-                "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.tiers]
+                "deployments": [_deployment(f"tier-{t.name}", t.deployment_options()) for t in cfg.deployed_tiers]
                 + [_deployment("Router", cfg.router.deployment_options())],
             }
         ],
@@ -43,7 +43,7 @@ def pools(cfg: CascadeConfig) -> dict[str, dict[str, Any]]:
     """Each custom resource a tier asks for is a pool: which tiers use it, how much a replica takes,
     the replicas it must hold (min/max over its tiers' scaling) and GPUs per replica."""
     out: dict[str, dict[str, Any]] = {}
-    for t in cfg.tiers:
+    for t in cfg.deployed_tiers:
         opts = t.serve
         a = opts.autoscaling_config
         lo = a.min_replicas if a else (opts.num_replicas or 1)

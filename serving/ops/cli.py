@@ -28,7 +28,7 @@ def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
     """Custom resources named by the deployments: declared on the local node so that every pool
     exists on a one-machine Ray (on a cluster, the pools' nodes declare them)."""
     names = set()
-    for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
+    for opts in [cfg.router] + [t.serve for t in cfg.deployed_tiers]:
         names.update((opts.ray_actor_options.get("resources") or {}).keys())
     return {n: 64.0 for n in sorted(names)}
 

@@ -62,7 +62,7 @@ def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Applic
     cfg = resolve_config(args)
     tiers = {
         t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options()).bind(t.model_dump(mode="json"))
-        for t in cfg.tiers
+        for t in cfg.deployed_tiers  # a judge of its own is a tier that only scores
     }
     # Tokens from the config and the environment of the process building the app, as digests only.
     router_cfg = digested(cfg, cfg.model_dump(mode="json"), with_env=True)

@@ -54,7 +54,8 @@ class ServeTierClient:
         self.handles = {n: h.options(stream=True) for n, h in handles.items()}
         self.unary = dict(handles)
         rel = config.reliability
-        self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
+        callees = config.tier_names + list(config.judge_tiers())  # tiers, and judges with deployments of their own
+        self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in callees}
         self.started = time.monotonic()
         self.waking: dict[str, asyncio.Future] = {}
 
@@ -77,7 +78,7 @@ class ServeTierClient:
             await asyncio.sleep(min(left, 0.05))  # a new router replica: its handles have not heard yet
 
     def _wake(self, name: str) -> None:
-        if self.cfg.tier(name).serve.autoscaling_config is None:
+        if self.cfg.callee(name).serve.autoscaling_config is None:
             return
         pending = self.waking.get(name)
         if pending is None or pending.done():
@@ -85,7 +86,7 @@ class ServeTierClient:
 
     async def _wake_call(self, name: str) -> None:
         try:
-            await asyncio.wait_for(self.unary[name].info.remote(), max(self.cfg.tier(name).timeout_s, 60.0))
+            await asyncio.wait_for(self.unary[name].info.remote(), max(self.cfg.callee(name).timeout_s, 60.0))
         except Exception as e:  # it only asks for a replica; the next client call sees what came of it
             log.info("tier %s: wake-up call ended: %s", name, type(e).__name__)
 
@@ -159,14 +160,14 @@ class ServeTierClient:
             raise failure
         raise AssertionError("unreachable")
 
-    async def call(self, name: str, method: str, *args):
-        """A unary call of a tier method (e.g. ``prompt_logprobs``) under the tier's timeout and breaker;
-        raises TierFailure / BadRequest like :meth:`stream`."""
+    async def call(self, name: str, method: str, *args, timeout: Optional[float] = None):
+        """A unary call of a tier's (or a judge deployment's) method (``prompt_logprobs``, ``judge``) under the
+        callee's timeout (or ``timeout``) and breaker; raises TierFailure / BadRequest like :meth:`stream`."""
         await self._ready(name)
         breaker = self.breakers[name]
         if not breaker.allow():
             raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
-        timeout = self.cfg.tier(name).timeout_s
+        timeout = timeout or self.cfg.callee(name).timeout_s
         try:
             out = await asyncio.wait_for(getattr(self.unary[name], method).remote(*args), timeout)
         except BadRequest as e:
