@@ -164,7 +164,7 @@ def quantile(sorted_scores: Sequence[float], q: float) -> float:
 
 def threshold_quantile(sorted_scores: Sequence[float], threshold: float) -> float:
     """q: the share of the scores below the threshold (the deferral share it gives on them)."""
-    if not sorted_scores:
+    if len(sorted_scores) == 0:
         raise ValueError("no scores")
     return sum(1 for s in sorted_scores if s < threshold) / len(sorted_scores)
 

@@ -150,17 +150,18 @@ class HFModel(HFTokenizer):
 
     @torch.inference_mode()
     def choice_logprobs(self, prompts: list[list[int]], choices: list[int]) -> list[list[float]]:
-        """One batched forward over the prompts (right-padded: a causal model's logits at a prompt's last
-        position do not see the padding after it): per prompt, the log-prob of each choice token next."""
+        """One batched forward over the prompts, left-padded (positions counted from each prompt's first real
+        token) so that every prompt ends at the last position and only that position's logits are computed:
+        per prompt, the log-prob of each choice token next."""
         if not prompts:
             return []
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=self.device)
-        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        lp = torch.log_softmax(logits[torch.arange(len(prompts), device=self.device), last].float(), dim=-1)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        lp = torch.log_softmax(logits[:, -1].float(), dim=-1)
         return lp[:, torch.tensor(choices, device=self.device)].tolist()
 
     @torch.inference_mode()
