@@ -58,11 +58,12 @@ def main() -> None:
     t_start = time.perf_counter()
     cfg = load_config(args.config)
     weak_name, strong_name = cfg.tier_names[:2]
-    rows = load_jsonl(args.data)[: args.limit]
+    all_rows = load_jsonl(args.data)
+    rows = all_rows[: args.limit]
     train_rows = load_jsonl(args.train_data)
     cache = Path(args.cache)
-    runs = run_offline(cfg, rows, args.metric, cache, tiers=[weak_name, strong_name])
-    weak, strong = runs[weak_name], runs[strong_name]
+    runs = run_offline(cfg, all_rows, args.metric, cache, tiers=[weak_name, strong_name])  # cached for the whole set
+    weak, strong = (_head(runs[t], len(rows)) for t in (weak_name, strong_name))
     train = run_offline(cfg, train_rows, args.metric, cache, tiers=[weak_name])[weak_name]
 
     src = args.judge_model
@@ -174,6 +175,12 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:
         plot(curves, args.plot, report["n"])
+
+
+def _head(run, n):
+    from serving.evaluation.offline import OfflineTierRun
+
+    return OfflineTierRun(run.tier, run.texts[:n], run.logprobs[:n], run.embeddings[:n], run.quality[:n])
 
 
 def plot(curves, path, n) -> None:
