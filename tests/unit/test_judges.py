@@ -84,3 +84,35 @@ def test_window_membership():
     assert w.inside(-1.0) and w.inside(-0.5) and w.inside(-0.2)
     assert not w.inside(-1.01) and not w.inside(0.0) and not w.inside(None) and not w.inside(math.nan)
     assert Window().inside(-1e9)
+
+
+def test_references_are_balanced_distinct_and_alternate():
+    from serving.evaluation.judging import pick_references
+
+    qs = [f"q{i}" for i in range(12)]
+    answers = [f"a{i}" for i in range(12)]
+    answers[0] = " "  # an empty answer is never a reference
+    good = [i % 3 == 0 for i in range(12)]  # 4 good (0, 3, 6, 9), 8 bad
+    tasks = ["t" + str(i % 4) for i in range(12)]
+    idx = pick_references(qs, answers, good, 5, seed=1, tasks=tasks)
+    assert len(idx) == 5 and 0 not in idx and len(set(idx)) == 5
+    assert [good[i] for i in idx] == [True, False, True, False, True]  # 3 good, 2 bad, alternating
+    assert len({tasks[i] for i in idx}) == 4  # distinct tasks first, then filled up (only 4 tasks here)
+    assert pick_references(qs, answers, good, 5, seed=1, tasks=tasks) == idx  # seeded
+    assert len(pick_references(qs, answers, [False] * 12, 4)) == 2  # no good answers: only the 2 bad ones asked for
+
+
+def test_judged_decisions_and_the_judge_threshold():
+    import numpy as np
+
+    from serving.evaluation.calibrate import judged_decisions
+    from serving.evaluation.judging import judge_threshold
+
+    scores = np.array([-3.0, -0.8, -0.6, -0.3, -0.1])
+    judge = np.array([0.9, 0.1, 0.8, 0.2, 0.0])
+    # threshold -0.5, window [-1, -0.2]: -3 deferred by the rule, -0.1 kept by it; the judge the middle three
+    jt = judge_threshold(judge[1:4], 2)  # the rule would defer two of them (-0.8, -0.6): the judge defers two too
+    assert 0.2 < jt <= 0.8
+    defer, inside = judged_decisions(scores, judge, -0.5, -1.0, -0.2, jt)
+    assert list(inside) == [False, True, True, True, False]
+    assert list(defer) == [True, True, False, True, False]
