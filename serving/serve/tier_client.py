@@ -169,7 +169,7 @@ class ServeTierClient:
             raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
         timeout = timeout or self.cfg.callee(name).timeout_s
         try:
-            out = await asyncio.wait_for(getattr(self.unary[name], method).remote(*args), timeout)
+            out = await self._while_running(name, getattr(self.unary[name], method).remote(*args), timeout)
         except BadRequest as e:
             breaker.success()
             raise _bad_request(e) from None
@@ -182,6 +182,8 @@ class ServeTierClient:
             failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
         except DeploymentUnavailableError:
             failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
+        except _NoReplica:
+            failure = TierFailure(name, "unavailable", f"tier {name!r} lost its running replicas during the call")
         except asyncio.CancelledError:
             breaker.release()
             raise
@@ -193,6 +195,41 @@ class ServeTierClient:
             return out
         breaker.failure()
         raise failure
+
+    async def _while_running(self, name: str, response, timeout: float):
+        """A unary response awaited for at most ``timeout`` s, given up early
+        (``_NoReplica``) once the callee has had no running replica for ``READY_GRACE_S``: a call queued in the handle for a
+        replica that died (Serve waits for its replacement, a model load away) fails fast, and the caller falls
+        back (a judge: the rule's verdict) instead of waiting out the timeout."""
+        task = asyncio.ensure_future(_result(response))
+        loop = asyncio.get_running_loop()
+        deadline, gone_since = loop.time() + timeout, None
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=min(0.25, max(deadline - loop.time(), 0.0)))
+                if done:
+                    return task.result()
+                now = loop.time()
+                if now >= deadline:
+                    raise asyncio.TimeoutError
+                if self.running(name):
+                    gone_since = None
+                elif gone_since is None:
+                    gone_since = now
+                elif now - gone_since >= READY_GRACE_S:
+                    raise _NoReplica
+        finally:
+            if not task.done():
+                task.cancel()
+                response.cancel()
+
+
+class _NoReplica(Exception):
+    """The callee has had no running replica for a while during a call."""
+
+
+async def _result(response):
+    return await response
 
 
 def _bad_request(e: BadRequest) -> BadRequest:
