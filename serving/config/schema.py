@@ -426,7 +426,7 @@ class Deferral(_Strict):
                 "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value"
             )
         if self.judge is not None:
-            self._check_judge(art)
+            self._check_judge(art if art is not None or self.artifact is None else self.load_artifact())
         return self
 
     def _check_judge(self, art: Optional[dict[str, Any]]) -> None:
