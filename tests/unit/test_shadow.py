@@ -377,3 +377,28 @@ def test_cli_calibrate_shadow(tmp_path, capsys):
     bad.write_text("{}\n")
     assert cli(["calibrate", "--data", str(bad), "--shadow", "--target-deferral", "0.25", "--out", str(out)]) == 2
     assert "not a shadow sample" in capsys.readouterr().err
+
+
+def test_an_answer_the_judge_accepted_is_shadowed_like_any_accepted_answer(tmp_path):
+    import math
+
+    class Judged(Tiers):
+        async def call(self, name, method, *args, timeout=None):
+            prompts, _ = args
+            return {"logprobs": [[math.log(0.9), math.log(0.1)]] * len(prompts), "prompt_tokens": 10}
+
+    raw = config(tmp_path).model_dump(mode="json", exclude_none=True)
+    raw["deferral"]["judge"] = {"model": "strong", "method": "pointwise", "bounds": [-2.0, -0.2], "threshold": 0.5}
+    tiers = Judged({"weak": UNSURE, "strong": STRONG})  # -1.5: the rule defers, in the window: the judge accepts
+    cascade, sampler, _ = setup(parse_config(raw), tiers)
+
+    async def go():
+        out, task = await answer_and_offer(cascade, sampler, request())
+        await task
+        return out
+
+    out = asyncio.run(go())
+    assert out.answered_by == "weak" and out.runs[0].judge.decided
+    assert tiers.calls == [("weak", "q"), ("strong", "q")]  # the shadow call asked the next tier
+    [line] = read_samples(tmp_path / "shadow.jsonl")
+    assert (line["answer"], line["reference"], line["score"]) == ("53", "439", pytest.approx(-1.5))
