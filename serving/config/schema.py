@@ -272,7 +272,7 @@ class Judge(_Strict):
         if v is not None and not 0.0 <= v <= 0.5:
             raise ValueError(
                 f"must be in [0, 0.5], got {v}: the share of calibration scores judged on each side of the "
-                "threshold (0.1 judges about 20 % of requests; 0.5 or unset with no bounds: every request)"
+                "threshold (0.1 judges about 20 % of requests); to judge every request set bounds: [-.inf, .inf]"
             )
         return v
 
