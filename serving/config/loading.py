@@ -37,8 +37,9 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
     path = shadow.get("path") if isinstance(shadow, dict) else None
     if isinstance(path, str) and base is not None and not Path(path).is_absolute():
         shadow["path"] = str(base / path)
-    for tier in raw.get("tiers") or []:
-        model = tier.get("model") if isinstance(tier, dict) else None
+    models = [t.get("model") for t in raw.get("tiers") or [] if isinstance(t, dict)]
+    models += [d["judge"].get("model") for d in deferrals if isinstance(d, dict) and isinstance(d.get("judge"), dict)]
+    for model in models:
         src = model.get("source") if isinstance(model, dict) else None
         if isinstance(src, str) and src.startswith("pkg:"):
             model["source"] = package_file(src)

@@ -267,6 +267,112 @@ class LoadAware(_Strict):
         return self
 
 
+class Judge(_Strict):
+    """A second opinion on the weak answer at a boundary (``deferral.judge``): a judge model scores the
+    finished answer (Meta Ranking against labelled references, or pointwise "is it correct?"), one prefill
+    per comparison, no decoding. With a window it is asked only where the token-level score lies near the
+    threshold: below the window the rule defers (early, as before), above it the rule accepts, inside it the
+    answer completes and the judge decides against its own threshold. References, window bounds and the
+    judge threshold come from the boundary's calibration artifact (``cascade calibrate --judge``). A judge
+    that fails (timeout, down, overloaded) leaves the rule's verdict standing, flagged in the response."""
+
+    model: Union[str, ModelSource] = Field(
+        description="a tier's name (that tier's engine judges), or a model source (its own deployment)"
+    )
+    method: Literal["meta_ranking", "pointwise"] = "meta_ranking"
+    references: int = Field(5, ge=1, le=32, description="meta_ranking: references compared per request")
+    both_orders: bool = Field(
+        False,
+        description="meta_ranking: ask each comparison in both orders (2N prefills) instead of alternating the "
+        "target's slot across the references (N prefills)",
+    )
+    window: Optional[float] = Field(
+        None,
+        description="judge only token-level scores within [Quantile(q - w), Quantile(q + w)] of the calibration "
+        "scores (q: the threshold's quantile); default: the artifact's window; none anywhere: every request",
+    )
+    bounds: Optional[tuple[float, float]] = Field(
+        None, description="explicit token-score window [low, high] instead of `window`"
+    )
+    threshold: Optional[float] = Field(
+        None, description="defer when the judge's score is below this; default: the artifact's"
+    )
+    name: str = Field("judge", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$", description="its deployment's name")
+    timeout_s: float = Field(10.0, gt=0, description="a judge call slower than this falls back to the rule")
+    engine: EngineConfig = Field(default_factory=ContinuousEngineConfig)
+    serve: ServeOptions = Field(default_factory=ServeOptions)
+    cost: Cost = Field(default_factory=Cost, description="price of a judge call (receipts): prompt tokens read")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not 0.0 <= v <= 0.5:
+            raise ValueError(
+                f"must be in [0, 0.5], got {v}: the share of calibration scores judged on each side of the "
+                "threshold (0.1 judges about 20 % of requests); to judge every request set bounds: [-.inf, .inf]"
+            )
+        return v
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict) and "name" not in v:
+            return {"name": "continuous", **v}
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Judge:
+        if self.window is not None and self.bounds is not None:
+            raise ValueError("set either window or bounds, not both")
+        if self.bounds is not None and not self.bounds[0] <= self.bounds[1]:
+            raise ValueError(f"bounds must be [low, high] with low <= high, got {list(self.bounds)}")
+        return self
+
+    @property
+    def own_model(self) -> Optional[ModelSource]:
+        return self.model if isinstance(self.model, ModelSource) else None
+
+    def as_tier(self) -> Tier:
+        """Its own deployment, as a tier that only scores (priced with ``cost``)."""
+        assert self.own_model is not None
+        return Tier(
+            name=self.name,
+            model=self.own_model,
+            timeout_s=self.timeout_s,
+            generation=GenerationDefaults(max_new_tokens=1),
+            engine=self.engine,
+            serve=self.serve,
+            cost=self.cost,
+        )
+
+
+def _has_chat_template(src: ModelSource) -> Optional[bool]:
+    """Whether a local model source has a chat template (None: cannot tell here, e.g. a hub id)."""
+    if src.chat_template == "never":
+        return False
+    path = Path(src.source)
+    if src.gguf_file:
+        path = path / src.gguf_file
+    if path.is_dir():
+        if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+            return True
+        cfg = path / "tokenizer_config.json"
+        if cfg.exists():
+            import json
+
+            return bool(json.loads(cfg.read_text()).get("chat_template"))
+        return None
+    if path.suffix == ".gguf" and path.is_file():
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            return None
+        return "tokenizer.chat_template" in GGUFReader(str(path)).fields
+    return None
+
+
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
 
 
@@ -316,6 +422,9 @@ class Deferral(_Strict):
     load_aware: Optional[LoadAware] = Field(
         None, description="off unless set: lower the threshold toward a floor while the next tier is saturated"
     )
+    judge: Optional[Judge] = Field(
+        None, description="off unless set: a judge model decides where the token-level score is near the threshold"
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -353,7 +462,70 @@ class Deferral(_Strict):
                 f"{art.get('decide_within_tokens')}, the config sets {self.decide_within_tokens}: "
                 "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value"
             )
+        if self.judge is not None:
+            self._check_judge(art if art is not None or self.artifact is None else self.load_artifact())
         return self
+
+    def _check_judge(self, art: Optional[dict[str, Any]]) -> None:
+        j, fitted = self.judge, (art or {}).get("judge") or {}
+        how = f"`cascade calibrate --judge {j.method} --judge-model <model>`"
+        if j.method == "meta_ranking":
+            refs = fitted.get("references") or []
+            if not refs:
+                raise ValueError(
+                    f"judge.references: the calibration artifact holds no judge references (meta_ranking compares "
+                    f"each answer with {j.references} labelled ones): set deferral.artifact to one made by {how}"
+                )
+            if len(refs) < j.references:
+                raise ValueError(
+                    f"judge.references: {j.references} asked, the calibration artifact holds {len(refs)}: lower it, "
+                    f"or recalibrate with {how} --judge-references {j.references}"
+                )
+        if j.threshold is None and fitted.get("threshold") is None:
+            raise ValueError(f"judge.threshold: not set, and no calibration artifact holds one: set it, or run {how}")
+        if fitted.get("method") not in (None, j.method) and j.threshold is None:
+            raise ValueError(
+                f"judge.method: the artifact's judge threshold was fitted for {fitted['method']}, the config asks "
+                f"for {j.method}: set judge.threshold, or recalibrate with {how}"
+            )
+        if j.window is not None and not fitted.get("score_quantiles"):
+            raise ValueError(
+                "judge.window: a window needs the calibration scores' quantiles, which the artifact does not hold: "
+                f"set judge.bounds instead, or recalibrate with {how}"
+            )
+        if j.method == "pointwise" and j.own_model is not None and _has_chat_template(j.own_model) is False:
+            raise ValueError(
+                f"judge.model: {j.own_model.source!r} has no chat template (or chat_template: never), which the "
+                "pointwise judge's instruction needs: use an instruction-tuned model with one, or method: meta_ranking"
+            )
+
+    def judge_settings(self) -> Optional[dict[str, Any]]:
+        """The judge as plain data for the walk: method, references, window, threshold (config over artifact)."""
+        j = self.judge
+        if j is None:
+            return None
+        import math
+
+        fitted = (self.load_artifact() or {}).get("judge") or {}
+        refs = list(fitted.get("references") or [])[: j.references] if j.method == "meta_ranking" else []
+        if j.bounds is not None:
+            low, high = j.bounds
+        elif j.window is not None:
+            from serving.deferral.judges import window_bounds
+
+            low, high = window_bounds(fitted["score_quantiles"], self.resolved()["threshold"], j.window)
+        elif fitted.get("bounds") is not None:  # None stands for an open edge
+            low, high = (float(b) if b is not None else sign * math.inf for b, sign in zip(fitted["bounds"], (-1, 1)))
+        else:
+            low, high = -math.inf, math.inf
+        return {
+            "method": j.method,
+            "references": refs,
+            "both_orders": j.both_orders,
+            "low": low,
+            "high": high,
+            "threshold": float(j.threshold if j.threshold is not None else fitted["threshold"]),
+        }
 
     def load_artifact(self) -> Optional[dict[str, Any]]:
         if self.artifact is None or isinstance(self.artifact, dict):
@@ -604,6 +776,50 @@ class CascadeConfig(_Strict):
                     "or another rule"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _judges(self) -> CascadeConfig:
+        names = self.tier_names
+        for k in range(len(self.tiers) - 1):
+            j = self.boundary(k).judge
+            if j is None:
+                continue
+            where = f"deferral.judge (the boundary after tier {self.tiers[k].name!r})"
+            if isinstance(j.model, str):
+                if j.model not in names:
+                    raise ValueError(
+                        f"{where}: model {j.model!r} is not a tier; name one of {names}, or give a model source "
+                        "({source: <hub id, directory or .gguf>}) for a judge deployment of its own"
+                    )
+                if j.method == "pointwise" and _has_chat_template(self.tier(j.model).model) is False:
+                    raise ValueError(
+                        f"{where}: judge.model: tier {j.model!r} has no chat template, which the pointwise judge needs: "
+                        "use an instruction-tuned model, or method: meta_ranking"
+                    )
+            elif j.name in names:
+                raise ValueError(f"{where}: judge.name {j.name!r} is a tier's name; give the judge deployment its own")
+        return self
+
+    def judge_tiers(self) -> dict[str, Tier]:
+        """The judges that run as deployments of their own, by name, as tiers that only score."""
+        out = {}
+        for k in range(len(self.tiers) - 1):
+            j = self.boundary(k).judge
+            if j is not None and j.own_model is not None:
+                out.setdefault(j.name, j.as_tier())
+        return out
+
+    @property
+    def deployed_tiers(self) -> list[Tier]:
+        """Every tier deployment: the tiers, then the judges with deployments of their own."""
+        return self.tiers + list(self.judge_tiers().values())
+
+    def callee(self, name: str) -> Tier:
+        """A tier, or a judge deployment (as a tier), by name: what the tier client calls and prices."""
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        return self.judge_tiers()[name]
 
     @field_validator("tiers")
     @classmethod

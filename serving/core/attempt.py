@@ -10,7 +10,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Optional
 
 from serving.core.errors import TierFailure
-from serving.core.request import CascadeRequest, Text, TierRun
+from serving.core.request import CascadeRequest, JudgeRun, Text, TierRun
 from serving.core.types import Chunk, Draft, Generation, TierDecision
 from serving.deferral.rules import should_defer
 
@@ -30,11 +30,13 @@ class TierAttempt:
         self.base = b.current(req.threshold) if b is not None else None  # the threshold the tier is sent
         # load-aware deferral moves the threshold with the next tier's load, read when the answer is in
         self.load = b.load if b is not None and req.threshold is None and not self.final else None
-        self.stop = (
-            b.stop_rule(self.base, floor=self.load.cfg.floor if self.load else None, score_only=self.final)
-            if b is not None
-            else None
-        )
+        # the judge decides inside its window (not for a forced tier, nor a request that sets its own threshold):
+        # the tier then stops early only at a DEFER certain below the window and never accepts early
+        self.gate = b.judge if b is not None and req.threshold is None and not self.final else None
+        floor = self.load.cfg.floor if self.load else None
+        if self.gate is not None:
+            floor = self.gate.window.low if floor is None else min(floor, self.gate.window.low)
+        self.stop = b.stop_rule(self.base, floor=floor, score_only=self.final) if b is not None else None
         # per-token chunks only where someone reads them: a streamed answer (the last tier's, or an earlier
         # tier's accepted within a decision window)
         self.tokens = req.stream and (self.final or (b is not None and b.decides_early))
@@ -53,6 +55,7 @@ class TierAttempt:
         self.threshold: Optional[float] = self.base  # the threshold in force when it was decided
         self.score: Optional[float] = None
         self.accepted = False
+        self.judged: Optional[JudgeRun] = None
 
     async def texts(self) -> AsyncIterator[Text]:
         """Calls the tier and yields the text that is certain to be the answer as it comes; then the
@@ -71,6 +74,7 @@ class TierAttempt:
                 self.generation, self.reported, tail = chunk.final, chunk.decision, chunk
         if self.generation is None:
             raise TierFailure(self.name, "error", f"tier {self.name!r} ended its stream without an answer")
+        await self._judge()
         self.ms = (time.perf_counter() - t0) * 1e3
         self._conclude()
         if self.accepted or self.final:
@@ -88,6 +92,17 @@ class TierAttempt:
             elif tail.text or tail.token_ids:
                 yield _text(self.name, tail)
 
+    async def _judge(self) -> None:
+        """Asks the boundary's judge when the finished answer's token-level score lies in its window (an
+        answer the rule stopped early was a certain DEFER below it: the rule's verdict stands)."""
+        g, d = self.gate, self.reported
+        if g is None or d is None:
+            return
+        inside = self.generation.finish_reason != "deferred" and g.window.inside(d.score)
+        self.cascade.record_judged(self.name, inside)
+        if inside:
+            self.judged = await self.cascade.judge(self.name, g, self.req, self.generation)
+
     def _conclude(self) -> None:
         d = self.reported
         if self.boundary is None or d is None:
@@ -97,7 +112,9 @@ class TierAttempt:
         if self.final:
             self.accepted = True
             return
-        if self.load is not None:  # the walk sets the threshold in force; a DEFER below the floor is certain
+        if self.judged is not None and self.judged.decided:  # inside the window the judge decides
+            defer = should_defer(self.judged.score, self.judged.threshold)
+        elif self.load is not None:  # the walk sets the threshold in force; a DEFER below the floor is certain
             self.threshold = self.load.threshold(self.base, self.cascade.inflight[self.next_tier])
             defer = self.generation.finish_reason == "deferred" or should_defer(d.score, self.threshold)
         else:
@@ -109,6 +126,8 @@ class TierAttempt:
     @property
     def load_shed(self) -> bool:
         """Accepted only because load-aware deferral had lowered the threshold."""
+        if self.load is None or (self.judged is not None and self.judged.decided):
+            return False
         return self.accepted and not self.final and self.score is not None and self.score < self.base
 
     def run(self) -> TierRun:
@@ -122,6 +141,7 @@ class TierAttempt:
             d.decided_at if decided else None,
             decided and d.decided_early,
             self.verify_skipped,
+            self.judged,
         )
 
 

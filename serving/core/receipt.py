@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the config is read, never imported (core stays free of the 
     from serving.config import CascadeConfig, Cost
 
 
+JUDGED = "judged"  # the finish_reason of a judge call's entry in a receipt's calls (no answer, prompt tokens)
+
+
 def price(cost: Cost, prompt_tokens: int, completion_tokens: int) -> float:
     return cost.per_request + cost.per_prompt_token * prompt_tokens + cost.per_completion_token * completion_tokens
 
@@ -35,6 +38,7 @@ class Line:
     completion_tokens: int
     cost: float
     discarded: bool  # this call's answer is not the one returned
+    judge: bool = False  # a judge's read of an answer (prompt tokens only; deferral.judge)
 
 
 @dataclass
@@ -54,8 +58,9 @@ def make_receipt(cfg: CascadeConfig, calls: list[tuple[str, Generation]], answer
     returned (one of them, by identity)."""
     lines, by_tier = [], {}
     for tier, g in calls:
-        c = price(cfg.tier(tier).cost, g.prompt_tokens, g.completion_tokens)
-        lines.append(Line(tier, g.prompt_tokens, g.completion_tokens, c, g is not answer))
+        judged = g.finish_reason == JUDGED
+        c = price(cfg.callee(tier).cost, g.prompt_tokens, g.completion_tokens)
+        lines.append(Line(tier, g.prompt_tokens, g.completion_tokens, c, g is not answer and not judged, judged))
         by_tier[tier] = by_tier.get(tier, 0.0) + c
     strong = cfg.tier_names[-1]
     ran = next((g for tier, g in calls if tier == strong and g is answer), None)

@@ -108,6 +108,26 @@ class TierRun:
     decided_at: Optional[int] = None  # answer tokens the rule had read when it decided
     decided_early: bool = False  # decided before the tier's answer was complete
     verify_skipped: str = ""  # "sampled": on_defer verify was skipped for this sampled request (regenerated)
+    judge: Optional[JudgeRun] = None  # the boundary's judge, when its window held the score
+
+
+@dataclass
+class JudgeRun:
+    """What a boundary's judge did for a request (``deferral.judge``)."""
+
+    judge: str  # the deployment (or tier) that judged
+    method: str
+    score: float  # the judge's score (NaN when it failed)
+    threshold: float  # the judge's threshold
+    latency_ms: float
+    comparisons: int  # prompts scored (one prefill each)
+    prompt_tokens: int = 0  # judge tokens read (the receipt prices them)
+    fallback: str = ""  # why the judge gave no verdict (the rule's stood): "timeout", "unavailable", ...
+    window: tuple[float, float] = (float("-inf"), float("inf"))
+
+    @property
+    def decided(self) -> bool:
+        return not self.fallback
 
 
 @dataclass

@@ -12,19 +12,22 @@ tier's tokens as they arrive; an earlier tier's text once its rule accepts it), 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from serving.core.attempt import TierAttempt
-from serving.core.errors import TierFailure
-from serving.core.receipt import CostTotals, Receipt, make_receipt
-from serving.core.request import CascadeRequest, Event, Outcome, Text, TierRun
+from serving.core.breaker import RecentShare
+from serving.core.errors import BadRequest, TierFailure
+from serving.core.receipt import JUDGED, CostTotals, Receipt, make_receipt
+from serving.core.request import CascadeRequest, Event, JudgeRun, Outcome, Text, TierRun
 from serving.core.types import Chunk, Draft, Generation, GenerationRequest, final_chunk
-from serving.deferral import Scorer, build_scorer
+from serving.deferral import Scorer, build_scorer, judges
 from serving.deferral.controller import BudgetController
 from serving.deferral.incremental import StopRule, is_monotone
+from serving.deferral.judges import Reference, Window
 from serving.deferral.load_aware import LoadGovernor, Watermarks
 
 if TYPE_CHECKING:  # the config is read, never imported (core stays free of the config's dependencies)
@@ -48,6 +51,10 @@ class TierClient(Protocol):
         draft: Optional[Draft] = None,
     ) -> AsyncIterator[Chunk]: ...
 
+    async def call(self, name: str, method: str, *args, timeout: Optional[float] = None):
+        """A unary call of a tier (or judge) deployment's method (``judge``: a judge's read) under the same
+        timeout (``timeout``, else the callee's own), retry and breaker; raises TierFailure / BadRequest."""
+
 
 class Recorder(Protocol):
     def inc(self, name: str, value: float = 1.0, **tags: str) -> None: ...
@@ -67,6 +74,36 @@ class NoMetrics:
 
 
 @dataclass
+class JudgeGate:
+    """A boundary's judge as the walk uses it: who judges, how, where (the window of token-level scores) and
+    against which threshold."""
+
+    name: str  # the deployment (a tier's, or the judge's own) the walk calls
+    method: str
+    references: list[Reference]
+    both_orders: bool
+    window: Window
+    threshold: float
+    timeout_s: float
+
+    @classmethod
+    def from_config(cls, d: Deferral) -> Optional[JudgeGate]:
+        s = d.judge_settings()
+        if s is None:
+            return None
+        j = d.judge
+        return cls(
+            j.model if isinstance(j.model, str) else j.name,
+            s["method"],
+            [Reference.of(r) for r in s["references"]],
+            s["both_orders"],
+            Window(s["low"], s["high"]),
+            s["threshold"],
+            j.timeout_s,
+        )
+
+
+@dataclass
 class Boundary:
     """The rule between a tier and the next one: scorer, threshold (or budget controller), window."""
 
@@ -81,6 +118,7 @@ class Boundary:
     verify: bool = False  # on DEFER the next tier verifies this tier's draft
     verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
     load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
+    judge: Optional[JudgeGate] = None  # a judge decides inside its window of token-level scores (deferral.judge)
 
     @classmethod
     def from_config(cls, d: Deferral) -> Boundary:
@@ -103,6 +141,7 @@ class Boundary:
             d.on_defer == "verify",
             d.verify_floor,
             load,
+            JudgeGate.from_config(d),
         )
 
     @property
@@ -137,6 +176,8 @@ class Cascade:
         self.rule, self.threshold = first.rule, first.threshold  # what responses report
         self.inflight = {n: 0 for n in self.names}  # calls in flight per tier (the load load-aware deferral reads)
         self.costs = CostTotals()  # running totals of the receipts
+        # judged? over the last requests that reached a judged boundary, by the tier before it
+        self.judged = {self.names[k]: RecentShare(200) for k, b in enumerate(self.boundaries) if b.judge is not None}
 
     @property
     def needs_embedding(self) -> bool:
@@ -166,7 +207,7 @@ class Cascade:
                 self.metrics.inc("cascade_fallbacks", tier=attempt.name, reason=f.reason)
                 answer = await self._complete(prev, req, f)
                 yield Text(prev.tier, answer.text)
-                calls = [(r.tier, r.generation) for r in runs]
+                calls = _calls(runs)
                 if answer is not prev.generation:  # the tier was re-run to complete its answer
                     calls.append((prev.tier, answer))
                 yield Outcome(
@@ -192,7 +233,7 @@ class Cascade:
                     _score(first),
                     first.threshold,
                     runs,
-                    receipt=self._receipt([(r.tier, r.generation) for r in runs], gen),
+                    receipt=self._receipt(_calls(runs), gen),
                     load_shed=attempt.load_shed,
                 )
                 return
@@ -234,6 +275,51 @@ class Cascade:
             self.inflight[name] -= 1
             self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
 
+    async def judge(self, tier: str, gate: JudgeGate, req: CascadeRequest, answer: Generation) -> JudgeRun:
+        """The boundary's judge on a finished answer: its comparisons in one call (one prefill each, batched),
+        aggregated into a score. A judge that fails or refuses gives a run flagged ``fallback`` (the rule's
+        verdict then stands): a judge never fails the request."""
+        m = self.metrics
+        comps = judges.prompts(gate.method, _question(req), answer.text, gate.references, gate.both_orders)
+        t0 = time.perf_counter()
+        score, tokens, fallback = math.nan, 0, ""
+        try:
+            out = await self.client.call(
+                gate.name,
+                "judge",
+                [c.messages for c in comps],
+                list(judges.verdicts(gate.method)),
+                timeout=gate.timeout_s,
+            )
+            score = judges.aggregate(gate.method, comps, out["logprobs"], gate.references)
+            tokens = int(out.get("prompt_tokens", 0))
+        except TierFailure as f:
+            fallback = f.reason
+        except BadRequest:
+            fallback = "refused"
+        ms = (time.perf_counter() - t0) * 1e3
+        m.inc("cascade_judge_calls", boundary=tier)
+        m.inc("cascade_judge_comparisons", len(comps), boundary=tier)
+        m.observe("cascade_judge_latency_ms", ms, boundary=tier)
+        if fallback:
+            m.inc("cascade_judge_fallbacks", boundary=tier, reason=fallback)
+        return JudgeRun(
+            gate.name,
+            gate.method,
+            score,
+            gate.threshold,
+            ms,
+            len(comps),
+            tokens,
+            fallback,
+            (gate.window.low, gate.window.high),
+        )
+
+    def record_judged(self, tier: str, judged: bool) -> None:
+        share = self.judged[tier]
+        share.add(judged)
+        self.metrics.set("cascade_judged_share", share.share or 0.0, boundary=tier)
+
     def _receipt(self, calls: list[tuple[str, Generation]], answer: Generation) -> Receipt:
         """The request's receipt, added to the cost metrics and the running totals."""
         r = make_receipt(self.cfg, calls, answer)
@@ -262,6 +348,25 @@ class Cascade:
                 if isinstance(ev, Outcome):
                     return ev
         raise AssertionError("unreachable: the walk always ends with an Outcome")
+
+
+def _calls(runs: list[TierRun]) -> list[tuple[str, Generation]]:
+    """Every call that read or produced tokens, in order, for the receipt: each tier's, then its judge's."""
+    out = []
+    for r in runs:
+        out.append((r.tier, r.generation))
+        j = r.judge
+        if j is not None and not j.fallback:
+            out.append((j.judge, Generation("", [], [], j.prompt_tokens, JUDGED)))
+    return out
+
+
+def _question(req: CascadeRequest) -> str:
+    """What the judge sees as the question: the prompt, or the last user message of a chat."""
+    g = req.request
+    if g.messages:
+        return next(m["content"] for m in reversed(g.messages) if m["role"] == "user")
+    return g.prompt
 
 
 def _score(first: TierAttempt) -> float:

@@ -111,6 +111,17 @@ class Engine(abc.ABC):
         """Prefill only, one forward over the prompt + ``continuation``: each continuation token's
         log-prob, and this model's greedy token with its log-prob at every position plus the next."""
 
+    async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]) -> list[list[float]]:
+        """Prefill only (a judge's read): for each request, the log-prob of each of the ``choices`` token ids as
+        the first token after its prompt. Default: one :meth:`score` of each choice (engines with a batched
+        forward read every request and choice from one pass: the transformers engines)."""
+        import asyncio
+
+        async def one(req: GenerationRequest) -> list[float]:
+            return [(await self.score(req, [c]))[0][0] for c in choices]
+
+        return list(await asyncio.gather(*(one(r) for r in reqs)))
+
     async def prompt_logprobs(
         self, req: GenerationRequest, top_k: int = 0
     ) -> tuple[list[int], list[float], TopLogprobs]:

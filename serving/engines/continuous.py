@@ -247,6 +247,12 @@ class ContinuousEngine(Engine):
             self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation)
         )
 
+    async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]):
+        """One batched forward over the prompts on the side thread, the decoding loop paused for it."""
+        loop = asyncio.get_running_loop()
+        prompts = [self.hf.encode(r) for r in reqs]
+        return await loop.run_in_executor(self._side, self._paused, self.hf.choice_logprobs, prompts, list(choices))
+
     async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
         """One forward over the prompt on the side thread, the decoding loop paused for it."""
         loop = asyncio.get_running_loop()

@@ -149,6 +149,22 @@ class HFModel(HFTokenizer):
         return given.view(-1).tolist(), best.tolist(), lp.gather(-1, best.view(-1, 1)).view(-1).tolist()
 
     @torch.inference_mode()
+    def choice_logprobs(self, prompts: list[list[int]], choices: list[int]) -> list[list[float]]:
+        """One batched forward over the prompts, left-padded (positions counted from each prompt's first real
+        token) so that every prompt ends at the last position and only that position's logits are computed:
+        per prompt, the log-prob of each choice token next."""
+        if not prompts:
+            return []
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        lp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        return lp[:, torch.tensor(choices, device=self.device)].tolist()
+
+    @torch.inference_mode()
     def prompt_logprobs(self, prompt_ids: list[int], top_k: int = 0):
         """One forward over the prompt: (its token ids, each token's log-prob given the ones before it
         (the first: NaN), per position its ``top_k`` most likely tokens as (id, log-prob), most likely

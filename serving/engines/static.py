@@ -233,6 +233,11 @@ class StaticEngine(Engine):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self.hf.score, self.hf.encode(req), list(continuation))
 
+    async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]):
+        loop = asyncio.get_running_loop()
+        prompts = [self.hf.encode(r) for r in reqs]
+        return await loop.run_in_executor(self._worker, self.hf.choice_logprobs, prompts, list(choices))
+
     async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self.hf.prompt_logprobs, self.hf.encode(req), top_k)

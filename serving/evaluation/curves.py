@@ -93,3 +93,30 @@ def oracle_scores(weak_q, strong_q) -> np.ndarray:
     fixes first): a higher score keeps the weak answer."""
     weak_q, strong_q = np.asarray(weak_q, float), np.asarray(strong_q, float)
     return weak_q - 1e-3 * np.clip(strong_q - weak_q, 0, None)
+
+
+def window_curve(scores, judge_scores, weak_q, strong_q, w: float) -> tuple[Curve, np.ndarray]:
+    """The deferral curve of a window-gated judge (Xia & Bouganis, 2023): at each deferral share k/n the
+    token-level threshold sits at the k-th lowest score; the answers ranked within ``w`` of it on either side
+    ([k - wn, k + wn), clipped) are judged, and of those the judge defers the ones it scores lowest so that k
+    are deferred in all (what ``cascade calibrate --judge`` fits: same deferral share as the rule, the judge
+    picks which inside the window); below the window the rule defers, above it the rule accepts. Returns the
+    curve and, per point, the share of requests judged. ``w >= 1`` judges every request: the judge's own curve."""
+    scores, judge_scores, weak_q, strong_q = (
+        np.asarray(x, dtype=np.float64) for x in (scores, judge_scores, weak_q, strong_q)
+    )
+    n = len(scores)
+    order = np.argsort(scores, kind="stable")
+    gain = (strong_q - weak_q)[order]
+    js = judge_scores[order]
+    half = int(round(w * n))
+    quality, judged = np.empty(n + 1), np.empty(n + 1)
+    base = weak_q.sum()
+    prefix = np.r_[0.0, np.cumsum(gain)]
+    for k in range(n + 1):
+        lo, hi = max(0, k - half), min(n, k + half)
+        inside = np.argsort(js[lo:hi], kind="stable")[: k - lo] + lo
+        quality[k] = (base + prefix[lo] + gain[inside].sum()) / n
+        judged[k] = (hi - lo) / n
+    share = np.arange(n + 1) / n
+    return Curve(share, quality, float(weak_q.mean()), float(strong_q.mean())), judged

@@ -112,6 +112,8 @@ def to_response(fields: dict, finished: bool = False, choices: Sequence[dict] = 
 
 def _pb_fields(fields: dict) -> dict:
     out = dict(fields)
+    if out.get("judgement") is None:
+        out.pop("judgement", None)
     out["tiers"] = [
         {
             **t,

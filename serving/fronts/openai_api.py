@@ -407,8 +407,11 @@ def cascade_info(fields: dict[str, Any]) -> dict[str, Any]:
         "request_id",
         "receipt",
         "load_shed",
+        "decided_by",
     )
     out = {k: fields[k] for k in keep}
+    if fields.get("judgement") is not None:  # only when the judge was asked (as the proto leaves it unset)
+        out["judgement"] = {k: (_number(v) if isinstance(v, float) else v) for k, v in fields["judgement"].items()}
     out["score"], out["threshold"] = _number(out["score"]), _number(out["threshold"])
     out["tiers"] = [
         {k: (_number(v) if k == "score" else v) for k, v in t.items() if not (k == "score" and v is None)}

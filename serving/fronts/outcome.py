@@ -42,6 +42,7 @@ def receipt_fields(r: Receipt) -> dict[str, Any]:
                 "completion_tokens": x.completion_tokens,
                 "cost": x.cost,
                 "discarded": x.discarded,
+                "judge": x.judge,
             }
             for x in r.lines
         ],
@@ -84,6 +85,31 @@ def response_fields(
         "degraded_reason": out.degraded,
         "receipt": receipt_fields(out.receipt),
         "load_shed": out.load_shed,
+        **judge_fields(out, req),
+    }
+
+
+def judge_fields(out: Outcome, req: CascadeRequest) -> dict[str, Any]:
+    """``decided_by`` and ``judgement``: which signal decided the first boundary, and its judge's run."""
+    first = out.runs[0] if out.runs else None
+    if first is None or first.score is None or req.forced:
+        return {"decided_by": "", "judgement": None}
+    j = first.judge
+    if j is None:
+        return {"decided_by": "rule", "judgement": None}
+    return {
+        "decided_by": "judge" if j.decided else "rule",
+        "judgement": {
+            "judge": j.judge,
+            "method": j.method,
+            "score": j.score,
+            "threshold": j.threshold,
+            "latency_ms": j.latency_ms,
+            "comparisons": j.comparisons,
+            "fallback": j.fallback,
+            "window_low": j.window[0],
+            "window_high": j.window[1],
+        },
     }
 
 

@@ -172,6 +172,39 @@ METRIC_SPECS = {
             (),
         ),
         Metric(
+            "cascade_judge_calls",
+            "counter",
+            "Answers a boundary's judge was asked about (their token-level score lay in its window), by the tier "
+            "before the boundary.",
+            ("boundary",),
+        ),
+        Metric(
+            "cascade_judge_comparisons",
+            "counter",
+            "Judge prompts scored (one prefill each: N per Meta Ranking request, 1 pointwise), by boundary.",
+            ("boundary",),
+        ),
+        Metric(
+            "cascade_judge_latency_ms",
+            "histogram",
+            "Wall time of a judge call as the router saw it, by boundary.",
+            ("boundary",),
+            LATENCY_MS_BUCKETS,
+        ),
+        Metric(
+            "cascade_judge_fallbacks",
+            "counter",
+            "Judge calls that gave no verdict (timeout, unavailable, overloaded, refused...): the token-level "
+            "verdict stood, by boundary and reason.",
+            ("boundary", "reason"),
+        ),
+        Metric(
+            "cascade_judged_share",
+            "gauge",
+            "Share of the recent requests at a judged boundary that the judge was asked about, by boundary.",
+            ("boundary",),
+        ),
+        Metric(
             "cascade_load_shed",
             "counter",
             "Answers kept at a tier only because load-aware deferral had lowered its "

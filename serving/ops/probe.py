@@ -21,7 +21,9 @@ from serving.ops.loadgen import run_load, summarize
 def one_replica(raw: dict) -> dict:
     """A config mapping with every deployment pinned to one replica (no autoscaling), so that runs
     compared side by side see the same capacity."""
-    for d in [t["serve"] for t in raw["tiers"]] + [raw["router"]]:
+    judges = [d.get("judge") for d in [raw.get("deferral") or {}] + [t.get("deferral") or {} for t in raw["tiers"]]]
+    judges = [j for j in judges if isinstance(j, dict) and isinstance(j.get("model"), dict) and "serve" in j]
+    for d in [t["serve"] for t in raw["tiers"]] + [j["serve"] for j in judges] + [raw["router"]]:
         d.pop("autoscaling_config", None)
         d["num_replicas"] = 1
     return raw

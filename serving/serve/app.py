@@ -79,7 +79,7 @@ def build_app(args: Union[dict[str, Any], CascadeConfig, None] = None) -> Applic
     cfg = resolve_config(args)
     tiers = {
         t.name: TierDeployment.options(name=f"tier-{t.name}", **t.deployment_options()).bind(t.model_dump(mode="json"))
-        for t in cfg.tiers
+        for t in cfg.deployed_tiers  # a judge of its own is a tier that only scores
         if t.name != cfg.router.colocate_with  # that one runs inside the Router
     }
     # Tokens from the config and the environment of the process building the app, as digests only.

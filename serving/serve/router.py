@@ -146,11 +146,13 @@ class Router:
 
     def _answered(self, method: str, req: CascadeRequest, out: Outcome, t0: float) -> None:
         self._finish(method, "OK", out.answered_by, t0)
+        j = out.runs[0].judge if out.runs else None
         log.info(
-            "answered by %s deferred=%s score=%.4f%s",
+            "answered by %s deferred=%s score=%.4f%s%s",
             out.answered_by,
             out.deferred,
             out.score,
+            "" if j is None else f" judge={j.score:.4f} ({j.fallback or 'decided'}, {j.latency_ms:.0f} ms)",
             f" degraded: {out.degraded}" if out.degraded else "",
         )
         if req.forced:

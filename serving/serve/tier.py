@@ -169,6 +169,27 @@ class TierServer:
             raise BadRequest(f"cannot be answered by tier {self.tier.name!r}: {e}", "echo") from None
         return self.engine.token_texts(ids), lps, _named(tops, self.engine) if tops else []
 
+    async def judge(self, prompts: list[list[dict[str, str]]], verdicts: list[str]) -> dict[str, Any]:
+        """A judge's read (``deferral.judge``): one prefill per prompt (chat messages, this model's chat
+        template applied), all of them in one batched forward where the engine has one, no decoding. Returns
+        each prompt's log-probs of the verdicts' first tokens and the prompt tokens read (for the receipt)."""
+        self._start_stats()
+        t0 = time.perf_counter()
+        reqs = [GenerationRequest(messages=m) for m in prompts]
+        ids = [self.engine.encode_text(v)[0] for v in verdicts]
+        counts = [self.engine.count_tokens(r) for r in reqs]
+        ctx = self.engine.context_length
+        if ctx is not None and max(counts, default=0) >= ctx:
+            raise BadRequest(
+                f"a judge prompt is {max(counts)} tokens, over judge {self.tier.name!r}'s context of {ctx}", "judge"
+            )
+        try:
+            lps = await self.engine.choice_logprobs(reqs, ids)
+        except EngineError as e:
+            raise BadRequest(f"cannot be judged by {self.tier.name!r}: {e}", "judge") from None
+        log.info("judged %d prompts (%d tokens) in %.0f ms", len(reqs), sum(counts), (time.perf_counter() - t0) * 1e3)
+        return {"logprobs": lps, "prompt_tokens": sum(counts)}
+
     # ---- operations --------------------------------------------------------------------------
     def _start_stats(self) -> None:
         if self._stats_task is None:

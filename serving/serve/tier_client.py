@@ -57,7 +57,8 @@ class ServeTierClient:
         self.unary = dict(handles)
         self.local = dict(local or {})
         rel = config.reliability
-        self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in config.tier_names}
+        callees = config.tier_names + list(config.judge_tiers())  # tiers, and judges with deployments of their own
+        self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in callees}
         self.started = time.monotonic()
         self.waking: dict[str, asyncio.Future] = {}
 
@@ -80,7 +81,7 @@ class ServeTierClient:
             await asyncio.sleep(min(left, 0.05))  # a new router replica: its handles have not heard yet
 
     def _wake(self, name: str) -> None:
-        if name in self.local or self.cfg.tier(name).serve.autoscaling_config is None:
+        if name in self.local or self.cfg.callee(name).serve.autoscaling_config is None:
             return
         pending = self.waking.get(name)
         if pending is None or pending.done():
@@ -88,7 +89,7 @@ class ServeTierClient:
 
     async def _wake_call(self, name: str) -> None:
         try:
-            await asyncio.wait_for(self.unary[name].info.remote(), max(self.cfg.tier(name).timeout_s, 60.0))
+            await asyncio.wait_for(self.unary[name].info.remote(), max(self.cfg.callee(name).timeout_s, 60.0))
         except Exception as e:  # it only asks for a replica; the next client call sees what came of it
             log.info("tier %s: wake-up call ended: %s", name, type(e).__name__)
 
@@ -167,18 +168,20 @@ class ServeTierClient:
             raise failure
         raise AssertionError("unreachable")
 
-    async def call(self, name: str, method: str, *args):
-        """A unary call of a tier method (e.g. ``prompt_logprobs``) under the tier's timeout and breaker;
-        raises TierFailure / BadRequest like :meth:`stream`."""
+    async def call(self, name: str, method: str, *args, timeout: Optional[float] = None):
+        """A unary call of a tier's (or a judge deployment's) method (``prompt_logprobs``, ``judge``) under the
+        callee's timeout (or ``timeout``) and breaker; raises TierFailure / BadRequest like :meth:`stream`."""
         await self._ready(name)
         breaker = self.breakers[name]
         if not breaker.allow():
             raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
-        timeout = self.cfg.tier(name).timeout_s
+        timeout = timeout or self.cfg.callee(name).timeout_s
         try:
             target = self.local.get(name)
-            call = getattr(target, method)(*args) if target else getattr(self.unary[name], method).remote(*args)
-            out = await asyncio.wait_for(call, timeout)
+            if target is not None:
+                out = await asyncio.wait_for(getattr(target, method)(*args), timeout)
+            else:
+                out = await self._while_running(name, getattr(self.unary[name], method).remote(*args), timeout)
         except BadRequest as e:
             breaker.success()
             raise _bad_request(e) from None
@@ -191,6 +194,8 @@ class ServeTierClient:
             failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
         except DeploymentUnavailableError:
             failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
+        except _NoReplica:
+            failure = TierFailure(name, "unavailable", f"tier {name!r} lost its running replicas during the call")
         except asyncio.CancelledError:
             breaker.release()
             raise
@@ -202,6 +207,41 @@ class ServeTierClient:
             return out
         breaker.failure()
         raise failure
+
+    async def _while_running(self, name: str, response, timeout: float):
+        """A unary response awaited for at most ``timeout`` s, given up early
+        (``_NoReplica``) once the callee has had no running replica for ``READY_GRACE_S``: a call queued in the handle for a
+        replica that died (Serve waits for its replacement, a model load away) fails fast, and the caller falls
+        back (a judge: the rule's verdict) instead of waiting out the timeout."""
+        task = asyncio.ensure_future(_result(response))
+        loop = asyncio.get_running_loop()
+        deadline, gone_since = loop.time() + timeout, None
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=min(0.25, max(deadline - loop.time(), 0.0)))
+                if done:
+                    return task.result()
+                now = loop.time()
+                if now >= deadline:
+                    raise asyncio.TimeoutError
+                if self.running(name):
+                    gone_since = None
+                elif gone_since is None:
+                    gone_since = now
+                elif now - gone_since >= READY_GRACE_S:
+                    raise _NoReplica
+        finally:
+            if not task.done():
+                task.cancel()
+                response.cancel()
+
+
+class _NoReplica(Exception):
+    """The callee has had no running replica for a while during a call."""
+
+
+async def _result(response):
+    return await response
 
 
 def _bad_request(e: BadRequest) -> BadRequest:

@@ -73,3 +73,21 @@ def test_a_cost_per_deferral_moves_the_curve_left():
     assert cheap.quality[-1] == plain.quality[-1] == 0.75
     assert list(cheap.share) == [0.0, 0.25, 0.25, 0.25, 0.5, 1.0]
     assert list(cheap.quality[:5]) == list(plain.quality)
+
+
+def test_window_curve_by_hand():
+    from serving.evaluation.curves import deferral_curve, window_curve
+
+    # four answers by token score: the two in the middle are swapped by the judge, who knows better
+    scores = [0.1, 0.2, 0.3, 0.4]
+    judge = [0.0, 0.9, 0.1, 1.0]
+    weak_q = [0.0, 1.0, 0.0, 1.0]  # the second-lowest token score is a good answer, the third a bad one
+    strong_q = [1.0, 1.0, 1.0, 1.0]
+    curve, judged = window_curve(scores, judge, weak_q, strong_q, 0.25)  # one rank on either side
+    # k=2: window ranks [1, 3): the judge defers rank 2 (0.1) not rank 1 (0.9): quality (1 + 1 + 1 + 1)/4
+    assert curve.quality[2] == 1.0 and deferral_curve(scores, weak_q, strong_q).quality[2] == 0.75
+    assert list(judged) == [0.25, 0.5, 0.5, 0.5, 0.25]
+    full, judged = window_curve(scores, judge, weak_q, strong_q, 1.0)
+    assert list(full.quality) == list(deferral_curve(judge, weak_q, strong_q).quality) and judged.min() == 1.0
+    same, judged = window_curve(scores, judge, weak_q, strong_q, 0.0)
+    assert list(same.quality) == list(deferral_curve(scores, weak_q, strong_q).quality) and judged.max() == 0.0

@@ -291,6 +291,40 @@ def test_both_fronts_say_the_same_about_an_answer():
     assert event.startswith(b"data: ") and json.loads(event[6:])["choices"][0]["finish_reason"] == "stop"
 
 
+def test_both_fronts_say_which_signal_decided_and_what_the_judge_did():
+    from serving.core.request import JudgeRun
+
+    req = CascadeRequest.build(prompt="q", tier_names=TIERS, limits=LIMITS)
+    out = outcome()
+    out.runs[0].judge = JudgeRun("judge", "meta_ranking", 0.12, 0.05, 80.0, 5, 400, "", (-1.0, math.inf))
+    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
+    msg = grpc_api.to_response(fields)
+    assert msg.decided_by == "judge" and msg.HasField("judgement")
+    j = msg.judgement
+    assert (j.judge, j.method, j.comparisons, j.fallback, j.window_low, j.window_high) == (
+        "judge",
+        "meta_ranking",
+        5,
+        "",
+        -1.0,
+        math.inf,
+    )
+    assert j.score == pytest.approx(0.12) and j.threshold == pytest.approx(0.05)
+    info = openai_api.cascade_info(fields)
+    assert info["decided_by"] == "judge" and info["judgement"]["window_high"] == "Infinity"
+    json.dumps(info, allow_nan=False)
+    out.runs[0].judge = JudgeRun("judge", "pointwise", math.nan, 0.5, 10001.0, 1, 0, "timeout")
+    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
+    msg = grpc_api.to_response(fields)
+    assert msg.decided_by == "rule" and msg.judgement.fallback == "timeout" and math.isnan(msg.judgement.score)
+    assert openai_api.cascade_info(fields)["judgement"]["score"] == "NaN"
+    out.runs[0].judge = None
+    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
+    msg = grpc_api.to_response(fields)
+    assert msg.decided_by == "rule" and not msg.HasField("judgement")
+    assert "judgement" not in openai_api.cascade_info(fields)
+
+
 def test_decoding_fields_map_from_both_fronts():
     _, r = chat(
         {

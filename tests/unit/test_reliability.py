@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.config import Auth, load_config, portable
+from serving.config import Auth, load_config, parse_config, portable
 from serving.core.breaker import CircuitBreaker, RecentShare
 from serving.fronts.grpc_api import MalformedRequest, parse_request
 
@@ -93,3 +93,67 @@ def test_malformed_bytes_parse_to_a_marker_not_an_exception():
     for data in [b"\xff\xff\xff", b"\x0a\x05ab", b"\x12\x03\xff\x00\x01", b"\x0a\x02\xff\xfe"]:
         bad = parse_request(data)
         assert isinstance(bad, MalformedRequest) and bad.size == len(data) and bad.error
+
+
+def test_a_unary_call_gives_up_once_its_callee_has_no_running_replica(monkeypatch):
+    """The tier client's unary call (a judge's) waits for its response, but not for a replacement replica: once
+    the callee has had none running for READY_GRACE_S it fails as ``unavailable`` (long before its timeout);
+    while a replica runs it waits, and a slow callee still times out."""
+    import asyncio
+    import time
+
+    import serving.serve.tier_client as tc
+    from serving.core.errors import TierFailure
+
+    monkeypatch.setattr(tc, "READY_GRACE_S", 0.3)
+
+    class Response:
+        cancelled = False
+
+        def __init__(self, after):
+            self.after = after
+
+        def __await__(self):
+            return asyncio.sleep(self.after, "scored").__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Handle:
+        def __init__(self, after):
+            self.after = after
+
+        def options(self, **kw):
+            return self
+
+        @property
+        def judge(self):
+            return self
+
+        def remote(self, *args):
+            self.response = Response(self.after)
+            return self.response
+
+    cfg = parse_config(
+        {
+            "tiers": [{"name": "weak", "model": {"source": "weak"}}, {"name": "strong", "model": {"source": "s"}}],
+            "deferral": {"rule": "chow_sum", "threshold": -1.0},
+        }
+    )
+
+    def client(after, running):
+        c = tc.ServeTierClient(cfg, {"weak": Handle(after), "strong": Handle(after)}, None)
+        c.running = lambda name: running()
+        return c
+
+    replicas = iter([1, 1] + [0] * 1000)  # one check passes _ready, then the replica is gone
+    c = client(60.0, lambda: next(replicas))
+    t0 = time.perf_counter()
+    with pytest.raises(TierFailure) as e:
+        asyncio.run(c.call("weak", "judge", timeout=30.0))
+    assert e.value.reason == "unavailable" and time.perf_counter() - t0 < 5
+    assert c.unary["weak"].response.cancelled
+    assert asyncio.run(client(0.5, lambda: 1).call("weak", "judge", timeout=5.0)) == "scored"
+    with pytest.raises(TierFailure) as e:
+        asyncio.run(client(60.0, lambda: 1).call("weak", "judge", timeout=0.5))
+    assert e.value.reason == "timeout"

@@ -130,18 +130,42 @@ class TierResult(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., latency_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., tier_ms: _Optional[float] = ..., decision_tokens: _Optional[int] = ..., decided_early: _Optional[bool] = ..., draft_tokens: _Optional[int] = ..., draft_accepted_tokens: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., top_logprobs: _Optional[_Iterable[_Union[TokenAlternatives, _Mapping]]] = ..., verify_skipped: _Optional[str] = ...) -> None: ...
 
 class ReceiptLine(_message.Message):
-    __slots__ = ("tier", "prompt_tokens", "completion_tokens", "cost", "discarded")
+    __slots__ = ("tier", "prompt_tokens", "completion_tokens", "cost", "discarded", "judge")
     TIER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
     tier: str
     prompt_tokens: int
     completion_tokens: int
     cost: float
     discarded: bool
-    def __init__(self, tier: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost: _Optional[float] = ..., discarded: _Optional[bool] = ...) -> None: ...
+    judge: bool
+    def __init__(self, tier: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost: _Optional[float] = ..., discarded: _Optional[bool] = ..., judge: _Optional[bool] = ...) -> None: ...
+
+class Judgement(_message.Message):
+    __slots__ = ("judge", "method", "score", "threshold", "latency_ms", "comparisons", "fallback", "window_low", "window_high")
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_LOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_HIGH_FIELD_NUMBER: _ClassVar[int]
+    judge: str
+    method: str
+    score: float
+    threshold: float
+    latency_ms: float
+    comparisons: int
+    fallback: str
+    window_low: float
+    window_high: float
+    def __init__(self, judge: _Optional[str] = ..., method: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., latency_ms: _Optional[float] = ..., comparisons: _Optional[int] = ..., fallback: _Optional[str] = ..., window_low: _Optional[float] = ..., window_high: _Optional[float] = ...) -> None: ...
 
 class Receipt(_message.Message):
     __slots__ = ("lines", "total", "strong_tier", "strong_only", "strong_only_prompt_tokens", "strong_only_completion_tokens", "strong_only_estimated")
@@ -162,7 +186,7 @@ class Receipt(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[ReceiptLine, _Mapping]]] = ..., total: _Optional[float] = ..., strong_tier: _Optional[str] = ..., strong_only: _Optional[float] = ..., strong_only_prompt_tokens: _Optional[int] = ..., strong_only_completion_tokens: _Optional[int] = ..., strong_only_estimated: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason", "receipt", "load_shed", "choices")
+    __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason", "receipt", "load_shed", "choices", "decided_by", "judgement")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +203,8 @@ class GenerateResponse(_message.Message):
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     LOAD_SHED_FIELD_NUMBER: _ClassVar[int]
     CHOICES_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    JUDGEMENT_FIELD_NUMBER: _ClassVar[int]
     text: str
     tier: str
     deferred: bool
@@ -195,4 +221,6 @@ class GenerateResponse(_message.Message):
     receipt: Receipt
     load_shed: bool
     choices: _containers.RepeatedCompositeFieldContainer[GenerateResponse]
-    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_shed: _Optional[bool] = ..., choices: _Optional[_Iterable[_Union[GenerateResponse, _Mapping]]] = ...) -> None: ...
+    decided_by: str
+    judgement: Judgement
+    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ..., deferred: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., rule: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierResult, _Mapping]]] = ..., total_latency_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., finished: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_shed: _Optional[bool] = ..., choices: _Optional[_Iterable[_Union[GenerateResponse, _Mapping]]] = ..., decided_by: _Optional[str] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ...) -> None: ...
