@@ -40,6 +40,9 @@ class Chaos:
         env = dict(os.environ)
         env.setdefault("RAY_AUTH_MODE", "token")
         env.pop("RAY_ADDRESS", None)
+        # the agent calls handles from plain (not async) code: their router needs its own loop, whatever Serve
+        # setting a parent process took from serving/serve/tuning.py (importing serving.ops.cli sets them)
+        env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.ops.chaos", "--ray-address", ray_address, "--app", app],
             stdin=subprocess.PIPE,
