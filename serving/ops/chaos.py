@@ -202,6 +202,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--app", default="cascade")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # answers go out on a copy of stdout; fd 1 itself goes to stderr, so nothing Ray prints (its C++ core's
+    # messages about a dead node, say) can land between two answers
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import ray
 
     ray.init(address=args.ray_address, logging_level="ERROR", log_to_driver=False)
@@ -216,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 reply = {"result": getattr(agent, op)(**cmd)}
             except Exception as e:
                 reply = {"error": f"{type(e).__name__}: {e}"}
-            print(json.dumps(reply, default=str), flush=True)
+            print(json.dumps(reply, default=str), file=replies, flush=True)
     finally:
         ray.shutdown()
     return 0
