@@ -4,6 +4,7 @@ them against the continuous one. The model has head_dim 32, the smallest vLLM's 
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -303,3 +304,34 @@ def test_choice_logprobs_read_every_prompt_and_choice_in_one_batch_as_score_does
     for req, row in zip(reqs, batched):
         alone = [engine.run(engine.score(req, [c]))[0][0] for c in choices]
         assert row == pytest.approx(alone, abs=1e-4)
+
+
+def test_a_dead_batching_loop_fails_its_requests_and_the_tier_health_check(tiny_model_dir):
+    """A forward that raises inside transformers' batching loop (what a CUDA fault or an out-of-memory does)
+    ends the loop thread for good: the request in flight fails with EngineError, later ones are refused at once,
+    and the tier's health check (what Serve calls every health_check_period_s) raises, so Serve replaces the
+    replica instead of letting it answer errors."""
+    from serving.serve.tier import TierServer
+
+    server = TierServer(tier(tiny_model_dir, "continuous", max_new_tokens=8).model_dump(mode="json"))
+    e = server.engine
+    try:
+        assert e.generate_many([GenerationRequest(prompt=PROMPTS[0])])[0].completion_tokens > 0
+        server.check_health()  # alive: no error
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected: the device fell over")
+
+        e.manager.model.forward = broken
+        with pytest.raises(EngineError):
+            e.generate_many([GenerationRequest(prompt=PROMPTS[1])])
+        deadline = time.monotonic() + 10
+        while e.healthy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not e.healthy()
+        with pytest.raises(RuntimeError, match="engine stopped"):
+            server.check_health()
+        with pytest.raises(EngineError, match="not running"):
+            e.generate_many([GenerationRequest(prompt=PROMPTS[2])])
+    finally:
+        e.close()
