@@ -18,13 +18,17 @@ Faults (``--faults``, comma-separated; each on a fresh server):
   and Serve replaces the replica
 - ``hangup``: 100 long streams (50 gRPC, 50 SSE) hung up mid-stream; the weak engine's running count polled
 - ``scale``: the weak tier from 3 replicas to 1 (Serve's autoscaler) during 50 long streams
+- ``node``: a Ray cluster of four nodes on this machine (``serving.ops.local.LocalCluster``: a head with the Router
+  and Serve's proxy, two nodes of the weak pool, one of the strong pool), ``cascade serve`` deployed onto it; the
+  weak node holding a replica is SIGKILLed whole (raylet, workers); the lost replica must come back on the
+  surviving node of the pool. Its load is ``--load-share`` of the capacity measured on that cluster (the path
+  through Serve's proxy)
 - ``--soak-minutes M``: mixed load for M minutes, no fault; errors, p99 first vs last window, RSS / threads /
   fds of every replica over time
 
 Per fault: answered %, hung, failures by status, time back to full rate (the first second after the fault from
 which the 3 s average of answers per second is back to 90 % of the rate before it), each against the issue's
 aim. Prints a table, writes JSON and a PNG (answers per second around each fault). Never asserts timings.
-Not covered: killing a pool's node (the multi-node setup of tests/integration/test_multinode_pools.py).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from benchmarks.common import pyplot, write_json
 from serving.config import load_config, parse_config
 from serving.ops.chaos import Chaos
 from serving.ops.loadgen import arrivals, run_load
-from serving.ops.local import cascade_server, wait_for
+from serving.ops.local import CLUSTER_ENV, LocalCluster, cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 KINDS = ("grpc_unary", "grpc_stream", "http_unary", "http_sse")
@@ -283,6 +287,7 @@ def faulted_run(server, rate: float, prompts, args, fault, before: float, after:
     load = Mixed(server.address, server.http_url, prompts, args.deadline, args.retries)
     box: dict[str, Any] = {}
     with Chaos(server.ray_address) as chaos:
+        base = chaos.ask("router_stats")  # what the server answered before this run (a capacity measurement)
 
         def inject():
             time.sleep(before)
@@ -300,8 +305,8 @@ def faulted_run(server, rate: float, prompts, args, fault, before: float, after:
         try:  # receipts vs answers: every answer has a receipt and counted cost, no failed request has one
             router = chaos.ask("router_stats")
             box["receipts"] = {
-                "router_receipts": router["costs"]["requests"],
-                "router_ok": router["requests_by_code"].get("OK", 0),
+                "router_receipts": router["costs"]["requests"] - base["costs"]["requests"],
+                "router_ok": router["requests_by_code"].get("OK", 0) - base["requests_by_code"].get("OK", 0),
                 "client_ok": sum(r["status"] == "OK" for r in records),
             }
         except Exception as e:
@@ -340,6 +345,60 @@ def kill_and_watch(deployment: str, replicas: int, engine_core: bool = False):
             return victim | {"replaced_after_s": None}
 
     return fault
+
+
+# ---- a pool's node --------------------------------------------------------------------------------------------
+NODE_POOLS = {"weak-a": {"weak_pool": 4}, "weak-b": {"weak_pool": 4}, "strong": {"strong_pool": 4}}
+# Ray notices a dead node after its GCS misses health checks: every 1 s, 3 misses (Ray's default: 3 s x 5)
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+
+
+def node_fault(work: Path, prompts: list[str], args) -> dict:
+    import os
+
+    env = {**CLUSTER_ENV, **FAST_NODE_DEATH}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the chaos agent (a subprocess) joins the cluster with these
+    try:
+        with LocalCluster(work / "node", NODE_POOLS, head_resources={"ingress": 4}, env=FAST_NODE_DEATH) as cluster:
+            cfg = shipped(weak=2)
+            cfg.router.ray_actor_options["resources"] = {"ingress": 1}  # the Router beside Serve's proxy, on the head
+            with cascade_server(cfg, work / "node-serve", timeout=600, cluster=cluster) as server:
+                cap = measure_capacity(server, prompts)
+                rate = args.rate or args.load_share * cap
+                print(f"node: capacity through the cluster's proxy {cap:.1f} answers/s; offering {rate:.1f} req/s")
+
+                def fault(chaos: Chaos) -> dict:
+                    reps = chaos.ask("replicas", deployment="tier-weak")
+                    placed = {r["replica_id"]: cluster.node_of(r["pid"]) for r in reps}
+                    victim = placed[reps[0]["replica_id"]]
+                    dead = reps[0]["node_id"]
+                    t0 = time.monotonic()
+                    cluster.kill(victim)
+
+                    def back():
+                        d = chaos.ask("status")["deployments"].get("tier-weak", {})
+                        now = chaos.ask("replicas", deployment="tier-weak")
+                        ok = d.get("status") == "HEALTHY" and len(now) == 2 and all(r["node_id"] != dead for r in now)
+                        return ok and now
+
+                    try:
+                        now = wait_for(back, timeout=240, interval=0.5, what="tier-weak rescheduled")
+                        after = {r["replica_id"]: cluster.node_of(r["pid"]) for r in now}
+                        return {"killed": victim, "placed_before": placed, "placed_after": after} | {
+                            "replaced_after_s": time.monotonic() - t0
+                        }
+                    except TimeoutError:
+                        return {"killed": victim, "placed_before": placed, "replaced_after_s": None}
+
+                r = faulted_run(server, rate, prompts, args, fault, args.before, args.after + 30)
+                return r | {"capacity_rps": cap, "rate_rps": rate}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ---- long-stream faults ---------------------------------------------------------------------------------------
@@ -533,6 +592,11 @@ def soak(server, rate, prompts, args) -> dict:
 
 
 # ---- verdicts -------------------------------------------------------------------------------------------------
+def flat(start: int, end: int) -> bool:
+    """A count that did not grow over the soak: at most 2 more (a pool's worker started late), or 5 %."""
+    return end <= start + max(2, 0.05 * start)
+
+
 def verdict(name: str, r: dict) -> tuple[str, bool]:
     if name in ("router", "router2"):
         ok = r["unary_answered_share"] >= 0.99 and r["hung"] == 0 and r["cut"] == 0
@@ -540,6 +604,11 @@ def verdict(name: str, r: dict) -> tuple[str, bool]:
         return "unary >= 99 %, streams: 0 hung, failures with a status; full rate in <= 30 s", ok
     if name in ("weak", "strong"):
         return ">= 99.5 % answered, 0 hung", r["answered_share"] >= 0.995 and r["hung"] == 0
+    if name == "node":
+        f = r.get("fault") or {}
+        after = set((f.get("placed_after") or {}).values())
+        ok = f.get("replaced_after_s") is not None and len(after) == 1 and f.get("killed") not in after
+        return "replicas rescheduled on the surviving node; >= 99 % answered", ok and r["answered_share"] >= 0.99
     if name == "vllm_core":
         replaced = (r.get("fault") or {}).get("replaced_after_s") is not None
         return "replica unhealthy -> replaced; >= 99 % answered", replaced and r["answered_share"] >= 0.99
@@ -552,6 +621,7 @@ def verdict(name: str, r: dict) -> tuple[str, bool]:
     if name == "soak":
         ok = not r["errors"] and r["p99_ratio"] <= 1.2
         ok &= all(g["rss_growth"] <= 0.05 for g in r["replicas"].values())
+        ok &= all(flat(*g["threads"]) and flat(*g["fds"]) for g in r["replicas"].values())
         return "0 errors; p99 last <= 1.2 x first; RSS <= +5 %; threads, fds flat", ok
     return "?", False
 
@@ -578,6 +648,8 @@ def row(name: str, r: dict) -> str:
     else:
         f = r.get("fault") or {}
         extra = f" replaced after {f['replaced_after_s']:.1f} s;" if f.get("replaced_after_s") else ""
+        if name == "node":
+            extra += f" killed {f.get('killed')}: {f.get('placed_before')} -> {f.get('placed_after')};"
         rc = r.get("receipts", {})
         extra += f" receipts {rc.get('router_receipts')} / router OK {rc.get('router_ok')} / client OK {rc.get('client_ok')};"
         got = (
@@ -591,7 +663,7 @@ def row(name: str, r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--faults", default="router,weak,strong,vllm_core,hangup,scale")
+    ap.add_argument("--faults", default="router,weak,strong,vllm_core,node,hangup,scale")
     ap.add_argument("--before", type=float, default=10.0, help="seconds of load before the fault")
     ap.add_argument("--after", type=float, default=30.0, help="seconds of load after the fault")
     ap.add_argument("--load-share", type=float, default=0.6, help="share of the measured capacity offered")
@@ -631,6 +703,8 @@ def main() -> None:
                 after = args.after + (60 if name == "vllm_core" else 0)
                 with cascade_server(make(), work / name, timeout=600) as server:
                     r = faulted_run(server, rate, prompts, args, fault, args.before, after)
+            elif name == "node":
+                r = node_fault(work, prompts, args)
             elif name == "hangup":
                 r = hangup_fault(work, args)
             elif name == "scale":
