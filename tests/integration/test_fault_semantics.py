@@ -172,6 +172,10 @@ class EnginePoller:
     def busy_before(self, t: float) -> int:
         return max((r for a, b, r in self.samples if b <= t), default=0)
 
+    def busy_between(self, t0: float, t1: float) -> int:
+        """The most running seen by a sample asked at or after ``t0`` and answered by ``t1``."""
+        return max((r for a, b, r in list(self.samples) if a >= t0 and b <= t1), default=0)
+
 
 async def _grpc_hangups(address: str, tier: str, n: int) -> int:
     """``n`` long streams, cancelled together once one of them has sent text (so decoding is under way; an
