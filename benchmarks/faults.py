@@ -590,6 +590,7 @@ def soak(server, rate, prompts, args) -> dict:
         "window_s": window,
         "requests": len(records),
         "errors": s["failures"],
+        "errors_by_minute": dict(Counter(int(r["t"] // 60) for r in records if r["status"] != "OK")),
         "p99_first_ms": lat(first),
         "p99_last_ms": lat(last),
         "p99_ratio": lat(last) / lat(first) if first and last else float("nan"),
@@ -647,7 +648,8 @@ def row(name: str, r: dict) -> str:
         got = f"{r['codes']}; {r['replicas_at_end']} replica(s) at the end; streams took {r['stream_s']}"
     elif name == "soak":
         got = (
-            f"{r['minutes']} min, {r['requests']} requests, errors {r['errors']}; p99 {r['p99_first_ms']:.0f} -> "
+            f"{r['minutes']} min, {r['requests']} requests, errors {r['errors']} (by minute {r['errors_by_minute']}); "
+            f"p99 {r['p99_first_ms']:.0f} -> "
             f"{r['p99_last_ms']:.0f} ms (x{r['p99_ratio']:.2f}); "
             + ", ".join(
                 f"{k}: RSS {v['rss_growth']:+.1%} thr {v['threads']} fds {v['fds']}" for k, v in r["replicas"].items()
