@@ -3,6 +3,7 @@ data of the student and the reference of the pair's quality ("agrees with strong
 
     python -m serving.smol_pair.answers                 # every split, into serving/smol_pair/data/<split>.jsonl
     python -m serving.smol_pair.answers --split test --threads 2
+    python -m serving.smol_pair.answers --split heldout      # the held-out-phrasing split
 
 SmolLM2 runs through the server's own engine for the strong tier of ``serving/smol_pair/config.yaml``
 (the continuous-batching engine, greedy, ``max_new_tokens`` of that tier), all prompts of a chunk at
@@ -21,6 +22,8 @@ from tqdm import tqdm
 
 from serving.smol_pair import CONFIG, HERE
 from serving.tasks.short_answers import SPLITS, correct, split
+
+NAMES = [*SPLITS, "heldout"]  # heldout: the same tasks in phrasings nothing trains or tunes on
 
 DATA = HERE / "data"
 
@@ -77,11 +80,11 @@ def generate(name: str, threads: int = 2, chunk: int = 256) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", choices=sorted(SPLITS), action="append")
+    ap.add_argument("--split", choices=NAMES, action="append")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for SmolLM2")
     ap.add_argument("--force", action="store_true", help="regenerate a split whose file exists")
     args = ap.parse_args(argv)
-    for name in args.split or list(SPLITS):
+    for name in args.split or NAMES:
         if (DATA / f"{name}.jsonl").exists() and not args.force:
             print(f"{name}: {DATA / name}.jsonl exists (--force regenerates)")
             continue

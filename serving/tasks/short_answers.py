@@ -129,130 +129,257 @@ def _ask(rng: random.Random, table: dict) -> tuple[str, str]:
     return rng.choice(sorted(table.items()))
 
 
-def _say(r: random.Random, forms: tuple[str, ...], what: str) -> str:
-    return r.choice(forms).format(what)
+@dataclass(frozen=True)
+class Task:
+    """A task: ``subject(rng)`` draws what is asked (the slots of a phrasing) and its truth; ``forms`` are the
+    phrasings of the shipped splits, ``extra`` more phrasings for training only, ``heldout`` phrasings used by
+    nothing but the held-out-phrasing split (someone else asking the same things)."""
+
+    subject: Callable[[random.Random], tuple[tuple, str]]
+    weight: float
+    forms: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    heldout: tuple[str, ...] = ()
+
+    def ask(self, rng: random.Random, forms: tuple[str, ...]) -> tuple[str, str]:
+        slots, truth = self.subject(rng)
+        form = rng.choice(forms) if len(forms) > 1 else forms[0]  # one form draws nothing (the shipped splits)
+        return form.format(*slots), truth
 
 
-def _capital(r):
-    c, a = _ask(r, CAPITALS)
-    return _say(r, ("What is the capital of {}?", "What is the capital city of {}?", "Name the capital of {}."), c), a
+def _table(table: dict) -> Callable[[random.Random], tuple[tuple, str]]:
+    def subject(r: random.Random) -> tuple[tuple, str]:
+        w, a = _ask(r, table)
+        return (w,), str(a)
+
+    return subject
 
 
 def _continent(r):
     c, (_, a) = _ask(r, COUNTRIES)
-    return _say(r, ("Which continent is {} in?", "On which continent is {}?", "What continent is {} part of?"), c), a
-
-
-def _fact(table: dict, *forms: str) -> Callable[[random.Random], tuple[str, str]]:
-    """A fact task: one entry of ``table`` asked one of three ways (``forms``), its value the truth."""
-
-    def make(r: random.Random) -> tuple[str, str]:
-        w, a = _ask(r, table)
-        return _say(r, forms, w), str(a)
-
-    return make
-
-
-_plural = _fact(PLURALS, "What is the plural of {}?", "What is the plural form of {}?", "Give the plural of {}.")
-_past = _fact(PAST, "What is the past tense of {}?", "What is the past tense of the verb {}?", "Give the past tense of {}.")  # fmt: skip
-_opposite = _fact(OPPOSITES, "What is the opposite of {}?", "What is the antonym of {}?", "Give the opposite of {}.")
-_symbol = _fact(SYMBOLS, "What is the chemical symbol for {}?", "What is the chemical symbol of {}?", "Give the chemical symbol for {}.")  # fmt: skip
-_baby = _fact(BABIES, "What is a baby {} called?", "What do you call a baby {}?", "What is the name for a young {}?")
-_color = _fact(COLORS, "What color is a {}?", "What is the color of a {}?", "What color does a {} have?")
-_legs = _fact(LEGS, "How many legs does a {} have?", "How many legs has a {}?", "A {} has how many legs?")
+    return (c,), a
 
 
 def _day(r):
     i = r.randrange(7)
-    return f"What day comes after {DAYS[i]}?", DAYS[(i + 1) % 7]
+    return (DAYS[i],), DAYS[(i + 1) % 7]
 
 
 def _month(r):
     i = r.randrange(12)
-    return f"What month comes after {MONTHS[i]}?", MONTHS[(i + 1) % 12]
+    return (MONTHS[i],), MONTHS[(i + 1) % 12]
 
 
 def _units(r):
     small, big, n = r.choice(UNITS)
-    return f"How many {small} are in a {big}?", str(n)
+    return (small, big), str(n)
 
 
 def _add(r):
     a, b = r.randint(1, 10 ** r.randint(1, 3)), r.randint(1, 10 ** r.randint(1, 3))
-    return f"What is {a} + {b}?", str(a + b)
+    return (a, b), str(a + b)
 
 
 def _times(r):
     a, b = r.randint(2, 12), r.randint(2, 12)
-    return f"What is {a} times {b}?", str(a * b)
+    return (a, b), str(a * b)
 
 
 def _half(r):
     n = 2 * r.randint(1, 100)
-    return f"What is half of {n}?", str(n // 2)
+    return (n,), str(n // 2)
 
 
 def _squared(r):
     n = r.randint(1, 15)
-    return f"What is {n} squared?", str(n * n)
+    return (n,), str(n * n)
 
 
 def _count(r):
     a = r.randint(1, 10)
     b = a + r.randint(2, 12)
-    return f"Count from {a} to {b}.", ", ".join(str(i) for i in range(a, b + 1))
+    return (a, b), ", ".join(str(i) for i in range(a, b + 1))
 
 
 def _sort(r):
     xs = r.sample(range(1, 100), r.randint(3, 6))
-    return (
-        f"Sort these numbers from smallest to largest: {', '.join(map(str, xs))}.",
-        ", ".join(map(str, sorted(xs))),
-    )
+    return (", ".join(map(str, xs)),), ", ".join(map(str, sorted(xs)))
 
 
 def _upper(r):
     w = _words(r, 1, 5)
-    return f"Make this uppercase: {w}", w.upper()
+    return (w,), w.upper()
 
 
 def _repeat(r):
     w = _words(r, 2, 8)
-    return f"Repeat after me: {w}", w
+    return (w,), w
 
 
 def _larger(r):
     a, b = r.sample(range(1, 1000), 2)
-    return f"Which is larger, {a} or {b}?", str(max(a, b))
+    return (a, b), str(max(a, b))
 
 
-# task -> (question maker, weight). About two thirds are facts SmolLM2 answers in a steady template ("The
-# capital of Peru is Lima."), which a student can learn; a third are tasks it answers erratically and at length
-# (sums, sorting, repetition), which a student cannot: the traffic a cascade sends on.
-TASKS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], float]] = {
-    "capital": (_capital, 12), "continent": (_continent, 10), "plural": (_plural, 8), "past": (_past, 8),
-    "opposite": (_opposite, 7), "symbol": (_symbol, 5), "baby": (_baby, 3), "color": (_color, 3), "legs": (_legs, 3),
-    "day": (_day, 1), "month": (_month, 2), "units": (_units, 2),
-    "add": (_add, 6), "larger": (_larger, 6), "sort": (_sort, 5), "repeat": (_repeat, 5), "upper": (_upper, 5),
-    "count": (_count, 3), "half": (_half, 3), "times": (_times, 3), "squared": (_squared, 1),
+# About two thirds are facts SmolLM2 answers in a steady template ("The capital of Peru is Lima."), which a student
+# can learn; a third are tasks it answers erratically and at length (sums, sorting, repetition), which a student
+# cannot: the traffic a cascade sends on. The weights are the shares of the draw.
+TASKS: dict[str, Task] = {
+    "capital": Task(
+        _table(CAPITALS), 12,
+        ("What is the capital of {}?", "What is the capital city of {}?", "Name the capital of {}."),
+        ("Which city is the capital of {}?", "What's the capital of {}?", "Tell me the capital of {}.",
+         "What city is the capital of {}?", "Give the capital of {}."),
+        ("Do you know the capital of {}?", "Capital of {}?", "Which city serves as the capital of {}?"),
+    ),
+    "continent": Task(
+        _continent, 10,
+        ("Which continent is {} in?", "On which continent is {}?", "What continent is {} part of?"),
+        ("What continent is {} on?", "Which continent does {} belong to?", "Name the continent of {}.",
+         "In which continent is {}?", "Tell me which continent {} is in."),
+        ("Where is {}, on which continent?", "{} is located on which continent?", "Which continent has {}?"),
+    ),
+    "plural": Task(
+        _table(PLURALS), 8,
+        ("What is the plural of {}?", "What is the plural form of {}?", "Give the plural of {}."),
+        ("What's the plural of {}?", "Write the plural of {}.", "How do you say {} in the plural?",
+         "Tell me the plural of {}.", "What is the plural of the word {}?"),
+        ("Plural of {}?", "More than one {} is called what?", "If there are two, what is the plural of {}?"),
+    ),
+    "past": Task(
+        _table(PAST), 8,
+        ("What is the past tense of {}?", "What is the past tense of the verb {}?", "Give the past tense of {}."),
+        ("What's the past tense of {}?", "Write the past tense of {}.", "Tell me the past tense of {}.",
+         "What is the simple past of {}?", "Name the past tense of {}."),
+        ("Past tense of {}?", "Yesterday I ... ({}): what is the past form?", "How do you say {} in the past tense?"),
+    ),
+    "opposite": Task(
+        _table(OPPOSITES), 7,
+        ("What is the opposite of {}?", "What is the antonym of {}?", "Give the opposite of {}."),
+        ("What's the opposite of {}?", "Tell me the opposite of {}.", "Name the opposite of {}.",
+         "What word means the opposite of {}?", "Give an antonym of {}."),
+        ("Opposite of {}?", "What is a word that means the reverse of {}?", "Which word is the antonym of {}?"),
+    ),
+    "symbol": Task(
+        _table(SYMBOLS), 5,
+        ("What is the chemical symbol for {}?", "What is the chemical symbol of {}?", "Give the chemical symbol for {}."),
+        ("What's the chemical symbol for {}?", "Tell me the chemical symbol of {}.", "Name the chemical symbol for {}.",
+         "Which symbol stands for {}?", "Write the element symbol for {}."),
+        ("Symbol of the element {}?", "How is {} written in the periodic table?", "Which chemical symbol does {} have?"),
+    ),
+    "baby": Task(
+        _table(BABIES), 3,
+        ("What is a baby {} called?", "What do you call a baby {}?", "What is the name for a young {}?"),
+        ("What's a baby {} called?", "Name a baby {}.", "What is a young {} called?", "Tell me what a baby {} is called."),
+        ("A baby {} is known as what?", "What word is used for a baby {}?"),
+    ),
+    "color": Task(
+        _table(COLORS), 3,
+        ("What color is a {}?", "What is the color of a {}?", "What color does a {} have?"),
+        ("What colour is a {}?", "Which color is a {}?", "Tell me the color of a {}.", "Name the color of a {}."),
+        ("A {} is usually what color?", "Which colour does a {} usually have?"),
+    ),
+    "legs": Task(
+        _table(LEGS), 3,
+        ("How many legs does a {} have?", "How many legs has a {}?", "A {} has how many legs?"),
+        ("What is the number of legs of a {}?", "Count the legs of a {}.", "How many legs do {}s have?"),
+        ("Number of legs on a {}?", "Tell me how many legs a {} walks on."),
+    ),
+    "day": Task(
+        _day, 1, ("What day comes after {}?",),
+        ("Which day comes after {}?", "What is the day after {}?", "Name the day after {}."),
+        ("If today is {}, what day is tomorrow?",),
+    ),
+    "month": Task(
+        _month, 2, ("What month comes after {}?",),
+        ("Which month comes after {}?", "What is the month after {}?", "Name the month after {}."),
+        ("If this month is {}, what is next month?",),
+    ),
+    "units": Task(
+        _units, 2, ("How many {} are in a {}?",),
+        ("How many {} make a {}?", "How many {} are there in one {}?", "One {1} is how many {0}?"),
+        ("Convert one {1} into {0}.",),
+    ),
+    "add": Task(
+        _add, 6, ("What is {} + {}?",),
+        ("What is {} plus {}?", "Calculate {} + {}.", "What does {} + {} equal?", "Add {} and {}."),
+        ("Work out {} + {}.", "How much is {} plus {}?"),
+    ),
+    "larger": Task(
+        _larger, 6, ("Which is larger, {} or {}?",),
+        ("Which is bigger, {} or {}?", "Which number is larger: {} or {}?", "Is {} or {} larger?"),
+        ("Of {} and {}, which is the larger number?",),
+    ),
+    "sort": Task(
+        _sort, 5, ("Sort these numbers from smallest to largest: {}.",),
+        ("Put these numbers in ascending order: {}.", "Order from smallest to largest: {}.",
+         "Sort in increasing order: {}."),
+        ("Arrange from low to high: {}.",),
+    ),
+    "repeat": Task(
+        _repeat, 5, ("Repeat after me: {}",),
+        ("Say this back to me: {}", "Repeat exactly: {}", "Please repeat: {}"),
+        ("Echo these words: {}",),
+    ),
+    "upper": Task(
+        _upper, 5, ("Make this uppercase: {}",),
+        ("Convert to uppercase: {}", "Write this in capital letters: {}", "Uppercase this: {}"),
+        ("Turn this into all caps: {}",),
+    ),
+    "count": Task(
+        _count, 3, ("Count from {} to {}.",),
+        ("Count up from {} to {}.", "List the numbers from {} to {}.", "Please count from {} to {}."),
+        ("Write every number from {} through {}.",),
+    ),
+    "half": Task(
+        _half, 3, ("What is half of {}?",),
+        ("What is {} divided by 2?", "Half of {} is what?", "Calculate half of {}."),
+        ("If you split {} into two equal parts, how much is each?",),
+    ),
+    "times": Task(
+        _times, 3, ("What is {} times {}?",),
+        ("What is {} multiplied by {}?", "Calculate {} times {}.", "What is {} x {}?"),
+        ("What do you get when you multiply {} by {}?",),
+    ),
+    "squared": Task(
+        _squared, 1, ("What is {} squared?",),
+        ("What is the square of {}?", "Calculate {} squared.", "What is {} to the power of 2?"),
+        ("Multiply {} by itself: what is the result?",),
+    ),
 }  # fmt: skip
 SPLITS = {"train": 2400, "val": 300, "test": 400}
+HELDOUT = 300  # the held-out-phrasing split
 SEED = 2024
 
 
-def draw(rng: random.Random) -> Question:
+PHRASINGS = ("shipped", "training", "heldout")
+
+
+def _forms(task: Task, phrasing: str) -> tuple[str, ...]:
+    if phrasing == "shipped":
+        return task.forms
+    if phrasing == "training":
+        return task.forms + task.extra
+    if phrasing == "heldout":
+        return task.heldout
+    raise ValueError(f"phrasing must be one of {PHRASINGS}")
+
+
+def draw(rng: random.Random, phrasing: str = "shipped") -> Question:
     names = sorted(TASKS)
-    task = rng.choices(names, weights=[TASKS[n][1] for n in names])[0]
-    prompt, truth = TASKS[task][0](rng)
-    return Question(task, prompt + (SHORT if rng.random() < 0.5 else ""), truth)
+    name = rng.choices(names, weights=[TASKS[n].weight for n in names])[0]
+    prompt, truth = TASKS[name].ask(rng, _forms(TASKS[name], phrasing))
+    return Question(name, prompt + (SHORT if rng.random() < 0.5 else ""), truth)
 
 
-def family(n: int, seed: int = SEED) -> list[Question]:
+def family(
+    n: int, seed: int = SEED, phrasing: str = "shipped", exclude: frozenset[str] = frozenset()
+) -> list[Question]:
     """``n`` distinct questions from one seeded draw (the small tables run out of distinct prompts, so
-    fact tasks are a smaller share than their template weight)."""
-    rng, seen, out = random.Random(seed), set(), []
+    fact tasks are a smaller share than their template weight), none of them in ``exclude``."""
+    rng, seen, out = random.Random(seed), set(exclude), []
     for _ in range(n * 50):
-        q = draw(rng)
+        q = draw(rng, phrasing)
         if q.prompt not in seen:
             seen.add(q.prompt)
             out.append(q)
@@ -262,9 +389,12 @@ def family(n: int, seed: int = SEED) -> list[Question]:
 
 
 def split(name: str, seed: int = SEED) -> list[Question]:
-    """A disjoint split of the family: ``train``, ``val`` (calibration, early stopping) or ``test``."""
+    """A disjoint split of the family: ``train``, ``val`` (calibration, early stopping) or ``test`` (the shipped
+    phrasings), or ``heldout`` (the same kinds of questions in phrasings nothing trains or tunes on)."""
+    if name == "heldout":
+        return family(HELDOUT, seed + 7, "heldout")
     if name not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}")
+        raise ValueError(f"split must be one of {sorted(SPLITS) + ['heldout']}")
     qs = family(sum(SPLITS.values()), seed)
     random.Random(seed + 1).shuffle(qs)
     start = 0
@@ -273,6 +403,13 @@ def split(name: str, seed: int = SEED) -> list[Question]:
             return qs[start : start + n]
         start += n
     raise AssertionError
+
+
+def training_pool(n: int, seed: int = SEED + 100) -> list[Question]:
+    """``n`` training questions in the shipped and the training-only phrasings, none of them a prompt of the
+    validation, test or held-out split (the student's distillation set: ``serving/smol_pair/teacher.py``)."""
+    kept_out = frozenset(q.prompt for name in ("val", "test", "heldout") for q in split(name))
+    return family(n, seed, "training", kept_out)
 
 
 def correct(answer: str, truth: str) -> bool:
