@@ -42,25 +42,55 @@ def main() -> None:
     ap.add_argument("--config")
     ap.add_argument("--train-data", help="labelled JSONL the post-hoc rules learn from")
     ap.add_argument("--data", required=True, help="labelled JSONL the curves are measured on")
-    ap.add_argument("--metric", default="exact_match")
+    ap.add_argument(
+        "--metric",
+        default="exact_match",
+        help="comma-separated: one table and curve per metric, e.g. exact_match,correct (agreement with the "
+        "reference answer and correctness against the rows' ground truth)",
+    )
     ap.add_argument("--cache", default=str(DEFAULT_CACHE))
     ap.add_argument("--windows", default="2,4,8", help="decision windows k for the <rule>@k rows ('' for none)")
     ap.add_argument("--out", default="results/quality.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
     cfg = load_config(args.config)
-    weak_name, strong_name = cfg.tier_names[:2]
     rows = load_jsonl(args.data)
-    runs = run_offline(cfg, rows, args.metric, Path(args.cache), tiers=[weak_name, strong_name])
-    weak, strong = runs[weak_name], runs[strong_name]
-    train = None
-    if args.train_data:
-        train = run_offline(cfg, load_jsonl(args.train_data), args.metric, Path(args.cache), tiers=[weak_name])[
-            weak_name
-        ]
-
-    curves, scores = {}, {}
+    train_rows = load_jsonl(args.train_data) if args.train_data else None
     windows = [None] + [int(k) for k in args.windows.split(",") if k.strip()]
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    report = {
+        "n": len(rows),
+        "data": args.data,
+        "data_sha256": data_hash(rows),
+        "train_data": args.train_data,
+        "metrics": {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for metric in metrics:
+        curves, scores, weak, strong = rule_curves(cfg, rows, train_rows, metric, Path(args.cache), windows)
+        report["metrics"][metric] = {
+            "weak_quality": float(weak.quality.mean()),
+            "strong_quality": float(strong.quality.mean()),
+            "rules": {name: summarize(c) for name, c in curves.items()},
+        }
+        print_table(report["n"], metric, report["metrics"][metric])
+        if args.plot:
+            path = Path(args.plot)
+            plot(
+                curves, weak, scores, str(path if metric == metrics[0] else path.with_name(f"{path.stem}_{metric}.png"))
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def rule_curves(cfg, rows, train_rows, metric, cache, windows):
+    """Every rule's deferral curve on ``rows`` with quality measured by ``metric`` (the tiers' runs are cached:
+    another metric re-scores the same answers)."""
+    weak_name, strong_name = cfg.tier_names[:2]
+    runs = run_offline(cfg, rows, metric, cache, tiers=[weak_name, strong_name])
+    weak, strong = runs[weak_name], runs[strong_name]
+    train = run_offline(cfg, train_rows, metric, cache, tiers=[weak_name])[weak_name] if train_rows else None
+    curves, scores = {}, {}
     for k in windows:
         w, t = weak.prefix(k), train.prefix(k) if train is not None else None
         for name in BENCH_RULES:
@@ -82,30 +112,19 @@ def main() -> None:
         curves[f"{name} verify:decode"] = deferral_curve(scores[name], weak.quality, strong.quality, 1.0 - agree)
     curves["random"] = random_curve(weak.quality, strong.quality)
     curves["oracle"] = deferral_curve(oracle_scores(weak.quality, strong.quality), weak.quality, strong.quality)
+    return curves, scores, weak, strong
 
-    report = {
-        "n": len(rows),
-        "metric": args.metric,
-        "data": args.data,
-        "data_sha256": data_hash(rows),
-        "train_data": args.train_data,
-        "weak_accuracy": float(weak.quality.mean()),
-        "strong_accuracy": float(strong.quality.mean()),
-        "rules": {name: summarize(c) for name, c in curves.items()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    print(
-        f"n={report['n']}  weak {report['weak_accuracy']:.3f}  strong {report['strong_accuracy']:.3f}  ({args.metric})"
-    )
-    print(f"{'rule':<22} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6}")
-    for name, r in report["rules"].items():
+
+def print_table(n: int, metric: str, m: dict) -> None:
+    """D95/D97: the least share deferred for the cascade to reach 95 % / 97 % of strong-only's quality."""
+    print(f"n={n}  weak {m['weak_quality']:.3f}  strong {m['strong_quality']:.3f}  ({metric})")
+    print(f"{'rule':<26} {'AUC':>6} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'CPT95':>6} {'D95':>6} {'D97':>6}")
+    for name, r in m["rules"].items():
+        cpt, d = r["cpt"], r["share_for_quality"]
         print(
-            f"{name:<22} {r['auc']:>6.3f} {r['apgr']:>6.3f} {r['cpt']['50']:>6.3f} {r['cpt']['80']:>6.3f} {r['cpt']['95']:>6.3f}"
+            f"{name:<26} {r['auc']:>6.3f} {r['apgr']:>6.3f} {cpt['50']:>6.3f} {cpt['80']:>6.3f} {cpt['95']:>6.3f} "
+            f"{d['95']:>6.3f} {d['97']:>6.3f}"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    if args.plot:
-        plot(curves, weak, scores, args.plot)
 
 
 def plot(curves, weak, scores, path) -> None:

@@ -78,8 +78,27 @@ def quality_at_share(curve: Curve, share: float) -> float:
     return float(np.interp(share, curve.share, curve.quality))
 
 
+def share_for_quality(curve: Curve, target: float) -> float:
+    """Least share deferred at which the cascade's quality reaches ``target`` x the strong tier's alone
+    (e.g. 0.97 of strong-only's agreement, 0.95 of its correctness), along the curve; 1.0 if never."""
+    goal = target * curve.q_strong
+    hit = np.nonzero(curve.quality >= goal - 1e-12)[0]
+    if len(hit) == 0:
+        return 1.0
+    i = hit[0]
+    if i == 0:
+        return float(curve.share[0])
+    q0, q1 = curve.quality[i - 1], curve.quality[i]
+    return float(curve.share[i - 1] + (curve.share[i] - curve.share[i - 1]) * (goal - q0) / (q1 - q0))
+
+
 def summarize(curve: Curve) -> dict:
-    return {"auc": auc(curve), "apgr": apgr(curve), "cpt": {str(p): cpt(curve, p / 100) for p in (50, 80, 95)}}
+    return {
+        "auc": auc(curve),
+        "apgr": apgr(curve),
+        "cpt": {str(p): cpt(curve, p / 100) for p in (50, 80, 95)},
+        "share_for_quality": {str(p): share_for_quality(curve, p / 100) for p in (95, 97)},
+    }
 
 
 def random_curve(weak_q, strong_q) -> Curve:

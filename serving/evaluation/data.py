@@ -41,7 +41,11 @@ def load_jsonl(path: str | Path) -> list[dict]:
         'expected {"prompt": str, "reference": ...}',
         lambda r: isinstance(r.get("prompt"), str) and "reference" in r,
     )
-    return [{"prompt": r["prompt"], "reference": str(r["reference"])} for r in rows]
+    # the ground truth, where a row has one, for the ``correct`` metric (serving.evaluation.quality)
+    return [
+        {"prompt": r["prompt"], "reference": str(r["reference"])} | ({"truth": str(r["truth"])} if "truth" in r else {})
+        for r in rows
+    ]
 
 
 def data_hash(rows: list[dict]) -> str:

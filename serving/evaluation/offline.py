@@ -20,7 +20,7 @@ from tqdm import tqdm
 from serving.config import CascadeConfig, Tier
 from serving.core.decoding import Decoding
 from serving.evaluation.data import data_hash
-from serving.evaluation.quality import get_metric
+from serving.evaluation.quality import offline_metric
 
 DEFAULT_CACHE = Path(os.environ.get("CASCADE_CACHE", Path.home() / ".cache" / "cascade" / "offline"))
 
@@ -108,7 +108,10 @@ def run_offline(
 ) -> dict[str, OfflineTierRun]:
     """Every tier's answers (``tiers``: only these) scored with ``metric``; ``decoding``: the decoding they
     are served with (thresholds are fitted for it)."""
-    score = get_metric(metric)
+    score, field = offline_metric(metric)
+    missing = next((i for i, r in enumerate(rows) if field not in r), None)
+    if missing is not None:
+        raise ValueError(f"metric {metric!r} compares answers with each row's {field!r}; row {missing + 1} has none")
     runs = {}
     for tier in cfg.tiers:
         if tiers and tier.name not in tiers:
@@ -119,6 +122,6 @@ def run_offline(
             texts=raw["texts"],
             logprobs=raw["logprobs"],
             embeddings=np.asarray(raw["embeddings"], dtype=np.float64),
-            quality=np.array([score(t, r["reference"]) for t, r in zip(raw["texts"], rows)]),
+            quality=np.array([score(t, r[field]) for t, r in zip(raw["texts"], rows)]),
         )
     return runs

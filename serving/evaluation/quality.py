@@ -7,6 +7,8 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
+from serving.tasks.short_answers import correct as truth_in_answer
+
 _PUNCT = str.maketrans("", "", string.punctuation)
 _NUM = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
@@ -56,7 +58,29 @@ QUALITY_METRICS: dict[str, Callable[[str, str], float]] = {
 }
 
 
+def correct(pred: str, truth: str) -> float:
+    """The ground truth appears in the answer as whole words (case-insensitive): "The capital of Peru is
+    Lima." is correct for "Lima"."""
+    return float(truth_in_answer(pred, truth))
+
+
+# Metrics against a row's ground truth (its ``truth`` field) rather than a reference answer: offline only
+# (calibration, benchmarks), where labelled rows carry the truth; shadow traffic has only the next tier's answer.
+TRUTH_METRICS: dict[str, Callable[[str, str], float]] = {"correct": correct}
+OFFLINE_METRICS = sorted(QUALITY_METRICS) + sorted(TRUTH_METRICS)
+
+
 def get_metric(name: str) -> Callable[[str, str], float]:
     if name not in QUALITY_METRICS:
         raise ValueError(f"unknown metric {name!r}; valid metrics: {sorted(QUALITY_METRICS)}")
     return QUALITY_METRICS[name]
+
+
+def offline_metric(name: str) -> tuple[Callable[[str, str], float], str]:
+    """The metric and the row field it compares an answer with: ``reference`` (the reference answer, e.g.
+    the strong model's) or ``truth`` (the ground truth, for ``correct``)."""
+    if name in TRUTH_METRICS:
+        return TRUTH_METRICS[name], "truth"
+    if name in QUALITY_METRICS:
+        return QUALITY_METRICS[name], "reference"
+    raise ValueError(f"unknown metric {name!r}; valid metrics: {OFFLINE_METRICS}")

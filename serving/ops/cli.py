@@ -22,6 +22,7 @@ for _k, _v in SERVE_TUNING.items():
     os.environ.setdefault(_k, _v)
 
 from serving.config import CascadeConfig, ConfigError, load_config  # noqa: E402
+from serving.evaluation.quality import OFFLINE_METRICS  # noqa: E402
 
 
 def _pool_resources(cfg: CascadeConfig) -> dict[str, float]:
@@ -435,7 +436,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("--alpha", type=float, help="chow_quantile's alpha (default: the config's)")
     c.add_argument("--train-data", help="labelled JSONL a post-hoc rule learns from (default: the fit part of --data)")
     c.add_argument("--eval-data", help="held-out labelled JSONL for the report (default: half of --data held out)")
-    c.add_argument("--metric", default="exact_match", choices=["exact_match", "numeric_match", "contains", "token_f1"])
+    c.add_argument(
+        "--metric",
+        default="exact_match",
+        choices=OFFLINE_METRICS,
+        help="how an answer is scored: against the row's reference answer, or (correct) against its ground truth",
+    )
     c.add_argument(
         "--decide-within-tokens",
         type=int,

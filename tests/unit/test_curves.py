@@ -11,6 +11,7 @@ from serving.evaluation.curves import (
     oracle_scores,
     quality_at_share,
     random_curve,
+    share_for_quality,
     summarize,
 )
 
@@ -32,6 +33,10 @@ def test_curve_by_hand():
     assert cpt(c, 0.95) == pytest.approx(0.2375)
     assert cpt(c, 3.0) == 1.0  # never reached
     assert quality_at_share(c, 0.6) == pytest.approx(0.85)
+    # 0.95 x strong-only's 0.75 = 0.7125: between (0, 0.5) and (0.25, 0.75), at 0.2125 / 0.25 of the way
+    assert share_for_quality(c, 0.95) == pytest.approx(0.2125)
+    assert share_for_quality(c, 0.5) == 0.0  # weak alone is already there
+    assert share_for_quality(c, 1.5) == 1.0  # never reached
 
 
 def test_ties_are_deferred_together():

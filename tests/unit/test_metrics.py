@@ -14,3 +14,17 @@ def test_metrics():
     assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
     with pytest.raises(ValueError, match="valid metrics"):
         get_metric("bleu")
+
+
+def test_correct_scores_an_answer_against_the_ground_truth_offline_only():
+    from serving.evaluation.quality import correct, offline_metric
+
+    assert correct("The capital of Peru is Lima.", "Lima") == 1.0
+    assert correct("The answer is 125.", "12") == 0.0
+    score, field = offline_metric("correct")
+    assert (score, field) == (correct, "truth")
+    assert offline_metric("exact_match")[1] == "reference"
+    with pytest.raises(ValueError, match="unknown metric 'correct'"):
+        get_metric("correct")  # shadow traffic has no ground truth: answer-vs-answer metrics only
+    with pytest.raises(ValueError, match="valid metrics"):
+        offline_metric("bleu")
