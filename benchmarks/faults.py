@@ -18,7 +18,7 @@ Faults (``--faults``, comma-separated; each on a fresh server):
   and Serve replaces the replica
 - ``hangup``: 100 long streams (50 gRPC, 50 SSE) hung up mid-stream; the weak engine's running count polled
 - ``scale``: the weak tier from 3 replicas to 1 (Serve's autoscaler) during 50 long streams
-- ``node``: a Ray cluster of four nodes on this machine (``serving.ops.local.LocalCluster``: a head with the Router
+- ``node``: a Ray cluster of four nodes on this machine (``benchmarks.cluster.LocalCluster``: a head with the Router
   and Serve's proxy, two nodes of the weak pool, one of the strong pool), ``cascade serve`` deployed onto it; the
   weak node holding a replica is SIGKILLed whole (raylet, workers); the lost replica must come back on the
   surviving node of the pool. Its load is ``--load-share`` of the capacity measured on that cluster (the path
@@ -47,11 +47,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from benchmarks.chaos import Chaos
+from benchmarks.cluster import CLUSTER_ENV, LocalCluster
 from benchmarks.common import pyplot, write_json
 from serving.config import load_config, parse_config
-from serving.ops.chaos import Chaos
 from serving.ops.loadgen import arrivals, run_load
-from serving.ops.local import CLUSTER_ENV, LocalCluster, cascade_server, wait_for
+from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 KINDS = ("grpc_unary", "grpc_stream", "http_unary", "http_sse")

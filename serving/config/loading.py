@@ -1,5 +1,9 @@
 """Loading a cascade config: YAML -> validated :class:`CascadeConfig`, relative paths, calibration
-artifacts read in, tokens turned into digests. Errors name the field path."""
+artifacts read in, tokens turned into digests. Errors name the field path.
+
+The schema's validators read no files. What needs the disk is done here, once, explicitly: calibration
+artifacts are read in before validation (the validated config carries their content to wherever the
+router runs), and model files are probed after it (a pointwise judge's model must have a chat template)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,15 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from serving.config.schema import DEFAULT_CONFIG, PACKAGE_DIR, Auth, CascadeConfig, ConfigError, Deferral
+from serving.config.schema import (
+    DEFAULT_CONFIG,
+    PACKAGE_DIR,
+    Auth,
+    CascadeConfig,
+    ConfigError,
+    ModelSource,
+    no_chat_template,
+)
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
@@ -32,7 +44,7 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
         art = deferral.get("artifact") if isinstance(deferral, dict) else None
         if isinstance(art, str):
             path = Path(art) if Path(art).is_absolute() or base is None else base / art
-            deferral["artifact"] = Deferral(artifact=str(path)).load_artifact()
+            deferral["artifact"] = read_artifact(path)
     shadow = raw.get("shadow")
     path = shadow.get("path") if isinstance(shadow, dict) else None
     if isinstance(path, str) and base is not None and not Path(path).is_absolute():
@@ -51,6 +63,61 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
                     model["source"] = str((root / src).resolve())
                     break
     return raw
+
+
+def read_artifact(path: Path) -> Any:
+    """A calibration artifact's content (JSON)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"deferral.artifact: cannot read calibration artifact {path}: {e}") from None
+
+
+def has_chat_template(src: ModelSource) -> Optional[bool]:
+    """Whether a local model source has a chat template (None: cannot tell here, e.g. a hub id): its
+    tokenizer files, or a GGUF file's header."""
+    if src.chat_template == "never":
+        return False
+    path = Path(src.source)
+    if src.gguf_file:
+        path = path / src.gguf_file
+    if path.is_dir():
+        if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+            return True
+        cfg = path / "tokenizer_config.json"
+        if cfg.exists():
+            import json
+
+            return bool(json.loads(cfg.read_text()).get("chat_template"))
+        return None
+    if path.suffix == ".gguf" and path.is_file():
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            return None
+        return "tokenizer.chat_template" in GGUFReader(str(path)).fields
+    return None
+
+
+def probe_files(cfg: CascadeConfig) -> list[str]:
+    """What a validated config asks of model files, checked on the files (the validators read none): a
+    pointwise judge's model has a chat template. Returns the problems, each naming its field path."""
+    problems = []
+    for k in range(len(cfg.tiers) - 1):
+        d = cfg.boundary(k)
+        j = d.judge
+        if j is None or j.method != "pointwise" or (k > 0 and d is cfg.boundary(k - 1)):
+            continue
+        where = f"tiers[{k}].deferral" if cfg.tiers[k].deferral is not None else "deferral"
+        if j.own_model is not None:
+            src, what = j.own_model, f"judge.model: {j.own_model.source!r}"
+        else:
+            src, what = cfg.tier(j.model).model, f"judge.model: tier {j.model!r}"
+        if has_chat_template(src) is False:
+            problems.append(f"{where}: {no_chat_template(what)}")
+    return problems
 
 
 def package_file(src: str) -> str:
@@ -100,9 +167,13 @@ def parse_config(raw: Any, origin: str = "<dict>", base: Path | None = None) -> 
         raise ConfigError(f"invalid cascade config ({origin}): expected a mapping at the top level")
     raw = _resolve_paths(raw, base)
     try:
-        return CascadeConfig.model_validate(raw)
+        cfg = CascadeConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, origin)) from None
+    problems = probe_files(cfg)
+    if problems:
+        raise ConfigError("\n".join([f"invalid cascade config ({origin}):"] + [f"  {p}" for p in problems]))
+    return cfg
 
 
 def load_config(path: str | Path | None = None) -> CascadeConfig:

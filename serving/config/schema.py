@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from serving.engines import ENGINES
 from serving.engines.continuous import ContinuousEngineConfig
@@ -58,6 +58,25 @@ class GenerationDefaults(_Strict):
 
 # Each engine owns its options model; the registry lists them (serving.engines.ENGINES).
 EngineConfig = Annotated[Union[tuple(options for options, _ in ENGINES.values())], Field(discriminator="name")]
+
+
+def _check_policy_kwargs(policy: Any) -> None:
+    """A class policy (``serving.serve.autoscaling:EngineLoad``) is built by Serve's controller with
+    ``policy_kwargs``: built here once, so a wrong or out-of-range kwarg is refused when the config loads.
+    The class is the one Serve's own ``AutoscalingPolicy`` imported when it validated the field."""
+    import inspect
+
+    cls = policy.get_policy()
+    if not inspect.isclass(cls):
+        return
+    try:
+        cls(**policy.policy_kwargs)
+    except TypeError:
+        takes = [n for n in inspect.signature(cls).parameters if n not in ("args", "kwargs")]
+        raise ValueError(
+            f"autoscaling_config.policy.policy_kwargs: {sorted(policy.policy_kwargs)} given; "
+            f"{cls.__name__} takes {', '.join(takes) or 'none'} only"
+        ) from None
 
 
 class ServeOptions(_Strict):
@@ -129,16 +148,8 @@ class ServeOptions(_Strict):
                 f"autoscaling_config.target_ongoing_requests ({a.target_ongoing_requests}) must be below "
                 f"max_ongoing_requests ({self.max_ongoing_requests})"
             )
-        from serving.serve.autoscaling import POLICY, EngineLoad  # no imports at all: Serve pickles it by value
-
-        if a is not None and a.policy.policy_function == POLICY:
-            try:  # its kwargs, checked here rather than in Serve's controller
-                EngineLoad(**a.policy.policy_kwargs)
-            except TypeError:
-                raise ValueError(
-                    f"autoscaling_config.policy.policy_kwargs: {sorted(a.policy.policy_kwargs)} given; "
-                    "EngineLoad takes kv_cache_target only"
-                ) from None
+        if a is not None and a.policy.policy_kwargs:
+            _check_policy_kwargs(a.policy)
         return self
 
     def deployment_options(self) -> dict[str, Any]:
@@ -348,29 +359,13 @@ class Judge(_Strict):
         )
 
 
-def _has_chat_template(src: ModelSource) -> Optional[bool]:
-    """Whether a local model source has a chat template (None: cannot tell here, e.g. a hub id)."""
-    if src.chat_template == "never":
-        return False
-    path = Path(src.source)
-    if src.gguf_file:
-        path = path / src.gguf_file
-    if path.is_dir():
-        if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
-            return True
-        cfg = path / "tokenizer_config.json"
-        if cfg.exists():
-            import json
-
-            return bool(json.loads(cfg.read_text()).get("chat_template"))
-        return None
-    if path.suffix == ".gguf" and path.is_file():
-        try:
-            from gguf import GGUFReader
-        except ImportError:
-            return None
-        return "tokenizer.chat_template" in GGUFReader(str(path)).fields
-    return None
+def no_chat_template(what: str) -> str:
+    """The refusal of a pointwise judge whose model has no chat template (``chat_template: never`` here; the
+    model's files, probed when the config loads: ``serving.config.loading``)."""
+    return (
+        f"{what} has no chat template (or chat_template: never), which the pointwise judge's instruction needs: "
+        "use an instruction-tuned model with one, or method: meta_ranking"
+    )
 
 
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
@@ -389,7 +384,9 @@ class Deferral(_Strict):
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="quantile for chow_quantile (0 = least likely token)")
     threshold: Optional[float] = Field(None, description="defer when the confidence score is below this")
     artifact: Optional[Union[str, dict[str, Any]]] = Field(
-        None, description="calibration artifact (path, or its content inline)"
+        None,
+        description="calibration artifact: a path (relative to the config file; read once when the config "
+        "loads), or its content inline",
     )
     target_deferral: Optional[float] = Field(None, gt=0.0, lt=1.0, description="budget controller's target share")
     controller_window: int = Field(500, ge=10, description="recent scores the controller keeps")
@@ -425,6 +422,8 @@ class Deferral(_Strict):
     judge: Optional[Judge] = Field(
         None, description="off unless set: a judge model decides where the token-level score is near the threshold"
     )
+    _resolved: Optional[dict[str, Any]] = PrivateAttr(None)
+    _judge_settings: Optional[dict[str, Any]] = PrivateAttr(None)
 
     @field_validator("threshold")
     @classmethod
@@ -435,6 +434,11 @@ class Deferral(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Deferral:
+        if isinstance(self.artifact, str):
+            raise ValueError(
+                f"artifact: {self.artifact!r} is a path, which load_config / parse_config read in before "
+                "validating; a config validated directly takes the artifact's content (a mapping)"
+            )
         if self.artifact is None:
             if self.threshold is None:
                 raise ValueError("set threshold, or artifact (a calibration artifact that holds one)")
@@ -449,7 +453,7 @@ class Deferral(_Strict):
                 raise ValueError(f"verify_floor ({self.verify_floor}) must be below threshold ({self.threshold})")
         if self.load_aware is not None and self.threshold is not None and not self.load_aware.floor < self.threshold:
             raise ValueError(f"load_aware.floor ({self.load_aware.floor}) must be below threshold ({self.threshold})")
-        art = self.artifact if isinstance(self.artifact, dict) else None
+        art = self.artifact
         rule = art.get("rule", self.rule) if art else self.rule
         if self.decide_within_tokens is not None and rule == "post_hoc_embed":
             raise ValueError(
@@ -463,7 +467,7 @@ class Deferral(_Strict):
                 "recalibrate with `cascade calibrate --decide-within-tokens K` or set the same value"
             )
         if self.judge is not None:
-            self._check_judge(art if art is not None or self.artifact is None else self.load_artifact())
+            self._check_judge(art)
         return self
 
     def _check_judge(self, art: Optional[dict[str, Any]]) -> None:
@@ -493,20 +497,19 @@ class Deferral(_Strict):
                 "judge.window: a window needs the calibration scores' quantiles, which the artifact does not hold: "
                 f"set judge.bounds instead, or recalibrate with {how}"
             )
-        if j.method == "pointwise" and j.own_model is not None and _has_chat_template(j.own_model) is False:
-            raise ValueError(
-                f"judge.model: {j.own_model.source!r} has no chat template (or chat_template: never), which the "
-                "pointwise judge's instruction needs: use an instruction-tuned model with one, or method: meta_ranking"
-            )
+        if j.method == "pointwise" and j.own_model is not None and j.own_model.chat_template == "never":
+            raise ValueError(no_chat_template(f"judge.model: {j.own_model.source!r}"))
 
     def judge_settings(self) -> Optional[dict[str, Any]]:
-        """The judge as plain data for the walk: method, references, window, threshold (config over artifact)."""
-        j = self.judge
-        if j is None:
-            return None
-        import math
+        """The judge as plain data for the walk: method, references, window, threshold (config over artifact).
+        Worked out on the first call and kept (the config does not change once validated)."""
+        if self._judge_settings is None and self.judge is not None:
+            self._judge_settings = self._work_out_judge()
+        return dict(self._judge_settings) if self._judge_settings is not None else None
 
-        fitted = (self.load_artifact() or {}).get("judge") or {}
+    def _work_out_judge(self) -> dict[str, Any]:
+        j = self.judge
+        fitted = (self.artifact or {}).get("judge") or {}
         refs = list(fitted.get("references") or [])[: j.references] if j.method == "meta_ranking" else []
         if j.bounds is not None:
             low, high = j.bounds
@@ -527,19 +530,15 @@ class Deferral(_Strict):
             "threshold": float(j.threshold if j.threshold is not None else fitted["threshold"]),
         }
 
-    def load_artifact(self) -> Optional[dict[str, Any]]:
-        if self.artifact is None or isinstance(self.artifact, dict):
-            return self.artifact
-        import json
-
-        try:
-            return json.loads(Path(self.artifact).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"deferral.artifact: cannot read calibration artifact {self.artifact}: {e}") from None
-
     def resolved(self) -> dict[str, Any]:
-        """rule, alpha, model (post-hoc), threshold: from the artifact when there is one."""
-        art = self.load_artifact()
+        """rule, alpha, model (post-hoc), threshold: from the artifact when there is one. Worked out on the
+        first call and kept (the config does not change once validated)."""
+        if self._resolved is None:
+            self._resolved = self._work_out_rule()
+        return dict(self._resolved)
+
+    def _work_out_rule(self) -> dict[str, Any]:
+        art = self.artifact
         if art is None:
             return {"rule": self.rule, "alpha": self.alpha, "model": None, "threshold": self.threshold}
         missing = [k for k in ("rule", "threshold") if k not in art]
@@ -595,6 +594,10 @@ class Reliability(_Strict):
     )
 
 
+# serving.evaluation.quality.QUALITY_METRICS by name (config sits below evaluation; a unit test keeps them equal)
+QUALITY_METRIC_NAMES = ("exact_match", "numeric_match", "contains", "token_f1")
+
+
 class Shadow(_Strict):
     """Shadow sampling (off while ``rate`` is 0): for a sampled share of answers a tier's rule accepted,
     the router asks the next tier too, after the client has its answer, off the request path; it
@@ -634,10 +637,8 @@ class Shadow(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: Optional[str]) -> Optional[str]:
-        from serving.evaluation.quality import QUALITY_METRICS
-
-        if v is not None and v not in QUALITY_METRICS:
-            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(QUALITY_METRICS)}")
+        if v is not None and v not in QUALITY_METRIC_NAMES:
+            raise ValueError(f"unknown metric {v!r}; valid metrics: {sorted(QUALITY_METRIC_NAMES)}")
         return v
 
 
@@ -791,11 +792,8 @@ class CascadeConfig(_Strict):
                         f"{where}: model {j.model!r} is not a tier; name one of {names}, or give a model source "
                         "({source: <hub id, directory or .gguf>}) for a judge deployment of its own"
                     )
-                if j.method == "pointwise" and _has_chat_template(self.tier(j.model).model) is False:
-                    raise ValueError(
-                        f"{where}: judge.model: tier {j.model!r} has no chat template, which the pointwise judge needs: "
-                        "use an instruction-tuned model, or method: meta_ranking"
-                    )
+                if j.method == "pointwise" and self.tier(j.model).model.chat_template == "never":
+                    raise ValueError(f"{where}: " + no_chat_template(f"judge.model: tier {j.model!r}"))
             elif j.name in names:
                 raise ValueError(f"{where}: judge.name {j.name!r} is a tier's name; give the judge deployment its own")
         return self

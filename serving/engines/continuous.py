@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field
 
+from serving import compat
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines.base import Engine, EngineOptions, EngineStats, TokenRate
@@ -88,12 +88,11 @@ class ContinuousEngine(Engine):
     def __init__(self, tier: Tier):
         from transformers import GenerationConfig  # torch and transformers load with the engine, not the module
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
-        from transformers.generation.continuous_batching.requests import RequestStatus
 
         from serving.engines.hf import HFModel, TextStream
         from serving.engines.hf_generate import SoloDecoder
 
-        self._failed, self._text_stream = RequestStatus.FAILED, TextStream
+        self._failed, self._text_stream = compat.cb_failed_status(), TextStream
         opts: ContinuousEngineConfig = tier.engine
         self.defaults = tier.generation
         self.hf = self.codec = HFModel(tier.model, attn_implementation=opts.attn_implementation)
@@ -132,12 +131,11 @@ class ContinuousEngine(Engine):
         self.manager = self.hf.model.init_continuous_batching(
             generation_config=gen_cfg, continuous_batching_config=self.cb_config
         )
+        compat.check_cb_manager(self.manager)
         self.manager.start()
         # transformers' loop thread is not a daemon: stop it when the interpreter exits, before Python
         # joins non-daemon threads (the hook concurrent.futures uses), so a forgotten engine cannot hang it.
-        register = getattr(threading, "_register_atexit", None)
-        if register is not None:
-            register(self.close)
+        compat.run_before_thread_join(self.close)
         self.rate = TokenRate()
         self.finished = 0
         self._side = ThreadPoolExecutor(1, thread_name_prefix="engine-side")  # embeddings: off the event loop
@@ -222,8 +220,7 @@ class ContinuousEngine(Engine):
         finally:
             if not done:  # the consumer went away: free the slot at the next step
                 self.manager.cancel_request(rid)
-                with self.manager.output_router._lock:  # transformers delivers nothing for a cancelled request
-                    self.manager.output_router.result_handlers.pop(rid, None)
+                compat.forget_result_handler(self.manager, rid)  # transformers delivers nothing for a cancelled one
 
     def _drop_orphans(self) -> None:
         """Outputs nobody will read: the step in flight when a request was cancelled (the consumer went away, or
@@ -231,10 +228,7 @@ class ContinuousEngine(Engine):
         transformers puts them on its shared output queue, which this engine never reads (every request has a
         handler of its own). Unread, they grew the weak tier by ~1.5 MB a minute in a 30-minute soak; dropped at
         each new request, the queue holds at most the cancellations since the last one."""
-        q = self.manager.output_router.output_queue
-        with contextlib.suppress(queue.Empty):
-            while not q.empty():
-                q.get_nowait()
+        compat.drain_unrouted_outputs(self.manager)
 
     async def _final(self, req, prompt, ids, lps, stop, t0) -> Generation:
         ids, lps = list(ids), list(lps)
@@ -296,15 +290,10 @@ class ContinuousEngine(Engine):
             requests=self.finished + self.solo.finished,
             generated_tokens=self.rate.total,
         )
-        bp = self.manager.batch_processor
-        s.running = self.solo.running
-        if bp is not None:
-            s.running += len(bp.scheduler.active_requests)
-            s.waiting = len(bp.scheduler.waiting_requests) + self.manager.input_queue.qsize()
-            try:
-                s.kv_cache_usage = 1.0 - float(bp.cache.compute_free_capacity())
-            except Exception:
-                pass
+        running, s.waiting, kv = compat.cb_load(self.manager)
+        s.running = self.solo.running + running
+        if kv is not None:
+            s.kv_cache_usage = kv
         return s
 
     def info(self) -> dict:
@@ -312,7 +301,7 @@ class ContinuousEngine(Engine):
         return {
             "engine": self.name,
             **self.hf.info(),
-            "attn_implementation": self.hf.model.config._attn_implementation,
+            "attn_implementation": compat.attn_implementation(self.hf.model),
             "page_size": c.page_size,
             "num_blocks": c.num_blocks,
             "max_batch_tokens": c.max_batch_tokens,

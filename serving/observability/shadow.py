@@ -181,7 +181,7 @@ class ShadowSampler:
         names = cascade.names
         self.tallies = []
         for k, b in enumerate(cascade.boundaries):
-            art = cfg.boundary(k).load_artifact() or {}
+            art = cfg.boundary(k).artifact or {}
             metric = self.opts.metric or art.get("metric") or "exact_match"
             self.tallies.append(Tally(names[k], names[k + 1], b.rule, metric))
         self.running: dict[str, int] = {n: 0 for n in names}

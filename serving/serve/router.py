@@ -22,6 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import compat
 from serving.config import parse_config
 from serving.core.breaker import RecentShare
 from serving.core.errors import Overloaded, RequestRefused, Unauthenticated
@@ -53,33 +54,8 @@ async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONRespon
     return JSONResponse(payload, status_code=status, headers=getattr(exc, "headers", None))
 
 
-def _rebind_after_kill() -> None:
-    """Serve's direct ingress (``server.ingress``) binds the Router's HTTP socket without SO_REUSEADDR, so a
-    Router replica replacing a killed one cannot take the port back while the dead one's connections sit in
-    TIME_WAIT, and Serve then blocks that port for good (measured: the Router never came back). Every HTTP
-    server sets it (uvicorn does; gRPC does for the gRPC port): this replica's copy of Serve's module gets a
-    socket class that sets it. Runs in the Router's constructor, before Serve starts the servers."""
-    import socket
-    import types
-
-    from ray.serve._private import http_util
-
-    if getattr(http_util.socket, "cascade_reuseaddr", False):
-        return
-
-    class ReuseAddrSocket(socket.socket):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-
-    shim = types.ModuleType("socket")
-    shim.__dict__.update({k: v for k, v in vars(socket).items() if not k.startswith("__")})
-    shim.socket, shim.cascade_reuseaddr = ReuseAddrSocket, True
-    http_util.socket = shim
-
-
 def _request_id() -> str:
-    return serve.context._get_serve_request_context().request_id
+    return compat.serve_request_id()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -87,7 +63,8 @@ def _request_id() -> str:
 class Router:
     async def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
         cfg = parse_config(config)
-        _rebind_after_kill()
+        compat.reuseaddr_on_direct_ingress()
+        compat.check_serve_request_context()
         self.metrics = Metrics()
         # router.colocate_with: the first tier's engine in this process (built and warmed before the replica runs)
         name = cfg.router.colocate_with

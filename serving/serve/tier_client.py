@@ -14,6 +14,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from serving import compat
 from serving.config import CascadeConfig
 from serving.core.breaker import CircuitBreaker
 from serving.core.errors import BadRequest, TierFailure
@@ -35,11 +36,7 @@ def running_replicas(handle: DeploymentHandle) -> int:
     populated handle counts as one replica (calls then wait for one, as Serve does)."""
     if not handle.running_replicas_populated():
         return 0
-    try:
-        router = handle._router._asyncio_router
-        return len(router.request_router.curr_replicas) if router._deployment_available else 0
-    except AttributeError:
-        return 1
+    return compat.running_replica_count(handle)
 
 
 def remote_message(e: BaseException) -> str:

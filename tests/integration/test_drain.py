@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from benchmarks.chaos import Chaos
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.config import load_config, parse_config
-from serving.ops.chaos import Chaos
 from serving.ops.local import cascade_server, wait_for
 from tests.conftest import build_tiny_llama
 

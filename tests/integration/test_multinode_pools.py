@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.cluster import LocalCluster
 from serving.config import load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.loadgen import run_load
-from serving.ops.local import LocalCluster, free_ports, wait_for
+from serving.ops.local import free_ports, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration

@@ -285,3 +285,68 @@ def test_router_colocated_with_the_first_tier_takes_its_placement_and_scaling():
     with pytest.raises(ConfigError) as e:
         parse_config(minimal(router={"colocate_with": "strong"}))
     assert "router.colocate_with" in str(e.value) and "first tier" in str(e.value)
+
+
+# ---- validators read no files; loading reads and probes them once ---------------------------------------------
+def test_validators_read_no_files(tmp_path, monkeypatch):
+    """Validating a config opens no file: artifacts are read in by loading, model files probed after validation."""
+    import builtins
+    import io
+    import json
+    import pathlib
+
+    from serving.config import CascadeConfig
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "tokenizer_config.json").write_text(json.dumps({"chat_template": None}))
+    judge = {"method": "pointwise", "threshold": 0.5, "model": {"source": str(plain)}}
+    raw = minimal(deferral={"rule": "chow_sum", "threshold": -1.0, "judge": judge})
+    raw["deferral"]["artifact"] = {"rule": "chow_sum", "threshold": -1.0}
+    opened = []
+    real_open, real_read = builtins.open, pathlib.Path.read_text
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    monkeypatch.setattr(io, "open", builtins.open)
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda p, *a, **k: opened.append(p) or real_read(p, *a, **k))
+    cfg = CascadeConfig.model_validate(raw)
+    assert cfg.deferral.resolved()["threshold"] == -1.0 and cfg.deferral.judge_settings()["threshold"] == 0.5
+    assert opened == []
+    with pytest.raises(ConfigError, match=r"deferral: judge\.model: .*plain' has no chat template"):
+        parse_config(raw)  # loading probes the model's files
+    assert any(str(f).endswith("tokenizer_config.json") for f in opened)
+
+
+def test_an_artifact_path_is_read_by_loading_not_by_the_schema(tmp_path):
+    import json
+
+    from pydantic import ValidationError
+
+    from serving.config import CascadeConfig
+
+    art = tmp_path / "art.json"
+    art.write_text(json.dumps({"rule": "chow_sum", "threshold": -2.5}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(minimal(deferral={"artifact": "art.json"})))
+    cfg = load_config(tmp_path / "c.yaml")  # relative to the config file, read once
+    assert cfg.deferral.artifact == {"rule": "chow_sum", "threshold": -2.5}
+    assert cfg.deferral.resolved() == {"rule": "chow_sum", "alpha": 0.0, "model": None, "threshold": -2.5}
+    with pytest.raises(ValidationError, match=r"deferral\n.*artifact: '.*art.json' is a path"):
+        CascadeConfig.model_validate(minimal(deferral={"artifact": str(art)}))
+    with pytest.raises(ConfigError, match=r"deferral\.artifact: cannot read calibration artifact"):
+        parse_config(minimal(deferral={"artifact": str(tmp_path / "missing.json")}))
+
+
+def test_resolved_is_worked_out_once():
+    cfg = parse_config(minimal(deferral={"artifact": {"rule": "chow_quantile", "alpha": 0.1, "threshold": -1.0}}))
+    d = cfg.deferral
+    first = d.resolved()
+    d.artifact["threshold"] = 5.0  # not read again
+    assert d.resolved() == first == {"rule": "chow_quantile", "alpha": 0.1, "model": None, "threshold": -1.0}
+    d.resolved()["threshold"] = 9.0  # a caller's copy
+    assert d.resolved()["threshold"] == -1.0
+
+
+def test_the_schema_s_metric_names_are_the_quality_metrics():
+    from serving.config.schema import QUALITY_METRIC_NAMES
+    from serving.evaluation.quality import QUALITY_METRICS
+
+    assert sorted(QUALITY_METRIC_NAMES) == sorted(QUALITY_METRICS)

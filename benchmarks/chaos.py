@@ -1,6 +1,7 @@
-"""Fault injection and inspection for a running cascade on this machine (tests and ``benchmarks.faults``).
+"""Fault injection and inspection for a running cascade on this machine (tests and ``benchmarks.faults``;
+not part of the package: it needs ``psutil``, from the ``bench`` and ``dev`` extras).
 
-``python -m serving.ops.chaos --ray-address ADDR`` connects to the cascade's Ray once and then answers one
+``python -m benchmarks.chaos --ray-address ADDR`` connects to the cascade's Ray once and then answers one
 JSON command a line on stdin with one JSON line on stdout, so a caller pays Ray's start-up once and can
 time what it asks (an engine's running count polled every 0.1 s after a client hangs up). Commands:
 
@@ -28,9 +29,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
+from serving import compat
+
 PREFIX = "SERVE_REPLICA::"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Chaos:
@@ -44,7 +49,8 @@ class Chaos:
         # setting a parent process took from serving/serve/tuning.py (importing serving.ops.cli sets them)
         env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.ops.chaos", "--ray-address", ray_address, "--app", app],
+            [sys.executable, "-m", "benchmarks.chaos", "--ray-address", ray_address, "--app", app],
+            cwd=ROOT,  # the checkout: benchmarks is not installed
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -100,11 +106,9 @@ class Agent:
         return self.loop.run_until_complete(asyncio.wait_for(getattr(self.handles[key], method).remote(), timeout))
 
     def replicas(self, deployment: str) -> list[dict]:
-        from ray._private import state
-
         prefix = f"{PREFIX}{self.app}#{deployment}#"
         out = []
-        for a in state.actors().values():
+        for a in compat.alive_actors():
             if a["Name"].startswith(prefix) and a["State"] == "ALIVE":
                 out.append(
                     {
@@ -165,10 +169,9 @@ class Agent:
 
     def procs(self) -> list[dict]:
         import psutil
-        from ray._private import state
 
         out = []
-        for a in state.actors().values():
+        for a in compat.alive_actors():
             if not a["Name"].startswith(f"{PREFIX}{self.app}#") or a["State"] != "ALIVE":
                 continue
             try:
@@ -188,9 +191,7 @@ class Agent:
         return out
 
     def session_dir(self) -> str:
-        import ray
-
-        return ray._private.worker.global_worker.node.get_session_dir_path()
+        return compat.session_dir()
 
     def ping(self) -> str:
         return "pong"
