@@ -204,8 +204,8 @@ async def chat_load(
         t0, ttft, parts, info = time.perf_counter(), None, [], None
         async with http.post(url + "/v1/chat/completions", json=body) as r:
             if r.status != 200:
-                await r.read()
-                return {"i": i, "status": r.status, "ms": (time.perf_counter() - t0) * 1e3}
+                error = (await r.read()).decode(errors="replace")[:2000]  # kept verbatim for the report
+                return {"i": i, "status": r.status, "ms": (time.perf_counter() - t0) * 1e3, "error": error}
             async for line in r.content:
                 if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue

@@ -6,6 +6,8 @@ would pick instead), one HTTP client for every server, the held-out test split o
 
 Servers, one after the other (each started and stopped here, loopback only):
 - ``peer``: ``vllm.entrypoints.openai.api_server`` on the HF copy of SmolLM2 (``serving.smol_pair.convert``);
+- the second peer: the same server with the student as vLLM's own speculative draft model
+  (``--speculative-config`` method ``draft_model``; ``--no-draft-peer`` skips it);
 - ours with the strong tier on each engine in ``--engines`` (continuous, vllm), deferral ``regenerate``:
   strong-only (``model: cascade:strong``, the weak tier idle) and the cascade, alternating per concurrency;
 - the same with ``on_defer: verify``: the cascade.
@@ -31,10 +33,12 @@ import numpy as np
 from benchmarks.common import chat_load, pyplot, vllm_server, write_json
 from serving.config import load_config
 from serving.ops.local import cascade_server
-from serving.smol_pair import CONFIG, CONFIG_VLLM
+from serving.smol_pair import CONFIG, CONFIG_VLLM, HERE
 from serving.smol_pair.answers import load_split
 from serving.smol_pair.convert import convert
 from serving.tasks.short_answers import correct
+
+STUDENT = HERE / "student"
 
 
 def _pct(xs, q) -> float:
@@ -70,6 +74,7 @@ def summarize(run: dict, rows: list[dict]) -> dict:
         "agreement": float(np.mean([r["text"] == rows[r["i"] % len(rows)]["reference"] for r in ok])),
         "correct": float(np.mean([correct(r["text"], rows[r["i"] % len(rows)]["truth"]) for r in ok])),
         "cpu_ms_per_request": 1e3 * run["server_cpu_s"] / max(n, 1),
+        "error_samples": sorted({str(r.get("error")) for r in run["records"] if r["status"] != 200})[:3],
     }
     if run["records"] and any(r.get("cascade") for r in ok):
         ok = [r for r in ok if r.get("cascade")]
@@ -172,6 +177,8 @@ def main(argv=None) -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--engines", default="continuous,vllm", help="strong-tier engines of our servers")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-draft-peer", action="store_true", help="skip vLLM with the student as its draft model")
+    ap.add_argument("--draft-tokens", type=int, default=4, help="the draft peer's num_speculative_tokens")
     ap.add_argument("--on-defer", default="regenerate,verify", help="our servers' deferral modes")
     ap.add_argument("--no-strong-only", action="store_true")
     ap.add_argument("--no-early", action="store_true", help="early deferral off: the whole student answer is the draft")
@@ -209,8 +216,29 @@ def main(argv=None) -> None:
             for c in conc:
                 record("vllm_server (strong alone)", c, load(url, hf, texts, c, args.duration, rows))
 
+    def draft_peer() -> None:
+        """The second peer: vLLM serving SmolLM2 with the student as its speculative-decoding draft model
+        (what a user with a same-tokenizer small model would try). Where vLLM fails, its error verbatim."""
+        spec = {"model": str(STUDENT), "method": "draft_model", "num_speculative_tokens": args.draft_tokens}
+        name = f"vllm_server + student draft (k={args.draft_tokens})"
+        try:
+            with vllm_server(
+                hf, max_model_len=512, args=(*peer_args, "--speculative-config", json.dumps(spec))
+            ) as server:
+                for c in conc:
+                    r = load(server.url, hf, texts, c, args.duration, rows)
+                    if r["errors"]:
+                        report.setdefault("draft_peer_errors", r.get("error_samples", []))
+                    record(name, c, r)
+        except RuntimeError as e:
+            log = Path(tempfile.gettempdir()) / "vllm_peer.log"
+            report["draft_peer_failed"] = {"error": str(e), "log_tail": log.read_text()[-3000:] if log.exists() else ""}
+            print(f"{name}: vLLM failed: {e}", flush=True)
+
     if not args.no_peer and not args.strong:
         peer()
+        if not args.no_draft_peer:
+            draft_peer()
     for engine in args.engines.split(","):
         for on_defer in args.on_defer.split(","):
             with cascade_server(pair_config(engine, on_defer, args), Path(tempfile.mkdtemp()), timeout=900) as s:
