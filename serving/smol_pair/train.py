@@ -1,16 +1,26 @@
-"""Train the weak tier of the SmolLM2 pair: a small Llama student distilled from SmolLM2-135M-Instruct's
-greedy answers (``serving/smol_pair/data/train.jsonl``, made by ``python -m serving.smol_pair.answers``).
+"""Train the weak tier of the SmolLM2 pair: a small Llama student distilled from SmolLM2-135M-Instruct.
 
-    python -m serving.smol_pair.train                  # into serving/smol_pair/student
-    python -m serving.smol_pair.train --steps 300 --out /tmp/student   # a quick look
+    python -m serving.smol_pair.teacher --prompts 16000   # once: the teacher's answers and top-k log-probs
+    python -m serving.smol_pair.train                      # the shipped student, into serving/smol_pair/student
+    python -m serving.smol_pair.train --steps 600 --out /tmp/student --no-soft   # an ablation
 
-The student has SmolLM2's tokenizer and chat template (saved from the GGUF), so its token ids are
-SmolLM2's and speculative deferral can hand its draft to the strong tier as ids. Sequence-level
-distillation: the target is the teacher's own greedy answer, token ids as the teacher emitted them
-(end-of-turn included when the teacher ended its turn); the loss is cross-entropy on answer tokens only,
-and the LM head runs only at answer positions (the head is most of the student's compute). Every
-``eval_every`` steps the validation split is decoded greedily; the weights with the best agreement with
-the teacher are kept. Deterministic on one torch build: fixed seed, fixed thread count.
+The student has SmolLM2's tokenizer and chat template (saved from the GGUF), so its token ids are SmolLM2's and
+speculative deferral hands its draft to the strong tier as ids; its heads are 32 wide, a head size vLLM's CPU
+attention serves, so vLLM can run it as a tier or as its own draft model.
+
+Distillation (every lever is a flag, measured in the model card's ablation table):
+- data: the teacher's greedy answers to ``--rows`` prompts of the training pool (``teacher.py``: shipped and
+  training-only phrasings, never a validation, test or held-out prompt); ``--rows 0`` trains on the shipped
+  2,400-answer train split instead (the previous student's data);
+- soft labels: the loss at each answer position mixes cross-entropy on the teacher's greedy token with the
+  cross-entropy to the teacher's top-k distribution (renormalised over its k tokens), weight ``--soft``;
+- initialisation from the teacher: SmolLM2's (tied) embedding projected on its first principal directions to the
+  student's width (``--init teacher``), so the student's LM head starts with the teacher's token geometry;
+- early stopping: greedy agreement with SmolLM2 on the validation split every ``--eval-every`` steps; the best
+  weights are kept; training stops after ``--patience`` evaluations without a gain.
+
+The LM head (most of the student's compute) runs only at answer positions. Deterministic on one torch build:
+fixed seed, fixed thread count.
 """
 
 from __future__ import annotations
@@ -29,7 +39,16 @@ from serving.smol_pair.answers import load_split
 
 HERE = Path(__file__).parent
 OUT = HERE / "student"
-ARCH = dict(hidden_size=112, intermediate_size=448, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
+ARCHS = {
+    # name: LlamaConfig fields. Head size 32 (vLLM's CPU attention takes 32, 64, 80, 96, 112, 128, ...).
+    "96x6": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=6, num_attention_heads=3,
+                 num_key_value_heads=3, head_dim=32),
+    "96x4": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=3,
+                 num_key_value_heads=3, head_dim=32),
+    "112x4": dict(hidden_size=112, intermediate_size=448, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=32),
+}  # fmt: skip
+ARCH = "96x6"
 
 
 def teacher_tokenizer():
@@ -49,7 +68,7 @@ def encode_prompt(tok, prompt: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def make_student(tok):
+def make_student(tok, arch: str = ARCH):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -60,12 +79,48 @@ def make_student(tok):
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         rope_theta=10000.0,
-        **ARCH,
+        **ARCHS[arch],
     )
     return LlamaForCausalLM(cfg)
 
 
-def batches(rows: list[tuple[list[int], list[int]]], size: int, rng: random.Random):
+@torch.no_grad()
+def init_from_teacher(student) -> None:
+    """SmolLM2's tied embedding (49152 x 576), centred and projected on its top principal directions to the
+    student's width, scaled to the student's initial embedding norm."""
+    from transformers import AutoModelForCausalLM
+
+    from serving.smol_pair.convert import convert
+
+    teacher = AutoModelForCausalLM.from_pretrained(convert(), dtype=torch.float32)
+    e = teacher.get_input_embeddings().weight.detach()
+    del teacher
+    e = e - e.mean(0, keepdim=True)
+    width = student.config.hidden_size
+    _, _, v = torch.linalg.svd(e.T @ e)  # 576 x 576: the principal directions of the vocabulary
+    proj = e @ v[:, :width].contiguous()
+    target = student.get_input_embeddings().weight
+    proj *= target.std() / proj.std()
+    target.copy_(proj)
+
+
+def rows_for(n_rows: int, tok) -> list[dict]:
+    """Training rows: prompt ids, the teacher's answer ids, and its top-k (ids, log-probs) per answer position
+    (None for the shipped train split, which has greedy answers only)."""
+    if n_rows == 0:
+        data = [dict(r, top=None) for r in load_split("train")]
+    else:
+        from serving.smol_pair.teacher import load
+
+        data = load(limit=n_rows)
+        if len(data) < n_rows:
+            raise SystemExit(
+                f"{len(data)} teacher rows cached: run python -m serving.smol_pair.teacher --prompts {n_rows}"
+            )
+    return [{"prompt": encode_prompt(tok, r["prompt"]), "answer": r["token_ids"], "top": r.get("top")} for r in data]
+
+
+def batches(rows: list[dict], size: int, rng: random.Random):
     while True:
         order = list(range(len(rows)))
         rng.shuffle(order)
@@ -73,44 +128,100 @@ def batches(rows: list[tuple[list[int], list[int]]], size: int, rng: random.Rand
             yield [rows[j] for j in order[i : i + size]]
 
 
-def collate(batch, pad: int):
-    n = max(len(p) + len(a) for p, a in batch)
+def collate(batch: list[dict], pad: int, k: int = 8):
+    n = max(len(r["prompt"]) + len(r["answer"]) for r in batch)
     ids = torch.full((len(batch), n), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), n), dtype=torch.long)
     target = torch.full((len(batch), n), -100, dtype=torch.long)
-    for i, (p, a) in enumerate(batch):
+    top_ids, top_lp, has_top = [], [], []
+    for i, r in enumerate(batch):
+        p, a = r["prompt"], r["answer"]
         seq = p + a
         ids[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
         target[i, len(p) - 1 : len(seq) - 1] = torch.tensor(a)  # position t predicts token t+1
-    return ids, mask, target
+        for j in range(len(a)):
+            if r["top"] is not None and j < len(r["top"]):
+                t, lp = r["top"][j]
+                t, lp = (t + [a[j]] * k)[:k], (lp + [-1e4] * k)[:k]
+                has_top.append(True)
+            else:
+                t, lp = [a[j]] * k, [0.0] + [-1e4] * (k - 1)
+                has_top.append(False)
+            top_ids.append(t)
+            top_lp.append(lp)
+    return ids, mask, target, torch.tensor(top_ids), torch.tensor(top_lp), torch.tensor(has_top)
 
 
-def loss_at_answers(model, ids, mask, target):
+class Candidates:
+    """The output vocabulary the training softmax runs over: every token the teacher uses on the training rows
+    (its answers and top-k) plus ``negatives`` others drawn afresh each step (a sampled softmax: the LM head is
+    most of the training cost, and the teacher uses a few thousand of the 49,152 tokens on this family). Served,
+    the student's softmax is over the full vocabulary."""
+
+    def __init__(self, rows: list[dict], vocab: int, negatives: int, seed: int = 0):
+        used = {t for r in rows for t in r["answer"]}
+        used |= {t for r in rows if r["top"] is not None for ids, _ in r["top"] for t in ids}
+        self.used = torch.tensor(sorted(used))
+        self.vocab, self.negatives = vocab, negatives
+        outside = torch.ones(vocab, dtype=torch.bool)
+        outside[self.used] = False
+        self.outside = outside.nonzero().squeeze(1)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidate ids, a vocab-sized map from token id to its candidate index, -1 elsewhere)."""
+        if self.negatives >= len(self.outside):
+            cand = torch.arange(self.vocab)
+        else:
+            pick = torch.randperm(len(self.outside), generator=self.gen)[: self.negatives]
+            cand = torch.cat([self.used, self.outside[pick]])
+        where = torch.full((self.vocab,), -1, dtype=torch.long)
+        where[cand] = torch.arange(len(cand))
+        return cand, where
+
+
+def loss_at_answers(model, ids, mask, target, top_ids, top_lp, has_top, soft: float, candidates: Candidates):
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     where = target != -100
-    logits = model.lm_head(hidden[where])
-    return torch.nn.functional.cross_entropy(logits, target[where])
+    cand, index = candidates.draw()
+    logits = hidden[where] @ model.lm_head.weight[cand].T
+    logp = torch.log_softmax(logits, -1)
+    hard = -logp.gather(1, index[target[where]][:, None]).squeeze(1)
+    if soft <= 0:
+        return hard.mean()
+    teacher = torch.softmax(top_lp, -1)  # the teacher's top-k, renormalised over its k tokens
+    soft_ce = -(teacher * logp.gather(1, index[top_ids])).sum(-1)
+    w = soft * has_top.float()
+    return ((1 - w) * hard + w * soft_ce).mean()
 
 
 @torch.no_grad()
-def agreement(model, tok, rows: list[dict], max_new: int = 32, batch: int = 100) -> float:
-    """Share of prompts whose greedy answer (token ids) equals the teacher's."""
+def greedy(model, tok, prompts: list[str], max_new: int = 32, batch: int = 100) -> list[list[int]]:
     model.eval()
-    same = 0
-    for i in range(0, len(rows), batch):
-        part = rows[i : i + batch]
-        enc = [encode_prompt(tok, r["prompt"]) for r in part]
+    out_ids = []
+    for i in range(0, len(prompts), batch):
+        enc = [encode_prompt(tok, p) for p in prompts[i : i + batch]]
         n = max(map(len, enc))
         ids = torch.tensor([[tok.pad_token_id] * (n - len(e)) + e for e in enc])
         mask = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in enc])
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
         )
-        for r, o in zip(part, out[:, n:].tolist()):
-            same += tok.decode(o, skip_special_tokens=True) == r["reference"]
+        out_ids += out[:, n:].tolist()
     model.train()
-    return same / len(rows)
+    return out_ids
+
+
+def scores(model, tok, rows: list[dict]) -> dict:
+    """Exact agreement with SmolLM2's answer and ground-truth correctness of the student's greedy answers."""
+    from serving.tasks.short_answers import correct
+
+    texts = [tok.decode(o, skip_special_tokens=True) for o in greedy(model, tok, [r["prompt"] for r in rows])]
+    return {
+        "agreement": sum(t == r["reference"] for t, r in zip(texts, rows)) / len(rows),
+        "correct": sum(correct(t, r["truth"]) for t, r in zip(texts, rows)) / len(rows),
+    }
 
 
 def save(model, tok, out: Path) -> None:
@@ -122,48 +233,84 @@ def save(model, tok, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def train(steps: int, out: Path, batch: int = 32, lr: float = 3e-3, eval_every: int = 250, threads: int = 2) -> dict:
+def train(
+    out: Path,
+    rows: int = 16000,
+    arch: str = ARCH,
+    soft: float = 0.5,
+    init: str = "teacher",
+    steps: int = 6000,
+    negatives: int = 4096,
+    batch: int = 32,
+    lr: float = 3e-3,
+    eval_every: int = 500,
+    patience: int = 3,
+    threads: int = 2,
+    budget: int | None = None,
+) -> dict:
+    """``budget``: stop after that many steps, the learning-rate schedule still laid over ``steps`` (an ablation
+    is then the first ``budget`` steps of the run it is compared with)."""
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     tok = teacher_tokenizer()
-    train_rows = [(encode_prompt(tok, r["prompt"]), r["token_ids"]) for r in load_split("train")]
+    data = rows_for(rows, tok)
     val = load_split("val")
-    model = make_student(tok)
+    candidates = Candidates(data, len(tok), negatives)
+    model = make_student(tok, arch)
+    if init == "teacher":
+        init_from_teacher(model)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"student: {ARCH}, {n_params:,} parameters; {len(train_rows)} training answers")
+    print(
+        f"student {arch}: {ARCHS[arch]}, {n_params:,} parameters; {len(data)} training answers; soft {soft}; init {init}"
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warm = min(100, steps // 10)
+    warm = min(200, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    start, best, history = time.perf_counter(), (-1.0, 0), []
-    stream = batches(train_rows, batch, random.Random(0))
-    bar = tqdm(range(1, steps + 1), desc="student", unit="step")
+    start, best, history, stale = time.perf_counter(), None, [], 0
+    stream = batches(data, batch, random.Random(0))
+    bar = tqdm(range(1, min(steps, budget or steps) + 1), desc="student", unit="step")
     for step in bar:
-        loss = loss_at_answers(model, *collate(next(stream), tok.pad_token_id))
+        loss = loss_at_answers(model, *collate(next(stream), tok.pad_token_id), soft=soft, candidates=candidates)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % eval_every == 0 or step == steps:
-            agree = agreement(model, tok, val)
-            history.append({"step": step, "loss": loss.item(), "val_agreement": agree})
-            tqdm.write(f"step {step}: loss {loss.item():.3f}, validation agreement with SmolLM2 {agree:.3f}")
-            if agree > best[0]:
-                best = (agree, step)
+        if step % eval_every == 0 or step == steps or step == budget:
+            s = scores(model, tok, val)
+            history.append(
+                {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start)} | s
+            )
+            tqdm.write(
+                f"step {step}: loss {loss.item():.3f}, validation agreement {s['agreement']:.3f}, correct {s['correct']:.3f}"
+            )
+            if best is None or s["agreement"] > best["agreement"]:
+                best, stale = dict(history[-1]), 0
                 save(model, tok, out)
-    seconds = time.perf_counter() - start
+            else:
+                stale += 1
+                if stale >= patience:
+                    tqdm.write(f"no gain in {patience} evaluations: stopping")
+                    break
     report = {
-        "arch": ARCH,
+        "arch": arch,
+        "config": ARCHS[arch],
         "parameters": n_params,
+        "rows": len(data),
+        "soft": soft,
+        "init": init,
         "steps": steps,
+        "budget": budget,
+        "softmax": {"teacher_tokens": len(candidates.used), "sampled": negatives},
         "batch": batch,
         "lr": lr,
-        "best_step": best[1],
-        "val_agreement": best[0],
-        "train_seconds": round(seconds),
+        "best_step": best["step"],
+        "val_agreement": best["agreement"],
+        "val_correct": best["correct"],
+        "train_seconds": round(time.perf_counter() - start),
         "threads": threads,
         "history": history,
     }
@@ -173,17 +320,39 @@ def train(steps: int, out: Path, batch: int = 32, lr: float = 3e-3, eval_every: 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--rows", type=int, default=16000, help="teacher rows (0: the shipped 2,400-answer train split)")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default=ARCH)
+    ap.add_argument("--soft", type=float, default=0.5, help="weight of the top-k soft-label loss (0: greedy only)")
+    ap.add_argument("--no-soft", dest="soft", action="store_const", const=0.0)
+    ap.add_argument("--init", choices=("teacher", "random"), default="teacher")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--negatives", type=int, default=4096, help="tokens outside the teacher's drawn per step")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", type=int, help="stop after this many steps (the schedule still spans --steps)")
     ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args(argv)
-    r = train(args.steps, args.out, args.batch, args.lr, args.eval_every, args.threads)
+    a = ap.parse_args(argv)
+    r = train(
+        a.out,
+        a.rows,
+        a.arch,
+        a.soft,
+        a.init,
+        a.steps,
+        a.negatives,
+        a.batch,
+        a.lr,
+        a.eval_every,
+        a.patience,
+        a.threads,
+        a.budget,
+    )
     print(
-        f"kept step {r['best_step']}: validation agreement {r['val_agreement']:.3f}; "
-        f"{r['parameters']:,} parameters; {r['train_seconds']} s on {r['threads']} threads -> {args.out}"
+        f"kept step {r['best_step']}: validation agreement {r['val_agreement']:.3f}, correct {r['val_correct']:.3f}; "
+        f"{r['parameters']:,} parameters; {r['train_seconds']} s on {r['threads']} threads -> {a.out}"
     )
 
 
