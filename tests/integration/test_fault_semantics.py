@@ -24,7 +24,7 @@ import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.chaos import Chaos
 from serving.ops.local import cascade_server, wait_for
 from tests.conftest import build_tiny_llama
@@ -37,7 +37,7 @@ AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 
 def long_config(model: Path, replicas: int = 1):
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     for t, engine in zip(raw["tiers"], ({"name": "continuous", "kv_cache_tokens": 65536}, {"name": "static"})):
         t["model"]["source"] = str(model)
         t["engine"] = engine
