@@ -37,6 +37,8 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
             "-m",
             "serving.ops.cli",
             "calibrate",
+            "--config",
+            str(TOY_CONFIG),
             "--data",
             str(splits["calibration"]),
             "--eval-data",

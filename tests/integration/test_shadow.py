@@ -132,6 +132,8 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
             "-m",
             "serving.ops.cli",
             "calibrate",
+            "--config",
+            str(TOY_CONFIG),
             "--data",
             str(shadow_path),
             "--shadow",

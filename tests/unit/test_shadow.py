@@ -369,13 +369,45 @@ def test_cli_calibrate_shadow(tmp_path, capsys):
     path = tmp_path / "shadow.jsonl"
     _synthetic_shadow_file(path)
     out = tmp_path / "art.json"
-    assert cli(["calibrate", "--data", str(path), "--shadow", "--target-deferral", "0.25", "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "calibrate",
+                "--config",
+                str(TOY_CONFIG),
+                "--data",
+                str(path),
+                "--shadow",
+                "--target-deferral",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     art = json.loads(out.read_text())
     assert abs(art["metrics"]["fit"]["deferral_share"] - 0.25) < 0.01
     assert "shadow samples cover accepted answers only" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{}\n")
-    assert cli(["calibrate", "--data", str(bad), "--shadow", "--target-deferral", "0.25", "--out", str(out)]) == 2
+    assert (
+        cli(
+            [
+                "calibrate",
+                "--config",
+                str(TOY_CONFIG),
+                "--data",
+                str(bad),
+                "--shadow",
+                "--target-deferral",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "not a shadow sample" in capsys.readouterr().err
 
 
