@@ -291,7 +291,7 @@ def test_both_fronts_refuse_a_missing_or_wrong_token(server):
             ):
                 r = http.request(method, path, json=body, headers=headers)
                 assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", (path, r.text)
-        # Serve's own routes: health and the route table, no token (documented in the README), nothing else
+        # Serve's own routes: health and the route table, no token (documented in docs/operations.md), nothing else
         root = server.http_url.removesuffix("/v1")
         assert http.get(root + "/-/healthz").status_code == 200
         routes = http.get(root + "/-/routes")
