@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.deferral import build_scorer
 from serving.deferral.controller import BudgetController
 from serving.evaluation.data import SPLIT_SEEDS
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/budget.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or TOY_CONFIG)  # default: the arithmetic toy pair
     weak, strong = cfg.tier_names[:2]
     rule = cfg.deferral.resolved()
     scorer = build_scorer(rule["rule"], rule["alpha"], rule["model"])

@@ -104,12 +104,12 @@ def test_rows(data: Optional[str], n: int) -> list[dict]:
     return [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS["test"], n)]
 
 
-# The config a benchmark runs on (--config; default: the embedded shipped pair).
+# The config a benchmark runs on (--config; default: the arithmetic toy pair, serving/default_config.yaml).
 _CONFIG: dict[str, Optional[str]] = {"path": None}
 
 
 def add_config_args(ap) -> None:
-    ap.add_argument("--config", help="cascade config to measure (default: the shipped pair)")
+    ap.add_argument("--config", help="cascade config to measure (default: the arithmetic toy pair)")
     ap.add_argument("--data", help="labelled JSONL of test questions (default: the arithmetic test split)")
 
 
@@ -118,9 +118,9 @@ def use_config(path: Optional[str]) -> None:
 
 
 def base_config():
-    from serving.config import load_config
+    from serving.config import TOY_CONFIG, load_config
 
-    return load_config(_CONFIG["path"])
+    return load_config(_CONFIG["path"] or TOY_CONFIG)
 
 
 # ---- the peer: vLLM's own OpenAI server ----------------------------------------------------------

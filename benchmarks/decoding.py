@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import one_replica, pyplot, write_json
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.core.decoding import Decoding
 from serving.deferral import build_scorer
 from serving.evaluation.data import SPLIT_SEEDS
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/decoding.json")
     ap.add_argument("--plot", default="results/decoding.png")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or TOY_CONFIG)  # default: the arithmetic toy pair
     modes = {"greedy": Decoding(), f"T={args.temperature:g}": Decoding(temperature=args.temperature, seed=args.seed)}
     report = {"quality": {}, "served": {}}
     for name, dec in modes.items():

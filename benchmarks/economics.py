@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.common import pyplot, write_json
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import Cost, LoadAware, load_config
+from serving.config import TOY_CONFIG, Cost, LoadAware, load_config
 from serving.evaluation.data import SPLIT_SEEDS
 from serving.ops.client import make_request
 from serving.ops.local import cascade_server, wait_for
@@ -183,7 +183,7 @@ def main() -> None:
     ]
     runs = {}
     for label in args.configs.split(","):
-        cfg = load_config()
+        cfg = load_config(TOY_CONFIG)
         for t in cfg.tiers:
             t.cost = Cost(per_prompt_token=PARAMS_M[t.name], per_completion_token=PARAMS_M[t.name])
         cfg.tier("strong").timeout_s = args.strong_timeout

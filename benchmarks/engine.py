@@ -35,7 +35,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import numpy as np
 
 from benchmarks.common import one_replica, prompts, pyplot, vllm_server, write_json
-from serving.config import Tier, load_config, parse_config
+from serving.config import TOY_CONFIG, Tier, load_config, parse_config
 from serving.ops.loadgen import run_load, summarize
 from serving.ops.local import cascade_server, smollm2_gguf
 
@@ -114,7 +114,7 @@ def run_inproc(tier: Tier, texts, cs, duration, max_new_tokens=None, engines=ENG
 
 # ---- 2: served ------------------------------------------------------------------------------------
 def served_config(engine: str, tier: str):
-    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
+    raw = one_replica(load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True))
     gpu = _cuda()
     for t in raw["tiers"]:
         if t["name"] == tier:
@@ -242,7 +242,7 @@ def decisions(tier: Tier, texts: list[str]) -> dict:
     from serving.deferral import make_rule, should_defer
     from serving.engines import build_engine
 
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     rule = make_rule(cfg.deferral.rule, cfg.deferral.alpha)
     gens = {}
     for name in ENGINES:
@@ -304,7 +304,7 @@ def main() -> None:
     args = ap.parse_args()
     cs = [int(c) for c in args.concurrency.split(",")]
     texts = prompts(None)
-    model = load_config().tier(args.tier)
+    model = load_config(TOY_CONFIG).tier(args.tier)
     report: dict = {
         "machine": f"{os.cpu_count()} CPUs",
         "duration_s": args.duration,

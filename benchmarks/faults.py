@@ -50,7 +50,7 @@ import numpy as np
 from benchmarks.chaos import Chaos
 from benchmarks.cluster import CLUSTER_ENV, LocalCluster
 from benchmarks.common import pyplot, write_json
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.loadgen import arrivals, run_load
 from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
@@ -69,7 +69,7 @@ def fixed(raw: dict, weak: int = 1, strong: int = 1) -> dict:
 
 
 def shipped(weak: int = 1, strong: int = 1, vllm: bool = False, routers: int = 1):
-    raw = fixed(load_config().model_dump(mode="json"), weak, strong)
+    raw = fixed(load_config(TOY_CONFIG).model_dump(mode="json"), weak, strong)
     raw["router"]["num_replicas"] = routers
     if vllm:
         s = raw["tiers"][1]
@@ -88,7 +88,7 @@ def long_model(workdir: Path) -> Path:
 
 
 def long_config(model: Path, weak_scale_down: Optional[int] = None):
-    raw = fixed(load_config().model_dump(mode="json"))
+    raw = fixed(load_config(TOY_CONFIG).model_dump(mode="json"))
     for t in raw["tiers"]:
         t["model"]["source"] = str(model)
         t["engine"] = {"name": "continuous", "kv_cache_tokens": 200_000, "max_requests_per_batch": 128}

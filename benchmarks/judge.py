@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import ModelSource, Tier, load_config
+from serving.config import TOY_CONFIG, ModelSource, Tier, load_config
 from serving.core.types import GenerationRequest
 from serving.deferral import judges
 from serving.deferral.judges import Reference
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--plot")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or TOY_CONFIG)  # default: the arithmetic toy pair
     weak_name, strong_name = cfg.tier_names[:2]
     all_rows = load_jsonl(args.data)
     rows = all_rows[: args.limit]

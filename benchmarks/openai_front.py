@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import numpy as np
 
 from benchmarks.common import one_replica, prompts, write_json
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.loadgen import run_load, summarize
 from serving.ops.local import cascade_server, wait_for
 
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/openai_front.json")
     args = ap.parse_args()
     texts = prompts(None)
-    cfg = parse_config(one_replica(load_config().model_dump(mode="json", exclude_none=True)))
+    cfg = parse_config(one_replica(load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)))
     report = {"machine": f"{os.cpu_count()} CPUs", "duration_s": args.duration}
     with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp)) as srv:
         import urllib.request

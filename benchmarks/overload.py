@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.loadgen import run_load
 from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
@@ -79,7 +79,7 @@ def main() -> None:
     }
     for label in args.configs.split(","):
         limit, ongoing, queued = configs[label]
-        cfg = load_config()
+        cfg = load_config(TOY_CONFIG)
         cfg.limits.max_inflight = limit
         cfg.router.max_ongoing_requests, cfg.router.max_queued_requests = ongoing, queued
         for opts in [cfg.router] + [t.serve for t in cfg.tiers]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.evaluation.curves import deferral_curve, oracle_scores, random_curve, summarize
 from serving.evaluation.data import data_hash, load_jsonl
 from serving.evaluation.fit import BENCH_RULES, cross_fitted_scores, fit_rule, parse_rule, score_run
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/quality.json")
     ap.add_argument("--plot")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or TOY_CONFIG)  # default: the arithmetic toy pair
     rows = load_jsonl(args.data)
     train_rows = load_jsonl(args.train_data) if args.train_data else None
     windows = [None] + [int(k) for k in args.windows.split(",") if k.strip()]

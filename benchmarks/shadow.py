@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.common import one_replica, pyplot, write_json
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.evaluation.data import SPLIT_SEEDS
 from serving.evaluation.offline import DEFAULT_CACHE, run_offline
 from serving.evaluation.quality import exact_match
@@ -156,7 +156,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS["test"], args.n)]
     prompts = [r["prompt"] for r in rows]
-    raw = one_replica(load_config().model_dump(mode="json", exclude_none=True))
+    raw = one_replica(load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True))
     raw["deferral"]["threshold"] = args.threshold
     raw["shadow"] = {"busy_inflight": args.busy_inflight} if args.busy_inflight else {}
     cfg = parse_config(raw)

@@ -1,5 +1,5 @@
 """Two checkouts of this project side by side: the same gRPC load against ``cascade serve`` from tree A
-and from tree B, alternating A/B per round, one replica per deployment, the shipped default config of
+and from tree B, alternating A/B per round, one replica per deployment, the arithmetic toy pair (serving/default_config.yaml) of
 each tree. Measures what a change to the serving path costs (e.g. a restructuring: old tree vs new).
 
     git worktree add /tmp/old <commit>      # tree A

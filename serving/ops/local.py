@@ -96,24 +96,30 @@ class RayCluster(Protocol):
 
 @contextlib.contextmanager
 def cascade_server(
-    cfg: CascadeConfig, workdir: Path, timeout: float = 300.0, cluster: Optional[RayCluster] = None
+    cfg: Optional[CascadeConfig], workdir: Path, timeout: float = 300.0, cluster: Optional[RayCluster] = None
 ) -> Iterator[LocalServer]:
     """Start ``cascade serve`` with its own embedded Ray (or on ``cluster``, e.g. ``benchmarks.cluster.LocalCluster``,
-    through Serve's proxy); yield once it
-    says it is ready; on exit send SIGTERM and require a clean exit. The log is kept in ``workdir``."""
-    cfg = cfg.model_copy(deep=True)
-    cfg.server.grpc_port, cfg.server.http_port, metrics_port = free_ports(3)
-    if cfg.server.metrics_port:
-        cfg.server.metrics_port = metrics_port
+    through Serve's proxy); yield once it says it is ready; on exit send SIGTERM and require a clean exit. The log is
+    kept in ``workdir``. ``cfg=None``: no --config, the default cascade as `cascade serve` alone runs it (free ports
+    given by flags)."""
+    grpc_port, http_port, metrics_port = free_ports(3)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "cascade.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    if cfg is None:
+        args = ["--port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+    else:
+        cfg = cfg.model_copy(deep=True)
+        cfg.server.grpc_port, cfg.server.http_port = grpc_port, http_port
+        if cfg.server.metrics_port:
+            cfg.server.metrics_port = metrics_port
+        path = workdir / "cascade.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+        args = ["--config", str(path)]
     log_path = workdir / "serve.log"
     env = dict(cluster.env if cluster else os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     address = cluster.address if cluster else "local"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.ops.cli", "serve", "--config", str(path), "--address", address],
+        [sys.executable, "-m", "serving.ops.cli", "serve", *args, "--address", address],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -140,11 +146,11 @@ def cascade_server(
                     f"cascade serve did not become ready (rc={proc.poll()}):\n" + log_path.read_text()[-4000:]
                 )
         yield LocalServer(
-            f"127.0.0.1:{cfg.server.grpc_port}",
+            f"127.0.0.1:{grpc_port}",
             found["ray"],
             log_path,
             found["metrics"],
-            f"http://127.0.0.1:{cfg.server.http_port}/v1",
+            f"http://127.0.0.1:{http_port}/v1",
             proc.pid,
         )
     finally:

@@ -1,4 +1,4 @@
-"""Serve's data-path settings, measured side by side by benchmarks/engine.py (README "Engines").
+"""Serve's data-path settings, measured side by side by benchmarks/engine.py (docs/engines.md).
 
 Read by Ray when its modules are imported, so ``cascade`` sets them (unless already set) before it
 imports anything of Ray, and ``cascade build`` writes them into the nodes' environment. No imports.

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.serve.autoscaling import ENGINE_AUTOSCALING
@@ -71,7 +71,7 @@ class Watch:
 
 
 def test_weak_tier_scales_out_and_back_independently(tmp_path):
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
     for tier in raw["tiers"]:
         tier["serve"]["autoscaling_config"] = dict(FAST)
         tier["serve"]["max_ongoing_requests"] = 8

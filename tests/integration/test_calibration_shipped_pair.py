@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.evaluation.calibrate import ARTIFACT_FORMAT, calibrate
 from serving.evaluation.data import write_arithmetic_splits
 
@@ -37,6 +37,8 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
             "-m",
             "serving.ops.cli",
             "calibrate",
+            "--config",
+            str(TOY_CONFIG),
             "--data",
             str(splits["calibration"]),
             "--eval-data",
@@ -60,7 +62,7 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
     assert abs(art["metrics"]["fit"]["deferral_share"] - 0.3) < 0.005
     assert abs(art["metrics"]["heldout"]["deferral_share"] - 0.3) <= 0.03
     # a config can point at it; the threshold then comes from the artifact
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     raw["deferral"] = {"artifact": str(out)}
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw))
@@ -70,7 +72,7 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
 
 def test_calibrate_post_hoc_for_target_pgr_holds_on_heldout(splits, cache):
     art = calibrate(
-        load_config(),
+        load_config(TOY_CONFIG),
         str(splits["calibration"]),
         target_pgr=0.9,
         rule="post_hoc_quantile",
@@ -81,4 +83,4 @@ def test_calibrate_post_hoc_for_target_pgr_holds_on_heldout(splits, cache):
     assert art["rule"] == "post_hoc_quantile" and art["model"]["kind"] == "quantile"
     assert art["metrics"]["fit"]["pgr"] >= 0.9
     assert art["metrics"]["heldout"]["pgr"] >= 0.9 - 0.03  # within 3 points of the target, or above it
-    parse_config({**load_config().model_dump(mode="json"), "deferral": {"artifact": art}})  # usable inline
+    parse_config({**load_config(TOY_CONFIG).model_dump(mode="json"), "deferral": {"artifact": art}})  # usable inline

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.core.types import GenerationRequest
 from serving.deferral import make_rule, should_defer
 from serving.engines import build_engine
@@ -24,7 +24,7 @@ from serving.tasks.arithmetic import examples
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 

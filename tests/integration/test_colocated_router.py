@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.core.types import GenerationRequest
 from serving.deferral import make_rule, should_defer
 from serving.engines import build_engine
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def colocated():
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
     raw["router"]["colocate_with"] = raw["tiers"][0]["name"]
     for d in [t["serve"] for t in raw["tiers"]] + [raw["router"]]:  # one replica each: a 2-core box
         d.pop("autoscaling_config", None)

@@ -10,12 +10,12 @@ import openai
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.client import CascadeClient
 from serving.ops.local import cascade_server
 
 pytestmark = pytest.mark.integration
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 Q = "What is 4821 + 377?"
 
 

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.chaos import Chaos
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.local import cascade_server, wait_for
 from tests.conftest import build_tiny_llama
 
@@ -24,7 +24,7 @@ STREAMS, TOKENS = 6, 2500
 
 
 def drain_config(model: Path):
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     for t in raw["tiers"]:
         t["model"]["source"] = str(model)
         t["engine"] = {"name": "continuous", "kv_cache_tokens": 65536}

@@ -17,14 +17,14 @@ import openai
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import Cost, LoadAware, load_config
+from serving.config import TOY_CONFIG, Cost, LoadAware, load_config
 from serving.core.receipt import price
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 CFG.tiers[0].cost = Cost(per_prompt_token=0.001, per_completion_token=0.002, per_request=0.01)
 CFG.tiers[1].cost = Cost(per_prompt_token=0.008, per_completion_token=0.016, per_request=0.05)
 FLOOR = -50.0

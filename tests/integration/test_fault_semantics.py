@@ -25,7 +25,7 @@ import pytest
 from benchmarks.chaos import Chaos
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.local import cascade_server, wait_for
 from tests.conftest import build_tiny_llama
 
@@ -37,7 +37,7 @@ AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 
 def long_config(model: Path, replicas: int = 1):
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     for t, engine in zip(raw["tiers"], ({"name": "continuous", "kv_cache_tokens": 65536}, {"name": "static"})):
         t["model"]["source"] = str(model)
         t["engine"] = engine
@@ -291,7 +291,7 @@ def test_both_fronts_refuse_a_missing_or_wrong_token(server):
             ):
                 r = http.request(method, path, json=body, headers=headers)
                 assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", (path, r.text)
-        # Serve's own routes: health and the route table, no token (documented in the README), nothing else
+        # Serve's own routes: health and the route table, no token (documented in docs/operations.md), nothing else
         root = server.http_url.removesuffix("/v1")
         assert http.get(root + "/-/healthz").status_code == 200
         routes = http.get(root + "/-/routes")

@@ -17,7 +17,7 @@ import pytest
 from ray.serve.config import AutoscalingConfig
 
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import StaticEngineConfig, load_config
+from serving.config import TOY_CONFIG, StaticEngineConfig, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 
@@ -85,7 +85,7 @@ async def _steady_load(address: str, qps: float, seconds: float) -> list[tuple[s
 @pytest.fixture(scope="module")
 def failing_server(tmp_path_factory):
     """`on_tier_failure: fail` (errors are UNAVAILABLE), one replica per tier but two strong ones."""
-    cfg = _fixed(load_config(), strong=8.0)
+    cfg = _fixed(load_config(TOY_CONFIG), strong=8.0)
     cfg.tier("strong").serve.num_replicas = 2
     cfg.reliability.on_tier_failure = "fail"
     # The static engine, whose lone request waits up to 0.5 s for its batch to fill: time for a deadline to
@@ -153,7 +153,7 @@ def test_client_deadline_cancels_the_tier_work(failing_server):
 def strongless_server(tmp_path_factory):
     """The strong tier scaled to zero with nowhere to start a replica (it asks for 64 CPUs): every call to
     it is refused at once (no running replica); the default `degrade` policy answers with the weak text."""
-    cfg = _fixed(load_config(), strong=2.0)
+    cfg = _fixed(load_config(TOY_CONFIG), strong=2.0)
     s = cfg.tier("strong").serve
     s.num_replicas = None
     s.autoscaling_config = AutoscalingConfig(

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.loadgen import run_load
 from serving.ops.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-7c1e4f"
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 CFG.server.auth.token_sha256 = [hashlib.sha256(TOKEN.encode()).hexdigest()]
 CFG.limits.max_inflight = 6
 for opts in [CFG.router] + [t.serve for t in CFG.tiers]:  # fixed sizes: the overload test measures one replica each

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.local import cascade_server
 
 pytestmark = pytest.mark.integration
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 CFG.limits.http_body_timeout_s = 2.0  # the slow-sender tests wait for it
 for opts in [CFG.router] + [t.serve for t in CFG.tiers]:
     opts.autoscaling_config, opts.num_replicas = None, 1

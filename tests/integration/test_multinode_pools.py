@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from benchmarks.cluster import LocalCluster
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.loadgen import run_load
 from serving.ops.local import free_ports, wait_for
@@ -54,7 +54,7 @@ def cluster(tmp_path_factory):
 def deployed(cluster):
     from ray import serve
 
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     cfg.server.grpc_port, cfg.server.http_port = free_ports(2)
     cfg.tiers[0].serve.autoscaling_config = None
     cfg.tiers[0].serve.num_replicas = 2  # two weak replicas: both must land on weak nodes

@@ -12,14 +12,14 @@ import urllib.request
 import openai
 import pytest
 
-from serving.config import Auth, load_config
+from serving.config import TOY_CONFIG, Auth, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 pytestmark = pytest.mark.integration
 TOKEN = "http-test-token"
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 CFG.server.auth = Auth(token_sha256=[hashlib.sha256(TOKEN.encode()).hexdigest()], tokens_env=None)
 CFG.limits.max_inflight = 4
 AUTH = [("authorization", f"Bearer {TOKEN}")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 from serving.ops.planner import ASSUMPTIONS
@@ -26,6 +26,8 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
         [
             CASCADE,
             "plan",
+            "--config",
+            str(TOY_CONFIG),
             "--qps",
             "8",
             "--probe-concurrency",
@@ -45,7 +47,19 @@ def test_probe_plan_and_deploy_the_plan(tmp_path):
     assert "weak" in r.stdout and "strong" in r.stdout and ASSUMPTIONS[0] in r.stdout
     # the same measurements again, as JSON: the plan is a function of them
     again = subprocess.run(
-        [CASCADE, "plan", "--qps", "8", "--measured", str(probe_out), "--deferral", "0.25", "--json"],
+        [
+            CASCADE,
+            "plan",
+            "--config",
+            str(TOY_CONFIG),
+            "--qps",
+            "8",
+            "--measured",
+            str(probe_out),
+            "--deferral",
+            "0.25",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -78,11 +92,14 @@ def test_a_plan_it_cannot_make_says_why(tmp_path):
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"runs": {"c1": {"tiers": {}}}}))
     r = subprocess.run(
-        [CASCADE, "plan", "--qps", "8", "--measured", str(report)], capture_output=True, text=True, timeout=120
+        [CASCADE, "plan", "--config", str(TOY_CONFIG), "--qps", "8", "--measured", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2 and "no per-tier latencies for tier(s) ['weak', 'strong']" in r.stderr
     r = subprocess.run(
-        [CASCADE, "plan", "--qps", "8", "--measured", str(report), "--deferral", "x"],
+        [CASCADE, "plan", "--config", str(TOY_CONFIG), "--qps", "8", "--measured", str(report), "--deferral", "x"],
         capture_output=True,
         text=True,
         timeout=120,

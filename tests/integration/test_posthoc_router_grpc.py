@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.core.types import GenerationRequest
 from serving.deferral import build_scorer
 from serving.engines import build_engine
@@ -25,7 +25,7 @@ def artifact(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     splits = write_arithmetic_splits(d, {"train": 400, "calibration": 400})
     return calibrate(
-        load_config(),
+        load_config(TOY_CONFIG),
         str(splits["calibration"]),
         target_deferral=TARGET,
         rule="post_hoc_embed",
@@ -36,7 +36,7 @@ def artifact(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(artifact, tmp_path_factory):
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     raw["deferral"] = {
         "artifact": artifact,
         "target_deferral": TARGET,

@@ -14,12 +14,12 @@ import urllib.request
 import grpc
 import pytest
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
 
 pytestmark = pytest.mark.integration
-CFG = load_config()
+CFG = load_config(TOY_CONFIG)
 for opts in (CFG.router, CFG.tiers[0].serve):
     opts.autoscaling_config, opts.num_replicas = None, 1
 strong = CFG.tier("strong")

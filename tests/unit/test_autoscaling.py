@@ -6,7 +6,7 @@ from ray.serve._private.autoscaling_state import _resolve_policy_callable
 from ray.serve._private.common import DeploymentID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from serving.config import ConfigError, load_config, parse_config
+from serving.config import TOY_CONFIG, ConfigError, load_config, parse_config
 from serving.serve.autoscaling import ENGINE_AUTOSCALING, KV, POLICY, RUNNING, WAITING, EngineLoad, engine_metrics
 
 
@@ -62,7 +62,7 @@ def _ctx(config, current, target, aggregated, queued=0.0, total=0.0):
 
 
 def test_serve_resolves_the_policy_from_the_config_and_calls_it():
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     auto = cfg.tier("weak").serve.autoscaling_config
     policy = _resolve_policy_callable(auto.policy)  # what Serve's controller does (cloudpickled by value)
     desired, state = policy(_ctx(auto, 1, 1, metrics([20], [12], [0.3]), queued=8))
@@ -71,7 +71,7 @@ def test_serve_resolves_the_policy_from_the_config_and_calls_it():
 
 
 def test_shipped_configs_scale_tiers_on_the_engine_with_the_tuned_windows():
-    for tier in load_config().tiers:
+    for tier in load_config(TOY_CONFIG).tiers:
         auto = tier.serve.autoscaling_config.model_dump(mode="json")
         for k, v in ENGINE_AUTOSCALING.items():
             assert auto[k] == v, (tier.name, k)
@@ -80,7 +80,7 @@ def test_shipped_configs_scale_tiers_on_the_engine_with_the_tuned_windows():
 
 
 def test_bad_policy_kwargs_name_the_field():
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
     raw["tiers"][0]["serve"]["autoscaling_config"]["policy"]["policy_kwargs"] = {"kv_target": 0.5}
     with pytest.raises(ConfigError, match=r"tiers\[0\]\.serve.*policy_kwargs.*kv_cache_target"):
         parse_config(raw)

@@ -7,14 +7,14 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.config import load_config
+from serving.config import TOY_CONFIG, load_config
 from serving.ops.build import TARGETS, pools, render
 from serving.serve.app import SERVICER, resolve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 GENERATED = [  # (config, target, file) -- the commands are in cluster/cascade-gpu.yaml and cluster/README.md
-    (None, "serve", "serve_local.yaml"),
+    ("toy", "serve", "serve_local.yaml"),
     ("cascade-gpu.yaml", "serve", "serve.yaml"),
     ("cascade-gpu.yaml", "cluster", "cluster.yaml"),
     ("cascade-gpu.yaml", "kuberay", "rayservice.yaml"),
@@ -22,7 +22,7 @@ GENERATED = [  # (config, target, file) -- the commands are in cluster/cascade-g
 
 
 def _cfg(name):
-    return load_config(CLUSTER / name if name else None)
+    return load_config(TOY_CONFIG if name == "toy" else CLUSTER / name)
 
 
 @pytest.mark.parametrize("config,target,file", GENERATED)
@@ -32,7 +32,7 @@ def test_committed_artefacts_are_freshly_generated(config, target, file):
     )
 
 
-@pytest.mark.parametrize("config,file", [(None, "serve_local.yaml"), ("cascade-gpu.yaml", "serve.yaml")])
+@pytest.mark.parametrize("config,file", [("toy", "serve_local.yaml"), ("cascade-gpu.yaml", "serve.yaml")])
 def test_serve_config_matches_the_project_config(config, file):
     cfg = _cfg(config)
     raw = yaml.safe_load((CLUSTER / file).read_text())

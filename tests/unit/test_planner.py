@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from serving.config import load_config, parse_config, portable
+from serving.config import TOY_CONFIG, load_config, parse_config, portable
 from serving.ops.planner import (
     ASSUMPTIONS,
     PlanError,
@@ -175,7 +175,7 @@ def test_a_report_without_per_tier_latencies_is_refused():
 
 
 def test_the_planned_config_starts_at_the_plan_and_scales_on_the_engine_with_the_planned_targets():
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     p = plan([mmc_curve("weak", 4, 10.0), mmc_curve("strong", 2, 50.0)], 300.0, [0.2])
     out = parse_config(planned_config(portable(cfg), p, ENGINE_AUTOSCALING))
     for t in p.tiers:
@@ -187,7 +187,7 @@ def test_the_planned_config_starts_at_the_plan_and_scales_on_the_engine_with_the
 
 
 def test_a_tier_without_autoscaling_gets_the_engine_policy_and_a_target_over_its_limit_is_refused():
-    raw = portable(load_config())
+    raw = portable(load_config(TOY_CONFIG))
     raw["tiers"][1]["serve"] = {"num_replicas": 2, "max_ongoing_requests": 16}
     p = plan([mmc_curve("weak", 4, 10.0), mmc_curve("strong", 2, 50.0)], 100.0, [0.2])
     out = planned_config(raw, p, ENGINE_AUTOSCALING)

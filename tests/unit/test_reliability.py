@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving.config import Auth, load_config, parse_config, portable
+from serving.config import TOY_CONFIG, Auth, load_config, parse_config, portable
 from serving.core.breaker import CircuitBreaker, RecentShare
 from serving.fronts.grpc_api import MalformedRequest, parse_request
 
@@ -80,7 +80,7 @@ def test_auth_digests_from_config_and_environment(monkeypatch):
 
 
 def test_plaintext_tokens_never_leave_the_config():
-    cfg = load_config()
+    cfg = load_config(TOY_CONFIG)
     cfg.server.auth = Auth(tokens=["plain-secret"], tokens_env="CASCADE_AUTH_TOKENS")
     out = portable(cfg)
     assert "plain-secret" not in str(out)

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from serving.config import ConfigError, load_config, parse_config
+from serving.config import TOY_CONFIG, ConfigError, load_config, parse_config
 from serving.core.decide import decide
 from serving.core.errors import TierFailure
 from serving.core.request import CascadeRequest
@@ -355,27 +355,59 @@ def test_calibrate_from_shadow_samples(tmp_path):
     rows, runs = shadow_runs(path, "exact_match", "weak", "strong")
     assert len(rows) == 400 and runs["strong"].quality.tolist() == [1.0] * 400
     assert 0.3 < runs["weak"].quality.mean() < 0.7
-    art = calibrate(load_config(), str(path), target_pgr=0.8, shadow=True)
+    art = calibrate(load_config(TOY_CONFIG), str(path), target_pgr=0.8, shadow=True)
     assert art["data"]["kind"] == "shadow" and art["data"]["n"] == 400 and art["rule"] == "chow_quantile"
     assert art["metrics"]["fit"]["pgr"] >= 0.8 and -1.0 < art["threshold"] < 0
     assert art["metrics"]["fit"]["strong_quality"] == 1.0
     with pytest.raises(ValueError, match="no shadow samples of the boundary weak -> medium"):
         shadow_runs(path, "exact_match", "weak", "medium")
     with pytest.raises(ValueError, match="post_hoc_embed needs answer embeddings"):
-        calibrate(load_config(), str(path), target_deferral=0.3, rule="post_hoc_embed", shadow=True)
+        calibrate(load_config(TOY_CONFIG), str(path), target_deferral=0.3, rule="post_hoc_embed", shadow=True)
 
 
 def test_cli_calibrate_shadow(tmp_path, capsys):
     path = tmp_path / "shadow.jsonl"
     _synthetic_shadow_file(path)
     out = tmp_path / "art.json"
-    assert cli(["calibrate", "--data", str(path), "--shadow", "--target-deferral", "0.25", "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "calibrate",
+                "--config",
+                str(TOY_CONFIG),
+                "--data",
+                str(path),
+                "--shadow",
+                "--target-deferral",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     art = json.loads(out.read_text())
     assert abs(art["metrics"]["fit"]["deferral_share"] - 0.25) < 0.01
     assert "shadow samples cover accepted answers only" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{}\n")
-    assert cli(["calibrate", "--data", str(bad), "--shadow", "--target-deferral", "0.25", "--out", str(out)]) == 2
+    assert (
+        cli(
+            [
+                "calibrate",
+                "--config",
+                str(TOY_CONFIG),
+                "--data",
+                str(bad),
+                "--shadow",
+                "--target-deferral",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "not a shadow sample" in capsys.readouterr().err
 
 
