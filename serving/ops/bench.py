@@ -22,11 +22,13 @@ import math
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from serving.ops.loadgen import (
     CASCADE,
+    Target,
     arrivals,
     parse_mix,
     parse_steps,
@@ -209,84 +211,97 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         times, duration = arrivals(args.rate, args.duration, args.seed), args.duration
     else:
         times, duration = None, args.duration
+    load = Load(times, args.concurrency or 4, duration, args.requests, args.timeout, not args.no_warm, extra)
     return {
         "sides": sides,
-        "times": times,
-        "duration": duration,
-        "extra": extra,
+        "load": load,
         "rounds": args.rounds or (3 if args.peer else 1),
         "texts": _prompts(args.prompts),
     }
 
 
-def _progress(args, total: Optional[int], desc: str):
+@dataclass(frozen=True)
+class Load:
+    """One run's load: open loop at ``times`` (arrival offsets, s), else a closed loop of ``concurrency`` callers
+    for ``duration`` s or ``requests`` calls (the first reached)."""
+
+    times: Optional[list[float]] = None
+    concurrency: int = 4
+    duration: float = 20.0
+    requests: Optional[int] = None
+    timeout: float = 60.0
+    warm: bool = True
+    extra: Optional[dict] = None  # more HTTP body fields
+
+    def describe(self) -> dict[str, Any]:
+        if self.times is not None:
+            return {"open_loop_arrivals": len(self.times), "duration_s": self.duration}
+        return {"concurrency": self.concurrency, "duration_s": self.duration, "requests": self.requests}
+
+
+def run_once(
+    target: Target, mix: dict[str, float], texts: list[str], load: Load, progress: Optional[str] = None
+) -> tuple[dict, list[dict]]:
+    """One run: its summary (:func:`serving.ops.loadgen.summarize`) and its records, trimmed for the report.
+    ``progress``: a progress bar's title (off when not a terminal); None: no bar."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, disable=True if args.no_progress else None)
-
-
-def run_side(args, plan: dict, side: str, rnd: int) -> tuple[dict, list[dict]]:
-    target, mix = plan["sides"][side]
-    times = plan["times"]
-    total = len(times) if times is not None else args.requests
-    with _progress(args, total, f"{side} round {rnd + 1}/{plan['rounds']}") as bar:
+    total = len(load.times) if load.times is not None else load.requests
+    with tqdm(total=total, desc=progress, unit="req", file=sys.stderr, disable=None if progress else True) as bar:
         records, elapsed = asyncio.run(
             run_load(
                 target,
-                plan["texts"],
-                times=times,
-                concurrency=args.concurrency or 4,
-                duration=plan["duration"],
-                requests=args.requests,
+                texts,
+                times=load.times,
+                concurrency=load.concurrency,
+                duration=load.duration,
+                requests=load.requests,
                 mix=mix,
-                timeout=args.timeout,
-                warm=not args.no_warm,
-                extra=plan["extra"],
+                timeout=load.timeout,
+                warm=load.warm,
+                extra=load.extra,
                 on_record=lambda r: bar.update(1),
             )
         )
-    summary = summarize(records, elapsed)
     samples = [
-        {
-            k: (round(v, 3) if isinstance(v, float) else v)
-            for k, v in r.items()
-            if k in ("t", "i", "mode", "code", "ms", "ttft_ms", "tier", "deferred")
-        }
-        for r in records
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in SAMPLE_FIELDS} for r in records
     ]
-    return summary | {"round": rnd + 1}, samples
+    return summarize(records, elapsed), samples
 
 
-def bench(args: argparse.Namespace, plan: dict) -> dict[str, Any]:
-    sides = tuple(plan["sides"])
-    runs: dict[str, list[dict]] = {s: [] for s in sides}
-    samples: dict[str, list[list[dict]]] = {s: [] for s in sides}
-    for rnd, side in round_order(plan["rounds"], sides):
-        summary, recs = run_side(args, plan, side, rnd)
-        runs[side].append(summary)
+SAMPLE_FIELDS = ("t", "i", "mode", "code", "ms", "ttft_ms", "tier", "deferred")
+
+
+def side_by_side(
+    sides: dict[str, tuple[Target, dict[str, float]]],
+    texts: list[str],
+    load: Load,
+    rounds: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The same load against each side (name -> (target, mix)), round by round in alternating order
+    (:func:`round_order`): every round's summary, each side's medians, and with two sides the second's numbers
+    over the first's (``ratio``)."""
+    names = tuple(sides)
+    runs: dict[str, list[dict]] = {s: [] for s in names}
+    samples: dict[str, list[list[dict]]] = {s: [] for s in names}
+    for rnd, side in round_order(rounds, names):
+        target, mix = sides[side]
+        title = f"{side} round {rnd + 1}/{rounds}" if progress else None
+        summary, recs = run_once(target, mix, texts, load, title)
+        runs[side].append(summary | {"round": rnd + 1})
         samples[side].append(recs)
     report: dict[str, Any] = {
-        "targets": {s: plan["sides"][s][0].label for s in sides},
-        "mix": {s: plan["sides"][s][1] for s in sides},
-        "load": {
-            "concurrency": None if plan["times"] is not None else (args.concurrency or 4),
-            "rate": args.rate,
-            "steps": args.steps,
-            "duration_s": plan["duration"],
-            "requests": args.requests,
-            "arrivals": len(plan["times"]) if plan["times"] is not None else None,
-            "stream": args.stream,
-            "api": args.api,
-            "max_tokens": args.max_tokens,
-            "rounds": plan["rounds"],
-            "order": [f"{s}{r + 1}" for r, s in round_order(plan["rounds"], sides)],
-        },
+        "targets": {s: sides[s][0].label for s in names},
+        "mix": {s: sides[s][1] for s in names},
+        "load": load.describe() | {"rounds": rounds, "order": [f"{s}{r + 1}" for r, s in round_order(rounds, names)]},
         "runs": runs,
-        "median": {s: medians(runs[s]) for s in sides},
+        "median": {s: medians(runs[s]) for s in names},
         "samples": samples,
     }
-    if "B" in runs:
-        report["ratio_b_over_a"] = ratios(report["median"]["A"], report["median"]["B"])
+    if len(names) == 2:
+        a, b = names
+        report["ratio"] = {"of": f"{b}/{a}", **ratios(report["median"][a], report["median"][b])}
     return report
 
 
@@ -295,12 +310,9 @@ def report_table(report: dict) -> str:
     for side, summaries in report["runs"].items():
         if len(summaries) > 1:
             rows += [(f"{side} round {s['round']}", headline(s)) for s in summaries]
-    rows += [
-        (f"{side} median" if len(report["runs"]) > 1 or report["load"]["rounds"] > 1 else side, m)
-        for side, m in report["median"].items()
-    ]
-    if "ratio_b_over_a" in report:
-        rows.append(("B/A", report["ratio_b_over_a"]))
+    rows += [(f"{side} median" if report["load"]["rounds"] > 1 else side, m) for side, m in report["median"].items()]
+    if "ratio" in report:
+        rows.append((report["ratio"]["of"], report["ratio"]))
     names = "\n".join(f"{s}: {t}  (mix {report['mix'][s]})" for s, t in report["targets"].items())
     return names + "\n" + table(rows)
 
@@ -350,7 +362,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = bench(args, plan)
+    report = side_by_side(plan["sides"], plan["texts"], plan["load"], plan["rounds"], progress=not args.no_progress)
+    report["load"] |= {"stream": args.stream, "api": args.api, "max_tokens": args.max_tokens}
     print(report_table(report), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
