@@ -57,7 +57,7 @@ def _n(t: dict | None, key: str) -> int:
 
 
 def summarize(run: dict, rows: list[dict]) -> dict:
-    ok = [r for r in run["records"] if r["status"] == 200]
+    ok = [r for r in run["records"] if r["code"] == "OK"]
     n = len(ok)
     out = {
         "requests": n,

@@ -210,11 +210,13 @@ def _body(target: Target, prompt: str, mode: str, extra: Optional[dict]) -> dict
 
 
 def _from_info(info: Optional[dict]) -> dict:
-    """Our server's ``cascade`` object (absent from other servers' answers)."""
+    """Our server's ``cascade`` object (absent from other servers' answers): where the time went, and the
+    object itself (``cascade``) for a benchmark that reads more of it."""
     if not info:
         return {}
     tiers = [(t["tier"], t.get("latency_ms", 0.0), t.get("tier_ms", 0.0)) for t in info.get("tiers") or ()]
-    return _cascade_fields(info.get("tier"), info.get("deferred"), info.get("total_latency_ms", 0.0), tiers)
+    fields = _cascade_fields(info.get("tier"), info.get("deferred"), info.get("total_latency_ms", 0.0), tiers)
+    return fields | {"cascade": info}
 
 
 def _text_of(choice: dict, chat: bool, stream: bool) -> str:
