@@ -106,6 +106,7 @@ class Target:
     model: str = CASCADE
     max_tokens: int = 0  # 0: the server's default
     token: Optional[str] = None
+    threshold: Optional[float] = None  # the cascade's per-request deferral threshold (default: the server's)
 
     @property
     def label(self) -> str:
@@ -159,14 +160,19 @@ async def grpc_call(
     decoding=None,
     stream: bool = False,
     max_tokens: int = 0,
+    threshold: Optional[float] = None,
 ) -> dict:
     """One Generate (or GenerateStream): its status code, client latency, time to the first text, trailing
-    metadata and, when OK, the answer and where the time went. ``decoding``: a ``cascade.v1.Decoding``."""
+    metadata and, when OK, the answer, who decided, the judgement if a judge was asked, and where the time went.
+    ``decoding``: a ``cascade.v1.Decoding``."""
     import grpc
+    from google.protobuf.json_format import MessageToDict
 
     from serving._proto.cascade.v1 import cascade_pb2 as pb
 
-    req = pb.GenerateRequest(prompt=prompt, force_tier=force_tier, decoding=decoding, max_new_tokens=max_tokens)
+    req = pb.GenerateRequest(
+        prompt=prompt, force_tier=force_tier, decoding=decoding, max_new_tokens=max_tokens, threshold=threshold
+    )
     t0, ttft, final, parts = time.perf_counter(), None, None, []
     call = (stub.GenerateStream if stream else stub.Generate)(req, metadata=list(metadata), timeout=timeout)
     try:
@@ -192,6 +198,12 @@ async def grpc_call(
         "ttft_ms": ttft if stream and ttft is not None else ms,
         "trailing": trailing,
         "text": "".join(parts) if stream else final.text,
+        "decided_by": final.decided_by,
+        **(
+            {"judgement": MessageToDict(final.judgement, True, preserving_proto_field_name=True)}
+            if final.HasField("judgement")
+            else {}
+        ),
         **_cascade_fields(final.tier, final.deferred, final.total_latency_ms, tiers),
     }
 
@@ -206,6 +218,8 @@ def _body(target: Target, prompt: str, mode: str, extra: Optional[dict]) -> dict
         body["max_tokens"] = target.max_tokens
     if target.stream:
         body["stream"] = True
+    if target.threshold is not None:
+        body["cascade"] = {"threshold": target.threshold}
     return body | (extra or {})
 
 
@@ -361,7 +375,9 @@ class _Session:
             async def call(prompt, mode, metadata, decoding, extra):
                 tier = "" if mode == CASCADE else mode
                 md = auth + list(metadata)
-                return await grpc_call(stub, prompt, tier, self.timeout, md, decoding, t.stream, t.max_tokens)
+                return await grpc_call(
+                    stub, prompt, tier, self.timeout, md, decoding, t.stream, t.max_tokens, t.threshold
+                )
 
         else:
             import aiohttp
