@@ -137,6 +137,11 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _gaps(stamps: list[float]) -> list[float]:
+    """Inter-text latencies of a stream: the gaps between its text messages (ms)."""
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def _cascade_fields(tier, deferred, total_ms, tiers) -> dict:
     """Where the time went, from the cascade's own report (gRPC response or the HTTP ``cascade`` object);
     ``tiers``: (name, latency_ms, tier_ms) per tier called."""
@@ -162,7 +167,8 @@ async def grpc_call(
     max_tokens: int = 0,
     threshold: Optional[float] = None,
 ) -> dict:
-    """One Generate (or GenerateStream): its status code, client latency, time to the first text, trailing
+    """One Generate (or GenerateStream): its status code, client latency, time to the first text (streamed: and
+    the gaps between text messages, ``itl_ms``), trailing
     metadata and, when OK, the answer, who decided, the judgement if a judge was asked, and where the time went.
     ``decoding``: a ``cascade.v1.Decoding``."""
     import grpc
@@ -173,7 +179,7 @@ async def grpc_call(
     req = pb.GenerateRequest(
         prompt=prompt, force_tier=force_tier, decoding=decoding, max_new_tokens=max_tokens, threshold=threshold
     )
-    t0, ttft, final, parts = time.perf_counter(), None, None, []
+    t0, ttft, final, parts, stamps = time.perf_counter(), None, None, [], []
     call = (stub.GenerateStream if stream else stub.Generate)(req, metadata=list(metadata), timeout=timeout)
     try:
         if stream:
@@ -181,7 +187,8 @@ async def grpc_call(
                 if m.finished:
                     final = m
                 elif m.text:
-                    ttft = ttft if ttft is not None else _ms(t0)
+                    stamps.append(_ms(t0))
+                    ttft = ttft if ttft is not None else stamps[0]
                     parts.append(m.text)
         else:
             final = await call
@@ -198,6 +205,7 @@ async def grpc_call(
         "ttft_ms": ttft if stream and ttft is not None else ms,
         "trailing": trailing,
         "text": "".join(parts) if stream else final.text,
+        **({"itl_ms": _gaps(stamps)} if stream else {}),
         "decided_by": final.decided_by,
         **(
             {"judgement": MessageToDict(final.judgement, True, preserving_proto_field_name=True)}
@@ -248,7 +256,7 @@ async def http_call(http, target: Target, prompt: str, mode: str = CASCADE, extr
     chat = target.api == "chat"
     url = f"{target.address}/{'chat/completions' if chat else 'completions'}"
     headers = {"authorization": f"Bearer {target.token}"} if target.token else {}
-    t0, ttft, parts, info = time.perf_counter(), None, [], None
+    t0, parts, stamps, info = time.perf_counter(), [], [], None
     try:
         async with http.post(url, json=_body(target, prompt, mode, extra), headers=headers) as r:
             if r.status != 200:
@@ -270,7 +278,7 @@ async def http_call(http, target: Target, prompt: str, mode: str = CASCADE, extr
                     return {"code": "SSE_ERROR", "ms": _ms(t0), "error": ev["error"]}
                 for c in ev.get("choices") or ():
                     if text := _text_of(c, chat, True):
-                        ttft = ttft if ttft is not None else _ms(t0)
+                        stamps.append(_ms(t0))
                         parts.append(text)
                 info = ev.get("cascade", info)
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as e:
@@ -279,7 +287,8 @@ async def http_call(http, target: Target, prompt: str, mode: str = CASCADE, extr
     return {
         "code": "OK",
         "ms": ms,
-        "ttft_ms": ttft if ttft is not None else ms,
+        "ttft_ms": stamps[0] if stamps else ms,
+        "itl_ms": _gaps(stamps),
         "text": "".join(parts),
         **_from_info(info),
     }
