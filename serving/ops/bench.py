@@ -141,6 +141,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=CASCADE, help="HTTP: the model name to ask for (default: cascade)")
     p.add_argument("--max-tokens", type=int, default=0, help="max new tokens per request (default: the server's)")
     p.add_argument("--extra", help="HTTP: more body fields as a JSON object, e.g. '{\"temperature\": 0}'")
+    p.add_argument("--threshold", type=float, help="the cascade's per-request deferral threshold (default: its own)")
     p.add_argument("--mix", default=CASCADE, help="share of requests per mode: cascade=0.8,strong=0.2 (a tier forced)")
     p.add_argument("--prompts", help="JSONL file with a 'prompt' per line (default: the arithmetic test split)")
     p.add_argument("--peer", help="a second endpoint to run the same load against, side by side (B)")
@@ -160,12 +161,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _prompts(path: Optional[str]) -> list[str]:
     if path:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        try:
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompts: {path} is not JSONL: {e}") from None
         if not all(isinstance(r, dict) and isinstance(r.get("prompt"), str) for r in rows):
             raise ValueError(f"--prompts: every line of {path} must be a JSON object with a 'prompt' string")
         texts = [r["prompt"] for r in rows]
         if not texts:
-            raise ValueError(f"prompts: no rows in {path}")
+            raise ValueError(f"--prompts: no rows in {path}")
         return texts
     from serving.evaluation.data import SPLIT_SEEDS
     from serving.tasks.arithmetic import examples
@@ -183,7 +187,9 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--rounds: at least 1; got {args.rounds}")
     if args.duration <= 0:
         raise ValueError(f"--duration: positive seconds; got {args.duration}")
-    if args.requests is not None and (args.rate or args.steps):
+    if args.max_tokens < 0:
+        raise ValueError(f"--max-tokens: 0 (the server's default) or more; got {args.max_tokens}")
+    if args.requests is not None and (args.rate is not None or args.steps):
         raise ValueError("--requests bounds a closed loop; an open loop is bounded by --duration or --steps")
     if args.plot:
         try:
@@ -197,7 +203,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     if extra is not None and not isinstance(extra, dict):
         raise ValueError("--extra: a JSON object of body fields")
     token = args.token if args.token is not None else os.environ.get("CASCADE_TOKEN")
-    opts = dict(api=args.api, stream=args.stream, max_tokens=args.max_tokens, token=token)
+    opts = dict(api=args.api, stream=args.stream, max_tokens=args.max_tokens, token=token, threshold=args.threshold)
     sides = {"A": (parse_target(args.target, model=args.model, **opts), parse_mix(args.mix))}
     if args.peer:
         peer = parse_target(args.peer, model=args.peer_model or args.model, **opts)
@@ -207,7 +213,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps:
         steps = parse_steps(args.steps)
         times, duration = step_arrivals(steps, args.seed), sum(s for _, s in steps)
-    elif args.rate:
+    elif args.rate is not None:
         times, duration = arrivals(args.rate, args.duration, args.seed), args.duration
     else:
         times, duration = None, args.duration
@@ -305,6 +311,17 @@ def side_by_side(
     return report
 
 
+def json_safe(x: Any) -> Any:
+    """``x`` with every NaN or infinity as null: strict JSON (jq, browsers), where a number was not measured."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def report_table(report: dict) -> str:
     rows: list[tuple[str, dict]] = []
     for side, summaries in report["runs"].items():
@@ -367,7 +384,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(report_table(report), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        Path(args.out).write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
         print(f"wrote {args.out}", file=sys.stderr)
     if args.plot:
         plot(report, args.plot)

@@ -105,7 +105,7 @@ def test_http_chat_streamed_and_completions_side_by_side(server, tmp_path):
 def test_errors_are_counted_by_status(server, tmp_path):
     rc, out, report = bench(tmp_path, server.http_url, "--model", "no-such-model", "--requests", "3", "--no-warm")
     assert rc == 1  # nothing answered
-    assert report["median"]["A"]["errors"] == {"HTTP 404": 3} and "HTTP 404:3" in out
+    assert report["median"]["A"]["errors"] == {"HTTP 400": 3} and "HTTP 400:3" in out  # unknown model: 400
 
 
 def test_plot(server, tmp_path):

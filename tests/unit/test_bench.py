@@ -188,6 +188,8 @@ def test_table_shows_every_row_and_the_errors_by_status():
         (["127.0.0.1:1", "--rate", "5", "--requests", "10"], "--requests"),
         (["127.0.0.1:1", "--steps", "5"], "steps"),
         (["127.0.0.1:1", "--rate", "-2"], "positive"),
+        (["127.0.0.1:1", "--rate", "0"], "positive"),
+        (["127.0.0.1:1", "--max-tokens", "-1"], "--max-tokens"),
         (["127.0.0.1:1", "--duration", "0"], "--duration"),
         (["127.0.0.1:1", "--rounds", "0"], "--rounds"),
         (["http://127.0.0.1:1", "--extra", "{no"], "--extra"),
@@ -203,11 +205,23 @@ def test_bad_options_exit_2_naming_the_option(argv, message, capsys):
     assert err.startswith("error: ") and message in err
 
 
-def test_a_prompts_file_without_prompts_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "text,message", [('{"question": "2 + 3"}\n', "'prompt'"), ("not json\n", "not JSONL"), ("\n", "no rows")]
+)
+def test_a_prompts_file_without_prompts_is_refused(tmp_path, capsys, text, message):
     bad = tmp_path / "p.jsonl"
-    bad.write_text('{"question": "2 + 3"}\n')
+    bad.write_text(text)
     assert main(["bench", "127.0.0.1:1", "--prompts", str(bad)]) == 2
-    assert "'prompt'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--prompts" in err and message in err
+
+
+def test_the_json_report_is_strict():
+    assert bench.json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": "x"}) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+        "d": "x",
+    }
 
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch, capsys):
