@@ -339,6 +339,7 @@ def plot(report: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -347,15 +348,20 @@ def plot(report: dict, path: str) -> None:
         for ax, key in ((axes[0], "ms"), (axes[1], "ttft_ms")):
             xs = np.sort([r[key] for r in recs if key in r])
             if len(xs):
-                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{side} (p50 {np.median(xs):.0f} ms)")
+                ax.plot(
+                    xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{side} (all rounds: p50 {np.median(xs):.0f} ms)"
+                )
         first = [r for r in rounds[0] if r["code"] == "OK"]
         if first:
-            end = max(r["t"] + r["ms"] / 1e3 for r in first)
-            done = np.sort([r["t"] + r["ms"] / 1e3 for r in first])
-            edges = np.arange(0, end + 1.0, 1.0)
-            axes[2].step(edges[:-1], np.histogram(done, edges)[0], where="post", label=f"{side} round 1")
+            done = np.array([r["t"] + r["ms"] / 1e3 for r in first])
+            width = max(float(done.max()) / 30, 0.1)  # ~30 bins, at least 0.1 s: short runs show too
+            edges = np.arange(0, done.max() + width, width)
+            rate = np.histogram(done, edges)[0] / width
+            axes[2].step(edges, np.append(rate, rate[-1]), where="post", label=f"{side} round 1")
     for ax, title in ((axes[0], "Latency CDF"), (axes[1], "Time to first text CDF")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction of answers")
         ax.set_title(title)

@@ -1,6 +1,7 @@
 """`cascade bench` as a user runs it (the real CLI in a subprocess) against a real `cascade serve` of the toy
 pair (serving/default_config.yaml): gRPC unary and streamed, OpenAI HTTP chat (SSE) and completions, closed and
-open loop, a mode mix, a peer side by side, errors by status. Small request counts; never asserts timings."""
+open loop, a mode mix, a peer side by side, errors by status; and vLLM's own OpenAI server as the peer, in one
+command. Small request counts; never asserts timings."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from serving.config import PACKAGE_DIR, load_config
 from serving.ops.local import cascade_server, wait_for
+from tests.conftest import need_vllm
 
 pytestmark = pytest.mark.integration
 CFG = load_config(PACKAGE_DIR / "default_config.yaml")  # the arithmetic toy pair: weak, strong
@@ -113,3 +115,41 @@ def test_plot(server, tmp_path):
     png = tmp_path / "bench.png"
     rc, _, _ = bench(tmp_path, server.address, "--requests", "6", "--plot", str(png))
     assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_against_vllms_own_server_in_one_command(server, tmp_path):
+    """Our OpenAI front (A) and vLLM's own OpenAI server on the toy strong model (B, the peer), one command,
+    alternating rounds: both answer every request; vLLM's answers carry no cascade object."""
+    need_vllm()
+    from benchmarks.common import vllm_server
+
+    model = str(PACKAGE_DIR / "default_models" / "strong")
+    with vllm_server(model, max_model_len=64) as peer:
+        rc, out, report = bench(
+            tmp_path,
+            server.http_url,
+            "--peer",
+            peer.url,
+            "--peer-model",
+            model,
+            "--peer-mix",
+            "cascade",
+            "--stream",
+            "--requests",
+            "8",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "2",
+            "--max-tokens",
+            "8",
+            "--extra",
+            '{"temperature": 0}',
+        )
+    assert rc == 0
+    for side in "AB":
+        assert [r["ok"] for r in report["runs"][side]] == [8, 8] and report["median"][side]["errors"] == {}
+    assert all("tier" in r for r in _ok_samples(report, "A"))
+    assert not any("tier" in r for r in _ok_samples(report, "B"))
+    assert report["runs"]["B"][0]["deferral_share"] is None  # not a cascade: not measured (strict JSON null)
+    assert out.splitlines()[-1].split()[0] == "B/A"
