@@ -262,8 +262,8 @@ async def http_call(http, target: Target, prompt: str, mode: str = CASCADE, extr
             if r.status != 200:
                 await r.read()
                 out = {"code": f"HTTP {r.status}", "ms": _ms(t0)}
-                if "retry-after" in r.headers:
-                    out["trailing"] = {"retry-after-ms": str(int(float(r.headers["retry-after"]) * 1e3))}
+                if (after := r.headers.get("retry-after", "")).isdigit():  # seconds (not an HTTP date)
+                    out["trailing"] = {"retry-after-ms": str(int(after) * 1000)}
                 return out
             if not target.stream:
                 body = await r.json()
