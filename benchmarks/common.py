@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -183,56 +182,21 @@ async def chat_load(
     concurrency: int,
     duration: float,
     max_tokens: int,
-    warm: int = 2,
     extra: Optional[dict] = None,
 ) -> dict:
-    """A closed loop of ``concurrency`` callers for ``duration`` s over ``/v1/chat/completions``, streamed
-    (greedy), prompt i of ``texts`` in turn. Each record: prompt index, status, latency and time to first
-    token (ms), the answer text, and our ``cascade`` object when the server sends one. Also the machine's
-    busy CPU seconds minus this client's own over the run (the servers' CPU). ``extra``: more body fields."""
-    import aiohttp
+    """A closed loop of ``concurrency`` callers for ``duration`` s over streamed ``/v1/chat/completions``
+    (greedy), prompt i of ``texts`` in turn: `cascade bench`'s load generator. Each record (``code``, ``i``,
+    ``ms``, ``ttft_ms``, ``text``, and our ``cascade`` object when the server sends one) as
+    :func:`serving.ops.loadgen.run_load` makes it; also the machine's busy CPU seconds minus this client's own
+    over the run (the servers' CPU). ``extra``: more body fields."""
+    from serving.ops.loadgen import parse_target, run_load
 
-    async def one(http, i: int) -> dict:
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": texts[i % len(texts)]}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-            **(extra or {}),
-        }
-        t0, ttft, parts, info = time.perf_counter(), None, [], None
-        async with http.post(url + "/v1/chat/completions", json=body) as r:
-            if r.status != 200:
-                error = (await r.read()).decode(errors="replace")[:2000]  # kept verbatim for the report
-                return {"i": i, "status": r.status, "ms": (time.perf_counter() - t0) * 1e3, "error": error}
-            async for line in r.content:
-                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                    continue
-                ev = json.loads(line[6:])
-                if "error" in ev:  # a failure after the first byte: an SSE error event, not an answer
-                    return {"i": i, "status": "sse_error", "ms": (time.perf_counter() - t0) * 1e3, "error": ev["error"]}
-                for c in ev.get("choices") or ():
-                    text = (c.get("delta") or {}).get("content")
-                    if text:
-                        ttft = ttft or (time.perf_counter() - t0) * 1e3
-                        parts.append(text)
-                info = ev.get("cascade", info)
-        ms = (time.perf_counter() - t0) * 1e3
-        return {"i": i, "status": 200, "ms": ms, "ttft_ms": ttft or ms, "text": "".join(parts), "cascade": info}
-
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
-        for i in range(warm):
-            await one(http, i)
-        counter, records = iter(range(10**9)), []
-        cpu0, self0, t0 = cpu_seconds(), time.process_time(), time.perf_counter()
-
-        async def caller():
-            while time.perf_counter() - t0 < duration:
-                records.append(await one(http, next(counter)))
-
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-        server_cpu = (cpu_seconds() - cpu0) - (time.process_time() - self0)
+    target = parse_target(url, model=model, stream=True, max_tokens=max_tokens)
+    body = {"temperature": 0, **(extra or {})}
+    await run_load(target, texts, concurrency=1, requests=2, warm=False, extra=body)  # warm-up, outside the measure
+    cpu0, self0 = cpu_seconds(), time.process_time()
+    records, elapsed = await run_load(
+        target, texts, concurrency=concurrency, duration=duration, timeout=300, warm=False, extra=body
+    )
+    server_cpu = (cpu_seconds() - cpu0) - (time.process_time() - self0)
     return {"records": records, "elapsed_s": elapsed, "server_cpu_s": server_cpu}

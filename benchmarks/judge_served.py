@@ -18,18 +18,15 @@ import argparse
 import asyncio
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-import grpc
 import numpy as np
 
 from benchmarks.common import pyplot, test_rows, write_json
-from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.config import load_config, parse_config
+from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server
 from serving.ops.probe import one_replica
 from serving.smol_pair import CONFIG
@@ -41,40 +38,16 @@ def pct(xs, q):
     return float(np.percentile(xs, q)) if len(xs) else float("nan")
 
 
-async def closed_loop(address: str, texts: list[str], concurrency: int, seconds: float, threshold=None) -> dict:
-    records = []
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-        counter = iter(range(10**9))
-        t0 = time.perf_counter()
-
-        async def caller():
-            while time.perf_counter() - t0 < seconds:
-                prompt = texts[next(counter) % len(texts)]
-                s = time.perf_counter()
-                try:
-                    r = await stub.Generate(pb.GenerateRequest(prompt=prompt, threshold=threshold), timeout=120)
-                except grpc.aio.AioRpcError as e:
-                    records.append({"code": e.code().name, "ms": (time.perf_counter() - s) * 1e3})
-                    continue
-                j = r.judgement if r.HasField("judgement") else None
-                records.append(
-                    {
-                        "code": "OK",
-                        "ms": (time.perf_counter() - s) * 1e3,
-                        "judged": j is not None,
-                        "judge_ms": j.latency_ms if j else 0.0,
-                        "fallback": j.fallback if j else "",
-                        "decided_by": r.decided_by,
-                        "deferred": r.deferred,
-                    }
-                )
-
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
+def closed_loop(address: str, texts: list[str], concurrency: int, seconds: float, threshold=None) -> dict:
+    """A closed loop over gRPC Generate with `cascade bench`'s load generator; ``threshold``: the per-request
+    token threshold (None: the server's, with its judge)."""
+    target = parse_target(address, threshold=threshold)
+    records, elapsed = asyncio.run(
+        run_load(target, texts, concurrency=concurrency, duration=seconds, timeout=120, warm=False)
+    )
     ok = [r for r in records if r["code"] == "OK"]
-    judged = [r["ms"] for r in ok if r["judged"]]
-    plain = [r["ms"] for r in ok if not r["judged"]]
+    judged = [r["ms"] for r in ok if "judgement" in r]
+    plain = [r["ms"] for r in ok if "judgement" not in r]
     return {
         "concurrency": concurrency,
         "threshold": threshold,
@@ -86,13 +59,13 @@ async def closed_loop(address: str, texts: list[str], concurrency: int, seconds:
         "judged_share": len(judged) / max(len(ok), 1),
         "deferral_share": sum(r["deferred"] for r in ok) / max(len(ok), 1),
         "decided_by_judge": sum(r["decided_by"] == "judge" for r in ok),
-        "fallbacks": sum(bool(r["fallback"]) for r in ok),
+        "fallbacks": sum(bool(r["judgement"]["fallback"]) for r in ok if "judgement" in r),
         "latency_ms": {"p50": pct([r["ms"] for r in ok], 50), "p99": pct([r["ms"] for r in ok], 99)},
         "judged_ms": {"n": len(judged), "p50": pct(judged, 50), "p99": pct(judged, 99)},
         "not_judged_ms": {"n": len(plain), "p50": pct(plain, 50), "p99": pct(plain, 99)},
         "judge_call_ms": {
-            "p50": pct([r["judge_ms"] for r in ok if r["judged"]], 50),
-            "p99": pct([r["judge_ms"] for r in ok if r["judged"]], 99),
+            "p50": pct([r["judgement"]["latency_ms"] for r in ok if "judgement" in r], 50),
+            "p99": pct([r["judgement"]["latency_ms"] for r in ok if "judgement" in r], 99),
         },
     }
 
@@ -113,11 +86,11 @@ def main() -> None:
     texts = [r["prompt"] for r in test_rows(args.data, args.prompts)]
     report = {"config": args.config, "prompts": len(texts), "token_threshold": threshold, "runs": []}
     with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp), timeout=900) as srv:
-        asyncio.run(closed_loop(srv.address, texts[:4], 2, 5.0))  # warm every path
+        closed_loop(srv.address, texts[:4], 2, 5.0)  # warm every path
         for k in range(args.rounds):
             for mode in ("on", "off"):
-                run = asyncio.run(
-                    closed_loop(srv.address, texts, args.concurrency, args.seconds, None if mode == "on" else threshold)
+                run = closed_loop(
+                    srv.address, texts, args.concurrency, args.seconds, None if mode == "on" else threshold
                 )
                 run.update(mode=mode, round=k)
                 report["runs"].append(run)
@@ -125,7 +98,7 @@ def main() -> None:
                     f"round {k} judge {mode:<3} c={args.concurrency}: {run['throughput_rps']:.2f} req/s, "
                     f"judged {run['judged_share']:.2f}, p50 {run['latency_ms']['p50']:.0f} ms, errors {run['errors']}"
                 )
-        seq = asyncio.run(closed_loop(srv.address, texts, 1, args.seconds))
+        seq = closed_loop(srv.address, texts, 1, args.seconds)
         seq.update(mode="on", round=-1)
         report["sequential"] = seq
     on = [r for r in report["runs"] if r["mode"] == "on"]

@@ -1,10 +1,13 @@
-"""gRPC load benchmark for the cascade: open loop (Poisson arrivals) or closed loop.
+"""Load benchmark for a running cascade, with Serve's replica counts over time: open loop (Poisson arrivals) or
+closed loop, over gRPC or the OpenAI HTTP front. The load is `cascade bench`'s (serving/ops/bench.py); this adds
+the replica polling, the three-mode comparison and the report `cascade plan --measured` reads.
 
     python -m benchmarks.load --address 127.0.0.1:9000 --qps 20 --duration 30 --out results/load.json --plot results/load.png
     python -m benchmarks.load --address 127.0.0.1:9000 --concurrency 32 --duration 20 --compare --out results/load.json
     python -m benchmarks.load --address 127.0.0.1:9000 --steps 2:20,25:40,2:60 --out results/step.json   # qps:seconds,...
+    python -m benchmarks.load --address http://127.0.0.1:8000 --stream --concurrency 8 --duration 20    # OpenAI SSE
 
-Reports throughput, client latency p50/p90/p99, errors by gRPC status code, deferral share,
+Reports throughput, client latency p50/p90/p99, errors by status (gRPC code or HTTP status), deferral share,
 answers per tier, router overhead (client latency minus the time inside the tiers, for requests the
 weak tier answers) and each deployment's running replicas over time, polled from Serve
 (`--ray-address`, default: the local Ray). `--compare` runs the cascade, weak-only and strong-only
@@ -15,37 +18,23 @@ bounded by --duration (or the steps) and stops by itself. Never asserts timings.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import ReplicaPoller, prompts
-from serving.ops.loadgen import arrivals, run_load, step_arrivals, summarize
+from serving.ops.bench import Load, run_once
+from serving.ops.loadgen import CASCADE, arrivals, parse_steps, parse_target, step_arrivals
 
 
-def run_mode(args, texts, force_tier: str, times) -> dict:
-    with (
-        ReplicaPoller(args.ray_address if not args.no_poll else None, args.app)
-        if not args.no_poll
-        else _Null() as poller
-    ):
-        results, elapsed = asyncio.run(
-            run_load(
-                args.address,
-                texts,
-                times=times,
-                concurrency=args.concurrency,
-                duration=args.duration,
-                force_tier=force_tier,
-                timeout=args.timeout,
-            )
-        )
-    out = summarize(results, elapsed)
+def run_mode(args, texts, force_tier: str, load: Load) -> dict:
+    target = parse_target(args.address, stream=args.stream, api=args.api)
+    with ReplicaPoller(args.ray_address, args.app) if not args.no_poll else _Null() as poller:
+        out, samples = run_once(target, {force_tier or CASCADE: 1.0}, texts, load, progress=force_tier or CASCADE)
     out["forced_tier"] = force_tier
     out["replicas"] = getattr(poller, "samples", [])
-    out["samples"] = [{"t": round(r["t"], 3), "ms": round(r["ms"], 2), "code": r["code"]} for r in results]
+    out["samples"] = samples
     return out
 
 
@@ -114,13 +103,11 @@ def plot(runs: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def parse_steps(text: str) -> list[tuple[float, float]]:
-    return [(float(q), float(s)) for q, s in (part.split(":") for part in text.split(","))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--address", default="127.0.0.1:9000")
+    ap.add_argument("--address", default="127.0.0.1:9000", help="gRPC host:port, or http://host:port for OpenAI HTTP")
+    ap.add_argument("--stream", action="store_true", help="GenerateStream / SSE (time to first text measured)")
+    ap.add_argument("--api", choices=["chat", "completions"], default="chat", help="HTTP: the OpenAI endpoint")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--qps", type=float, help="open loop: Poisson arrivals at this rate")
     g.add_argument("--concurrency", type=int, help="closed loop: this many requests in flight")
@@ -129,7 +116,7 @@ def main() -> None:
     ap.add_argument("--data", help="JSONL with prompts (default: the arithmetic test split)")
     ap.add_argument("--compare", action="store_true", help="cascade, weak-only and strong-only with the same arrivals")
     ap.add_argument("--tier", default="", help="force_tier for a single run")
-    ap.add_argument("--timeout", type=float, default=30.0, help="gRPC deadline per request (s)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="deadline per request (s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-address", help="Ray to poll replica counts from (default: the local one)")
     ap.add_argument("--app", default="cascade")
@@ -150,7 +137,8 @@ def main() -> None:
         if args.compare
         else {args.tier or "cascade": args.tier}
     )
-    runs = {mode: run_mode(args, texts, tier, times) for mode, tier in modes.items()}
+    load = Load(times, args.concurrency or 1, args.duration, timeout=args.timeout)
+    runs = {mode: run_mode(args, texts, tier, load) for mode, tier in modes.items()}
     report = {
         "address": args.address,
         "qps": args.qps,

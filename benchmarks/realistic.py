@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from benchmarks.common import chat_load, pyplot, vllm_server, write_json
 from serving.config import load_config
+from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server
 from serving.smol_pair import CONFIG, CONFIG_VLLM, HERE
 from serving.smol_pair.answers import load_split
@@ -61,7 +63,7 @@ def _n(t: dict | None, key: str) -> int:
 
 
 def summarize(run: dict, rows: list[dict]) -> dict:
-    ok = [r for r in run["records"] if r["status"] == 200]
+    ok = [r for r in run["records"] if r["code"] == "OK"]
     n = len(ok)
     out = {
         "requests": n,
@@ -74,7 +76,9 @@ def summarize(run: dict, rows: list[dict]) -> dict:
         "agreement": float(np.mean([r["text"] == rows[r["i"] % len(rows)]["reference"] for r in ok])),
         "correct": float(np.mean([correct(r["text"], rows[r["i"] % len(rows)]["truth"]) for r in ok])),
         "cpu_ms_per_request": 1e3 * run["server_cpu_s"] / max(n, 1),
-        "error_samples": sorted({str(r.get("error")) for r in run["records"] if r["status"] != 200})[:3],
+        "error_samples": sorted({f"{r['code']}: {r.get('error', '')}" for r in run["records"] if r["code"] != "OK"})[
+            :3
+        ],
     }
     if run["records"] and any(r.get("cascade") for r in ok):
         ok = [r for r in ok if r.get("cascade")]
@@ -152,23 +156,27 @@ def pair_config(engine: str, on_defer: str, args):
 
 
 def forced(url: str, tier: str, texts: list[str]) -> list[dict]:
-    """Every prompt's unary answer from one tier (``model: cascade:<tier>``, c=32): text and score. For another
-    pair than the shipped one: its strong answers are the reference, its weak scores give the threshold."""
-    import aiohttp
-
-    async def run():
-        sem = asyncio.Semaphore(32)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
-
-            async def one(p):
-                body = {"model": f"cascade:{tier}", "messages": [{"role": "user", "content": p}], "max_tokens": 32}
-                async with sem, http.post(url + "/v1/chat/completions", json={**body, "temperature": 0}) as r:
-                    out = await r.json()
-                    return {"text": out["choices"][0]["message"]["content"], "score": out["cascade"].get("score")}
-
-            return await asyncio.gather(*(one(p) for p in texts))
-
-    return asyncio.run(run())
+    """Every prompt's unary answer from one tier (``model: cascade:<tier>``, c=32, `cascade bench`'s generator):
+    text and score. For another pair than the shipped one: its strong answers are the reference, its weak scores
+    give the threshold."""
+    target = parse_target(url, max_tokens=32)
+    records, _ = asyncio.run(
+        run_load(
+            target,
+            texts,
+            concurrency=32,
+            requests=len(texts),
+            duration=math.inf,
+            mix={tier: 1.0},
+            timeout=600,
+            warm=False,
+            extra={"temperature": 0},
+        )
+    )
+    bad = sorted({r["code"] for r in records if r["code"] != "OK"})
+    if bad:
+        raise RuntimeError(f"forced {tier}: some answers failed: {bad}")
+    return [{"text": r["text"], "score": r["cascade"].get("score")} for r in sorted(records, key=lambda r: r["i"])]
 
 
 def main(argv=None) -> None:

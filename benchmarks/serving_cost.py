@@ -1,6 +1,6 @@
 """The serving path's own cost, measured with the peer's tool: ``vllm bench serve`` drives vLLM's OpenAI
 server (the strong model alone) and our cascade's OpenAI front with the same prompts file and concurrency;
-our gRPC front is driven by our gRPC client (unary and streamed) on the same prompts; one aiohttp client
+our gRPC front is driven by `cascade bench`'s generator (unary and streamed) on the same prompts; the same generator
 measures HTTP unary on both servers. Every row also gets the CPU each process of its server burned per
 request (read from /proc for the server's whole process tree: Serve's proxy, the Router, each tier, vLLM's
 engine core, Ray's own daemons), so a gap is explained where it is spent.
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ from typing import Optional
 
 from benchmarks.common import add_config_args, base_config, one_replica, prompts, pyplot, use_config, vllm_server
 from serving.config import PACKAGE_DIR, parse_config
+from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server
 
 ROWS = {  # name: (server, client, model)
@@ -152,72 +154,47 @@ def _pcts(xs: list[float], name: str) -> dict[str, Optional[float]]:
     return {f"{name}_{q}_ms": float(np.percentile(xs, int(q[1:]))) if xs else None for q in ("p50", "p99")}
 
 
-async def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
-    """The same aiohttp client for both servers: non-streamed chat completions, closed loop."""
-    import aiohttp
-
-    todo, lat, failed = iter(range(args.num_prompts)), [], 0
-
-    async def caller(http):
-        nonlocal failed
-        for i in todo:
-            body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}]}
-            body |= {"max_tokens": args.output_len, "temperature": 0}
-            t0 = time.perf_counter()
-            async with http.post(base_url + "/v1/chat/completions", json=body) as r:
-                await r.read()
-                if r.status == 200:
-                    lat.append((time.perf_counter() - t0) * 1e3)
-                else:
-                    failed += 1
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(caller(http) for _ in range(args.concurrency)))
-        elapsed = time.perf_counter() - t0
-    return {"completed": len(lat), "failed": failed, "elapsed_s": elapsed, "rps": len(lat) / elapsed}
+def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
+    """The same client for both servers (`cascade bench`'s generator): non-streamed chat completions, closed
+    loop of --num-prompts requests."""
+    target = parse_target(base_url, model=model, max_tokens=args.output_len)
+    records, elapsed = asyncio.run(
+        run_load(
+            target,
+            texts,
+            concurrency=args.concurrency,
+            requests=args.num_prompts,
+            duration=math.inf,
+            timeout=60,
+            warm=False,
+            extra={"temperature": 0},
+        )
+    )
+    ok = [r for r in records if r["code"] == "OK"]
+    return {"completed": len(ok), "failed": len(records) - len(ok), "elapsed_s": elapsed, "rps": len(ok) / elapsed}
     # (no TTFT: a unary answer's first byte is its last)
 
 
-async def grpc_load(address: str, texts: list[str], args, stream: bool) -> dict:
-    """Our gRPC client (grpc.aio), closed loop over the same prompts: Generate, or GenerateStream with the
-    time to the first text message and between text messages."""
-    import grpc
-
-    from serving._proto.cascade.v1 import cascade_pb2 as pb
-    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-
-    todo, e2e, ttft, itl, failed = iter(range(args.num_prompts)), [], [], [], 0
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-
-        async def caller():
-            nonlocal failed
-            for i in todo:
-                req = pb.GenerateRequest(prompt=texts[i % len(texts)], max_new_tokens=args.output_len)
-                t0 = time.perf_counter()
-                try:
-                    if not stream:
-                        await stub.Generate(req, timeout=60)
-                    else:
-                        last = None
-                        async for m in stub.GenerateStream(req, timeout=60):
-                            now = time.perf_counter()
-                            if m.text:
-                                (ttft.append((now - t0) * 1e3) if last is None else itl.append((now - last) * 1e3))
-                                last = now
-                except grpc.aio.AioRpcError:
-                    failed += 1
-                    continue
-                e2e.append((time.perf_counter() - t0) * 1e3)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
-        elapsed = time.perf_counter() - t0
-    out = {"completed": len(e2e), "failed": failed, "elapsed_s": elapsed, "rps": len(e2e) / elapsed}
-    out |= _pcts(e2e, "e2el")
+def grpc_load(address: str, texts: list[str], args, stream: bool) -> dict:
+    """Our gRPC API through `cascade bench`'s generator, closed loop over the same prompts: Generate, or
+    GenerateStream with the time to the first text message and between text messages."""
+    target = parse_target(address, stream=stream, max_tokens=args.output_len)
+    records, elapsed = asyncio.run(
+        run_load(
+            target,
+            texts,
+            concurrency=args.concurrency,
+            requests=args.num_prompts,
+            duration=math.inf,
+            timeout=60,
+            warm=False,
+        )
+    )
+    ok = [r for r in records if r["code"] == "OK"]
+    out = {"completed": len(ok), "failed": len(records) - len(ok), "elapsed_s": elapsed, "rps": len(ok) / elapsed}
+    out |= _pcts([r["ms"] for r in ok], "e2el")
     if stream:
-        out |= _pcts(ttft, "ttft") | _pcts(itl, "itl")
+        out |= _pcts([r["ttft_ms"] for r in ok], "ttft") | _pcts([g for r in ok for g in r["itl_ms"]], "itl")
     return out
 
 
@@ -230,9 +207,9 @@ def run_row(name: str, servers: dict, dataset: Path, texts: list[str], args, tmp
     if client == "vllm_bench":
         r = vllm_bench(s["http"], m, s["tokenizer"], dataset, args, tmp / name)
     elif client == "http_unary":
-        r = asyncio.run(http_unary(s["http"], m, texts, args))
+        r = http_unary(s["http"], m, texts, args)
     else:
-        r = asyncio.run(grpc_load(s["grpc"], texts, args, stream=client == "grpc_stream"))
+        r = grpc_load(s["grpc"], texts, args, stream=client == "grpc_stream")
     cpu = cpu_delta(before, tree_cpu(s["pid"]))
     n = max(r["completed"], 1)
     r["cpu_ms_per_request"] = {k: round(v * 1e3 / n, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}
@@ -272,31 +249,21 @@ def profile(servers: dict, rows: list[str], dataset: Path, texts: list[str], arg
     return made
 
 
-async def answers(grpc_address: str, http: str, texts: list[str], output_len: int) -> list[dict]:
-    """Text and tier of each prompt over gRPC (Generate) and HTTP (non-streamed chat), greedy."""
-    import aiohttp
-    import grpc
-
-    from serving._proto.cascade.v1 import cascade_pb2 as pb
-    from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
-
-    sem = asyncio.Semaphore(8)
-    async with grpc.aio.insecure_channel(grpc_address) as ch, aiohttp.ClientSession() as session:
-        stub = pb_grpc.CascadeStub(ch)
-
-        async def one(p: str) -> dict:
-            async with sem:
-                g = await stub.Generate(pb.GenerateRequest(prompt=p, max_new_tokens=output_len))
-                body = {"model": "cascade", "messages": [{"role": "user", "content": p}], "max_tokens": output_len}
-                async with session.post(http + "/v1/chat/completions", json=body) as r:
-                    h = await r.json()
-                return {
-                    "prompt": p,
-                    "grpc": [g.text, g.tier, g.deferred],
-                    "http": [h["choices"][0]["message"]["content"], h["cascade"]["tier"], h["cascade"]["deferred"]],
-                }
-
-        return list(await asyncio.gather(*(one(p) for p in texts)))
+def answers(grpc_address: str, http: str, texts: list[str], output_len: int) -> list[dict]:
+    """Text and tier of each prompt over gRPC (Generate) and HTTP (non-streamed chat), greedy, 8 at a time."""
+    got = {}
+    for name, target in (
+        ("grpc", parse_target(grpc_address, max_tokens=output_len)),
+        ("http", parse_target(http, max_tokens=output_len)),
+    ):
+        records, _ = asyncio.run(
+            run_load(target, texts, concurrency=8, requests=len(texts), duration=math.inf, timeout=120, warm=False)
+        )
+        bad = [r["code"] for r in records if r["code"] != "OK"]
+        if bad:
+            raise RuntimeError(f"answers over {name}: {len(bad)} failed ({sorted(set(bad))})")
+        got[name] = {r["i"]: [r["text"], r["tier"], r["deferred"]] for r in records}
+    return [{"prompt": p, "grpc": got["grpc"][i], "http": got["http"][i]} for i, p in enumerate(texts)]
 
 
 def main() -> None:
@@ -331,7 +298,7 @@ def main() -> None:
         tmp = Path(t)
         if args.answers:
             with cascade_server(cfg, tmp / "srv") as srv:
-                got = asyncio.run(answers(srv.address, srv.http_url.removesuffix("/v1"), texts, args.output_len))
+                got = answers(srv.address, srv.http_url.removesuffix("/v1"), texts, args.output_len)
             Path(args.answers).parent.mkdir(parents=True, exist_ok=True)
             Path(args.answers).write_text(json.dumps(got, indent=0))
             same = sum(a["grpc"] == a["http"] for a in got)

@@ -24,60 +24,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-import grpc
 import numpy as np
 
 from benchmarks.common import one_replica, pyplot, write_json
-from serving._proto.cascade.v1 import cascade_pb2 as pb
-from serving._proto.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from serving.config import TOY_CONFIG, load_config, parse_config
 from serving.evaluation.data import SPLIT_SEEDS
 from serving.evaluation.offline import DEFAULT_CACHE, run_offline
 from serving.evaluation.quality import exact_match
 from serving.evaluation.shadow_data import read_samples
 from serving.observability.shadow import wilson
+from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server, wait_for
 from serving.tasks.arithmetic import examples
 
 
-async def stream_once(address: str, prompts: list[str], concurrency: int, timeout: float = 60.0) -> tuple[list, float]:
-    """Each prompt once, ``concurrency`` callers back to back; (index, code, ms, text, deferred) per call."""
-    out, todo = [], iter(range(len(prompts)))
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.CascadeStub(ch)
-        # warm both tiers with forced requests (never shadowed, so the estimate sees only the stream)
-        for tier in ("weak", "strong"):
-            for k in range(0, 64, concurrency):
-                await asyncio.gather(
-                    *(
-                        stub.Generate(
-                            pb.GenerateRequest(prompt=prompts[i % len(prompts)], force_tier=tier), timeout=timeout
-                        )
-                        for i in range(k, k + concurrency)
-                    )
-                )
-
-        async def caller():
-            for i in todo:
-                t0 = time.perf_counter()
-                try:
-                    r = await stub.Generate(pb.GenerateRequest(prompt=prompts[i]), timeout=timeout)
-                    out.append((i, "OK", (time.perf_counter() - t0) * 1e3, r.text, r.deferred))
-                except grpc.aio.AioRpcError as e:
-                    out.append((i, e.code().name, (time.perf_counter() - t0) * 1e3, "", False))
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return out, time.perf_counter() - t0
+def stream_once(address: str, prompts: list[str], concurrency: int, timeout: float = 60.0) -> tuple[list, float]:
+    """Each prompt once, ``concurrency`` callers back to back (`cascade bench`'s generator); (index, code, ms,
+    text, deferred) per call."""
+    target = parse_target(address)
+    for tier in (
+        "weak",
+        "strong",
+    ):  # warm both tiers with forced requests (never shadowed: the estimate sees the stream)
+        asyncio.run(
+            run_load(
+                target,
+                prompts,
+                concurrency=concurrency,
+                requests=64,
+                duration=math.inf,
+                mix={tier: 1.0},
+                timeout=timeout,
+                warm=False,
+            )
+        )
+    records, elapsed = asyncio.run(
+        run_load(
+            target,
+            prompts,
+            concurrency=concurrency,
+            requests=len(prompts),
+            duration=math.inf,
+            timeout=timeout,
+            warm=False,
+        )
+    )
+    return [(r["i"], r["code"], r["ms"], r.get("text", ""), r.get("deferred", False)) for r in records], elapsed
 
 
 def router_shadow(ray_address: str) -> dict:
@@ -94,7 +95,7 @@ def run_condition(cfg_raw: dict, rate: float, prompts: list[str], concurrency: i
     raw = json.loads(json.dumps(cfg_raw))
     raw["shadow"] = raw["shadow"] | ({"rate": rate, "path": str(samples)} if rate else {"rate": 0.0})
     with tempfile.TemporaryDirectory() as tmp, cascade_server(parse_config(raw), Path(tmp)) as srv:
-        calls, elapsed = asyncio.run(stream_once(srv.address, prompts, concurrency))
+        calls, elapsed = stream_once(srv.address, prompts, concurrency)
         shadow = {}
         if rate:  # let the last shadow calls finish (they run after the answers)
             shadow = wait_for(

@@ -1,4 +1,4 @@
-"""``cascade`` command line: serve, query, calibrate, write task data."""
+"""``cascade`` command line: serve, query, calibrate, write task data, bench."""
 
 from __future__ import annotations
 
@@ -534,6 +534,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     d.add_argument("--n-calibration", type=int, default=1000)
     d.add_argument("--n-test", type=int, default=1000)
     d.set_defaults(func=cmd_data)
+    from serving.ops.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
