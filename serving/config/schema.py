@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from serving.core.settings import JudgeSettings, RuleSettings
 from serving.engines import ENGINES
 from serving.engines.continuous import ContinuousEngineConfig
 
@@ -499,8 +500,8 @@ class Deferral(_Strict):
                 "pointwise judge's instruction needs: use an instruction-tuned model with one, or method: meta_ranking"
             )
 
-    def judge_settings(self) -> Optional[dict[str, Any]]:
-        """The judge as plain data for the walk: method, references, window, threshold (config over artifact)."""
+    def judge_settings(self) -> Optional[JudgeSettings]:
+        """The judge as the walk takes it: method, references, window, threshold (config over artifact)."""
         j = self.judge
         if j is None:
             return None
@@ -513,19 +514,19 @@ class Deferral(_Strict):
         elif j.window is not None:
             from serving.deferral.judges import window_bounds
 
-            low, high = window_bounds(fitted["score_quantiles"], self.resolved()["threshold"], j.window)
+            low, high = window_bounds(fitted["score_quantiles"], self.resolved().threshold, j.window)
         elif fitted.get("bounds") is not None:  # None stands for an open edge
             low, high = (float(b) if b is not None else sign * math.inf for b, sign in zip(fitted["bounds"], (-1, 1)))
         else:
             low, high = -math.inf, math.inf
-        return {
-            "method": j.method,
-            "references": refs,
-            "both_orders": j.both_orders,
-            "low": low,
-            "high": high,
-            "threshold": float(j.threshold if j.threshold is not None else fitted["threshold"]),
-        }
+        return JudgeSettings(
+            method=j.method,
+            references=refs,
+            both_orders=j.both_orders,
+            low=low,
+            high=high,
+            threshold=float(j.threshold if j.threshold is not None else fitted["threshold"]),
+        )
 
     def load_artifact(self) -> Optional[dict[str, Any]]:
         if self.artifact is None or isinstance(self.artifact, dict):
@@ -537,20 +538,20 @@ class Deferral(_Strict):
         except (OSError, ValueError) as e:
             raise ConfigError(f"deferral.artifact: cannot read calibration artifact {self.artifact}: {e}") from None
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> RuleSettings:
         """rule, alpha, model (post-hoc), threshold: from the artifact when there is one."""
         art = self.load_artifact()
         if art is None:
-            return {"rule": self.rule, "alpha": self.alpha, "model": None, "threshold": self.threshold}
+            return RuleSettings(rule=self.rule, alpha=self.alpha, threshold=self.threshold)
         missing = [k for k in ("rule", "threshold") if k not in art]
         if missing:
             raise ConfigError(f"deferral.artifact: not a calibration artifact (missing {missing})")
-        return {
-            "rule": art["rule"],
-            "alpha": art.get("alpha") or 0.0,
-            "model": art.get("model"),
-            "threshold": float(art["threshold"]),
-        }
+        return RuleSettings(
+            rule=art["rule"],
+            alpha=art.get("alpha") or 0.0,
+            threshold=float(art["threshold"]),
+            model=art.get("model"),
+        )
 
 
 class Limits(_Strict):
