@@ -1,11 +1,9 @@
-"""The Router deployment: Serve glue for both fronts — gRPC (``cascade.v1.Cascade`` through Serve's gRPC
-proxy) and HTTP (the OpenAI API through Serve's HTTP proxy). It builds the walk and hands every call to the
-:class:`~serving.fronts.service.CascadeService` (gates, walks, records) through the fronts' handlers
-(``serving.fronts.grpc_api``, ``serving.fronts.http``); nothing else happens here."""
+"""The Router deployment, Serve glue only: it binds gRPC (``cascade.v1.Cascade``) and HTTP (the OpenAI API) and
+hands every call to the fronts' handlers (``serving.fronts.grpc_api``, ``serving.fronts.http``) over the
+:class:`~serving.fronts.service.CascadeService`, which gates, walks and records."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -30,15 +28,15 @@ from serving.serve.tier_client import ServeTierClient
 http_app = FastAPI(title="cascade: OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _json(reply: http.Reply) -> JSONResponse:
-    return JSONResponse(reply.json(), status_code=reply.status, headers=reply.headers or None)
+def _json(reply: http.Reply, headers=None) -> JSONResponse:
+    return JSONResponse(reply.json(), status_code=reply.status, headers=headers or reply.headers or None)
 
 
 @http_app.exception_handler(StarletteHTTPException)
 async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """What FastAPI answers itself (an unknown path, a method a route does not take), as OpenAI's error JSON."""
     reply = http.no_route(exc.status_code, request.method, request.url.path, exc.detail)
-    return JSONResponse(reply.json(), status_code=reply.status, headers=getattr(exc, "headers", None))
+    return _json(reply, getattr(exc, "headers", None))
 
 
 def _rebind_after_kill() -> None:
@@ -70,10 +68,6 @@ def _request_id() -> str:
     return serve.context._get_serve_request_context().request_id
 
 
-def _request_id() -> str:
-    return serve.context._get_serve_request_context().request_id
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(http_app)
 class Router:
@@ -87,13 +81,11 @@ class Router:
         self.client = ServeTierClient(cfg, tiers, metrics, self.local)
         self.cascade = Cascade(cfg, self.client, metrics)
         self.shadow = ShadowSampler(cfg, self.cascade, self.client, metrics, self.cascade.inflight.__getitem__)
-        self.tiers = tiers
-        digests = [bytes.fromhex(d) for d in cfg.server.auth.digests()]
         self.service = CascadeService(
             self.cascade,
             name=cfg.server.app_name,
             limits=cfg.limits,
-            digests=digests,
+            digests=[bytes.fromhex(d) for d in cfg.server.auth.digests()],
             metrics=metrics,
             shadow=self.shadow,
             request_id=_request_id,
@@ -139,12 +131,7 @@ class Router:
     async def stats(self) -> RouterStatus:
         """This router replica's view, for `cascade status`: its counters, breakers, and one replica of
         each tier's engine stats."""
-        svc, engines = self.service, {name: await t.stats() for name, t in self.local.items()}
-        for name, h in self.tiers.items():
-            try:
-                engines[name] = await asyncio.wait_for(h.stats.remote(), 5)
-            except Exception as e:
-                engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        svc = self.service
         return RouterStatus(
             replica=serve.get_replica_context().replica_id.unique_id,
             inflight=svc.inflight,
@@ -153,7 +140,7 @@ class Router:
             degraded_share=svc.recent_degraded.share,
             requests_by_code=dict(svc.counts),
             breakers={n: b.state for n, b in self.client.breakers.items()},
-            engines=engines,
+            engines=await self.client.engine_stats(),
             costs=self.cascade.costs.as_dict(),
             tier_inflight=dict(self.cascade.inflight),
             shadow=self.shadow.stats(),

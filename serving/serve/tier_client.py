@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Optional
+from typing import Any, Optional
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -61,6 +61,16 @@ class ServeTierClient:
         self.breakers = {n: CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s) for n in callees}
         self.started = time.monotonic()
         self.waking: dict[str, asyncio.Future] = {}
+
+    async def engine_stats(self) -> dict[str, Any]:
+        """One replica's engine stats of every tier (for `cascade status`; a co-located tier's own)."""
+        engines = {name: await t.stats() for name, t in self.local.items()}
+        for name, h in self.unary.items():
+            try:
+                engines[name] = await asyncio.wait_for(h.stats.remote(), 5)
+            except Exception as e:
+                engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        return engines
 
     def running(self, name: str) -> int:
         return 1 if name in self.local else running_replicas(self.unary[name])
