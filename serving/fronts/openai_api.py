@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP front's mapping (no Ray, no FastAPI): an OpenAI request body -> the walk's
 :class:`CascadeRequest` s (pydantic validates the body's shape; decoding controls and the shared limits are
-checked once, by ``CascadeRequest.build``), and the walk's outcomes -> OpenAI response JSON / Server-Sent
-Events. The routes live on the Router (``serving/serve/router.py``), so HTTP and gRPC share the gates, the
-walk and the metrics.
+checked once, by ``CascadeRequest.build``), and the walk's outcomes -> OpenAI responses and Server-Sent
+Events (the pydantic models of ``openai_protocol``). The exchange is ``serving.fronts.http``, over the same
+:class:`~serving.fronts.service.CascadeService` as gRPC: the same gates, walk and metrics.
 
 Every field a client sends is honoured or refused with 400 naming it, never ignored (README: "The OpenAI
 fields"). Cascade controls are typed, not smuggled in the model name: ``model`` is the cascade's name, or
