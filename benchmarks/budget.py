@@ -47,7 +47,7 @@ def main() -> None:
     cfg = load_config(args.config or TOY_CONFIG)  # default: the arithmetic toy pair
     weak, strong = cfg.tier_names[:2]
     rule = cfg.deferral.resolved()
-    scorer = build_scorer(rule["rule"], rule["alpha"], rule["model"])
+    scorer = build_scorer(rule.rule, rule.alpha, rule.model)
 
     cal_rows = [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS["calibration"], 1000)]
     cal = run_offline(cfg, cal_rows, tiers=[weak])[weak]

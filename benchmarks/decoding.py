@@ -42,7 +42,7 @@ def rows(split: str, n: int) -> list[dict]:
 
 def quality(cfg, decoding: Decoding, n_cal: int, n_test: int, target: float) -> dict:
     d = cfg.deferral.resolved()
-    scorer = build_scorer(d["rule"], d["alpha"], d["model"])
+    scorer = build_scorer(d.rule, d.alpha, d.model)
     cal = run_offline(cfg, rows("calibration", n_cal), decoding=decoding)
     test = run_offline(cfg, rows("test", n_test), decoding=decoding)
     weak, strong = cfg.tier_names[0], cfg.tier_names[-1]

@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--plot")
     args = ap.parse_args()
     cfg = parse_config(one_replica(load_config(args.config).model_dump(mode="json", exclude_none=True)))
-    threshold = cfg.deferral.resolved()["threshold"]
+    threshold = cfg.deferral.resolved().threshold
     texts = [r["prompt"] for r in test_rows(args.data, args.prompts)]
     report = {"config": args.config, "prompts": len(texts), "token_threshold": threshold, "runs": []}
     with tempfile.TemporaryDirectory() as tmp, cascade_server(cfg, Path(tmp), timeout=900) as srv:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from serving.core.settings import JudgeSettings, RuleSettings
 from serving.engines import ENGINES
 from serving.engines.continuous import ContinuousEngineConfig
 
@@ -425,8 +426,8 @@ class Deferral(_Strict):
     judge: Optional[Judge] = Field(
         None, description="off unless set: a judge model decides where the token-level score is near the threshold"
     )
-    _resolved: Optional[dict[str, Any]] = PrivateAttr(None)
-    _judge_settings: Optional[dict[str, Any]] = PrivateAttr(None)
+    _resolved: Optional[RuleSettings] = PrivateAttr(None)
+    _judge_settings: Optional[JudgeSettings] = PrivateAttr(None)
 
     @field_validator("threshold")
     @classmethod
@@ -503,14 +504,14 @@ class Deferral(_Strict):
         if j.method == "pointwise" and j.own_model is not None and j.own_model.chat_template == "never":
             raise ValueError(no_chat_template(f"judge.model: {j.own_model.source!r}"))
 
-    def judge_settings(self) -> Optional[dict[str, Any]]:
-        """The judge as plain data for the walk: method, references, window, threshold (config over artifact).
+    def judge_settings(self) -> Optional[JudgeSettings]:
+        """The judge as the walk takes it: method, references, window, threshold (config over artifact).
         Worked out on the first call and kept (the config does not change once validated)."""
         if self._judge_settings is None and self.judge is not None:
             self._judge_settings = self._work_out_judge()
-        return dict(self._judge_settings) if self._judge_settings is not None else None
+        return self._judge_settings
 
-    def _work_out_judge(self) -> dict[str, Any]:
+    def _work_out_judge(self) -> JudgeSettings:
         j = self.judge
         fitted = (self.artifact or {}).get("judge") or {}
         refs = list(fitted.get("references") or [])[: j.references] if j.method == "meta_ranking" else []
@@ -519,40 +520,40 @@ class Deferral(_Strict):
         elif j.window is not None:
             from serving.deferral.judges import window_bounds
 
-            low, high = window_bounds(fitted["score_quantiles"], self.resolved()["threshold"], j.window)
+            low, high = window_bounds(fitted["score_quantiles"], self.resolved().threshold, j.window)
         elif fitted.get("bounds") is not None:  # None stands for an open edge
             low, high = (float(b) if b is not None else sign * math.inf for b, sign in zip(fitted["bounds"], (-1, 1)))
         else:
             low, high = -math.inf, math.inf
-        return {
-            "method": j.method,
-            "references": refs,
-            "both_orders": j.both_orders,
-            "low": low,
-            "high": high,
-            "threshold": float(j.threshold if j.threshold is not None else fitted["threshold"]),
-        }
+        return JudgeSettings(
+            method=j.method,
+            references=refs,
+            both_orders=j.both_orders,
+            low=low,
+            high=high,
+            threshold=float(j.threshold if j.threshold is not None else fitted["threshold"]),
+        )
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> RuleSettings:
         """rule, alpha, model (post-hoc), threshold: from the artifact when there is one. Worked out on the
         first call and kept (the config does not change once validated)."""
         if self._resolved is None:
             self._resolved = self._work_out_rule()
-        return dict(self._resolved)
+        return self._resolved
 
-    def _work_out_rule(self) -> dict[str, Any]:
+    def _work_out_rule(self) -> RuleSettings:
         art = self.artifact
         if art is None:
-            return {"rule": self.rule, "alpha": self.alpha, "model": None, "threshold": self.threshold}
+            return RuleSettings(rule=self.rule, alpha=self.alpha, threshold=self.threshold)
         missing = [k for k in ("rule", "threshold") if k not in art]
         if missing:
             raise ConfigError(f"deferral.artifact: not a calibration artifact (missing {missing})")
-        return {
-            "rule": art["rule"],
-            "alpha": art.get("alpha") or 0.0,
-            "model": art.get("model"),
-            "threshold": float(art["threshold"]),
-        }
+        return RuleSettings(
+            rule=art["rule"],
+            alpha=art.get("alpha") or 0.0,
+            threshold=float(art["threshold"]),
+            model=art.get("model"),
+        )
 
 
 class Limits(_Strict):

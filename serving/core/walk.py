@@ -93,13 +93,13 @@ class JudgeGate:
             return None
         j = d.judge
         return cls(
-            j.model if isinstance(j.model, str) else j.name,
-            s["method"],
-            [Reference.of(r) for r in s["references"]],
-            s["both_orders"],
-            Window(s["low"], s["high"]),
-            s["threshold"],
-            j.timeout_s,
+            name=j.model if isinstance(j.model, str) else j.name,
+            method=s.method,
+            references=[Reference.of(r) for r in s.references],
+            both_orders=s.both_orders,
+            window=Window(s.low, s.high),
+            threshold=s.threshold,
+            timeout_s=j.timeout_s,
         )
 
 
@@ -124,24 +124,24 @@ class Boundary:
     def from_config(cls, d: Deferral) -> Boundary:
         r = d.resolved()
         controller = (
-            BudgetController(d.target_deferral, r["threshold"], d.controller_window, d.controller_warmup)
+            BudgetController(d.target_deferral, r.threshold, d.controller_window, d.controller_warmup)
             if d.target_deferral is not None
             else None
         )
         load = LoadGovernor(Watermarks(**d.load_aware.model_dump())) if d.load_aware is not None else None
         return cls(
-            r["rule"],
-            r["alpha"],
-            r["threshold"],
-            build_scorer(r["rule"], r["alpha"], r["model"]),
-            controller,
-            d.decide_within_tokens,
-            d.early_deferral,
-            r["model"],
-            d.on_defer == "verify",
-            d.verify_floor,
-            load,
-            JudgeGate.from_config(d),
+            rule=r.rule,
+            alpha=r.alpha,
+            threshold=r.threshold,
+            scorer=build_scorer(r.rule, r.alpha, r.model),
+            controller=controller,
+            window=d.decide_within_tokens,
+            early=d.early_deferral,
+            model=r.model,
+            verify=d.on_defer == "verify",
+            verify_floor=d.verify_floor,
+            load=load,
+            judge=JudgeGate.from_config(d),
         )
 
     @property

@@ -37,17 +37,17 @@ def main() -> None:
     rows = [{"prompt": e.prompt, "reference": e.reference} for e in examples(SPLIT_SEEDS[args.split], args.n)]
     runs = run_offline(cfg, rows, tiers=[weak, strong])
     rule = cfg.deferral.resolved()
-    scores = score_run(build_scorer(rule["rule"], rule["alpha"], rule["model"]), runs[weak])
+    scores = score_run(build_scorer(rule.rule, rule.alpha, rule.model), runs[weak])
     points = [
         operating_point(scores, runs[weak].quality, runs[strong].quality, t) | {"threshold": t}
-        for t in SWEEP + [rule["threshold"]]
+        for t in SWEEP + [rule.threshold]
     ]
     report = {
         "split": args.split,
         "n": args.n,
-        "rule": rule["rule"],
-        "alpha": rule["alpha"],
-        "threshold": rule["threshold"],
+        "rule": rule.rule,
+        "alpha": rule.alpha,
+        "threshold": rule.threshold,
         "weak_accuracy": points[0]["weak_quality"],
         "strong_accuracy": points[0]["strong_quality"],
         "oracle_deferral_share": float((runs[weak].quality < 1).mean()),
@@ -61,7 +61,7 @@ def main() -> None:
     print(f"{'threshold':>10} {'deferred':>9} {'cascade':>8}")
     for p in points:
         print(f"{p['threshold']:>10.2f} {p['deferral_share']:>9.3f} {p['quality']:>8.3f}")
-    print(f"(last row: the config's {rule['rule']} threshold)")
+    print(f"(last row: the config's {rule.rule} threshold)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -50,8 +50,8 @@ def calibrate(
     if (target_deferral is None) == (target_pgr is None):
         raise ValueError("give exactly one of target_deferral and target_pgr")
     current = cfg.deferral.resolved()
-    rule = rule or current["rule"]
-    alpha = current["alpha"] if alpha is None else alpha
+    rule = rule or current.rule
+    alpha = current.alpha if alpha is None else alpha
     weak_name, strong_name = cfg.tier_names[:2]
 
     def load(path: str, tiers: list[str]) -> tuple[list[dict], dict]:

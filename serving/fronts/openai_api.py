@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP front's mapping (no Ray, no FastAPI): an OpenAI request body -> the walk's
 :class:`CascadeRequest` s (pydantic validates the body's shape; decoding controls and the shared limits are
-checked once, by ``CascadeRequest.build``), and the walk's outcomes -> OpenAI response JSON / Server-Sent
-Events. The routes live on the Router (``serving/serve/router.py``), so HTTP and gRPC share the gates, the
-walk and the metrics.
+checked once, by ``CascadeRequest.build``), and the walk's outcomes -> OpenAI responses and Server-Sent
+Events (the pydantic models of ``openai_protocol``). The exchange is ``serving.fronts.http``, over the same
+:class:`~serving.fronts.service.CascadeService` as gRPC: the same gates, walk and metrics.
 
 Every field a client sends is honoured or refused with 400 naming it, never ignored (README: "The OpenAI
 fields"). Cascade controls are typed, not smuggled in the model name: ``model`` is the cascade's name, or
@@ -25,7 +25,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from serving.core.decoding import Decoding
 from serving.core.errors import BadRequest, RequestRefused
 from serving.core.request import CascadeRequest, Outcome
-from serving.fronts.outcome import sum_usage
+from serving.fronts.openai_protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionResponse,
+    DeltaMessage,
+    ErrorInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TopLogprob,
+    UsageInfo,
+)
+from serving.fronts.outcome import CascadeResponse, TierReport
 from serving.fronts.status import status_of
 
 # the walk's field names -> this API's (a BadRequest names the walk's)
@@ -38,7 +58,18 @@ FIELDS = {
 # Fields that do not change the answer: accepted as they are.
 NO_EFFECT = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 MESSAGE_KEYS = {"role", "content"}
-STREAM_OPTIONS = {"include_usage", "continuous_usage_stats"}
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: what a streamed response adds (``to_call`` checks the raw object first, naming the
+    field a client got wrong)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False  # a last chunk with the usage of every answer
+    continuous_usage_stats: bool = False  # every chunk with the usage so far
+
+
+STREAM_OPTIONS = set(StreamOptions.model_fields)
 
 
 class CascadeOptions(BaseModel):
@@ -102,6 +133,7 @@ class Call:
     prompts: list[str] = field(default_factory=list)  # completions: choice i's prompt (for echo)
     logprobs: bool = False  # the answer's log-probs in the response (chat: logprobs; completions: logprobs=k)
     echo: bool = False
+    stream_options: StreamOptions = field(default_factory=StreamOptions)
 
     @property
     def chat(self) -> bool:
@@ -109,11 +141,11 @@ class Call:
 
     @property
     def include_usage(self) -> bool:
-        return bool((self.body.stream_options or {}).get("include_usage"))
+        return self.stream_options.include_usage
 
     @property
     def continuous_usage(self) -> bool:
-        return bool((self.body.stream_options or {}).get("continuous_usage_stats"))
+        return self.stream_options.continuous_usage_stats
 
 
 def field_name(field: Optional[str], body: _Common) -> Optional[str]:
@@ -375,48 +407,62 @@ def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, 
         for k in range(n):
             requests.append(first.variant(k) if k else first)
             texts.append(p or "")
-    return Call(body, requests, texts, wants, echo)
+    return Call(body, requests, texts, wants, echo, StreamOptions(**body.stream_options or {}))
 
 
-def error(e: BaseException, body: Optional[_Common] = None, message: Optional[str] = None) -> tuple[int, dict]:
-    """(HTTP status, OpenAI error JSON) for an error; a BadRequest's field is named as this API names it."""
+def error(e: BaseException, body: Optional[_Common] = None, message: Optional[str] = None) -> tuple[int, ErrorResponse]:
+    """(HTTP status, OpenAI error) for an error; a BadRequest's field is named as this API names it."""
     status = status_of(e)
     param = None
     if isinstance(e, BadRequest) and e.field:
         param = field_name(e.field, body) if body is not None else FIELDS.get(e.field, e.field)
         message = f"`{param}` {e.problem}"
-    return status.http, {
-        "error": {"message": message or str(e), "type": status.openai_type, "param": param, "code": status.grpc.lower()}
-    }
+    info = ErrorInfo(message=message or str(e), type=status.openai_type, param=param, code=status.grpc.lower())
+    return status.http, ErrorResponse(error=info)
 
 
-def cascade_info(fields: dict[str, Any]) -> dict[str, Any]:
+def cascade_info(r: CascadeResponse) -> dict[str, Any]:
     """The ``cascade`` object of a response: the gRPC response's fields as protobuf's JSON mapping writes them
-    (NaN as "NaN", unset optional scores left out)."""
-    keep = (
-        "usage",
-        "tier",
-        "deferred",
-        "score",
-        "threshold",
-        "rule",
-        "tiers",
-        "degraded",
-        "degraded_reason",
-        "total_latency_ms",
-        "request_id",
-        "receipt",
-        "load_shed",
-        "decided_by",
-    )
-    out = {k: fields[k] for k in keep}
-    if fields.get("judgement") is not None:  # only when the judge was asked (as the proto leaves it unset)
-        out["judgement"] = {k: (_number(v) if isinstance(v, float) else v) for k, v in fields["judgement"].items()}
-    out["score"], out["threshold"] = _number(out["score"]), _number(out["threshold"])
-    out["tiers"] = [
-        {k: (_number(v) if k == "score" else v) for k, v in t.items() if not (k == "score" and v is None)}
-        for t in out["tiers"]
-    ]
+    (NaN as "NaN", unset optional scores left out; the first answer's, with every answer's under ``choices``
+    when there are several)."""
+    rc = r.receipt
+    out: dict[str, Any] = {
+        "usage": {"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens},
+        "tier": r.tier,
+        "deferred": r.deferred,
+        "score": _number(r.score),
+        "threshold": _number(r.threshold),
+        "rule": r.rule,
+        "tiers": [_tier_info(t) for t in r.tiers],
+        "degraded": r.degraded,
+        "degraded_reason": r.degraded_reason,
+        "total_latency_ms": r.total_latency_ms,
+        "request_id": r.request_id,
+        "receipt": {
+            "lines": [vars(x).copy() for x in rc.lines],
+            "total": rc.total,
+            "strong_tier": rc.strong_tier,
+            "strong_only": rc.strong_only,
+            "strong_only_prompt_tokens": rc.strong_only_prompt_tokens,
+            "strong_only_completion_tokens": rc.strong_only_completion_tokens,
+            "strong_only_estimated": rc.strong_only_estimated,
+        },
+        "load_shed": r.load_shed,
+        "decided_by": r.decided_by,
+    }
+    if r.judgement is not None:  # only when the judge was asked (as the proto leaves it unset)
+        out["judgement"] = {k: (_number(v) if isinstance(v, float) else v) for k, v in vars(r.judgement).items()}
+    if r.choices:
+        out["choices"] = [cascade_info(c) for c in r.choices]
+    return out
+
+
+def _tier_info(t: TierReport) -> dict[str, Any]:
+    out = vars(t).copy()
+    if t.score is None:
+        del out["score"]
+    else:
+        out["score"] = _number(t.score)
     return out
 
 
@@ -424,13 +470,13 @@ def _number(x: float):
     return x if math.isfinite(x) else ("NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity"))
 
 
-def usage(outs: list[Outcome]) -> dict[str, int]:
+def usage(outs: list[Outcome]) -> UsageInfo:
     """OpenAI's usage: the answers' own tokens (the answering tier's prompt, the completion returned), what
     load tools count. Every tier's work, the discarded calls included, is ``cascade.usage`` (gRPC's
     ``usage``) and ``cascade.receipt``."""
     p = sum(o.answer.prompt_tokens for o in outs)
     c = sum(o.answer.completion_tokens for o in outs)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
 
 def finish_reason(out: Outcome) -> str:
@@ -448,111 +494,114 @@ class PromptLogprobs:
     top_logprobs: list[list[tuple]]
 
 
-def _token(text: str, lp: float, tops=None) -> dict[str, Any]:
-    d = {"token": text, "logprob": _number(lp), "bytes": list(text.encode())}
-    if tops is not None:
-        d["top_logprobs"] = [{"token": a[2], "logprob": _number(a[1]), "bytes": list(a[2].encode())} for a in tops]
-    return d
+def _alternative(a: tuple) -> TopLogprob:
+    return TopLogprob(token=a[2], logprob=_number(a[1]), bytes=list(a[2].encode()))
 
 
-def chat_logprobs(texts: list[str], lps: list[float], tops: Optional[list]) -> dict[str, Any]:
-    return {"content": [_token(t, lp, (tops[i] if tops else [])) for i, (t, lp) in enumerate(zip(texts, lps))]}
+def _token(text: str, lp: float, tops=None) -> ChatTokenLogprob:
+    alternatives = None if tops is None else [_alternative(a) for a in tops]
+    return ChatTokenLogprob(token=text, logprob=_number(lp), bytes=list(text.encode()), top_logprobs=alternatives)
 
 
-def completion_logprobs(texts: list[str], lps: list[float], tops: Optional[list], offset: int = 0) -> dict[str, Any]:
+def chat_logprobs(texts: list[str], lps: list[float], tops: Optional[list]) -> ChatLogprobs:
+    return ChatLogprobs(content=[_token(t, lp, (tops[i] if tops else [])) for i, (t, lp) in enumerate(zip(texts, lps))])
+
+
+def completion_logprobs(
+    texts: list[str], lps: list[float], tops: Optional[list], offset: int = 0
+) -> CompletionLogprobs:
     offsets, at = [], offset
     for t in texts:
         offsets.append(at)
         at += len(t)
-    return {
-        "tokens": list(texts),
-        "token_logprobs": [None if math.isnan(lp) else lp for lp in lps],
-        "top_logprobs": [{a[2]: a[1] for a in step} for step in tops] if tops else [None] * len(texts),
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=list(texts),
+        token_logprobs=[None if math.isnan(lp) else lp for lp in lps],
+        top_logprobs=[{a[2]: a[1] for a in step} for step in tops] if tops else [None] * len(texts),
+        text_offset=offsets,
+    )
 
 
-def choice(call: Call, index: int, out: Outcome, prompt_lp: Optional[PromptLogprobs] = None) -> dict[str, Any]:
+def choice(call: Call, index: int, out: Outcome, prompt_lp: Optional[PromptLogprobs] = None):
     """One answer of a unary response."""
     a = out.answer
     texts = a.token_texts or []
     if call.chat:
-        c = {"index": index, "message": {"role": "assistant", "content": a.text}}
-        c["logprobs"] = chat_logprobs(texts, a.logprobs, a.top_logprobs) if call.logprobs else None
-    else:
-        prefix = call.prompts[index] if call.echo else ""
-        c = {"index": index, "text": prefix + a.text, "logprobs": None}
-        if call.logprobs:
-            lp = completion_logprobs(texts, a.logprobs, a.top_logprobs, len(prefix))
-            if prompt_lp is not None:
-                head = completion_logprobs(prompt_lp.token_texts, prompt_lp.logprobs, prompt_lp.top_logprobs)
-                lp = {k: head[k] + lp[k] for k in lp}
-            c["logprobs"] = lp
-    c["finish_reason"] = finish_reason(out)
-    return c
+        lp = chat_logprobs(texts, a.logprobs, a.top_logprobs) if call.logprobs else None
+        return ChatChoice(
+            index=index, message=ChatMessage(content=a.text), logprobs=lp, finish_reason=finish_reason(out)
+        )
+    prefix = call.prompts[index] if call.echo else ""
+    clp = None
+    if call.logprobs:
+        clp = completion_logprobs(texts, a.logprobs, a.top_logprobs, len(prefix))
+        if prompt_lp is not None:
+            head = completion_logprobs(prompt_lp.token_texts, prompt_lp.logprobs, prompt_lp.top_logprobs)
+            clp = CompletionLogprobs(
+                tokens=head.tokens + clp.tokens,
+                token_logprobs=head.token_logprobs + clp.token_logprobs,
+                top_logprobs=head.top_logprobs + clp.top_logprobs,
+                text_offset=head.text_offset + clp.text_offset,
+            )
+    return CompletionChoice(index=index, text=prefix + a.text, logprobs=clp, finish_reason=finish_reason(out))
 
 
-def completion(call: Call, outs: list[Outcome], fields: list[dict[str, Any]], prompt_lps=None) -> dict[str, Any]:
+def completion(call: Call, outs: list[Outcome], response: CascadeResponse, prompt_lps=None):
     """The unary response: every answer a choice; usage summed; ``cascade`` the first answer's (with every
-    answer's under ``cascade.choices`` when there are several)."""
-    total = sum_usage(fields) if len(fields) > 1 else fields[0]
-    info = cascade_info(total)
-    if len(fields) > 1:
-        info["choices"] = [cascade_info(f) for f in fields]
-    return {
-        "id": f"cmpl-{fields[0]['request_id']}",
-        "created": int(time.time()),
-        "model": call.body.model,
-        "object": "chat.completion" if call.chat else "text_completion",
-        "choices": [choice(call, i, o, (prompt_lps or [None] * len(outs))[i]) for i, o in enumerate(outs)],
-        "usage": usage(outs),
-        "cascade": info,
-    }
+    answer's under ``cascade.choices`` when there are several: ``response`` is
+    :func:`serving.fronts.outcome.merged`)."""
+    kind = ChatCompletionResponse if call.chat else CompletionResponse
+    return kind(
+        id=f"cmpl-{response.request_id}",
+        created=int(time.time()),
+        model=call.body.model,
+        choices=[choice(call, i, o, (prompt_lps or [None] * len(outs))[i]) for i, o in enumerate(outs)],
+        usage=usage(outs),
+        cascade=cascade_info(response),
+    )
 
 
-def sse(call: Call, request_id: str, choices: list[dict[str, Any]], **extra) -> bytes:
-    """One Server-Sent Event of a streamed completion."""
-    out: dict[str, Any] = {
-        "id": f"cmpl-{request_id}",
-        "created": int(time.time()),
-        "model": call.body.model,
-        "object": "chat.completion.chunk" if call.chat else "text_completion",
-        "choices": choices,
-        **extra,
-    }
-    return f"data: {json.dumps(out)}\n\n".encode()
+def sse(call: Call, request_id: str, choices: list, **extra) -> bytes:
+    """One Server-Sent Event of a streamed completion (``extra``: its ``usage`` or ``cascade``)."""
+    kind = ChatCompletionChunk if call.chat else CompletionChunk
+    chunk = kind(id=f"cmpl-{request_id}", created=int(time.time()), model=call.body.model, choices=choices, **extra)
+    return f"data: {json.dumps(chunk.render())}\n\n".encode()
 
 
-def sse_role(call: Call, index: int) -> dict[str, Any]:
+def sse_role(call: Call, index: int) -> ChatChunkChoice:
     """The first delta of a chat answer (its role)."""
-    return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    return ChatChunkChoice(
+        index=index, delta=DeltaMessage(role="assistant", content=""), logprobs=None, finish_reason=None
+    )
 
 
-def sse_text(call: Call, index: int, ev) -> dict[str, Any]:
+def sse_echo(call: Call, index: int) -> CompletionChoice:
+    """The first chunk of an echoed completion: its prompt."""
+    return CompletionChoice(index=index, text=call.prompts[index], logprobs=None, finish_reason=None)
+
+
+def sse_text(call: Call, index: int, ev):
     """A delta: text certain to be part of answer ``index`` (a walk's Text event)."""
     lp = None
     if call.logprobs and ev.token_texts is not None:
         lp = (chat_logprobs if call.chat else completion_logprobs)(ev.token_texts, ev.logprobs, ev.top_logprobs)
     if call.chat:
-        return {"index": index, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
-    return {"index": index, "text": ev.text, "logprobs": lp, "finish_reason": None}
+        return ChatChunkChoice(index=index, delta=DeltaMessage(content=ev.text), logprobs=lp, finish_reason=None)
+    return CompletionChoice(index=index, text=ev.text, logprobs=lp, finish_reason=None)
 
 
-def sse_final(call: Call, index: int, out: Outcome) -> dict[str, Any]:
+def sse_final(call: Call, index: int, out: Outcome):
     """The last delta of answer ``index``: its finish reason."""
     if call.chat:
-        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason(out)}
-    return {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason(out)}
+        return ChatChunkChoice(index=index, delta=DeltaMessage(), logprobs=None, finish_reason=finish_reason(out))
+    return CompletionChoice(index=index, text="", logprobs=None, finish_reason=finish_reason(out))
 
 
-def sse_error(status_body: dict) -> bytes:
-    return f"data: {json.dumps(status_body)}\n\n".encode()
+def sse_error(e: ErrorResponse) -> bytes:
+    return f"data: {json.dumps(e.render())}\n\n".encode()
 
 
-def models(cascade_name: str, tiers: list[str]) -> dict[str, Any]:
+def models(cascade_name: str, tiers: list[str]) -> ModelList:
     now = int(time.time())
     ids = [cascade_name] + [f"{cascade_name}:{t}" for t in tiers]
-    return {
-        "object": "list",
-        "data": [{"id": i, "object": "model", "created": now, "owned_by": "cascade"} for i in ids],
-    }
+    return ModelList(data=[ModelCard(id=i, created=now) for i in ids])

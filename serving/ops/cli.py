@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rule = cfg.deferral.resolved()
         print(
             f"cascade ready: gRPC on {cfg.server.host}:{cfg.server.grpc_port} "
-            f"(tiers {tiers}; rule {rule['rule']}, threshold {rule['threshold']:.4g}"
+            f"(tiers {tiers}; rule {rule.rule}, threshold {rule.threshold:.4g}"
             f"{', budget ' + str(cfg.deferral.target_deferral) if cfg.deferral.target_deferral else ''}"
             f"{', auth on' if cfg.server.auth.digests() else ''}); "
             f"OpenAI API http://{cfg.server.host}:{cfg.server.http_port}/v1; "

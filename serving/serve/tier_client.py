@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Optional
+from typing import Any, Optional
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -59,6 +59,16 @@ class ServeTierClient:
         self.started = time.monotonic()
         self.waking: dict[str, asyncio.Future] = {}
 
+    async def engine_stats(self) -> dict[str, Any]:
+        """One replica's engine stats of every tier (for `cascade status`; a co-located tier's own)."""
+        engines = {name: await t.stats() for name, t in self.local.items()}
+        for name, h in self.unary.items():
+            try:
+                engines[name] = await asyncio.wait_for(h.stats.remote(), 5)
+            except Exception as e:
+                engines[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        return engines
+
     def running(self, name: str) -> int:
         return 1 if name in self.local else running_replicas(self.unary[name])
 
@@ -90,6 +100,47 @@ class ServeTierClient:
         except Exception as e:  # it only asks for a replica; the next client call sees what came of it
             log.info("tier %s: wake-up call ended: %s", name, type(e).__name__)
 
+    async def _admit(self, name: str) -> CircuitBreaker:
+        """The callee has a running replica and its circuit lets the call through; returns its breaker."""
+        await self._ready(name)
+        breaker = self.breakers[name]
+        if not breaker.allow():
+            raise TierFailure(
+                name,
+                "breaker_open",
+                f"tier {name!r} is failing; not called for {breaker.retry_in_s():.1f} s more (circuit open)",
+            )
+        return breaker
+
+    def _failed(self, name: str, breaker: CircuitBreaker, e: BaseException, timeout: float) -> BaseException:
+        """The one mapping, for unary and streamed calls alike, of what a call raised to what its caller gets
+        (TierFailure / BadRequest, or the cancellation as it is), telling the breaker what it says about the
+        callee."""
+        if isinstance(e, BadRequest):
+            breaker.success()  # the tier answered: it refused the input
+            return _bad_request(e)
+        if isinstance(e, BackPressureError):
+            breaker.release()  # not a sign of ill health
+            return TierFailure(name, "overloaded", f"tier {name!r} is overloaded (its queue is full)")
+        if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+            breaker.release()  # the caller gave up or stopped reading: says nothing about the tier
+            return e
+        if not isinstance(e, Exception):
+            return e
+        if isinstance(e, asyncio.TimeoutError):
+            failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
+        elif isinstance(e, RayActorError):
+            failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
+        elif isinstance(e, DeploymentUnavailableError):
+            failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
+        elif isinstance(e, _NoReplica):
+            failure = TierFailure(name, "unavailable", f"tier {name!r} lost its running replicas during the call")
+        else:
+            log.warning("tier %s failed: %r", name, e)
+            failure = TierFailure(name, "error", f"tier {name!r} failed: {type(e).__name__}")
+        breaker.failure()
+        return failure
+
     async def stream(
         self,
         name: str,
@@ -100,14 +151,7 @@ class ServeTierClient:
     ) -> AsyncIterator[Chunk]:
         """The tier's chunks. The tier's ``timeout_s`` bounds the whole call; a call whose replica died
         before it sent anything is retried (generation is idempotent). Raises TierFailure / BadRequest."""
-        await self._ready(name)
-        breaker = self.breakers[name]
-        if not breaker.allow():
-            raise TierFailure(
-                name,
-                "breaker_open",
-                f"tier {name!r} is failing; not called for {breaker.retry_in_s():.1f} s more (circuit open)",
-            )
+        breaker = await self._admit(name)
         timeout = self.cfg.tier(name).timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -128,50 +172,26 @@ class ServeTierClient:
                     got_any = True
                     yield chunk
                 ended = True
-            except BadRequest as e:
-                ended = True
-                breaker.success()  # the tier answered: it refused the input
-                raise _bad_request(e) from None
-            except asyncio.TimeoutError:
-                failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
-            except BackPressureError:
-                ended = True
-                breaker.release()  # not a sign of ill health
-                raise TierFailure(name, "overloaded", f"tier {name!r} is overloaded (its queue is full)") from None
-            except RayActorError as e:
-                ended = True
-                if attempt < self.cfg.reliability.retries and not got_any:
+            except BaseException as e:
+                # the tier's stream ended, unless it timed out or the caller left (then it is stopped below)
+                ended = isinstance(e, Exception) and not isinstance(e, asyncio.TimeoutError)
+                if isinstance(e, RayActorError) and attempt < self.cfg.reliability.retries and not got_any:
                     log.warning("tier %s replica died (%s); retrying", name, type(e).__name__)
                     self.metrics.inc("cascade_tier_retries", tier=name)
                     continue
-                failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
-            except DeploymentUnavailableError:
-                ended = True
-                failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
-            except (asyncio.CancelledError, GeneratorExit):
-                breaker.release()  # the caller gave up or stopped reading: says nothing about the tier
-                raise
-            except Exception as e:
-                ended = True
-                log.warning("tier %s failed: %r", name, e)
-                failure = TierFailure(name, "error", f"tier {name!r} failed: {type(e).__name__}")
+                raise self._failed(name, breaker, e, timeout) from None
             else:
                 breaker.success()
                 return
             finally:
                 if not ended:  # stop the tier's work: its engine frees the slot at the next step
                     await gen.aclose() if local else gen.cancel()
-            breaker.failure()
-            raise failure
         raise AssertionError("unreachable")
 
     async def call(self, name: str, method: str, *args, timeout: Optional[float] = None):
         """A unary call of a tier's (or a judge deployment's) method (``prompt_logprobs``, ``judge``) under the
         callee's timeout (or ``timeout``) and breaker; raises TierFailure / BadRequest like :meth:`stream`."""
-        await self._ready(name)
-        breaker = self.breakers[name]
-        if not breaker.allow():
-            raise TierFailure(name, "breaker_open", f"tier {name!r} is failing (circuit open)")
+        breaker = await self._admit(name)
         timeout = timeout or self.cfg.callee(name).timeout_s
         try:
             target = self.local.get(name)
@@ -179,31 +199,10 @@ class ServeTierClient:
                 out = await asyncio.wait_for(getattr(target, method)(*args), timeout)
             else:
                 out = await self._while_running(name, getattr(self.unary[name], method).remote(*args), timeout)
-        except BadRequest as e:
-            breaker.success()
-            raise _bad_request(e) from None
-        except asyncio.TimeoutError:
-            failure = TierFailure(name, "timeout", f"tier {name!r} timed out after {timeout:g} s")
-        except BackPressureError:
-            breaker.release()
-            raise TierFailure(name, "overloaded", f"tier {name!r} is overloaded (its queue is full)") from None
-        except RayActorError:
-            failure = TierFailure(name, "replica_died", f"tier {name!r} replica died during the call")
-        except DeploymentUnavailableError:
-            failure = TierFailure(name, "unavailable", f"tier {name!r} has no healthy replica")
-        except _NoReplica:
-            failure = TierFailure(name, "unavailable", f"tier {name!r} lost its running replicas during the call")
-        except asyncio.CancelledError:
-            breaker.release()
-            raise
-        except Exception as e:
-            log.warning("tier %s failed: %r", name, e)
-            failure = TierFailure(name, "error", f"tier {name!r} failed: {type(e).__name__}")
-        else:
-            breaker.success()
-            return out
-        breaker.failure()
-        raise failure
+        except BaseException as e:
+            raise self._failed(name, breaker, e, timeout) from None
+        breaker.success()
+        return out
 
     async def _while_running(self, name: str, response, timeout: float):
         """A unary response awaited for at most ``timeout`` s, given up early

@@ -67,7 +67,7 @@ def test_cli_calibrate_target_deferral_holds_on_heldout(splits, cache, tmp_path)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw))
     cfg = load_config(cfg_path)
-    assert cfg.deferral.resolved()["threshold"] == art["threshold"]
+    assert cfg.deferral.resolved().threshold == art["threshold"]
 
 
 def test_calibrate_post_hoc_for_target_pgr_holds_on_heldout(splits, cache):

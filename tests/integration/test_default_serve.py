@@ -30,9 +30,9 @@ def test_the_ready_line_is_the_default_config(server):
     """The served cascade is load_config()'s (the SmolLM2 pair's calibrated rule), not the toy pair's."""
     rule = load_config().deferral.resolved()
     toy = load_config(TOY_CONFIG).deferral.resolved()
-    assert (rule["rule"], rule["threshold"]) != (toy["rule"], toy["threshold"])
+    assert (rule.rule, rule.threshold) != (toy.rule, toy.threshold)
     ready = next(line for line in server.log.read_text().splitlines() if line.startswith("cascade ready:"))
-    assert f"tiers weak -> strong; rule {rule['rule']}, threshold {rule['threshold']:.4g}" in ready
+    assert f"tiers weak -> strong; rule {rule.rule}, threshold {rule.threshold:.4g}" in ready
 
 
 def test_cascade_query_of_an_ordinary_question_returns_text(server):

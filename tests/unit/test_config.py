@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import pytest
 import yaml
 
 from serving.config import PACKAGE_DIR, TOY_CONFIG, ConfigError, load_config, parse_config
+from serving.core.settings import RuleSettings
 from tests.conftest import ROOT, need_smollm2
 
 
@@ -336,7 +338,7 @@ def test_validators_read_no_files(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "open", builtins.open)
     monkeypatch.setattr(pathlib.Path, "read_text", lambda p, *a, **k: opened.append(p) or real_read(p, *a, **k))
     cfg = CascadeConfig.model_validate(raw)
-    assert cfg.deferral.resolved()["threshold"] == -1.0 and cfg.deferral.judge_settings()["threshold"] == 0.5
+    assert cfg.deferral.resolved().threshold == -1.0 and cfg.deferral.judge_settings().threshold == 0.5
     assert opened == []
     with pytest.raises(ConfigError, match=r"deferral: judge\.model: .*plain' has no chat template"):
         parse_config(raw)  # loading probes the model's files
@@ -355,7 +357,7 @@ def test_an_artifact_path_is_read_by_loading_not_by_the_schema(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(minimal(deferral={"artifact": "art.json"})))
     cfg = load_config(tmp_path / "c.yaml")  # relative to the config file, read once
     assert cfg.deferral.artifact == {"rule": "chow_sum", "threshold": -2.5}
-    assert cfg.deferral.resolved() == {"rule": "chow_sum", "alpha": 0.0, "model": None, "threshold": -2.5}
+    assert cfg.deferral.resolved() == RuleSettings(rule="chow_sum", alpha=0.0, model=None, threshold=-2.5)
     with pytest.raises(ValidationError, match=r"deferral\n.*artifact: '.*art.json' is a path"):
         CascadeConfig.model_validate(minimal(deferral={"artifact": str(art)}))
     with pytest.raises(ConfigError, match=r"deferral\.artifact: cannot read calibration artifact"):
@@ -367,9 +369,10 @@ def test_resolved_is_worked_out_once():
     d = cfg.deferral
     first = d.resolved()
     d.artifact["threshold"] = 5.0  # not read again
-    assert d.resolved() == first == {"rule": "chow_quantile", "alpha": 0.1, "model": None, "threshold": -1.0}
-    d.resolved()["threshold"] = 9.0  # a caller's copy
-    assert d.resolved()["threshold"] == -1.0
+    assert d.resolved() is first and first == RuleSettings(rule="chow_quantile", alpha=0.1, model=None, threshold=-1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.resolved().threshold = 9.0  # what callers get cannot be changed under the walk
+    assert d.resolved().threshold == -1.0
 
 
 def test_the_schema_s_metric_names_are_the_quality_metrics():

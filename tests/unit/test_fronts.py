@@ -15,7 +15,7 @@ from serving.core.receipt import Receipt
 from serving.core.request import CascadeRequest, Outcome, TierRun
 from serving.core.types import Generation
 from serving.fronts import grpc_api, openai_api
-from serving.fronts.outcome import response_fields
+from serving.fronts.outcome import CascadeResponse, merged
 from serving.fronts.status import retry_after_ms, status_of
 
 TIERS = ["weak", "strong"]
@@ -106,8 +106,8 @@ def test_one_status_table_for_both_fronts():
     assert retry_after_ms(TierFailure("strong", "not_ready", "none"), 500) == 500
     assert retry_after_ms(TierFailure("strong", "timeout", "slow"), 500) is None
     status, payload = openai_api.error(RequestRefused("too_large", "is over the limit", "content-length"))
-    assert status == 413 and payload["error"]["param"] == "content-length"
-    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert status == 413 and payload.render()["error"]["param"] == "content-length"
+    assert set(payload.render()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_openai_chat_maps_to_the_walks_request():
@@ -167,6 +167,7 @@ def test_openai_bad_requests_name_the_api_field(raw, param):
         body = openai_api.parse(openai_api.ChatRequest, json.dumps({"model": "cascade", **raw}).encode())
         openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
     status, payload = openai_api.error(e.value, locals().get("body"))
+    payload = payload.render()
     assert status == 400 and payload["error"]["param"] == param and f"`{param}`" in payload["error"]["message"]
     assert payload["error"]["type"] == "invalid_request_error"
 
@@ -211,6 +212,7 @@ def test_hostile_bodies_are_400_naming_what_is_wrong(raw, param, says):
     with pytest.raises(BadRequest) as e:
         openai_api.parse(kind, raw)
     status, payload = openai_api.error(e.value)
+    payload = payload.render()
     assert status == 400 and payload["error"]["param"] == param and says in payload["error"]["message"]
 
 
@@ -230,7 +232,7 @@ def test_values_of_the_wrong_type_are_refused_not_coerced(raw, param):
             json.dumps({"model": "cascade", "messages": [{"role": "user", "content": "hi"}], **raw}).encode(),
         )
         openai_api.to_call(body, cascade_name="cascade", tier_names=TIERS, limits=LIMITS, embed=False)
-    assert openai_api.error(e.value)[1]["error"]["param"] == param
+    assert openai_api.error(e.value)[1].render()["error"]["param"] == param
 
 
 @pytest.mark.parametrize(
@@ -253,7 +255,7 @@ def test_content_type_is_json_or_refused_with_415(value, ok):
     with pytest.raises(RequestRefused) as e:
         openai_api.check_content_type(value)
     status, payload = openai_api.error(e.value)
-    assert status == 415 and payload["error"]["param"] == "content-type"
+    assert status == 415 and payload.render()["error"]["param"] == "content-type"
 
 
 def outcome(score=-0.2):
@@ -262,12 +264,16 @@ def outcome(score=-0.2):
     return Outcome(weak, "weak", False, score, None, [TierRun("weak", weak, score, 12.0, 2, False)], receipt=receipt)
 
 
+def response(req, out, **kw):
+    return CascadeResponse.of(req, out, **{"rule": "chow_sum", "default_threshold": -0.3, "latency_ms": 1.0, **kw})
+
+
 def test_both_fronts_say_the_same_about_an_answer():
     req = CascadeRequest.build(prompt="q", tier_names=TIERS, limits=LIMITS, include_logprobs=True)
-    fields = response_fields(
+    resp = CascadeResponse.of(
         req, outcome(), rule="chow_quantile", default_threshold=-0.3, latency_ms=20.0, request_id="r1"
     )
-    msg = grpc_api.to_response(fields)
+    msg = grpc_api.to_response(resp)
     assert (msg.text, msg.tier, msg.threshold, msg.usage.completion_tokens, list(msg.tiers[0].token_logprobs)) == (
         "42",
         "weak",
@@ -277,18 +283,31 @@ def test_both_fronts_say_the_same_about_an_answer():
     )
     body = openai_api.parse(openai_api.ChatRequest, b'{"model": "cascade", "messages": []}')
     call = openai_api.Call(body, [req])
-    c = openai_api.completion(call, [outcome()], [fields])
+    c = openai_api.completion(call, [outcome()], merged([resp])).render()
     assert c["choices"][0]["message"]["content"] == "42" and c["usage"]["total_tokens"] == 5
     assert c["cascade"]["tier"] == msg.tier and c["cascade"]["tiers"][0]["decision_tokens"] == 2
     json.dumps(c, allow_nan=False)  # what the HTTP response writes
-    nan = response_fields(
+    nan = CascadeResponse.of(
         req, outcome(math.nan), rule="chow_quantile", default_threshold=-0.3, latency_ms=1.0, request_id="r2"
     )
-    nan["tiers"][0]["score"] = None
+    nan.tiers[0].score = None
     info = openai_api.cascade_info(nan)
     assert info["score"] == "NaN" and "score" not in info["tiers"][0]  # protobuf's JSON mapping of NaN / unset
     event = openai_api.sse(call, "r1", [openai_api.sse_final(call, 0, outcome())], cascade=info)
     assert event.startswith(b"data: ") and json.loads(event[6:])["choices"][0]["finish_reason"] == "stop"
+
+
+def test_n_answers_report_the_first_with_usage_and_receipt_summed():
+    req = CascadeRequest.build(prompt="q", tier_names=TIERS, limits=LIMITS)
+    one = response(req, outcome(), request_id="r")
+    both = merged([one, response(req, outcome(-0.4), request_id="r")])
+    msg = grpc_api.to_response(both)
+    assert (msg.usage.prompt_tokens, msg.usage.completion_tokens, msg.score, len(msg.choices)) == (6, 4, -0.2, 2)
+    assert msg.receipt.strong_only_prompt_tokens == 6 and msg.receipt.strong_only_estimated
+    assert [c.score for c in msg.choices] == [-0.2, -0.4] and not msg.choices[0].choices
+    info = openai_api.cascade_info(both)
+    assert info["usage"] == {"prompt_tokens": 6, "completion_tokens": 4} and len(info["choices"]) == 2
+    assert merged([one]) is one and "choices" not in openai_api.cascade_info(one)
 
 
 def test_both_fronts_say_which_signal_decided_and_what_the_judge_did():
@@ -297,8 +316,8 @@ def test_both_fronts_say_which_signal_decided_and_what_the_judge_did():
     req = CascadeRequest.build(prompt="q", tier_names=TIERS, limits=LIMITS)
     out = outcome()
     out.runs[0].judge = JudgeRun("judge", "meta_ranking", 0.12, 0.05, 80.0, 5, 400, "", (-1.0, math.inf))
-    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
-    msg = grpc_api.to_response(fields)
+    resp = response(req, out, request_id="r")
+    msg = grpc_api.to_response(resp)
     assert msg.decided_by == "judge" and msg.HasField("judgement")
     j = msg.judgement
     assert (j.judge, j.method, j.comparisons, j.fallback, j.window_low, j.window_high) == (
@@ -310,19 +329,19 @@ def test_both_fronts_say_which_signal_decided_and_what_the_judge_did():
         math.inf,
     )
     assert j.score == pytest.approx(0.12) and j.threshold == pytest.approx(0.05)
-    info = openai_api.cascade_info(fields)
+    info = openai_api.cascade_info(resp)
     assert info["decided_by"] == "judge" and info["judgement"]["window_high"] == "Infinity"
     json.dumps(info, allow_nan=False)
     out.runs[0].judge = JudgeRun("judge", "pointwise", math.nan, 0.5, 10001.0, 1, 0, "timeout")
-    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
-    msg = grpc_api.to_response(fields)
+    resp = response(req, out, request_id="r")
+    msg = grpc_api.to_response(resp)
     assert msg.decided_by == "rule" and msg.judgement.fallback == "timeout" and math.isnan(msg.judgement.score)
-    assert openai_api.cascade_info(fields)["judgement"]["score"] == "NaN"
+    assert openai_api.cascade_info(resp)["judgement"]["score"] == "NaN"
     out.runs[0].judge = None
-    fields = response_fields(req, out, rule="chow_sum", default_threshold=-0.3, latency_ms=1.0, request_id="r")
-    msg = grpc_api.to_response(fields)
+    resp = response(req, out, request_id="r")
+    msg = grpc_api.to_response(resp)
     assert msg.decided_by == "rule" and not msg.HasField("judgement")
-    assert "judgement" not in openai_api.cascade_info(fields)
+    assert "judgement" not in openai_api.cascade_info(resp)
 
 
 def test_decoding_fields_map_from_both_fronts():
@@ -422,7 +441,7 @@ def test_echo_with_logprobs_needs_one_tier():
 def test_openai_logprobs_shapes():
     texts, lps = ["4", "2"], [-0.1, -0.2]
     tops = [[(4, -0.1, "4"), (5, -2.5, "5")], [(2, -0.2, "2"), (3, -1.9, "3")]]
-    chat_lp = openai_api.chat_logprobs(texts, lps, tops)
+    chat_lp = openai_api.chat_logprobs(texts, lps, tops).render()
     assert chat_lp["content"][0] == {
         "token": "4",
         "logprob": -0.1,
@@ -432,7 +451,7 @@ def test_openai_logprobs_shapes():
             {"token": "5", "logprob": -2.5, "bytes": [53]},
         ],
     }
-    comp = openai_api.completion_logprobs(texts, lps, tops, offset=3)
+    comp = openai_api.completion_logprobs(texts, lps, tops, offset=3).render()
     assert comp == {
         "tokens": ["4", "2"],
         "token_logprobs": [-0.1, -0.2],

@@ -157,3 +157,59 @@ def test_a_unary_call_gives_up_once_its_callee_has_no_running_replica(monkeypatc
     with pytest.raises(TierFailure) as e:
         asyncio.run(client(60.0, lambda: 1).call("weak", "judge", timeout=0.5))
     assert e.value.reason == "timeout"
+
+
+def test_unary_and_streamed_tier_calls_fail_the_same_way():
+    """One guarded path: whatever a tier call raises reaches the caller as the same TierFailure / BadRequest,
+    and tells the breaker the same, whether the call is unary or a stream."""
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    import serving.serve.tier_client as tc
+    from serving.core.errors import BadRequest, TierFailure
+    from serving.core.types import GenerationRequest
+
+    class Local:  # a co-located tier (called in process, under the same guard)
+        def __init__(self, error):
+            self.error = error
+
+        async def stream(self, *args):
+            if self.error is None:
+                await asyncio.sleep(60)
+            raise self.error
+            yield
+
+        async def prompt_logprobs(self, *args):
+            return await self.stream().__anext__()
+
+    cfg = parse_config(
+        {
+            "tiers": [
+                {"name": "weak", "model": {"source": "weak"}, "timeout_s": 0.2},
+                {"name": "strong", "model": {"source": "s"}},
+            ],
+            "deferral": {"rule": "chow_sum", "threshold": -1.0},
+            "reliability": {"breaker_failures": 1},
+        }
+    )
+
+    async def streamed(c):
+        async for _ in c.stream("weak", GenerationRequest(prompt="q")):
+            pass
+
+    cases = [
+        (BadRequest("too long", "prompt"), "closed"),
+        (BackPressureError(num_queued_requests=3, max_queued_requests=3), "closed"),
+        (DeploymentUnavailableError("weak"), "open"),
+        (ValueError("bug"), "open"),
+        (None, "open"),  # the tier never answers: its timeout
+    ]
+    for error, breaker in cases:
+        seen = []
+        for how in (streamed, lambda c: c.call("weak", "prompt_logprobs")):
+            c = tc.ServeTierClient(cfg, {}, None, {"weak": Local(error)})
+            with pytest.raises((TierFailure, BadRequest)) as e:
+                asyncio.run(how(c))
+            seen.append((type(e.value), str(e.value), getattr(e.value, "reason", None), c.breakers["weak"].state))
+        assert seen[0] == seen[1] and seen[0][3] == breaker, seen
