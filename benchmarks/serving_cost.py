@@ -154,10 +154,9 @@ def _pcts(xs: list[float], name: str) -> dict[str, Optional[float]]:
     return {f"{name}_{q}_ms": float(np.percentile(xs, int(q[1:]))) if xs else None for q in ("p50", "p99")}
 
 
-def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
-    """The same client for both servers (`cascade bench`'s generator): non-streamed chat completions, closed
-    loop of --num-prompts requests."""
-    target = parse_target(base_url, model=model, max_tokens=args.output_len)
+def _closed_loop(target, texts: list[str], args, extra=None) -> tuple[dict, list[dict]]:
+    """--num-prompts requests, --concurrency at a time, through `cascade bench`'s generator: counts and rate, and
+    the records that succeeded."""
     records, elapsed = asyncio.run(
         run_load(
             target,
@@ -167,11 +166,18 @@ def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
             duration=math.inf,
             timeout=60,
             warm=False,
-            extra={"temperature": 0},
+            extra=extra,
         )
     )
     ok = [r for r in records if r["code"] == "OK"]
-    return {"completed": len(ok), "failed": len(records) - len(ok), "elapsed_s": elapsed, "rps": len(ok) / elapsed}
+    return {"completed": len(ok), "failed": len(records) - len(ok), "elapsed_s": elapsed, "rps": len(ok) / elapsed}, ok
+
+
+def http_unary(base_url: str, model: str, texts: list[str], args) -> dict:
+    """The same client for both servers (`cascade bench`'s generator): non-streamed chat completions, closed
+    loop of --num-prompts requests."""
+    target = parse_target(base_url, model=model, max_tokens=args.output_len)
+    return _closed_loop(target, texts, args, extra={"temperature": 0})[0]
     # (no TTFT: a unary answer's first byte is its last)
 
 
@@ -179,19 +185,7 @@ def grpc_load(address: str, texts: list[str], args, stream: bool) -> dict:
     """Our gRPC API through `cascade bench`'s generator, closed loop over the same prompts: Generate, or
     GenerateStream with the time to the first text message and between text messages."""
     target = parse_target(address, stream=stream, max_tokens=args.output_len)
-    records, elapsed = asyncio.run(
-        run_load(
-            target,
-            texts,
-            concurrency=args.concurrency,
-            requests=args.num_prompts,
-            duration=math.inf,
-            timeout=60,
-            warm=False,
-        )
-    )
-    ok = [r for r in records if r["code"] == "OK"]
-    out = {"completed": len(ok), "failed": len(records) - len(ok), "elapsed_s": elapsed, "rps": len(ok) / elapsed}
+    out, ok = _closed_loop(target, texts, args)
     out |= _pcts([r["ms"] for r in ok], "e2el")
     if stream:
         out |= _pcts([r["ttft_ms"] for r in ok], "ttft") | _pcts([g for r in ok for g in r["itl_ms"]], "itl")
