@@ -236,7 +236,7 @@ async def generate_stream(svc: CascadeService, request, context, codes) -> Async
                     yield text_message(ev.tier, ev.text)
                 else:
                     out = ev
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # a hang-up: cancelled mid-await, or closed at a yield
         svc.cancelled("GenerateStream", t0)
         raise
     except Exception as e:

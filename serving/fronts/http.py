@@ -163,7 +163,7 @@ async def _sse(svc: CascadeService, call: openai_api.Call, method: str, t0: floa
         yield b"data: [DONE]\n\n"
         for i, r in enumerate(call.requests):
             svc.answered(method, r, outs[i], t0)
-    except asyncio.CancelledError:  # the client went away: the walk's tier calls are cancelled with it
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away (mid-await, or closed at a yield)
         svc.cancelled(method, t0)
         raise
     except Exception as e:

@@ -262,3 +262,23 @@ def test_http_refusals_carry_a_retry_hint_and_models_need_the_token():
     assert reply.status == 429 and reply.headers == {"Retry-After": "2"}
     assert http.no_route(405, "GET", "/v1/completions", "Method Not Allowed").status == 405
     assert math.isfinite(svc.enter())
+
+
+def test_a_stream_closed_at_a_yield_counts_as_cancelled_on_both_fronts():
+    """A hang-up reaches a stream either as CancelledError while it awaits or as GeneratorExit while it is
+    suspended at a ``yield`` (the consumer closes it): both are the client cancelling, counted as such."""
+    svc, *_ = service({"weak": UNSURE, "strong": STRONG})
+
+    async def first_then_close(gen):
+        first = await gen.__anext__()
+        await gen.aclose()  # GeneratorExit at the yield that produced `first`
+        return first
+
+    msg = asyncio.run(
+        first_then_close(grpc_api.generate_stream(svc, grpc_api.pb.GenerateRequest(prompt="q"), Context(), Codes()))
+    )
+    assert msg.text and not msg.finished
+    assert svc.counts == {"CANCELLED": 1} and svc.inflight == 0
+    reply = post(svc, {"model": "cascade", "messages": MESSAGES, "stream": True})
+    assert asyncio.run(first_then_close(reply.events)).startswith(b"data: ")
+    assert svc.counts == {"CANCELLED": 2} and svc.inflight == 0
