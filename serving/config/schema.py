@@ -207,6 +207,13 @@ class Tier(_Strict):
         "length minus generation.max_new_tokens",
     )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    stream_interval_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="tokens a tier replica streams to the router are coalesced: the first and the last at once, "
+        "in between at most one message per this many ms (0: one message per decoding step)",
+    )
     engine: EngineConfig = Field(
         default_factory=ContinuousEngineConfig, description="continuous | static | vllm, with that engine's options"
     )

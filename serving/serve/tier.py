@@ -16,6 +16,7 @@ from typing import Any, Optional
 from ray import serve
 
 from serving.config import Tier
+from serving.core.coalesce import coalesced
 from serving.core.decide import decide
 from serving.core.errors import BadRequest, EngineError
 from serving.core.stops import stop_at
@@ -238,6 +239,20 @@ class TierDeployment(TierServer):
     async def __init__(self, tier: dict[str, Any]):  # Serve awaits an async constructor before the replica runs
         super().__init__(tier)
         await self._warm()
+
+    async def stream(
+        self,
+        req: GenerationRequest,
+        tokens: bool = True,
+        stop: Optional[StopRule] = None,
+        draft: Optional[Draft] = None,
+    ) -> AsyncIterator[Chunk]:
+        """:meth:`TierServer.stream` across the process boundary: its chunks coalesced
+        (``tiers[].stream_interval_ms``), one Serve message per interval rather than per decoding step."""
+        chunks = super().stream(req, tokens, stop, draft)
+        async with aclosing(coalesced(chunks, self.tier.stream_interval_ms / 1e3)) as out:
+            async for chunk in out:
+                yield chunk
 
 
 async def _with_token_texts(chunks: AsyncIterator[Chunk], engine) -> AsyncIterator[Chunk]:
