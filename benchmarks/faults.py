@@ -445,7 +445,7 @@ async def _hangups(server, n: int, tokens: int, chaos: Chaos) -> dict:
         async def h():
             async with http.stream("POST", server.http_url + "/chat/completions", json=body) as r:
                 async for line in r.aiter_lines():
-                    if '"content": "' in line and '"content": ""' not in line:
+                    if _has_text(line):
                         got["http"] += 1
                         started.set()
                         await asyncio.sleep(3600)
@@ -756,3 +756,10 @@ def plot(report: dict, path: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _has_text(line: str) -> bool:
+    """An SSE line with a chunk whose delta carries text."""
+    if not line.startswith("data: {"):
+        return False
+    return any(c.get("delta", {}).get("content") for c in json.loads(line[6:]).get("choices", []))

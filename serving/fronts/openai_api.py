@@ -565,7 +565,7 @@ def sse(call: Call, request_id: str, choices: list, **extra) -> bytes:
     """One Server-Sent Event of a streamed completion (``extra``: its ``usage`` or ``cascade``)."""
     kind = ChatCompletionChunk if call.chat else CompletionChunk
     chunk = kind(id=f"cmpl-{request_id}", created=int(time.time()), model=call.body.model, choices=choices, **extra)
-    return f"data: {json.dumps(chunk.render())}\n\n".encode()
+    return b"data: " + chunk.model_dump_json().encode() + b"\n\n"  # compact JSON, as vLLM writes it
 
 
 def sse_role(call: Call, index: int) -> ChatChunkChoice:

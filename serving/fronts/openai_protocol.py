@@ -1,28 +1,21 @@
 """The OpenAI API's responses as pydantic models (what ``openai_api`` renders; vLLM's ``protocol.py`` types
 the same): completions and chat completions, their stream chunks, usage, errors and the model list.
 :meth:`OpenAIModel.render` is the JSON object a client sees: fields that OpenAI leaves out when they do not
-apply are left out (``OMIT_IF_NONE``), every other unset field is written as ``null``."""
+apply are left out (``Omitted``), every other unset field is written as ``null``."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 Number = Union[float, str]  # a float, or protobuf's JSON spelling of a non-finite one ("NaN", "Infinity")
+T = TypeVar("T")
+Omitted = Annotated[Optional[T], Field(exclude_if=lambda v: v is None)]  # left out of the JSON when None
 
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _leave_out(self, handler):
-        out = handler(self)
-        for k in self.OMIT_IF_NONE:
-            if k in out and out[k] is None:
-                del out[k]
-        return out
 
     def render(self) -> dict[str, Any]:
         return self.model_dump()
@@ -64,11 +57,10 @@ class TopLogprob(OpenAIModel):
 
 
 class ChatTokenLogprob(OpenAIModel):
-    OMIT_IF_NONE = frozenset({"top_logprobs"})
     token: str
     logprob: Number
     bytes: list[int]
-    top_logprobs: Optional[list[TopLogprob]] = None
+    top_logprobs: Omitted[list[TopLogprob]] = None
 
 
 class ChatLogprobs(OpenAIModel):
@@ -104,9 +96,8 @@ class CompletionChoice(OpenAIModel):
 
 
 class DeltaMessage(OpenAIModel):
-    OMIT_IF_NONE = frozenset({"role", "content"})
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
+    role: Omitted[Literal["assistant"]] = None
+    content: Omitted[str] = None
 
 
 class ChatChunkChoice(OpenAIModel):
@@ -137,16 +128,14 @@ class CompletionResponse(_Response):
 
 
 class ChatCompletionChunk(_Response):
-    OMIT_IF_NONE = frozenset({"usage", "cascade"})
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatChunkChoice]
-    usage: Optional[UsageInfo] = None
-    cascade: Optional[dict[str, Any]] = None
+    usage: Omitted[UsageInfo] = None
+    cascade: Omitted[dict[str, Any]] = None
 
 
 class CompletionChunk(_Response):
-    OMIT_IF_NONE = frozenset({"usage", "cascade"})
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
-    usage: Optional[UsageInfo] = None
-    cascade: Optional[dict[str, Any]] = None
+    usage: Omitted[UsageInfo] = None
+    cascade: Omitted[dict[str, Any]] = None
