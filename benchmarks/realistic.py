@@ -135,9 +135,12 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
     return out
 
 
-def pair_config(engine: str, on_defer: str, args):
+def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = None):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
     cfg.deferral.on_defer = on_defer
+    if interval_ms is not None:
+        for tier in cfg.tiers:
+            tier.stream_interval_ms = interval_ms
     cfg.deferral.early_deferral = not args.no_early
     if args.threshold is not None:
         cfg.deferral.threshold = args.threshold
@@ -189,6 +192,10 @@ def main(argv=None) -> None:
     ap.add_argument("--draft-tokens", type=int, default=4, help="the draft peer's num_speculative_tokens")
     ap.add_argument("--on-defer", default="regenerate,verify", help="our servers' deferral modes")
     ap.add_argument("--no-strong-only", action="store_true")
+    ap.add_argument(
+        "--stream-interval-ms",
+        help="tiers' stream_interval_ms for our servers, comma-separated to compare side by side (default: the config's)",
+    )
     ap.add_argument("--no-early", action="store_true", help="early deferral off: the whole student answer is the draft")
     ap.add_argument("--threshold", type=float, help="override the shipped calibrated threshold")
     ap.add_argument("--weak", help="another pair: the weak model (hub id or directory; with --strong)")
@@ -243,13 +250,11 @@ def main(argv=None) -> None:
             report["draft_peer_failed"] = {"error": str(e), "log_tail": log.read_text()[-3000:] if log.exists() else ""}
             print(f"{name}: vLLM failed: {e}", flush=True)
 
-    if not args.no_peer and not args.strong:
-        peer()
-        if not args.no_draft_peer:
-            draft_peer()
-    for engine in args.engines.split(","):
+    def ours(engine: str, interval, tag: str) -> None:
         for on_defer in args.on_defer.split(","):
-            with cascade_server(pair_config(engine, on_defer, args), Path(tempfile.mkdtemp()), timeout=900) as s:
+            with cascade_server(
+                pair_config(engine, on_defer, args, interval), Path(tempfile.mkdtemp()), timeout=900
+            ) as s:
                 url = s.http_url.removesuffix("/v1")
                 if args.strong and "references" not in report:  # another pair: its strong answers first
                     report["references"] = [a["text"] for a in forced(url, "strong", texts)]
@@ -264,13 +269,25 @@ def main(argv=None) -> None:
                 for c in conc:
                     if on_defer == args.on_defer.split(",")[0] and not args.no_strong_only:
                         record(
-                            f"ours strong-only ({engine})",
+                            f"ours strong-only ({engine}){tag}",
                             c,
                             load(url, "cascade:strong", texts, c, args.duration, rows),
                         )
                     record(
-                        f"cascade {on_defer} ({engine})", c, load(url, "cascade", texts, c, args.duration, rows, extra)
+                        f"cascade {on_defer} ({engine}){tag}",
+                        c,
+                        load(url, "cascade", texts, c, args.duration, rows, extra),
                     )
+
+    if not args.no_peer and not args.strong:
+        peer()
+        if not args.no_draft_peer:
+            draft_peer()
+    intervals = [float(x) for x in args.stream_interval_ms.split(",")] if args.stream_interval_ms else [None]
+    for interval in intervals:
+        tag = "" if len(intervals) == 1 else f" {interval:g}ms"
+        for engine in args.engines.split(","):
+            ours(engine, interval, tag)
     if not args.no_peer and args.strong:  # after ours: its agreement needs our strong tier's answers
         peer()
     write_json(report, args.out)
