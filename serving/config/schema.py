@@ -382,6 +382,16 @@ def no_chat_template(what: str) -> str:
 RuleName = Literal["chow_sum", "chow_average", "chow_quantile", "post_hoc_quantile", "post_hoc_embed"]
 
 
+class TokenRule(_Strict):
+    """A token-level acceptance rule of a speculative cascade (``serving.deferral.token_level``)."""
+
+    rule: Literal["exact", "chow", "diff", "token"] = Field(
+        description="exact: lossless; chow: max q >= 1 - alpha; diff: max q >= max p - alpha; "
+        "token: p(v) >= max p - alpha (q: the weak model's distribution, p: the strong one's, v: the draft token)"
+    )
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="the rule's tolerance, in probability")
+
+
 class Deferral(_Strict):
     """The rule that scores a tier's answer; the next tier is asked when score < threshold.
 
@@ -418,6 +428,12 @@ class Deferral(_Strict):
         description="with on_defer: verify, the verification band's lower edge: a deferred answer scoring "
         "below it is regenerated without verifying (a draft that unsure rarely agrees); between it and the "
         "threshold the next tier verifies the draft",
+    )
+    token_rule: Optional[TokenRule] = Field(
+        None,
+        description="with on_defer: verify, a token-level cascade: the next tier keeps a draft token by this "
+        "rule (chow, diff, token; with alpha) instead of only where it equals its own greedy choice, and "
+        "replaces the first token the rule rejects (serving/deferral/token_level.py); unset: lossless",
     )
     decide_within_tokens: Optional[int] = Field(
         None,
@@ -457,6 +473,8 @@ class Deferral(_Strict):
                 raise ValueError(f"rule {self.rule} is learned: set artifact to its calibration artifact")
         if self.controller_warmup > self.controller_window:
             raise ValueError("controller_warmup must not exceed controller_window")
+        if self.token_rule is not None and self.on_defer != "verify":
+            raise ValueError("token_rule needs on_defer: verify (it decides which draft tokens the next tier keeps)")
         if self.verify_floor is not None:
             if self.on_defer != "verify":
                 raise ValueError("verify_floor needs on_defer: verify")

@@ -42,12 +42,13 @@ class TierAttempt:
         self.tokens = req.stream and (self.final or (b is not None and b.decides_early))
         self.draft = None
         self.verify_skipped = ""
-        if prev is not None and cascade.boundary_of(prev.tier).wants_verify(prev.score):
+        before = cascade.boundary_of(prev.tier) if prev is not None else None
+        if before is not None and before.wants_verify(prev.score):
             if req.request.decoding.sampled:  # verification keeps a greedy answer exact, not a sampled one's law
                 self.verify_skipped = "sampled"
             else:
                 g = prev.generation
-                self.draft = Draft(g.token_ids, g.text, g.tokenizer)
+                self.draft = Draft(g.token_ids, g.text, g.tokenizer, list(g.logprobs), before.token_rule)
         self.sent = False  # some of its text went to the client
         self.generation: Optional[Generation] = None
         self.reported: Optional[TierDecision] = None

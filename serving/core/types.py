@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from serving.core.decoding import Decoding
+from serving.deferral.token_level import TokenAcceptance
 
 # Per generated token, its most likely alternatives under the model's unmodified distribution, most
 # likely first: (token id, log-prob) pairs. Only when a request asks for them (Decoding.top_logprobs).
@@ -63,6 +64,8 @@ class Draft:
     token_ids: list[int]
     text: str
     tokenizer: str  # the drafting engine's vocabulary fingerprint: token ids are reused only when it matches
+    logprobs: list[float] = field(default_factory=list)  # the drafting model's log-prob of each token
+    token_rule: Optional[TokenAcceptance] = None  # a token-level cascade's rule; None: lossless (exact)
 
 
 @dataclass

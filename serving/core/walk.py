@@ -29,6 +29,7 @@ from serving.deferral.controller import BudgetController
 from serving.deferral.incremental import StopRule, is_monotone
 from serving.deferral.judges import Reference, Window
 from serving.deferral.load_aware import LoadGovernor, Watermarks
+from serving.deferral.token_level import TokenAcceptance
 
 if TYPE_CHECKING:  # the config is read, never imported (core stays free of the config's dependencies)
     from serving.config import CascadeConfig, Deferral
@@ -117,6 +118,7 @@ class Boundary:
     model: Optional[dict] = None  # a post-hoc rule's fitted model
     verify: bool = False  # on DEFER the next tier verifies this tier's draft
     verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
+    token_rule: Optional[TokenAcceptance] = None  # ... keeping draft tokens by this rule (None: lossless)
     load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
     judge: Optional[JudgeGate] = None  # a judge decides inside its window of token-level scores (deferral.judge)
 
@@ -140,6 +142,7 @@ class Boundary:
             model=r.model,
             verify=d.on_defer == "verify",
             verify_floor=d.verify_floor,
+            token_rule=TokenAcceptance(d.token_rule.rule, d.token_rule.alpha) if d.token_rule else None,
             load=load,
             judge=JudgeGate.from_config(d),
         )

@@ -212,7 +212,11 @@ async def verify_draft(
     ids = draft.token_ids if draft.tokenizer == engine.tokenizer_id else engine.encode_text(draft.text)
     ids = list(ids)[:max_new]
     lps, greedy, greedy_lps = await engine.score(req, ids)
-    k = agreeing_prefix(ids, greedy)
+    rule = draft.token_rule
+    if rule is None or rule.lossless or draft.tokenizer != engine.tokenizer_id:
+        k = agreeing_prefix(ids, greedy)
+    else:  # a token-level cascade: draft tokens kept by the rule (the drafting model's log-probs are its q)
+        k = rule.accepted_prefix(ids, draft.logprobs, lps, greedy, greedy_lps)
     prefix, prefix_lps = ids[:k] + [greedy[k]], lps[:k] + [greedy_lps[k]]
     end = next((i for i, t in enumerate(prefix) if t in engine.eos_ids), None)
     if end is not None:

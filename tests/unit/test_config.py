@@ -177,6 +177,19 @@ def test_verify_floor_needs_verify_and_lies_below_the_threshold():
         parse_config(raw)
 
 
+def test_a_token_rule_needs_verify_and_a_known_rule_and_alpha():
+    raw = minimal()
+    raw["deferral"]["token_rule"] = {"rule": "diff", "alpha": 0.1}
+    with pytest.raises(ConfigError, match="token_rule needs on_defer: verify"):
+        parse_config(raw)
+    raw["deferral"]["on_defer"] = "verify"
+    assert parse_config(raw).deferral.token_rule.rule == "diff"
+    for bad in ({"rule": "opt", "alpha": 0.1}, {"rule": "chow", "alpha": 1.5}, {"alpha": 0.1}):
+        raw["deferral"]["token_rule"] = bad
+        with pytest.raises(ConfigError, match="token_rule"):
+            parse_config(raw)
+
+
 def test_vllm_engine_options_and_what_it_cannot_do():
     raw = minimal()
     raw["tiers"][1]["engine"] = {
