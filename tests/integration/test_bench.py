@@ -124,7 +124,7 @@ def test_against_vllms_own_server_in_one_command(server, tmp_path):
     from benchmarks.common import vllm_server
 
     model = str(PACKAGE_DIR / "default_models" / "strong")
-    with vllm_server(model, max_model_len=64) as peer:
+    with vllm_server(model, max_model_len=64, args=("--enforce-eager",)) as peer:  # no torch.compile: a minute less
         rc, out, report = bench(
             tmp_path,
             server.http_url,
