@@ -208,11 +208,12 @@ class Tier(_Strict):
     )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     stream_interval_ms: float = Field(
-        10.0,
+        0.0,
         ge=0,
         le=1000,
-        description="tokens a tier replica streams to the router are coalesced: the first and the last at once, "
-        "in between at most one message per this many ms (0: one message per decoding step)",
+        description="tokens a tier replica streams to the router coalesced: the first and the last at once, in "
+        "between at most one message per this many ms (0, the default: one message per decoding step; it pays "
+        "only where a step is much shorter than the interval: on CPU, SmolLM2's ~80 ms steps, 10 ms cost 6-13 %)",
     )
     engine: EngineConfig = Field(
         default_factory=ContinuousEngineConfig, description="continuous | static | vllm, with that engine's options"

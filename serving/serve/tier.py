@@ -250,7 +250,9 @@ class TierDeployment(TierServer):
         """:meth:`TierServer.stream` across the process boundary: its chunks coalesced
         (``tiers[].stream_interval_ms``), one Serve message per interval rather than per decoding step."""
         chunks = super().stream(req, tokens, stop, draft)
-        async with aclosing(coalesced(chunks, self.tier.stream_interval_ms / 1e3)) as out:
+        if self.tier.stream_interval_ms > 0:
+            chunks = coalesced(chunks, self.tier.stream_interval_ms / 1e3)
+        async with aclosing(chunks) as out:
             async for chunk in out:
                 yield chunk
 
