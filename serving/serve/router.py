@@ -2,8 +2,6 @@
 hands every call to the fronts' handlers (``serving.fronts.grpc_api``, ``serving.fronts.http``) over the
 :class:`~serving.fronts.service.CascadeService`, which gates, walks and records."""
 
-from __future__ import annotations
-
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any

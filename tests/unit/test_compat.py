@@ -196,3 +196,19 @@ def test_no_module_but_compat_reaches_into_private_internals():
                 if isinstance(arg, ast.Constant) and arg.value in PRIVATE_ATTRS:
                     bad.append(f"{rel}:{node.lineno} getattr {arg.value}")
     assert bad == [], "private internals outside serving/compat.py:\n" + "\n".join(bad)
+
+
+def test_the_routers_http_routes_carry_real_annotations_not_strings():
+    """FastAPI reads each route's parameters from its annotations; under Serve's ingress a string annotation
+    (``from __future__ import annotations`` in serve/router.py) is not resolved by FastAPI 0.165, which then takes
+    ``request`` for a query parameter and answers every OpenAI call 422 (seen after README command 1, whose
+    install resolves the newest FastAPI; the dev extras' vLLM holds an older one where it worked)."""
+    import inspect
+
+    from starlette.requests import Request
+
+    from serving.serve.router import Router
+
+    cls = Router.func_or_class
+    for name in ("list_models", "chat_completions", "completions"):
+        assert inspect.signature(getattr(cls, name)).parameters["request"].annotation is Request, name
