@@ -43,6 +43,7 @@ class TierServer:
         self.max_prompt_tokens = self._prompt_limit()
         self.metrics = Metrics(ENGINE_METRICS)
         self._stats_task: Optional[asyncio.Task] = None
+        self.coalesce_s = 0.0  # in the Router's process (router.colocate_with): every chunk as it comes
 
     @classmethod
     async def start(cls, tier: dict[str, Any]) -> TierServer:
@@ -152,9 +153,12 @@ class TierServer:
             chunks = stop_at(chunks, req.decoding.stop, self.engine.tokenizer_id)
         if req.decoding.top_logprobs is not None:  # the request asked for log-probs: each token's text too
             chunks = _with_token_texts(chunks, self.engine)
+        out = decide(chunks, stop, tokens, t0=t0, tokenizer=self.engine.tokenizer_id)
+        if self.coalesce_s > 0:  # tiers[].stream_interval_ms: one message per interval, not per decoding step
+            out = coalesced(out, self.coalesce_s)
         try:
-            async with aclosing(decide(chunks, stop, tokens, t0=t0, tokenizer=self.engine.tokenizer_id)) as out:
-                async for chunk in out:
+            async with aclosing(out) as messages:
+                async for chunk in messages:
                     yield chunk
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
@@ -238,23 +242,8 @@ class TierServer:
 class TierDeployment(TierServer):
     async def __init__(self, tier: dict[str, Any]):  # Serve awaits an async constructor before the replica runs
         super().__init__(tier)
+        self.coalesce_s = self.tier.stream_interval_ms / 1e3  # across the process boundary: coalesced
         await self._warm()
-
-    async def stream(
-        self,
-        req: GenerationRequest,
-        tokens: bool = True,
-        stop: Optional[StopRule] = None,
-        draft: Optional[Draft] = None,
-    ) -> AsyncIterator[Chunk]:
-        """:meth:`TierServer.stream` across the process boundary: its chunks coalesced
-        (``tiers[].stream_interval_ms``), one Serve message per interval rather than per decoding step."""
-        chunks = super().stream(req, tokens, stop, draft)
-        if self.tier.stream_interval_ms > 0:
-            chunks = coalesced(chunks, self.tier.stream_interval_ms / 1e3)
-        async with aclosing(chunks) as out:
-            async for chunk in out:
-                yield chunk
 
 
 async def _with_token_texts(chunks: AsyncIterator[Chunk], engine) -> AsyncIterator[Chunk]:
