@@ -391,6 +391,13 @@ class TokenRule(_Strict):
         "token: p(v) >= max p - alpha (q: the weak model's distribution, p: the strong one's, v: the draft token)"
     )
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="the rule's tolerance, in probability")
+    block: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="gamma: draft tokens the weak tier writes from the corrected prefix before each strong pass "
+        "(the first block is the weak answer the sequence rule read)",
+    )
 
 
 class Deferral(_Strict):
@@ -432,9 +439,10 @@ class Deferral(_Strict):
     )
     token_rule: Optional[TokenRule] = Field(
         None,
-        description="with on_defer: verify, a token-level cascade: the next tier keeps a draft token by this "
-        "rule (chow, diff, token; with alpha) instead of only where it equals its own greedy choice, and "
-        "replaces the first token the rule rejects (serving/deferral/token_level.py); unset: lossless",
+        description="with on_defer: verify, a token-level cascade for the requests this rule defers: the next "
+        "(last) tier keeps a weak draft token by this rule (exact, chow, diff, token; with alpha), replaces the "
+        "first one it rejects with its own, and the weak tier drafts the next block from there "
+        "(serving/core/speculative.py); unset: the next tier verifies the weak answer losslessly and decodes on",
     )
     decide_within_tokens: Optional[int] = Field(
         None,
@@ -798,6 +806,12 @@ class CascadeConfig(_Strict):
                 raise ValueError(
                     f"deferral.on_defer: verify (after tier {self.tiers[k].name!r}) needs greedy decoding "
                     f"at tier {nxt.name!r}: set its generation.do_sample to false, or on_defer: regenerate"
+                )
+            if self.boundary(k).token_rule is not None and k + 1 != len(self.tiers) - 1:
+                raise ValueError(
+                    f"deferral.token_rule (after tier {self.tiers[k].name!r}): a token-level cascade's strong tier "
+                    f"writes the answer, so it must be the last tier ({self.tiers[-1].name!r}), not {nxt.name!r}; "
+                    "set token_rule on the last boundary only"
                 )
             engine = self.tiers[k].engine
             if not engine.returns_embeddings and self.boundary(k).rule == "post_hoc_embed":

@@ -48,7 +48,7 @@ class TierAttempt:
                 self.verify_skipped = "sampled"
             else:
                 g = prev.generation
-                self.draft = Draft(g.token_ids, g.text, g.tokenizer, list(g.logprobs), before.token_rule)
+                self.draft = Draft(g.token_ids, g.text, g.tokenizer)
         self.sent = False  # some of its text went to the client
         self.generation: Optional[Generation] = None
         self.reported: Optional[TierDecision] = None

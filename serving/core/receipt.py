@@ -51,6 +51,8 @@ class Receipt:
     strong_only_completion_tokens: int
     strong_only_estimated: bool
     by_tier: dict[str, float] = field(default_factory=dict)  # total cost per tier (the metrics' breakdown)
+    strong_passes: int = 0  # the strong tier's forward passes: a decoding step each, a verification each
+    tokens_replaced: int = 0  # a token-level cascade: weak draft tokens the strong tier replaced
 
 
 def make_receipt(cfg: CascadeConfig, calls: list[tuple[str, Generation]], answer: Generation) -> Receipt:
@@ -63,6 +65,8 @@ def make_receipt(cfg: CascadeConfig, calls: list[tuple[str, Generation]], answer
         lines.append(Line(tier, g.prompt_tokens, g.completion_tokens, c, g is not answer and not judged, judged))
         by_tier[tier] = by_tier.get(tier, 0.0) + c
     strong = cfg.tier_names[-1]
+    passes = sum(strong_passes(g) for tier, g in calls if tier == strong)
+    replaced = sum(g.replaced for tier, g in calls if tier == strong)
     ran = next((g for tier, g in calls if tier == strong and g is answer), None)
     basis = ran or answer
     return Receipt(
@@ -74,7 +78,22 @@ def make_receipt(cfg: CascadeConfig, calls: list[tuple[str, Generation]], answer
         basis.completion_tokens,
         ran is None,
         by_tier,
+        passes,
+        replaced,
     )
+
+
+def strong_passes(g: Generation) -> int:
+    """Forward passes a tier ran for one call: a token-level cascade's verifications; a lossless verification
+    and the decoding steps after the kept prefix (its own token at the first disagreement came with it); else
+    one step a token (the first from the prompt's forward)."""
+    if g.finish_reason == JUDGED:
+        return 0
+    if g.passes:
+        return g.passes
+    if g.draft_tokens:
+        return 1 + max(g.completion_tokens - g.draft_accepted - 1, 0)
+    return g.completion_tokens
 
 
 class CostTotals:

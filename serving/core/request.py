@@ -27,6 +27,7 @@ class CascadeRequest:
     threshold: Optional[float]  # the request's override for every boundary; None: configured / controller
     include_logprobs: bool = False
     stream: bool = False  # the caller sends text as it comes: the last tier streams tokens
+    token_alpha: Optional[float] = None  # the request's alpha for a token-level cascade's rule; None: configured
 
     def variant(self, k: int) -> CascadeRequest:
         """The request for the k-th of n answers: the same, with seed + k when it is seeded (each answer its
@@ -54,6 +55,7 @@ class CascadeRequest:
         limits,
         embed: bool = False,
         decoding: Optional[Decoding] = None,
+        token_alpha: Optional[float] = None,
     ) -> CascadeRequest:
         """Checks a request against the shared ``limits`` (``serving.config.Limits``) and the tiers;
         BadRequest names the field. ``messages``: role/content mappings whose content is a string."""
@@ -85,6 +87,8 @@ class CascadeRequest:
             raise BadRequest(f"{force_tier!r} is not a tier; known tiers: {list(tier_names)}", "force_tier")
         if threshold is not None and not math.isfinite(threshold):
             raise BadRequest(f"must be a finite number, got {threshold}", "threshold")
+        if token_alpha is not None and not (math.isfinite(token_alpha) and 0.0 <= token_alpha <= 1.0):
+            raise BadRequest(f"must be between 0 and 1, got {token_alpha}", "token_alpha")
         req = GenerationRequest(
             prompt=prompt,
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
@@ -92,9 +96,8 @@ class CascadeRequest:
             embed=embed,
             decoding=(decoding or Decoding()).check(),
         )
-        return cls(
-            req, [force_tier] if force_tier else list(tier_names), bool(force_tier), threshold, include_logprobs, stream
-        )
+        tiers = [force_tier] if force_tier else list(tier_names)
+        return cls(req, tiers, bool(force_tier), threshold, include_logprobs, stream, token_alpha)
 
 
 @dataclass

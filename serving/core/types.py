@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from serving.core.decoding import Decoding
-from serving.deferral.token_level import TokenAcceptance
 
 # Per generated token, its most likely alternatives under the model's unmodified distribution, most
 # likely first: (token id, log-prob) pairs. Only when a request asks for them (Decoding.top_logprobs).
@@ -49,6 +48,8 @@ class Generation:
     tokenizer: str = ""  # the engine's vocabulary fingerprint (tiers that share it can exchange token ids)
     draft_tokens: int = 0  # speculative deferral: tokens of the earlier tier's draft this tier verified
     draft_accepted: int = 0  # of those, the agreeing prefix kept (its own token follows at the first disagreement)
+    passes: int = 0  # a token-level cascade's answer: this tier's verification passes
+    replaced: int = 0  # ... and the draft tokens it replaced with its own
     top_logprobs: Optional[TopLogprobs] = None  # when the request asked for alternatives (Decoding.top_logprobs)
     token_texts: Optional[list[str]] = None  # each token's text, when the request asked for log-probs
 
@@ -64,8 +65,18 @@ class Draft:
     token_ids: list[int]
     text: str
     tokenizer: str  # the drafting engine's vocabulary fingerprint: token ids are reused only when it matches
-    logprobs: list[float] = field(default_factory=list)  # the drafting model's log-prob of each token
-    token_rule: Optional[TokenAcceptance] = None  # a token-level cascade's rule; None: lossless (exact)
+
+
+@dataclass
+class BlockVerdict:
+    """One strong pass of a token-level cascade (``serving.engines.base.verify_block``)."""
+
+    kept: int  # leading block tokens the rule kept
+    token_ids: list[int]  # what the answer gains: the kept tokens, then this model's own token (none after an end)
+    logprobs: list[float]  # this model's log-prob of each
+    text: str  # the answer so far (prefix + token_ids), decoded
+    stop: bool  # the answer ends here (end of sequence)
+    prompt_tokens: int
 
 
 @dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from serving.core.attempt import TierAttempt
@@ -23,6 +23,7 @@ from serving.core.breaker import RecentShare
 from serving.core.errors import BadRequest, TierFailure
 from serving.core.receipt import JUDGED, CostTotals, Receipt, make_receipt
 from serving.core.request import CascadeRequest, Event, JudgeRun, Outcome, Text, TierRun
+from serving.core.speculative import TokenLevelAttempt
 from serving.core.types import Chunk, Draft, Generation, GenerationRequest, final_chunk
 from serving.deferral import Scorer, build_scorer, judges
 from serving.deferral.controller import BudgetController
@@ -118,7 +119,7 @@ class Boundary:
     model: Optional[dict] = None  # a post-hoc rule's fitted model
     verify: bool = False  # on DEFER the next tier verifies this tier's draft
     verify_floor: Optional[float] = None  # ... unless its score is below this (then it regenerates)
-    token_rule: Optional[TokenAcceptance] = None  # ... keeping draft tokens by this rule (None: lossless)
+    token_rule: Optional[TokenAcceptance] = None  # ... token by token, a token-level cascade (None: lossless)
     load: Optional[LoadGovernor] = None  # load-aware deferral (deferral.load_aware)
     judge: Optional[JudgeGate] = None  # a judge decides inside its window of token-level scores (deferral.judge)
 
@@ -142,7 +143,7 @@ class Boundary:
             model=r.model,
             verify=d.on_defer == "verify",
             verify_floor=d.verify_floor,
-            token_rule=TokenAcceptance(d.token_rule.rule, d.token_rule.alpha) if d.token_rule else None,
+            token_rule=TokenAcceptance(**d.token_rule.model_dump()) if d.token_rule else None,
             load=load,
             judge=JudgeGate.from_config(d),
         )
@@ -193,16 +194,27 @@ class Cascade:
     async def walk(self, req: CascadeRequest) -> AsyncIterator[Event]:
         """Runs the cascade for one request. Raises TierFailure when no tier can answer (or a failure
         cannot be degraded) and BadRequest when a tier refuses the input."""
+        if req.token_alpha is not None and not any(b.token_rule and not b.token_rule.lossless for b in self.boundaries):
+            raise BadRequest(
+                "this cascade has no token-level rule with an alpha (deferral.token_rule: chow, diff or token)",
+                "token_alpha",
+            )
         runs: list[TierRun] = []
         first: Optional[TierAttempt] = None
         prev: Optional[TierRun] = None
         for k in range(len(req.tiers)):
-            attempt = TierAttempt(self, req, k, prev)
+            token_level = self._token_level(req, k, prev)
+            attempt = token_level or TierAttempt(self, req, k, prev)
             first = first or attempt
             try:
                 async with aclosing(attempt.texts()) as texts:
                     async for text in texts:
                         yield text
+                if token_level is not None and token_level.generation is None:  # another vocabulary: ordinary
+                    attempt = TierAttempt(self, req, k, prev)
+                    async with aclosing(attempt.texts()) as texts:
+                        async for text in texts:
+                            yield text
             except TierFailure as f:
                 self.metrics.inc("cascade_tier_errors", tier=attempt.name, reason=f.reason)
                 if prev is None or attempt.sent or self.cfg.reliability.on_tier_failure != "degrade":
@@ -224,6 +236,14 @@ class Cascade:
                     receipt=self._receipt(calls, answer),
                 )
                 return
+            if isinstance(attempt, TokenLevelAttempt):
+                runs.append(attempt.run())
+                gen = attempt.generation
+                self.metrics.inc("cascade_token_level_passes", attempt.passes, tier=attempt.name)
+                self.metrics.inc("cascade_token_level_replaced", attempt.replaced, tier=attempt.name)
+                calls = _calls(runs) + [(prev.tier, d) for d in attempt.drafts]
+                yield Outcome(gen, attempt.name, True, _score(first), first.threshold, runs, receipt=self._receipt(calls, gen))
+                return
             run = attempt.run()
             runs.append(run)
             self._record(attempt, run)
@@ -243,6 +263,19 @@ class Cascade:
             self.metrics.inc("cascade_deferrals", tier=attempt.name)
             prev = run
         raise AssertionError("unreachable: the last tier always answers")
+
+    def _token_level(self, req: CascadeRequest, k: int, prev: Optional[TierRun]) -> Optional[TokenLevelAttempt]:
+        """The strong tier's attempt through a token-level cascade, when the boundary before it has a token rule
+        and the request can take one: greedy, no controls that change the strong tier's choices or need its
+        own tokens (stop strings, penalties, bias, log-prob alternatives), tier ``k`` the request's last.
+        Otherwise None: an ordinary attempt (a lossless verification of the weak answer, or a regeneration)."""
+        b = self.boundary_of(prev.tier) if prev is not None else None
+        if b is None or b.token_rule is None or k != len(req.tiers) - 1 or not b.wants_verify(prev.score):
+            return None
+        if set(req.request.decoding.requested()) - {"seed"}:
+            return None
+        rule = b.token_rule if req.token_alpha is None else replace(b.token_rule, alpha=req.token_alpha)
+        return TokenLevelAttempt(self, req, k, prev, rule)
 
     def _record(self, attempt: TierAttempt, run: TierRun) -> None:
         name, gen, m = attempt.name, attempt.generation, self.metrics
@@ -268,12 +301,18 @@ class Cascade:
         draft: Optional[Draft] = None,
     ) -> AsyncIterator[Chunk]:
         """The tier client's stream, counted in ``inflight`` while it is open."""
-        self.inflight[name] += 1
-        self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
-        try:
+        with self.busy(name):
             async with aclosing(self.client.stream(name, req, tokens, stop, draft)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+
+    @contextmanager
+    def busy(self, name: str):
+        """Counts a call of tier ``name`` in ``inflight`` (what load-aware deferral reads) while it runs."""
+        self.inflight[name] += 1
+        self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)
+        try:
+            yield
         finally:
             self.inflight[name] -= 1
             self.metrics.set("cascade_tier_inflight", self.inflight[name], tier=name)

@@ -32,16 +32,20 @@ EPS = 1e-9  # probabilities come from log-probs through exp: a comparison at the
 
 @dataclass(frozen=True)
 class TokenAcceptance:
-    """A token-level rule and its tolerance ``alpha`` in [0, 1] (probabilities, not log-probs)."""
+    """A token-level rule, its tolerance ``alpha`` in [0, 1] (probabilities, not log-probs) and ``block``
+    (the paper's gamma): draft tokens the weak tier writes from the corrected prefix before each strong pass."""
 
     rule: TokenRuleName = "exact"
     alpha: float = 0.0
+    block: int = 8
 
     def __post_init__(self):
         if self.rule not in TOKEN_RULES:
             raise ValueError(f"token rule must be one of {list(TOKEN_RULES)}, got {self.rule!r}")
         if not 0.0 <= self.alpha <= 1.0 or math.isnan(self.alpha):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.block < 1:
+            raise ValueError(f"block must be at least 1, got {self.block}")
 
     @property
     def lossless(self) -> bool:

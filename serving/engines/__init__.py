@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from serving.engines.base import Engine, EngineOptions, EngineStats, agreeing_prefix, verify_draft
+from serving.engines.base import Engine, EngineOptions, EngineStats, agreeing_prefix, verify_block, verify_draft
 from serving.engines.continuous import ContinuousEngineConfig
 from serving.engines.static import StaticEngineConfig
 from serving.engines.vllm_engine import VLLMEngineConfig
@@ -31,4 +31,4 @@ def build_engine(tier) -> Engine:
     return getattr(importlib.import_module(module), cls)(tier)
 
 
-__all__ = ["ENGINES", "Engine", "EngineOptions", "EngineStats", "agreeing_prefix", "build_engine", "verify_draft"]
+__all__ = ["ENGINES", "Engine", "EngineOptions", "EngineStats", "agreeing_prefix", "build_engine", "verify_block", "verify_draft"]

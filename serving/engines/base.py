@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Optional
 from pydantic import BaseModel, ConfigDict
 
 from serving.core.errors import EngineError
-from serving.core.types import Chunk, Draft, Generation, GenerationRequest, TopLogprobs, final_chunk
+from serving.core.types import BlockVerdict, Chunk, Draft, Generation, GenerationRequest, TopLogprobs, final_chunk
+from serving.deferral.token_level import TokenAcceptance
 
 
 class EngineOptions(BaseModel):
@@ -212,11 +213,7 @@ async def verify_draft(
     ids = draft.token_ids if draft.tokenizer == engine.tokenizer_id else engine.encode_text(draft.text)
     ids = list(ids)[:max_new]
     lps, greedy, greedy_lps = await engine.score(req, ids)
-    rule = draft.token_rule
-    if rule is None or rule.lossless or draft.tokenizer != engine.tokenizer_id:
-        k = agreeing_prefix(ids, greedy)
-    else:  # a token-level cascade: draft tokens kept by the rule (the drafting model's log-probs are its q)
-        k = rule.accepted_prefix(ids, draft.logprobs, lps, greedy, greedy_lps)
+    k = agreeing_prefix(ids, greedy)
     prefix, prefix_lps = ids[:k] + [greedy[k]], lps[:k] + [greedy_lps[k]]
     end = next((i for i, t in enumerate(prefix) if t in engine.eos_ids), None)
     if end is not None:
@@ -240,3 +237,34 @@ async def verify_draft(
         hf = engine.codec  # an engine that embeds is a transformers engine: its codec is the model
         gen.embedding = await asyncio.get_running_loop().run_in_executor(None, hf.embed, hf.encode(req), prefix)
     return req, len(ids), gen
+
+
+async def verify_block(
+    engine: Engine,
+    req: GenerationRequest,
+    prefix: list[int],
+    block: list[int],
+    block_logprobs: list[float],
+    rule: TokenAcceptance,
+) -> BlockVerdict:
+    """A token-level cascade's strong pass (``serving.core.speculative``): one forward over prompt + the answer's
+    fixed ``prefix`` + the weak tier's draft ``block``; ``rule`` keeps leading block tokens (``block_logprobs``:
+    the drafting model's log-prob of each, its q), and this model's greedy token follows them. With the exact
+    rule this is speculative decoding: the answer equals this model's greedy one."""
+    n = len(prefix)
+    end = next((i for i, t in enumerate(block) if t in engine.eos_ids), None)
+    block = list(block[: end + 1]) if end is not None else list(block)  # nothing after an end is part of an answer
+    lps, greedy, greedy_lps = await engine.score(req, list(prefix) + block)
+    k = rule.accepted_prefix(block, block_logprobs, lps[n:], greedy[n:], greedy_lps[n:])
+    ids, ids_lps = block[:k], list(lps[n : n + k])
+    if not (end is not None and k == len(block)):  # the block's own end kept: no token of ours after it
+        ids.append(greedy[n + k])
+        ids_lps.append(greedy_lps[n + k])
+    return BlockVerdict(
+        kept=k,
+        token_ids=ids,
+        logprobs=ids_lps,
+        text=engine.decode(list(prefix) + ids),
+        stop=ids[-1] in engine.eos_ids,
+        prompt_tokens=engine.count_tokens(req),
+    )

@@ -54,6 +54,7 @@ FIELDS = {
     "force_tier": "cascade.force_tier",
     "threshold": "cascade.threshold",
     "include_logprobs": "cascade.include_logprobs",
+    "token_alpha": "cascade.token_alpha",
 }
 # Fields that do not change the answer: accepted as they are.
 NO_EFFECT = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
@@ -77,6 +78,7 @@ class CascadeOptions(BaseModel):
     threshold: Optional[float] = None
     force_tier: Optional[str] = None
     include_logprobs: bool = False
+    token_alpha: Optional[float] = None  # a token-level cascade's alpha for this request (deferral.token_rule)
 
 
 class _Common(BaseModel):
@@ -398,6 +400,7 @@ def to_call(body: _Common, *, cascade_name: str, tier_names: list[str], limits, 
             force_tier=tier or opts.force_tier or "",
             threshold=opts.threshold,
             include_logprobs=opts.include_logprobs,
+            token_alpha=opts.token_alpha,
             stream=body.stream,
             tier_names=tier_names,
             limits=limits,
@@ -446,6 +449,8 @@ def cascade_info(r: CascadeResponse) -> dict[str, Any]:
             "strong_only_prompt_tokens": rc.strong_only_prompt_tokens,
             "strong_only_completion_tokens": rc.strong_only_completion_tokens,
             "strong_only_estimated": rc.strong_only_estimated,
+            "strong_passes": rc.strong_passes,
+            "tokens_replaced": rc.tokens_replaced,
         },
         "load_shed": r.load_shed,
         "decided_by": r.decided_by,

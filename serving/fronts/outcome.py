@@ -166,6 +166,8 @@ def merged(choices: list[CascadeResponse]) -> CascadeResponse:
         strong_only_prompt_tokens=sum(r.strong_only_prompt_tokens for r in receipts),
         strong_only_completion_tokens=sum(r.strong_only_completion_tokens for r in receipts),
         strong_only_estimated=any(r.strong_only_estimated for r in receipts),
+        strong_passes=sum(r.strong_passes for r in receipts),
+        tokens_replaced=sum(r.tokens_replaced for r in receipts),
     )
     usage = Usage(sum(c.usage.prompt_tokens for c in choices), sum(c.usage.completion_tokens for c in choices))
     return replace(first, usage=usage, receipt=receipt, choices=list(choices))

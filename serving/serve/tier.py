@@ -20,9 +20,10 @@ from serving.core.coalesce import coalesced
 from serving.core.decide import decide
 from serving.core.errors import BadRequest, EngineError
 from serving.core.stops import stop_at
-from serving.core.types import Chunk, Draft, GenerationRequest
+from serving.core.types import BlockVerdict, Chunk, Draft, GenerationRequest
 from serving.deferral.incremental import StopRule
-from serving.engines import build_engine, verify_draft
+from serving.deferral.token_level import TokenAcceptance
+from serving.engines import build_engine, verify_block, verify_draft
 from serving.serve.autoscaling import engine_metrics
 from serving.serve.metrics import Metrics
 
@@ -163,6 +164,25 @@ class TierServer:
         except asyncio.CancelledError:
             log.info("cancelled by the caller after %.0f ms", (time.perf_counter() - t0) * 1e3)
             raise
+
+    async def verify_block(
+        self,
+        req: GenerationRequest,
+        prefix: list[int],
+        block: list[int],
+        block_logprobs: list[float],
+        rule: TokenAcceptance,
+        tokenizer: str,
+    ) -> Optional[BlockVerdict]:
+        """A token-level cascade's strong pass (``serving.core.speculative``): the weak tier's ``block``
+        after the answer's fixed ``prefix``, in one forward; ``rule`` keeps leading block tokens and this
+        model's own token follows. None when the draft's vocabulary (``tokenizer``) is not this engine's:
+        token ids cannot be exchanged, and the walk regenerates instead."""
+        self._start_stats()
+        self._check(req)
+        if tokenizer != self.engine.tokenizer_id:
+            return None
+        return await verify_block(self.engine, req, prefix, block, block_logprobs, rule)
 
     async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0) -> tuple[list, list, list]:
         """echo + logprobs: the prompt's token texts, log-probs (the first: NaN) and top-k alternatives

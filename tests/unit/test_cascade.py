@@ -338,16 +338,6 @@ def test_verify_hands_the_weak_draft_to_the_next_tier():
     assert fake.drafts == [None, None]  # regenerate (default): no draft
 
 
-def test_a_token_level_cascade_hands_its_rule_and_the_drafts_log_probs_to_the_next_tier():
-    d = {"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify", "token_rule": {"rule": "diff", "alpha": 0.2}}
-    fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})
-    c = Cascade(config(deferral=d), fake)
-    walk(c, plan(c))
-    draft = fake.drafts[1]
-    assert draft.token_rule.rule == "diff" and draft.token_rule.alpha == 0.2
-    assert len(draft.logprobs) == len(draft.token_ids) == 2
-
-
 def test_a_verification_band_regenerates_below_its_floor():
     d = {"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify", "verify_floor": -1.0}
     fake = FakeTiers({"weak": LONG_UNSURE, "strong": STRONG})  # weak's score -2.0: below the floor

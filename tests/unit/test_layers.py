@@ -15,6 +15,7 @@ PKG = ROOT / "serving"
 PURE = [
     "serving.core.walk",
     "serving.core.attempt",
+    "serving.core.speculative",
     "serving.core.decide",
     "serving.core.request",
     "serving.core.types",
@@ -60,7 +61,7 @@ HEAVY = ["ray", "torch", "transformers", "vllm", "fastapi", "starlette", "grpc"]
 ALLOWED = {
     "core": {"deferral"},
     "deferral": set(),
-    "engines": {"core"},
+    "engines": {"core", "deferral"},  # the token-level rules a strong pass applies (verify_block)
     "config": {"engines", "core", "deferral"},
     "fronts": {"core"},
     "observability": {"core", "evaluation", "deferral"},

@@ -89,29 +89,29 @@ class ScoringEngine:
         return 5
 
 
-def test_verify_draft_keeps_what_the_token_rule_keeps_and_replaces_the_first_it_rejects():
+def test_verify_block_keeps_what_the_token_rule_keeps_and_its_own_token_follows():
     import asyncio
 
     from serving.core.types import Draft, GenerationRequest
-    from serving.engines.base import verify_draft
+    from serving.engines.base import verify_block, verify_draft
 
     # draft 3 7 9 4; the strong model would say 3 3 5 4 and then 8 after the whole draft
     engine = ScoringEngine(
         [L(0.5), L(0.35), L(0.05), L(0.9)], [3, 3, 5, 4, 8], [L(0.5), L(0.5), L(0.7), L(0.9), L(0.6)]
     )
     req = GenerationRequest(prompt="q", max_new_tokens=16)
+    q = [L(0.9), L(0.6), L(0.2), L(0.95)]
 
     def run(rule):
-        draft = Draft([3, 7, 9, 4], "3 7 9 4", "tok", [L(0.9), L(0.6), L(0.2), L(0.95)], rule)
-        return asyncio.run(verify_draft(engine, req, draft, 16))
+        return asyncio.run(verify_block(engine, req, [], [3, 7, 9, 4], q, rule))
 
-    nxt, offered, done = run(None)  # lossless: 3, then the strong model's 3
-    assert (nxt.prefix_ids, offered, done) == ([3, 3], 4, None)
-    nxt, _, _ = run(TokenAcceptance("token", 0.15))  # keeps 3 7, replaces 9 by 5
-    assert nxt.prefix_ids == [3, 7, 5] and nxt.prefix_logprobs == pytest.approx([L(0.5), L(0.35), L(0.7)])
-    nxt, _, _ = run(TokenAcceptance("diff", 0.5))  # keeps the whole draft, then the strong model's 8
-    assert nxt.prefix_ids == [3, 7, 9, 4, 8]
-    other = Draft([3, 7, 9, 4], "3 7 9 4", "another-vocabulary", [L(0.9)] * 4, TokenAcceptance("diff", 0.5))
-    engine.encode_text = lambda text: [3, 7, 9, 4]
-    nxt, _, _ = asyncio.run(verify_draft(engine, req, other, 16))
-    assert nxt.prefix_ids == [3, 3]  # a draft from another vocabulary: its log-probs do not apply, lossless
+    v = run(TokenAcceptance("exact"))  # lossless: 3, then the strong model's 3
+    assert (v.kept, v.token_ids, v.text, v.stop) == (1, [3, 3], "3 3", False)
+    v = run(TokenAcceptance("token", 0.15))  # keeps 3 7, replaces 9 by 5
+    assert v.token_ids == [3, 7, 5] and v.logprobs == pytest.approx([L(0.5), L(0.35), L(0.7)])
+    v = run(TokenAcceptance("diff", 0.5))  # keeps the whole draft, then the strong model's 8
+    assert (v.kept, v.token_ids) == (4, [3, 7, 9, 4, 8])
+    v = asyncio.run(verify_block(engine, req, [], [3, 7, 0, 4], q, TokenAcceptance("diff", 0.5)))
+    assert (v.token_ids, v.stop) == ([3, 7, 0], True)  # the draft's own end kept: nothing after it
+    nxt, offered, done = asyncio.run(verify_draft(engine, req, Draft([3, 7, 9, 4], "3 7 9 4", "tok"), 16))
+    assert (nxt.prefix_ids, offered, done) == ([3, 3], 4, None)  # the sequence cascade's verify: lossless

@@ -15,7 +15,7 @@ class Message(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "max_new_tokens", "force_tier", "threshold", "include_logprobs", "decoding", "n")
+    __slots__ = ("prompt", "messages", "max_new_tokens", "force_tier", "threshold", "include_logprobs", "decoding", "n", "token_alpha")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class GenerateRequest(_message.Message):
     INCLUDE_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     DECODING_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ALPHA_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     max_new_tokens: int
@@ -32,7 +33,8 @@ class GenerateRequest(_message.Message):
     include_logprobs: bool
     decoding: Decoding
     n: int
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., force_tier: _Optional[str] = ..., threshold: _Optional[float] = ..., include_logprobs: _Optional[bool] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ..., n: _Optional[int] = ...) -> None: ...
+    token_alpha: float
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., force_tier: _Optional[str] = ..., threshold: _Optional[float] = ..., include_logprobs: _Optional[bool] = ..., decoding: _Optional[_Union[Decoding, _Mapping]] = ..., n: _Optional[int] = ..., token_alpha: _Optional[float] = ...) -> None: ...
 
 class Decoding(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "top_logprobs")
@@ -168,7 +170,7 @@ class Judgement(_message.Message):
     def __init__(self, judge: _Optional[str] = ..., method: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., latency_ms: _Optional[float] = ..., comparisons: _Optional[int] = ..., fallback: _Optional[str] = ..., window_low: _Optional[float] = ..., window_high: _Optional[float] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("lines", "total", "strong_tier", "strong_only", "strong_only_prompt_tokens", "strong_only_completion_tokens", "strong_only_estimated")
+    __slots__ = ("lines", "total", "strong_tier", "strong_only", "strong_only_prompt_tokens", "strong_only_completion_tokens", "strong_only_estimated", "strong_passes", "tokens_replaced")
     LINES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     STRONG_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +178,8 @@ class Receipt(_message.Message):
     STRONG_ONLY_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRONG_ONLY_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRONG_ONLY_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    STRONG_PASSES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_REPLACED_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[ReceiptLine]
     total: float
     strong_tier: str
@@ -183,7 +187,9 @@ class Receipt(_message.Message):
     strong_only_prompt_tokens: int
     strong_only_completion_tokens: int
     strong_only_estimated: bool
-    def __init__(self, lines: _Optional[_Iterable[_Union[ReceiptLine, _Mapping]]] = ..., total: _Optional[float] = ..., strong_tier: _Optional[str] = ..., strong_only: _Optional[float] = ..., strong_only_prompt_tokens: _Optional[int] = ..., strong_only_completion_tokens: _Optional[int] = ..., strong_only_estimated: _Optional[bool] = ...) -> None: ...
+    strong_passes: int
+    tokens_replaced: int
+    def __init__(self, lines: _Optional[_Iterable[_Union[ReceiptLine, _Mapping]]] = ..., total: _Optional[float] = ..., strong_tier: _Optional[str] = ..., strong_only: _Optional[float] = ..., strong_only_prompt_tokens: _Optional[int] = ..., strong_only_completion_tokens: _Optional[int] = ..., strong_only_estimated: _Optional[bool] = ..., strong_passes: _Optional[int] = ..., tokens_replaced: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "tier", "deferred", "score", "threshold", "rule", "usage", "tiers", "total_latency_ms", "request_id", "finished", "degraded", "degraded_reason", "receipt", "load_shed", "choices", "decided_by", "judgement")
