@@ -10,7 +10,8 @@ Servers, one after the other (each started and stopped here, loopback only):
   (``--speculative-config`` method ``draft_model``; ``--no-draft-peer`` skips it);
 - ours with the strong tier on each engine in ``--engines`` (continuous, vllm), deferral ``regenerate``:
   strong-only (``model: cascade:strong``, the weak tier idle) and the cascade, alternating per concurrency;
-- the same with ``on_defer: verify``: the cascade.
+- the same with ``on_defer: verify``: the cascade; ``token`` in ``--on-defer``: the token-level cascade
+  (``deferral.token_rule`` from ``--token-rule``) for what the sequence rule defers.
 Each run is a closed loop of c callers over streamed ``/v1/chat/completions`` for ``--duration`` s,
 greedy, ``max_tokens`` 32, prompts of the test split in turn (``benchmarks.common.chat_load``).
 Per run: rps, latency and TTFT p50/p99, agreement with SmolLM2's own answer (the shipped strong answers of
@@ -33,6 +34,7 @@ import numpy as np
 
 from benchmarks.common import chat_load, pyplot, vllm_server, write_json
 from serving.config import load_config
+from serving.config.schema import TokenRule
 from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server
 from serving.smol_pair import CONFIG, CONFIG_VLLM, HERE
@@ -137,7 +139,10 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
 
 def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = None):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
-    cfg.deferral.on_defer = on_defer
+    cfg.deferral.on_defer = "verify" if on_defer == "token" else on_defer
+    if on_defer == "token":  # the token-level cascade (deferral.token_rule) for what the sequence rule defers
+        rule, alpha, block = args.token_rule.split(":")
+        cfg.deferral.token_rule = TokenRule(rule=rule, alpha=float(alpha), block=int(block))
     if interval_ms is not None:
         for tier in cfg.tiers:
             tier.stream_interval_ms = interval_ms
@@ -190,7 +195,10 @@ def main(argv=None) -> None:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-draft-peer", action="store_true", help="skip vLLM with the student as its draft model")
     ap.add_argument("--draft-tokens", type=int, default=4, help="the draft peer's num_speculative_tokens")
-    ap.add_argument("--on-defer", default="regenerate,verify", help="our servers' deferral modes")
+    ap.add_argument(
+        "--on-defer", default="regenerate,verify", help="our servers' deferral modes (token: a token-level cascade)"
+    )
+    ap.add_argument("--token-rule", default="token:0.2:8", help="rule:alpha:block of the `token` mode")
     ap.add_argument("--no-strong-only", action="store_true")
     ap.add_argument(
         "--stream-interval-ms",

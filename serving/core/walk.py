@@ -239,8 +239,10 @@ class Cascade:
             if isinstance(attempt, TokenLevelAttempt):
                 runs.append(attempt.run())
                 gen = attempt.generation
-                self.metrics.inc("cascade_token_level_passes", attempt.passes, tier=attempt.name)
-                self.metrics.inc("cascade_token_level_replaced", attempt.replaced, tier=attempt.name)
+                self.metrics.inc("cascade_token_level", attempt.passes, tier=attempt.name, kind="passes")
+                self.metrics.inc("cascade_token_level", attempt.replaced, tier=attempt.name, kind="replaced")
+                self.metrics.inc("cascade_draft_tokens", gen.draft_tokens, tier=attempt.name, kind="offered")
+                self.metrics.inc("cascade_draft_tokens", gen.draft_accepted, tier=attempt.name, kind="accepted")
                 calls = _calls(runs) + [(prev.tier, d) for d in attempt.drafts]
                 yield Outcome(gen, attempt.name, True, _score(first), first.threshold, runs, receipt=self._receipt(calls, gen))
                 return

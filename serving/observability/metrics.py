@@ -88,6 +88,13 @@ METRIC_SPECS = {
             ("tier", "kind"),
         ),
         Metric(
+            "cascade_token_level",
+            "counter",
+            "Token-level cascades (deferral.token_rule): the strong tier's verification passes (kind=passes) "
+            "and the weak draft tokens it replaced with its own (kind=replaced), by tier.",
+            ("tier", "kind"),
+        ),
+        Metric(
             "cascade_tier_latency_ms",
             "histogram",
             "Tier call wall time as seen by the router, by tier.",

@@ -24,6 +24,7 @@ def make_request(
     force_tier: str = "",
     threshold: Optional[float] = None,
     include_logprobs: bool = False,
+    token_alpha: Optional[float] = None,
 ) -> pb.GenerateRequest:
     req = pb.GenerateRequest(
         prompt=prompt,
@@ -34,6 +35,8 @@ def make_request(
     )
     if threshold is not None:
         req.threshold = threshold
+    if token_alpha is not None:
+        req.token_alpha = token_alpha
     return req
 
 

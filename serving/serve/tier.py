@@ -302,3 +302,25 @@ async def _counting_draft(chunks: AsyncIterator[Chunk], offered: int, accepted: 
             yield chunk
     finally:
         await chunks.aclose()
+
+
+class InProcessTiers:
+    """The walk's tier client over :class:`TierServer` s held in this process (offline benchmarks, tests): each
+    tier's own logic and engine, called directly; no Ray, no timeouts, no retries."""
+
+    def __init__(self, servers: dict[str, TierServer]):
+        self.servers = servers
+
+    @classmethod
+    async def start(cls, cfg) -> InProcessTiers:
+        return cls({t.name: await TierServer.start(t.model_dump(mode="json")) for t in cfg.tiers})
+
+    def stream(self, tier: str, req: GenerationRequest, tokens: bool = True, stop=None, draft=None):
+        return self.servers[tier].stream(req, tokens, stop, draft)
+
+    async def call(self, name: str, method: str, *args, timeout: Optional[float] = None):
+        return await getattr(self.servers[name], method)(*args)
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            s.engine.close()

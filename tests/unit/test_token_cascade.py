@@ -17,6 +17,7 @@ from serving.core.request import CascadeRequest, Outcome, Text
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.core.walk import Cascade
 from serving.engines.base import verify_block
+from serving.observability.metrics import METRIC_SPECS
 
 EOS = 0
 STRONG = [3, 1, 4, 1, 5, 9, 2, 6, EOS]  # the strong model's greedy answer, p = 0.6 each
@@ -86,13 +87,31 @@ class Tiers:
         return await verify_block(self.engine, req, prefix, block, block_lps, rule)
 
 
+class Recorder:
+    """Records what the walk records, refusing a metric the exporter does not declare (as Ray's would fail)."""
+
+    def __init__(self):
+        self.counts: dict = {}
+
+    def inc(self, name, value=1.0, **tags):
+        assert name in METRIC_SPECS and set(tags) == set(METRIC_SPECS[name].tags), (name, tags)
+        key = (name, tuple(sorted(tags.items())))
+        self.counts[key] = self.counts.get(key, 0) + value
+
+    def observe(self, name, value, **tags):
+        assert name in METRIC_SPECS, name
+
+    def set(self, name, value, **tags):
+        assert name in METRIC_SPECS, name
+
+
 def cascade(token_rule=None, tiers=None, **deferral):
     d = {"rule": "chow_quantile", "threshold": -0.5, "on_defer": "verify", "early_deferral": False, **deferral}
     if token_rule is not None:
         d["token_rule"] = token_rule
     client = tiers or Tiers()
     raw = {"tiers": [{"name": n, "model": {"source": n}} for n in ("weak", "strong")], "deferral": d}
-    return Cascade(parse_config(raw), client), client
+    return Cascade(parse_config(raw), client, Recorder()), client
 
 
 def run(c, stream=True, max_new=None, token_alpha=None, decoding=None):
@@ -132,6 +151,9 @@ def test_the_exact_rule_gives_the_strong_tiers_own_greedy_answer_in_blocks():
     assert drafts[0][2:] == (STRONG[:4], 6)  # from the corrected prefix, 2 tokens
     assert out.answer.passes == len(passes(tiers)) and out.answer.replaced == 1
     assert out.receipt.strong_passes == out.answer.passes and out.receipt.tokens_replaced == 1
+    counts = c.metrics.counts
+    assert counts[("cascade_token_level", (("kind", "passes"), ("tier", "strong")))] == out.answer.passes
+    assert counts[("cascade_token_level", (("kind", "replaced"), ("tier", "strong")))] == 1
     weak_lines = [x for x in out.receipt.lines if x.tier == "weak"]
     assert len(weak_lines) == 1 + len(drafts) and all(x.discarded for x in weak_lines)
 
