@@ -96,6 +96,8 @@ def summarize(run: dict, rows: list[dict]) -> dict:
             if t
         ]
         out["strong_steps_per_deferred"] = float(np.mean(steps)) if steps else float("nan")
+        passes = [int((r["cascade"].get("receipt") or {}).get("strong_passes", 0)) for r in deferred]
+        out["strong_passes_per_deferred"] = float(np.mean(passes)) if passes else float("nan")  # the receipts'
         weak = [_n(_tier(r["cascade"], "weak"), "completion_tokens") for r in deferred]
         out["weak_tokens_per_deferred"] = float(np.mean(weak)) if weak else float("nan")
     return out
@@ -307,7 +309,7 @@ def main(argv=None) -> None:
 def table(report: dict) -> None:
     runs = report["runs"]
     peer = runs.get("vllm_server (strong alone)", {})
-    cols = ("rps", "×peer", "p50", "p99", "TTFT50", "agree", "correct", "defer", "def.p50", "strong tok", "CPU ms")
+    cols = ("rps", "×peer", "p50", "p99", "TTFT50", "agree", "correct", "defer", "def.p50", "passes/def", "CPU ms")
     print("\n" + f"{'server':<28} {'c':>3} " + " ".join(f"{h:>9}" for h in cols))
     for name, by_c in runs.items():
         for c, r in by_c.items():
@@ -315,7 +317,7 @@ def table(report: dict) -> None:
             vals = (
                 r["rps"], ratio, r["p50_ms"], r["p99_ms"], r["ttft_p50_ms"], r["agreement"], r["correct"],
                 r.get("deferral", float("nan")), r.get("deferred_p50_ms", float("nan")),
-                r.get("strong_tokens_per_request", float("nan")), r["cpu_ms_per_request"],
+                r.get("strong_passes_per_deferred", float("nan")), r["cpu_ms_per_request"],
             )  # fmt: skip
             print(f"{name:<28} {c:>3} " + " ".join(f"{v:9.2f}" if v < 10 else f"{v:9.1f}" for v in vals))
 

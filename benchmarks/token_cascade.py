@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import load_jsonl, pyplot, write_json
+from benchmarks.common import pyplot, write_json
 from serving.config import load_config, parse_config
 from serving.core.request import CascadeRequest
 from serving.core.walk import Cascade
@@ -70,7 +72,9 @@ async def run_mode(tiers, raw: dict, rows: list[dict], threshold: float, concurr
 
     async def one(row):
         async with sem:
-            req = CascadeRequest.build(prompt=row["prompt"], threshold=threshold, tier_names=cfg.tier_names, limits=cfg.limits)
+            req = CascadeRequest.build(
+                prompt=row["prompt"], threshold=threshold, tier_names=cfg.tier_names, limits=cfg.limits
+            )
             return await cascade.run(req)
 
     t0 = time.perf_counter()
@@ -118,7 +122,9 @@ async def collect(cfg_path: str, rows: list[dict], alphas, rules, block: int, co
             np.zeros(len(rows)),
         )
         modes = [regen]
-        specs = [("verify", None)] + [(f"token:{r}:{a:g}", {"rule": r, "alpha": a, "block": block}) for r in rules for a in alphas]
+        specs = [("verify", None)] + [
+            (f"token:{r}:{a:g}", {"rule": r, "alpha": a, "block": block}) for r in rules for a in alphas
+        ]
         specs.append(("speculative", {"rule": "exact", "block": block}))
         for name, rule in specs:
             outs, secs = await run_mode(tiers, variant(raw, rule, "verify"), rows, ALWAYS, concurrency)
@@ -184,7 +190,7 @@ def main(argv=None) -> None:
     report: dict = {"config": a.config, "block": a.block, "splits": {}}
     data = {}
     for split, path in (("val", a.val), ("test", a.data)):
-        rows = load_jsonl(path)
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]  # with token_ids
         rows = rows[: a.limit] if a.limit else rows
         print(f"{split}: {len(rows)} rows", flush=True)
         got = asyncio.run(collect(a.config, rows, alphas, rules, a.block, a.concurrency))
@@ -210,12 +216,18 @@ def main(argv=None) -> None:
             if chosen is None:
                 table.append({"target": metric, "mode": name, "reached_on_val": False})
                 continue
-            table.append({"target": metric, "mode": name, "reached_on_val": True, **data["test"][name].at(chosen["threshold"])})
+            table.append(
+                {"target": metric, "mode": name, "reached_on_val": True, **data["test"][name].at(chosen["threshold"])}
+            )
     report["picked"] = table
     test_strong_ok = report["splits"]["test"]["strong_correct"]
-    print(f"\nTest split, operating points picked on val (targets: agreement {a.target_agreement}, correctness "
-          f"{a.target_correct:.0%} of SmolLM2's {strong_ok:.3f} on val; SmolLM2 on test: {test_strong_ok:.3f})")
-    print(f"{'target':>9} {'mode':>16} {'deferred':>8} {'agree':>6} {'correct':>7} {'passes':>7} {'positions':>9} {'redraft':>7}")
+    print(
+        f"\nTest split, operating points picked on val (targets: agreement {a.target_agreement}, correctness "
+        f"{a.target_correct:.0%} of SmolLM2's {strong_ok:.3f} on val; SmolLM2 on test: {test_strong_ok:.3f})"
+    )
+    print(
+        f"{'target':>9} {'mode':>16} {'deferred':>8} {'agree':>6} {'correct':>7} {'passes':>7} {'positions':>9} {'redraft':>7}"
+    )
     for r in table:
         if not r["reached_on_val"]:
             print(f"{r['target']:>9} {r['mode']:>16}   (target not reached on val)")
@@ -224,8 +236,10 @@ def main(argv=None) -> None:
             f"{r['target']:>9} {r['mode']:>16} {r['deferred']:8.3f} {r['agreement']:6.3f} {r['correct']:7.3f} "
             f"{r['strong_passes']:7.2f} {r['strong_positions']:9.1f} {r['weak_redraft_tokens']:7.2f}"
         )
-    print(f"\nlossless speculative (exact rule, every request): {report['splits']['test']['speculative_equal_to_strong']}"
-          f" of {report['splits']['test']['rows']} test answers equal SmolLM2's own")
+    print(
+        f"\nlossless speculative (exact rule, every request): {report['splits']['test']['speculative_equal_to_strong']}"
+        f" of {report['splits']['test']['rows']} test answers equal SmolLM2's own"
+    )
     write_json(report, a.out)
     if a.plot:
         plt = pyplot()

@@ -88,7 +88,9 @@ class TokenLevelAttempt:
                 draft = (await final_chunk(self.cascade.call(self.prev.tier, wreq, False))).final
                 block, block_lps = list(draft.token_ids[len(prefix) :]), list(draft.logprobs[len(prefix) :])
                 self.drafts.append(
-                    dataclasses.replace(draft, token_ids=block, logprobs=block_lps, prompt_tokens=draft.prompt_tokens + len(prefix))
+                    dataclasses.replace(
+                        draft, token_ids=block, logprobs=block_lps, prompt_tokens=draft.prompt_tokens + len(prefix)
+                    )
                 )
         self.ms = (time.perf_counter() - t0) * 1e3
         self.generation = Generation(

