@@ -130,19 +130,29 @@ class Agent:
         os.kill(victim["pid"], signal.SIGKILL)
         return victim | {"at": time.time()}
 
-    def kill_engine_core(self, deployment: str) -> dict:
+    def kill_engine_core(self, deployment: str, wait_s: float = 15.0) -> dict:
+        """SIGKILLs the vLLM engine-core process under one of the deployment's replicas. Looks again for up to
+        ``wait_s`` (a replica's process tree can be read before vLLM has titled its engine core, on a busy box)."""
         import psutil
 
-        for r in self.replicas(deployment):
-            for child in psutil.Process(r["pid"]).children(recursive=True):
+        deadline = time.time() + wait_s
+        while True:
+            for r in self.replicas(deployment):
                 try:
-                    title = " ".join(child.cmdline()) + " " + child.name()
+                    children = psutil.Process(r["pid"]).children(recursive=True)
                 except psutil.Error:
                     continue
-                if "EngineCore" in title:
-                    child.send_signal(signal.SIGKILL)
-                    return r | {"engine_core_pid": child.pid, "at": time.time()}
-        raise RuntimeError(f"no vLLM engine-core process under {deployment}'s replicas")
+                for child in children:
+                    try:
+                        title = " ".join(child.cmdline()) + " " + child.name()
+                    except psutil.Error:
+                        continue
+                    if "EngineCore" in title:
+                        child.send_signal(signal.SIGKILL)
+                        return r | {"engine_core_pid": child.pid, "at": time.time()}
+            if time.time() >= deadline:
+                raise RuntimeError(f"no vLLM engine-core process under {deployment}'s replicas")
+            time.sleep(0.5)
 
     def tier_stats(self, deployment: str) -> dict:
         return self._call(deployment, "stats")
