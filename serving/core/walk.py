@@ -199,6 +199,12 @@ class Cascade:
                 "this cascade has no token-level rule with an alpha (deferral.token_rule: chow, diff or token)",
                 "token_alpha",
             )
+        if req.token_alpha is not None and (req.forced or not _plain(req)):
+            raise BadRequest(
+                "applies to a token-level cascade, which a forced tier or a request with sampling, stop strings, "
+                "penalties, logit bias or log-prob alternatives does not take: leave it unset",
+                "token_alpha",
+            )
         runs: list[TierRun] = []
         first: Optional[TierAttempt] = None
         prev: Optional[TierRun] = None
@@ -276,7 +282,7 @@ class Cascade:
         b = self.boundary_of(prev.tier) if prev is not None else None
         if b is None or b.token_rule is None or k != len(req.tiers) - 1 or not b.wants_verify(prev.score):
             return None
-        if set(req.request.decoding.requested()) - {"seed"}:
+        if not _plain(req):
             return None
         rule = b.token_rule if req.token_alpha is None else replace(b.token_rule, alpha=req.token_alpha)
         return TokenLevelAttempt(self, req, k, prev, rule)
@@ -405,6 +411,11 @@ def _calls(runs: list[TierRun]) -> list[tuple[str, Generation]]:
         if j is not None and not j.fallback:
             out.append((j.judge, Generation("", [], [], j.prompt_tokens, JUDGED)))
     return out
+
+
+def _plain(req: CascadeRequest) -> bool:
+    """Greedy with no control that changes or needs the strong tier's own choices: what a token-level cascade takes."""
+    return not set(req.request.decoding.requested()) - {"seed"}
 
 
 def _question(req: CascadeRequest) -> str:

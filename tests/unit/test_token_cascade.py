@@ -204,6 +204,10 @@ def test_the_requests_alpha_overrides_the_configured_one_and_is_refused_without_
     with pytest.raises(BadRequest) as e:
         run(c, token_alpha=0.3)
     assert e.value.field == "token_alpha"
+    c, _ = cascade({"rule": "token", "alpha": 0.0})
+    with pytest.raises(BadRequest) as e:  # a request that takes the ordinary path cannot honour it
+        run(c, token_alpha=0.3, decoding=Decoding(temperature=0.7))
+    assert e.value.field == "token_alpha"
     with pytest.raises(BadRequest, match="token_alpha"):
         CascadeRequest.build(prompt="q", token_alpha=1.5, tier_names=["weak", "strong"], limits=c.cfg.limits)
 
