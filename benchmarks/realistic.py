@@ -139,8 +139,12 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
     return out
 
 
-def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = None):
+def pair_config(
+    engine: str, on_defer: str, args, interval_ms: float | None = None, block_size: int | None = None
+):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
+    if engine == "vllm" and block_size is not None:
+        cfg.tiers[1].engine.engine_args["block_size"] = block_size
     cfg.deferral.on_defer = "verify" if on_defer == "token" else on_defer
     if on_defer == "token":  # the token-level cascade (deferral.token_rule) for what the sequence rule defers
         rule, alpha, block = args.token_rule.split(":")
@@ -206,6 +210,11 @@ def main(argv=None) -> None:
         "--stream-interval-ms",
         help="tiers' stream_interval_ms for our servers, comma-separated to compare side by side (default: the config's)",
     )
+    ap.add_argument(
+        "--vllm-block-size",
+        help="our vLLM tier's KV-cache block size (engine_args.block_size), comma-separated to compare side by side "
+        "(default: the config's; vLLM's CPU default is 128)",
+    )
     ap.add_argument("--no-early", action="store_true", help="early deferral off: the whole student answer is the draft")
     ap.add_argument("--threshold", type=float, help="override the shipped calibrated threshold")
     ap.add_argument("--weak", help="another pair: the weak model (hub id or directory; with --strong)")
@@ -260,10 +269,10 @@ def main(argv=None) -> None:
             report["draft_peer_failed"] = {"error": str(e), "log_tail": log.read_text()[-3000:] if log.exists() else ""}
             print(f"{name}: vLLM failed: {e}", flush=True)
 
-    def ours(engine: str, interval, tag: str) -> None:
+    def ours(engine: str, interval, block_size, tag: str) -> None:
         for on_defer in args.on_defer.split(","):
             with cascade_server(
-                pair_config(engine, on_defer, args, interval), Path(tempfile.mkdtemp()), timeout=900
+                pair_config(engine, on_defer, args, interval, block_size), Path(tempfile.mkdtemp()), timeout=900
             ) as s:
                 url = s.http_url.removesuffix("/v1")
                 if args.strong and "references" not in report:  # another pair: its strong answers first
@@ -294,10 +303,14 @@ def main(argv=None) -> None:
         if not args.no_draft_peer:
             draft_peer()
     intervals = [float(x) for x in args.stream_interval_ms.split(",")] if args.stream_interval_ms else [None]
+    blocks = [int(x) for x in args.vllm_block_size.split(",")] if args.vllm_block_size else [None]
     for interval in intervals:
-        tag = "" if len(intervals) == 1 else f" {interval:g}ms"
-        for engine in args.engines.split(","):
-            ours(engine, interval, tag)
+        for block_size in blocks:
+            tag = "" if len(intervals) == 1 else f" {interval:g}ms"
+            tag += "" if len(blocks) == 1 else f" bs{block_size}"
+            for engine in args.engines.split(","):
+                if engine == "vllm" or block_size == blocks[0]:
+                    ours(engine, interval, block_size, tag)
     if not args.no_peer and args.strong:  # after ours: its agreement needs our strong tier's answers
         peer()
     write_json(report, args.out)

@@ -49,6 +49,7 @@ class EngineStats:
     tokens_per_s: float = 0.0  # generated tokens per second over the last window
     requests: int = 0  # requests finished since start
     generated_tokens: int = 0  # tokens generated since start
+    cached_tokens: int = 0  # prompt tokens read from a prefix cache since start (engines with one: vllm)
 
 
 class TokenRate:
@@ -107,10 +108,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def score(
-        self, req: GenerationRequest, continuation: list[int]
+        self, req: GenerationRequest, continuation: list[int], fixed: int = 0
     ) -> tuple[list[float], list[int], list[float]]:
         """Prefill only, one forward over the prompt + ``continuation``: each continuation token's
-        log-prob, and this model's greedy token with its log-prob at every position plus the next."""
+        log-prob, and this model's greedy token with its log-prob at every position plus the next. The first
+        ``fixed`` continuation tokens are context only (an answer's settled prefix): nothing is returned for
+        them, so an engine with a prefix cache may take them from it."""
 
     async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]) -> list[list[float]]:
         """Prefill only (a judge's read): for each request, the log-prob of each of the ``choices`` token ids as
@@ -254,12 +257,12 @@ async def verify_block(
     n = len(prefix)
     end = next((i for i, t in enumerate(block) if t in engine.eos_ids), None)
     block = list(block[: end + 1]) if end is not None else list(block)  # nothing after an end is part of an answer
-    lps, greedy, greedy_lps = await engine.score(req, list(prefix) + block)
-    k = rule.accepted_prefix(block, block_logprobs, lps[n:], greedy[n:], greedy_lps[n:])
-    ids, ids_lps = block[:k], list(lps[n : n + k])
+    lps, greedy, greedy_lps = await engine.score(req, list(prefix) + block, fixed=n)
+    k = rule.accepted_prefix(block, block_logprobs, lps, greedy, greedy_lps)
+    ids, ids_lps = block[:k], list(lps[:k])
     if not (end is not None and k == len(block)):  # the block's own end kept: no token of ours after it
-        ids.append(greedy[n + k])
-        ids_lps.append(greedy_lps[n + k])
+        ids.append(greedy[k])
+        ids_lps.append(greedy_lps[k])
     return BlockVerdict(
         kept=k,
         token_ids=ids,

@@ -247,11 +247,11 @@ class ContinuousEngine(Engine):
         gen.tier_ms = (time.perf_counter() - t0) * 1e3
         return gen
 
-    async def score(self, req: GenerationRequest, continuation: list[int]):
+    async def score(self, req: GenerationRequest, continuation: list[int], fixed: int = 0):
         """Prefill only, on the engine's side thread, the decoding loop paused for that one forward."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation)
+            self._side, self._paused, self.hf.score, self.hf.encode(req), list(continuation), fixed
         )
 
     async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]):

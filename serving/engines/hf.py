@@ -137,15 +137,18 @@ class HFModel(HFTokenizer):
 
     # ---- answers -------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, prompt_ids: list[int], continuation: list[int]) -> tuple[list[float], list[int], list[float]]:
+    def score(
+        self, prompt_ids: list[int], continuation: list[int], fixed: int = 0
+    ) -> tuple[list[float], list[int], list[float]]:
         """One forward over prompt + continuation: the log-prob of each continuation token, and this
         model's argmax (greedy choice) with its log-prob at every continuation position plus the one
-        after it (len(continuation) + 1 entries)."""
+        after it (len(continuation) + 1 entries), from the ``fixed``-th continuation token on."""
         ids = torch.tensor([prompt_ids + continuation], device=self.device)
-        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 :].float()
+        start = len(prompt_ids) + fixed - 1
+        logits = self.model(input_ids=ids, logits_to_keep=ids.shape[1] - start).logits[0].float()
         lp = torch.log_softmax(logits, dim=-1)
         best = lp.argmax(-1)
-        given = lp[: len(continuation)].gather(-1, torch.tensor(continuation, device=self.device).view(-1, 1))
+        given = lp[:-1].gather(-1, torch.tensor(continuation[fixed:], device=self.device).view(-1, 1))
         return given.view(-1).tolist(), best.tolist(), lp.gather(-1, best.view(-1, 1)).view(-1).tolist()
 
     @torch.inference_mode()

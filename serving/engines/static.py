@@ -229,9 +229,9 @@ class StaticEngine(Engine):
             n = max(len(g.token_ids), 1)
             g.embedding = hidden[i, width : width + n].mean(0).tolist()
 
-    async def score(self, req: GenerationRequest, continuation: list[int]):
+    async def score(self, req: GenerationRequest, continuation: list[int], fixed: int = 0):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self.hf.score, self.hf.encode(req), list(continuation))
+        return await loop.run_in_executor(self._worker, self.hf.score, self.hf.encode(req), list(continuation), fixed)
 
     async def choice_logprobs(self, reqs: list[GenerationRequest], choices: list[int]):
         loop = asyncio.get_running_loop()

@@ -231,6 +231,7 @@ class VLLMEngine(Engine):
         self._args = args
         self.rate = TokenRate()
         self.finished = 0
+        self.cached = 0  # prompt tokens vLLM took from its prefix cache (EngineStats.cached_tokens)
         log.info(
             "vllm engine: %s (vLLM %s, %s) up in %.1fs; max_model_len=%s",
             self.codec.path,
@@ -309,6 +310,7 @@ class VLLMEngine(Engine):
                 all_lps += lps
                 text = self.codec.decode(fixed) + o.text if first and fixed else o.text
                 if first:
+                    self.cached += out.num_cached_tokens or 0
                     if k and fixed:
                         plps = out.prompt_logprobs or []
                         pre = [
@@ -342,29 +344,28 @@ class VLLMEngine(Engine):
             if not done:  # the consumer went away: closing vLLM's stream aborts the request
                 await gen.aclose()
 
-    async def score(self, req: GenerationRequest, continuation: list[int]):
+    async def score(self, req: GenerationRequest, continuation: list[int], fixed: int = 0):
         """One prefill over prompt + continuation with ``prompt_logprobs=1``: each continuation token's
-        log-prob and the top-1 (greedy) token at its position; the one token generated (greedy) is the
-        choice after the continuation."""
+        log-prob and the top-1 (greedy) token at its position, from the ``fixed``-th on; the one token
+        generated (greedy) is the choice after the continuation.
+
+        vLLM skips its prefix cache for a request with prompt log-probs unless told otherwise (a cached
+        position has no log-probs: vLLM leaves those entries unwritten). Only positions from the prompt's
+        end + ``fixed`` are read here, so the cache may serve everything before them: a token-level cascade's
+        rounds then prefill only what is new since the last cached block (``block_size`` tokens; small
+        blocks hit more: vLLM's CPU default is 128). A hit reaching into the positions read (the same
+        tokens scored again) is re-scored without the cache."""
         prompt = self.codec.encode(req)
-        params = self._SamplingParams(
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=0,
-            prompt_logprobs=1,
-            output_kind=self._Kind.FINAL_ONLY,
-            detokenize=False,
-        )
-        out = None
-        async for last in self.llm.generate(
-            {"prompt_token_ids": prompt + list(continuation)}, params, request_id=f"s{next(_ids)}"
-        ):
-            out = last  # FINAL_ONLY: the one output is the last
+        start = len(prompt) + fixed  # the first position whose log-prob is read
+        out = await self._score_once(prompt + list(continuation), skip_cache=False)
+        if (out.num_cached_tokens or 0) >= start:
+            out = await self._score_once(prompt + list(continuation), skip_cache=True)
+        self.cached += out.num_cached_tokens or 0
         plps = out.prompt_logprobs
         given, greedy, greedy_lps = [], [], []
-        for j, tok in enumerate(continuation):
+        for j in range(fixed, len(continuation)):
             d = plps[len(prompt) + j]
-            given.append(d[tok].logprob)
+            given.append(d[continuation[j]].logprob)
             best = min(d.items(), key=lambda kv: kv[1].rank)
             greedy.append(best[0])
             greedy_lps.append(best[1].logprob)
@@ -372,6 +373,21 @@ class VLLMEngine(Engine):
         greedy.append(o.token_ids[0])
         greedy_lps.append(o.logprobs[0][o.token_ids[0]].logprob)
         return given, greedy, greedy_lps
+
+    async def _score_once(self, tokens: list[int], skip_cache: bool):
+        params = self._SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=0,
+            prompt_logprobs=1,
+            output_kind=self._Kind.FINAL_ONLY,
+            detokenize=False,
+            skip_reading_prefix_cache=skip_cache,
+        )
+        out = None
+        async for last in self.llm.generate({"prompt_token_ids": tokens}, params, request_id=f"s{next(_ids)}"):
+            out = last  # FINAL_ONLY: the one output is the last
+        return out
 
     async def prompt_logprobs(self, req: GenerationRequest, top_k: int = 0):
         """One prefill with ``prompt_logprobs``: the prompt's ids, each token's log-prob (the first: NaN)
@@ -397,7 +413,11 @@ class VLLMEngine(Engine):
 
     def stats(self) -> EngineStats:
         s = EngineStats(
-            engine=self.name, tokens_per_s=self.rate.rate, requests=self.finished, generated_tokens=self.rate.total
+            engine=self.name,
+            tokens_per_s=self.rate.rate,
+            requests=self.finished,
+            generated_tokens=self.rate.total,
+            cached_tokens=self.cached,
         )
         if self.sched is not None:
             s.running, s.waiting = self.sched.num_running_reqs, self.sched.num_waiting_reqs

@@ -38,10 +38,10 @@ class StrongEngine:
     tokenizer_id = "tok"
     eos_ids = [EOS]
 
-    async def score(self, req, ids):
+    async def score(self, req, ids, fixed=0):
         given = [math.log(P_TOP if t == STRONG[i] else P_OTHER) for i, t in enumerate(ids)]
         n = len(ids) + 1
-        return given, STRONG[:n], [math.log(P_TOP)] * n
+        return given[fixed:], STRONG[fixed:n], [math.log(P_TOP)] * (n - fixed)
 
     def decode(self, ids):
         return decode(ids)
