@@ -139,9 +139,7 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
     return out
 
 
-def pair_config(
-    engine: str, on_defer: str, args, interval_ms: float | None = None, block_size: int | None = None
-):
+def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = None, block_size: int | None = None):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
     if engine == "vllm" and block_size is not None:
         cfg.tiers[1].engine.engine_args["block_size"] = block_size
