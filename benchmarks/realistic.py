@@ -5,7 +5,8 @@ would pick instead), one HTTP client for every server, the held-out test split o
     python -m benchmarks.realistic --concurrency 8 --duration 15 --engines continuous --no-peer   # a quick look
 
 Servers, one after the other (each started and stopped here, loopback only):
-- ``peer``: ``vllm.entrypoints.openai.api_server`` on the HF copy of SmolLM2 (``serving.smol_pair.convert``);
+- ``peer``: ``vllm.entrypoints.openai.api_server`` on the HF copy of SmolLM2 (``serving.smol_pair.convert``),
+  with our vLLM tier's KV block size (``engine_args.block_size`` of ``config_vllm.yaml``);
 - the second peer: the same server with the student as vLLM's own speculative draft model
   (``--speculative-config`` method ``draft_model``; ``--no-draft-peer`` skips it);
 - ours with the strong tier on each engine in ``--engines`` (continuous, vllm), deferral ``regenerate``:
@@ -228,7 +229,9 @@ def main(argv=None) -> None:
     rows = load_split("test")
     texts = [r["prompt"] for r in rows]
     hf = args.strong or str(convert())
-    peer_args = ("--dtype", "auto", "--gpu-memory-utilization", "0.6") if args.device == "cuda" else ()
+    peer_args: tuple = ("--dtype", "auto", "--gpu-memory-utilization", "0.6") if args.device == "cuda" else ()
+    if not args.strong and (bs := load_config(CONFIG_VLLM).tiers[1].engine.engine_args.get("block_size")):
+        peer_args += ("--block-size", str(bs))  # the peers' KV blocks as our vLLM tier's
     report: dict = {"concurrency": conc, "duration_s": args.duration, "n_prompts": len(rows), "runs": {}}
     if not args.strong and not args.no_peer:
         report["step_cost"] = step_cost()

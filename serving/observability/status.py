@@ -59,6 +59,8 @@ class RouterStatus:
             out.append(
                 f"  engine {tier:<8} {e['engine']}: running {e['running']}, waiting {e['waiting']}, "
                 f"KV cache {e['kv_cache_usage']:.0%}, {e['tokens_per_s']:.1f} tokens/s, "
-                f"{e['requests']} requests (replica {e['replica']})"
+                f"{e['requests']} requests"
+                + (f", {e['cached_tokens']} prompt tokens from its prefix cache" if e.get("cached_tokens") else "")
+                + f" (replica {e['replica']})"
             )
         return out
