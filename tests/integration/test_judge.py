@@ -24,10 +24,10 @@ from serving.smol_pair import CONFIG
 pytestmark = pytest.mark.integration
 JUDGE_CONFIG = CONFIG.with_name("config_judge.yaml")
 # held-out test prompts by the student's chow_sum score (offline): in the window, above it, below it
-JUDGED = "What is the capital of Norway? Answer in a few words."  # -0.90 (the rule alone: DEFER)
-ABOVE = "What is the chemical symbol for tin?"  # -0.40, the highest test score (the student answers in sentences)
-BELOW = "What color is a tomato?"  # -29.0: a certain DEFER early
-BOUNDS = [-1.5, -0.415]  # the window this test serves (the calibrated one has no test score above it)
+JUDGED = "What is the capital of Norway? Answer in a few words."  # -1.09 (the rule alone: keep, against -1.29)
+ABOVE = "What is the chemical symbol for silver? Answer in a few words."  # -0.48, the highest test score
+BELOW = "What color is a tomato?"  # -25.0: a certain DEFER early
+BOUNDS = [-1.5, -0.50]  # the window this test serves (the calibrated one has no test score above it)
 
 KILL = r"""
 import os, sys
@@ -110,7 +110,7 @@ def test_a_dead_judge_leaves_the_rules_verdict_flagged(server, client):
     r = client.generate(make_request(JUDGED))
     assert r.decided_by == "rule" and r.judgement.fallback in ("replica_died", "unavailable", "not_ready")
     assert math.isnan(r.judgement.score) and not any(x.judge for x in r.receipt.lines)
-    assert r.deferred == (r.score < r.threshold)  # the rule's verdict (-0.90 against -0.45: DEFER)
+    assert r.deferred == (r.score < r.threshold)  # the rule's verdict (-1.09 against -1.29: keep)
     # no wait for the judge's timeout (60 s here) or for a new replica: a call queued for a replica that died
     # gives up once the judge has had none running for a moment (ServeTierClient._while_running)
     assert time.monotonic() - t0 < 30
