@@ -362,10 +362,11 @@ def main(argv=None) -> None:
 
 def table(report: dict) -> None:
     runs = report["runs"]
-    peer = runs.get("vllm_server (strong alone)", {})
     cols = ("rps", "×peer", "p50", "p99", "TTFT50", "agree", "correct", "defer", "def.p50", "passes/def", "CPU ms")
     print("\n" + f"{'server':<28} {'c':>3} " + " ".join(f"{h:>9}" for h in cols))
     for name, by_c in runs.items():
+        tag = name[name.rindex(" [") :] if name.endswith("]") else ""  # an LD_PRELOAD variant: its own peer
+        peer = runs.get("vllm_server (strong alone)" + tag, {})
         for c, r in by_c.items():
             ratio = r["rps"] / peer[c]["rps"] if c in peer else float("nan")
             vals = (
