@@ -256,6 +256,10 @@ def main(argv=None) -> None:
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
     conc = [int(x) for x in args.concurrency.split(",")]
+    preloads = args.ld_preload.split(",")
+    unknown = set(preloads) - set(PRELOADS)
+    if unknown:
+        raise SystemExit(f"--ld-preload: unknown {sorted(unknown)} (known: {', '.join(PRELOADS)})")
     rows = load_split("test")
     texts = [r["prompt"] for r in rows]
     hf = args.strong or str(convert())
@@ -275,10 +279,6 @@ def main(argv=None) -> None:
             flush=True,
         )
 
-    preloads = args.ld_preload.split(",")
-    unknown = set(preloads) - set(PRELOADS)
-    if unknown:
-        raise SystemExit(f"--ld-preload: unknown {sorted(unknown)} (known: {', '.join(PRELOADS)})")
     pre = ""  # the LD_PRELOAD variant's tag on every row, when more than one runs
 
     def peer() -> None:

@@ -27,7 +27,7 @@ JUDGE_CONFIG = CONFIG.with_name("config_judge.yaml")
 JUDGED = "What is the capital of Norway? Answer in a few words."  # -1.09 (the rule alone: keep, against -1.29)
 ABOVE = "What is the chemical symbol for silver? Answer in a few words."  # -0.48, the highest test score
 BELOW = "What color is a tomato?"  # -25.0: a certain DEFER early
-BOUNDS = [-1.5, -0.50]  # the window this test serves (the calibrated one has no test score above it)
+BOUNDS = [-1.5, -0.50]  # the window this test serves (fixed here, so the three prompts keep their places)
 
 KILL = r"""
 import os, sys
