@@ -116,6 +116,24 @@ def use_config(path: Optional[str]) -> None:
     _CONFIG["path"] = path
 
 
+def with_settings(cfg, pairs: str):
+    """``cfg`` with dotted-key settings (``router.colocate_with=weak,tiers.1.serve.max_ongoing_requests=32``: list
+    items by index, values as YAML), validated again. A key the config does not have is refused by its schema."""
+    import yaml
+
+    from serving.config import parse_config
+
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    for kv in filter(None, pairs.split(",")):
+        key, value = kv.split("=", 1)
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return parse_config(raw)
+
+
 def base_config():
     from serving.config import TOY_CONFIG, load_config
 

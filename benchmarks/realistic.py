@@ -15,7 +15,9 @@ Servers, one after the other (each started and stopped here, loopback only):
   (``deferral.token_rule`` from ``--token-rule``) for what the sequence rule defers.
 Each run is a closed loop of c callers over streamed ``/v1/chat/completions`` for ``--duration`` s,
 greedy, ``max_tokens`` 32, prompts of the test split in turn (``benchmarks.common.chat_load``). ``--ld-preload
-none,iomp`` runs every server (peers and ours) once without and once with Intel OpenMP in ``LD_PRELOAD``.
+none,iomp`` runs every server (peers and ours) once without and once with Intel OpenMP in ``LD_PRELOAD``; each
+``--set`` runs our servers once more with those config settings (``--set '' --set
+tiers.1.serve.max_ongoing_requests=16``: as shipped, then with 16), side by side.
 Per run: rps, latency and TTFT p50/p99, agreement with SmolLM2's own answer (the shipped strong answers of
 the split, continuous engine), ground-truth correctness, deferral share, deferred p50, strong-tier
 tokens decoded per request (verify: steps = one verify pass + tokens after the kept draft), weak tokens
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import chat_load, pyplot, vllm_server, write_json
+from benchmarks.common import chat_load, pyplot, vllm_server, with_settings, write_json
 from serving.config import load_config
 from serving.config.schema import TokenRule
 from serving.ops.loadgen import parse_target, run_load
@@ -164,17 +166,12 @@ def step_cost(batches=(1, 8), steps: int = 30) -> dict:
     return out
 
 
-def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = None, block_size: int | None = None):
+def pair_config(engine: str, on_defer: str, args, settings: str = ""):
     cfg = load_config(CONFIG_VLLM if engine == "vllm" else CONFIG)
-    if engine == "vllm" and block_size is not None:
-        cfg.tiers[1].engine.engine_args["block_size"] = block_size
     cfg.deferral.on_defer = "verify" if on_defer == "token" else on_defer
     if on_defer == "token":  # the token-level cascade (deferral.token_rule) for what the sequence rule defers
         rule, alpha, block = args.token_rule.split(":")
         cfg.deferral.token_rule = TokenRule(rule=rule, alpha=float(alpha), block=int(block))
-    if interval_ms is not None:
-        for tier in cfg.tiers:
-            tier.stream_interval_ms = interval_ms
     cfg.deferral.early_deferral = not args.no_early
     if args.threshold is not None:
         cfg.deferral.threshold = args.threshold
@@ -189,7 +186,7 @@ def pair_config(engine: str, on_defer: str, args, interval_ms: float | None = No
                 cfg.tiers[1].engine.gpu_memory_utilization = 0.6
             else:
                 cfg.tiers[1].serve.ray_actor_options["num_gpus"] = 0.6
-    return cfg
+    return with_settings(cfg, settings) if settings else cfg
 
 
 def forced(url: str, tier: str, texts: list[str]) -> list[dict]:
@@ -230,13 +227,11 @@ def main(argv=None) -> None:
     ap.add_argument("--token-rule", default="token:0.2:8", help="rule:alpha:block of the `token` mode")
     ap.add_argument("--no-strong-only", action="store_true")
     ap.add_argument(
-        "--stream-interval-ms",
-        help="tiers' stream_interval_ms for our servers, comma-separated to compare side by side (default: the config's)",
-    )
-    ap.add_argument(
-        "--vllm-block-size",
-        help="our vLLM tier's KV-cache block size (engine_args.block_size), comma-separated to compare side by side "
-        "(default: the config's; vLLM's CPU default is 128)",
+        "--set",
+        action="append",
+        help="a variant of our servers' config: dotted.key=value,... (YAML values, list items by index, e.g. "
+        "tiers.1.serve.max_ongoing_requests=16); repeat for more variants, each run side by side; an empty one is "
+        "the config as shipped (default: only that)",
     )
     ap.add_argument(
         "--ld-preload",
@@ -306,10 +301,10 @@ def main(argv=None) -> None:
             report["draft_peer_failed"] = {"error": str(e), "log_tail": log.read_text()[-3000:] if log.exists() else ""}
             print(f"{name}: vLLM failed: {e}", flush=True)
 
-    def ours(engine: str, interval, block_size, tag: str) -> None:
+    def ours(engine: str, settings: str, tag: str) -> None:
         for on_defer in args.on_defer.split(","):
             with cascade_server(
-                pair_config(engine, on_defer, args, interval, block_size), Path(tempfile.mkdtemp()), timeout=900
+                pair_config(engine, on_defer, args, settings), Path(tempfile.mkdtemp()), timeout=900
             ) as s:
                 url = s.http_url.removesuffix("/v1")
                 if args.strong and "references" not in report:  # another pair: its strong answers first
@@ -335,8 +330,9 @@ def main(argv=None) -> None:
                         load(url, "cascade", texts, c, args.duration, rows, extra),
                     )
 
-    intervals = [float(x) for x in args.stream_interval_ms.split(",")] if args.stream_interval_ms else [None]
-    blocks = [int(x) for x in args.vllm_block_size.split(",")] if args.vllm_block_size else [None]
+    variants = args.set or [""]
+    for settings, engine in ((v, e) for v in variants for e in args.engines.split(",")):
+        pair_config(engine, "regenerate", args, settings)  # a bad key or value is refused before anything runs
     for variant in preloads:
         pre = "" if len(preloads) == 1 else f" [{variant}]"
         report.setdefault("ld_preload", {})[variant] = str(PRELOADS[variant] or "")
@@ -345,13 +341,10 @@ def main(argv=None) -> None:
                 peer()
                 if not args.no_draft_peer:
                     draft_peer()
-            for interval in intervals:
-                for block_size in blocks:
-                    tag = "" if len(intervals) == 1 else f" {interval:g}ms"
-                    tag += "" if len(blocks) == 1 else f" bs{block_size}"
-                    for engine in args.engines.split(","):
-                        if engine == "vllm" or block_size == blocks[0]:
-                            ours(engine, interval, block_size, tag + pre)
+            for settings in variants:
+                tag = "" if len(variants) == 1 else f" {{{settings or 'shipped'}}}"
+                for engine in args.engines.split(","):
+                    ours(engine, settings, tag + pre)
             if not args.no_peer and args.strong:  # after ours: its agreement needs our strong tier's answers
                 peer()
     write_json(report, args.out)

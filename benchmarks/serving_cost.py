@@ -32,7 +32,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import add_config_args, base_config, one_replica, prompts, pyplot, use_config, vllm_server
+from benchmarks.common import (
+    add_config_args,
+    base_config,
+    one_replica,
+    prompts,
+    pyplot,
+    use_config,
+    vllm_server,
+    with_settings,
+)
 from serving.config import PACKAGE_DIR, parse_config
 from serving.ops.loadgen import parse_target, run_load
 from serving.ops.local import cascade_server
@@ -285,7 +294,7 @@ def main() -> None:
     rows = [r for r in args.rows.split(",") if r]
     if bad := [r for r in rows if r not in ROWS]:
         ap.error(f"--rows: unknown {bad}; choose from {list(ROWS)}")
-    cfg = _with_settings(parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True))), args.set)
+    cfg = with_settings(parse_config(one_replica(base_config().model_dump(mode="json", exclude_none=True))), args.set)
     texts = prompts(args.data, max(args.num_prompts, args.answers_n if args.answers else 0))
     tokenizer = str(cfg.tiers[-1].model.source)
     with tempfile.TemporaryDirectory() as t:
@@ -303,7 +312,7 @@ def main() -> None:
         servers: dict = {}
         need_peer = any(ROWS[r][0] == "vllm" for r in rows)
         peer = vllm_server(args.strong) if need_peer else contextlib.nullcontext()
-        b_cfg = _with_settings(cfg, args.b_set)
+        b_cfg = with_settings(cfg, args.b_set)
         b = _with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
         with cascade_server(cfg, tmp / "srv") as srv, b or contextlib.nullcontext() as bsrv, peer as vllm:
             servers["ours"] = {"pid": srv.pid, "http": srv.http_url.removesuffix("/v1"), "grpc": srv.address}
@@ -327,21 +336,6 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
     table(report["rows"])
     plot(report["rows"], Path(args.out).with_suffix(".png"))
-
-
-def _with_settings(cfg, pairs: str):
-    """``cfg`` with dotted-key settings (``router.colocate_with=weak,server.ingress=proxy``), validated again."""
-    import yaml
-
-    raw = cfg.model_dump(mode="json", exclude_none=True)
-    for kv in filter(None, pairs.split(",")):
-        key, value = kv.split("=", 1)
-        *path, last = key.split(".")
-        node = raw
-        for part in path:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return parse_config(raw)
 
 
 @contextlib.contextmanager
