@@ -147,7 +147,9 @@ class Agent:
                         title = " ".join(child.cmdline()) + " " + child.name()
                     except psutil.Error:
                         continue
-                    if "EngineCore" in title:
+                    # vLLM titles it VLLM::EngineCore; where setproctitle did not take (seen on a busy box) it
+                    # is still the replica's multiprocessing child (the resource tracker runs another main)
+                    if "EngineCore" in title or "spawn_main" in title:
                         child.send_signal(signal.SIGKILL)
                         return r | {"engine_core_pid": child.pid, "at": time.time()}
             if time.time() >= deadline:

@@ -134,6 +134,22 @@ def with_settings(cfg, pairs: str):
     return parse_config(raw)
 
 
+@contextlib.contextmanager
+def with_env(pairs: str | dict, cm, *a):
+    """``cm(*a)`` entered with ``pairs`` (K=V,K=V, or a dict) in the environment the server process inherits."""
+    env = pairs if isinstance(pairs, dict) else dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with cm(*a) as got:
+            for k, v in old.items():  # the server has its environment; ours goes back as it was
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            yield got
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
 def base_config():
     from serving.config import TOY_CONFIG, load_config
 

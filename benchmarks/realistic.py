@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import chat_load, pyplot, vllm_server, with_settings, write_json
+from benchmarks.common import chat_load, pyplot, vllm_server, with_env, with_settings, write_json
 from serving.config import load_config
 from serving.config.schema import TokenRule
 from serving.ops.loadgen import parse_target, run_load
@@ -186,7 +186,13 @@ def pair_config(engine: str, on_defer: str, args, settings: str = ""):
                 cfg.tiers[1].engine.gpu_memory_utilization = 0.6
             else:
                 cfg.tiers[1].serve.ray_actor_options["num_gpus"] = 0.6
+    settings = ",".join(kv for kv in settings.split(",") if kv and not kv.startswith("env."))
     return with_settings(cfg, settings) if settings else cfg
+
+
+def variant_env(settings: str) -> str:
+    """The ``env.NAME=value`` items of a ``--set`` variant, as ``NAME=value,...`` (the server's environment)."""
+    return ",".join(kv.removeprefix("env.") for kv in settings.split(",") if kv.startswith("env."))
 
 
 def forced(url: str, tier: str, texts: list[str]) -> list[dict]:
@@ -230,8 +236,8 @@ def main(argv=None) -> None:
         "--set",
         action="append",
         help="a variant of our servers' config: dotted.key=value,... (YAML values, list items by index, e.g. "
-        "tiers.1.serve.max_ongoing_requests=16); repeat for more variants, each run side by side; an empty one is "
-        "the config as shipped (default: only that)",
+        "tiers.1.serve.max_ongoing_requests=16; env.NAME=value: in the server's environment); repeat for more "
+        "variants, each run side by side; an empty one is the config as shipped (default: only that)",
     )
     ap.add_argument(
         "--ld-preload",
@@ -275,9 +281,17 @@ def main(argv=None) -> None:
         )
 
     pre = ""  # the LD_PRELOAD variant's tag on every row, when more than one runs
+    # the peers' OpenMP threads bound as our vLLM tier binds its own (model.torch_threads: the first N cores);
+    # vLLM's auto binding leaves a core to its scheduler and server, which served 0.69x the rps on this 2-core box
+    threads = load_config(CONFIG_VLLM).tiers[1].model.torch_threads
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or (
+        ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads])) if threads and not args.strong else ""
+    )
+    peer_env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else {}
+    report["peer_env"] = peer_env
 
     def peer() -> None:
-        with vllm_server(hf, max_model_len=512, args=peer_args) as server:
+        with with_env(peer_env, vllm_server, hf, sys.executable, 512, peer_args) as server:
             url = server.url
             for c in conc:
                 record("vllm_server (strong alone)" + pre, c, load(url, hf, texts, c, args.duration, rows))
@@ -288,9 +302,8 @@ def main(argv=None) -> None:
         spec = {"model": str(STUDENT), "method": "draft_model", "num_speculative_tokens": args.draft_tokens}
         name = f"vllm_server + student draft (k={args.draft_tokens})" + pre
         try:
-            with vllm_server(
-                hf, max_model_len=512, args=(*peer_args, "--speculative-config", json.dumps(spec))
-            ) as server:
+            spec_args = (*peer_args, "--speculative-config", json.dumps(spec))
+            with with_env(peer_env, vllm_server, hf, sys.executable, 512, spec_args) as server:
                 for c in conc:
                     r = load(server.url, hf, texts, c, args.duration, rows)
                     if r["errors"]:
@@ -303,8 +316,12 @@ def main(argv=None) -> None:
 
     def ours(engine: str, settings: str, tag: str) -> None:
         for on_defer in args.on_defer.split(","):
-            with cascade_server(
-                pair_config(engine, on_defer, args, settings), Path(tempfile.mkdtemp()), timeout=900
+            with with_env(
+                variant_env(settings),
+                cascade_server,
+                pair_config(engine, on_defer, args, settings),
+                Path(tempfile.mkdtemp()),
+                900,
             ) as s:
                 url = s.http_url.removesuffix("/v1")
                 if args.strong and "references" not in report:  # another pair: its strong answers first

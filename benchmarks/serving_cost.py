@@ -40,6 +40,7 @@ from benchmarks.common import (
     pyplot,
     use_config,
     vllm_server,
+    with_env,
     with_settings,
 )
 from serving.config import PACKAGE_DIR, parse_config
@@ -313,7 +314,7 @@ def main() -> None:
         need_peer = any(ROWS[r][0] == "vllm" for r in rows)
         peer = vllm_server(args.strong) if need_peer else contextlib.nullcontext()
         b_cfg = with_settings(cfg, args.b_set)
-        b = _with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
+        b = with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
         with cascade_server(cfg, tmp / "srv") as srv, b or contextlib.nullcontext() as bsrv, peer as vllm:
             servers["ours"] = {"pid": srv.pid, "http": srv.http_url.removesuffix("/v1"), "grpc": srv.address}
             servers["ours"]["tokenizer"] = tokenizer
@@ -336,22 +337,6 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
     table(report["rows"])
     plot(report["rows"], Path(args.out).with_suffix(".png"))
-
-
-@contextlib.contextmanager
-def _with_env(pairs: str, cm, *a):
-    """``cm(*a)`` entered with ``pairs`` (K=V,K=V) in the environment the server process inherits."""
-    env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with cm(*a) as got:
-            for k, v in old.items():  # the server has its environment; ours goes back as it was
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-            yield got
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -47,7 +47,12 @@ class ModelSource(_Strict):
     chat_template: Literal["auto", "never"] = Field(
         "auto", description="auto: apply the tokenizer's chat template when it has one"
     )
-    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
+    torch_threads: Optional[int] = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per replica (engine vllm on CPU: its OpenMP threads, bound to the "
+        "replica's first N cores; unset: vLLM's own binding)",
+    )
     trust_remote_code: bool = False
 
 
