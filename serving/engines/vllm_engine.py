@@ -123,15 +123,30 @@ def _import_vllm():
     return AsyncEngineArgs, SamplingParams, RequestOutputKind, AsyncLLM, StatLoggerBase
 
 
-def _omp_binding(vllm_config):
-    """vLLM's own OpenMP thread binding (``VLLM_CPU_OMP_THREADS_BIND``, default auto; with Intel OpenMP in
-    ``LD_PRELOAD`` also its ``KMP_AFFINITY`` and ``KMP_BLOCKTIME``) for the engine core started inside. vLLM
-    applies it only where it spawns a worker process; with the model in the engine core (one process) the
-    core would otherwise run on whatever threads its replica inherited (Ray sets ``OMP_NUM_THREADS`` from
-    the actor's ``num_cpus``), unbound, where vLLM's own server binds them."""
+@contextlib.contextmanager
+def _omp_binding(vllm_config, threads: Optional[int]):
+    """vLLM's own OpenMP thread binding for the engine core started inside (``VLLM_CPU_OMP_THREADS_BIND``,
+    default auto: one thread per physical core, one core left for its scheduler and server; with Intel OpenMP in
+    ``LD_PRELOAD`` also ``KMP_AFFINITY`` and ``KMP_BLOCKTIME``). ``threads`` (``model.torch_threads``): that many
+    threads on the replica's first cores, unless the operator set ``VLLM_CPU_OMP_THREADS_BIND``. vLLM applies
+    the binding only where it spawns a worker process; with the model in the engine core (one process) the
+    core would otherwise run on the threads its replica inherited (Ray sets ``OMP_NUM_THREADS`` from the
+    actor's ``num_cpus``), unbound, where vLLM's own server binds them. Nothing outlives the engine's start."""
     from vllm.utils.ompmultiprocessing import OMPProcessManager
 
-    return OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0)
+    env = {}
+    if threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))
+    os.environ.update(env)
+    try:
+        if vllm_config.parallel_config.distributed_executor_backend == "mp":
+            yield  # vLLM's own worker process (multiprocessing turned back on): it binds from the variable
+        else:
+            with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+                yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
 
 
 def _check_device(tok: HFTokenizer, on_cpu: bool) -> None:
@@ -182,12 +197,6 @@ class VLLMEngine(Engine):
             # the two spin on shared memory between steps, which starves the replica's neighbours (router,
             # proxy, other tiers) on a small machine. An operator's own setting wins.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        if on_cpu:
-            if src.torch_threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-                # model.torch_threads: the engine's OpenMP threads, on the replica's first cores (unset: vLLM's
-                # auto binding, one thread per physical core but one left for its scheduler and server)
-                cpus = sorted(os.sched_getaffinity(0))[: src.torch_threads]
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
         dtype = src.dtype
         if dtype == "auto" and on_cpu:
             dtype = "float32"  # as the transformers engines on CPU: half precision is slow or inexact there
@@ -238,9 +247,7 @@ class VLLMEngine(Engine):
         t0 = time.perf_counter()
         try:
             vllm_config = EngineArgs(**args).create_engine_config()
-            # a worker process of vLLM's (tensor parallel, or multiprocessing turned back on) binds its own
-            one_process = on_cpu and not vllm_config.parallel_config.distributed_executor_backend == "mp"
-            with _omp_binding(vllm_config) if one_process else contextlib.nullcontext():
+            with _omp_binding(vllm_config, src.torch_threads) if on_cpu else contextlib.nullcontext():
                 self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[_Stats], disable_log_stats=True)
         except Exception as e:
             raise VLLMUnavailable(

@@ -8,6 +8,9 @@ answer's settled prefix and still gives the continuous engine's numbers, a repea
 
 from __future__ import annotations
 
+import os
+
+import psutil
 import pytest
 
 from serving.config import load_config, parse_config
@@ -76,3 +79,16 @@ def test_scoring_a_settled_prefix_from_the_prefix_cache_gives_the_uncached_numbe
         assert greedy_lps == pytest.approx(full[2][fixed:], abs=2e-3)
         assert c.run(c.score(req, ids, fixed=fixed))[1] == full[1][fixed:]
     assert v.stats().cached_tokens - before >= 32  # at least one 32-token block came from the cache
+
+
+def test_the_engine_core_runs_bound_to_the_cores_torch_threads_names(engines):
+    """The student's tier says ``torch_threads: 1``: vLLM's engine core (a child of this process, the model in it)
+    runs bound to the first core this process may use, as vLLM's own server binds its worker, and the binding's
+    variable does not outlive the engine's start (the next engine built here binds by its own tier)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: bound and unbound look the same")
+    cmds = {p: " ".join(p.cmdline()) + " " + p.name() for p in psutil.Process().children(recursive=True)}
+    cores_of = [p.cpu_affinity() for p, cmd in cmds.items() if "EngineCore" in cmd or "spawn_main" in cmd]
+    assert cores[:1] in cores_of, cores_of
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
