@@ -95,11 +95,13 @@ class LocalCluster:
             text=True,
             env=self.env,
         )
-        if out.returncode != 0:
-            return -1
         import json
 
-        return sum(n.get("state") == "ALIVE" for n in json.loads(out.stdout or "[]"))
+        try:  # a dashboard still starting can answer 0 with text that is not the list (seen in a clean-clone run)
+            nodes = json.loads(out.stdout or "[]") if out.returncode == 0 else None
+        except ValueError:
+            nodes = None
+        return -1 if not isinstance(nodes, list) else sum(n.get("state") == "ALIVE" for n in nodes)
 
     def __enter__(self) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
