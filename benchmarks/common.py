@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,77 @@ def vllm_server(model: str, python: str = sys.executable, max_model_len: int = 6
         log.close()
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- CPU per process of a server's tree ---------------------------------------------------------------------
+def _stat(pid: int) -> Optional[tuple[int, float]]:
+    """(parent pid, CPU seconds so far) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / TICK
+
+
+def _label(pid: int) -> str:
+    """What a process is, from its command line (Ray sets replica titles: ``ray::ServeReplica:app:Dep``)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    for key, name in (
+        ("ServeReplica:", None),
+        ("ProxyActor", "Serve proxy"),
+        ("ServeController", "Serve controller"),
+        ("EngineCore", "vLLM engine core"),
+        ("vllm.entrypoints", "vLLM API server"),
+        ("serving.ops.cli", "cascade serve (driver)"),
+        ("ray::Dashboard", "Ray dashboard agent"),
+        ("ray::RuntimeEnv", "Ray runtime env agent"),
+        ("gcs_server", "Ray GCS"),
+        ("raylet", "Ray raylet"),
+        ("dashboard", "Ray dashboard"),
+        ("log_monitor", "Ray log monitor"),
+        ("monitor.py", "Ray monitor"),
+        ("runtime_env", "Ray runtime env"),
+    ):
+        if key in cmd:
+            return name or "replica " + cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    return "vLLM engine core" if "EngineCore" in comm else f"other ({comm})"
+
+
+def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (label, CPU s) for ``root`` and every descendant."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (s := _stat(int(d))):
+            procs[int(d)] = s
+    children = defaultdict(list)
+    for pid, (ppid, _) in procs.items():
+        children[ppid].append(pid)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            out[pid] = (_label(pid), procs[pid][1])
+            todo += children[pid]
+    return out
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    """CPU s per label between two snapshots (a process that died in between counts what it had by ``before``)."""
+    by = defaultdict(float)
+    for pid, (label, cpu) in after.items():
+        by[label] += cpu - (before[pid][1] if pid in before else 0.0)
+    return dict(by)
+
+
 # ---- one HTTP client for every server: streamed chat completions -------------------------------------
 def cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine so far (/proc/stat: every state but idle and iowait)."""
@@ -217,20 +289,24 @@ async def chat_load(
     duration: float,
     max_tokens: int,
     extra: Optional[dict] = None,
+    root: Optional[int] = None,
 ) -> dict:
     """A closed loop of ``concurrency`` callers for ``duration`` s over streamed ``/v1/chat/completions``
     (greedy), prompt i of ``texts`` in turn: `cascade bench`'s load generator. Each record (``code``, ``i``,
     ``ms``, ``ttft_ms``, ``text``, and our ``cascade`` object when the server sends one) as
     :func:`serving.ops.loadgen.run_load` makes it; also the machine's busy CPU seconds minus this client's own
-    over the run (the servers' CPU). ``extra``: more body fields."""
+    over the run (the servers' CPU). ``extra``: more body fields. ``root``: the server's top process; its tree's
+    CPU seconds over the run by process (``by_process``)."""
     from serving.ops.loadgen import parse_target, run_load
 
     target = parse_target(url, model=model, stream=True, max_tokens=max_tokens)
     body = {"temperature": 0, **(extra or {})}
     await run_load(target, texts, concurrency=1, requests=2, warm=False, extra=body)  # warm-up, outside the measure
+    tree0 = tree_cpu(root) if root else {}
     cpu0, self0 = cpu_seconds(), time.process_time()
     records, elapsed = await run_load(
         target, texts, concurrency=concurrency, duration=duration, timeout=300, warm=False, extra=body
     )
     server_cpu = (cpu_seconds() - cpu0) - (time.process_time() - self0)
-    return {"records": records, "elapsed_s": elapsed, "server_cpu_s": server_cpu}
+    by_process = cpu_delta(tree0, tree_cpu(root)) if root else {}
+    return {"records": records, "elapsed_s": elapsed, "server_cpu_s": server_cpu, "by_process": by_process}

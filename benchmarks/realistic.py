@@ -105,6 +105,9 @@ def summarize(run: dict, rows: list[dict]) -> dict:
         "agreement": float(np.mean([r["text"] == rows[r["i"] % len(rows)]["reference"] for r in ok])),
         "correct": float(np.mean([correct(r["text"], rows[r["i"] % len(rows)]["truth"]) for r in ok])),
         "cpu_ms_per_request": 1e3 * run["server_cpu_s"] / max(n, 1),
+        "cpu_ms_per_request_by_process": {
+            k: round(1e3 * v / max(n, 1), 2) for k, v in sorted(run["by_process"].items(), key=lambda kv: -kv[1])
+        },
         "error_samples": sorted({f"{r['code']}: {r.get('error', '')}" for r in run["records"] if r["code"] != "OK"})[
             :3
         ],
@@ -130,8 +133,9 @@ def summarize(run: dict, rows: list[dict]) -> dict:
     return out
 
 
-def load(url: str, model: str, texts: list[str], c: int, duration: float, rows: list[dict], extra=None) -> dict:
-    return summarize(asyncio.run(chat_load(url, model, texts, c, duration, max_tokens=32, extra=extra)), rows)
+def load(url: str, model: str, texts: list[str], c: int, duration: float, rows: list[dict], extra=None, root=None):
+    """``root``: the server's top process, for its CPU by process."""
+    return summarize(asyncio.run(chat_load(url, model, texts, c, duration, 32, extra, root)), rows)
 
 
 def step_cost(batches=(1, 8), steps: int = 30) -> dict:
@@ -294,7 +298,11 @@ def main(argv=None) -> None:
         with with_env(peer_env, vllm_server, hf, sys.executable, 512, peer_args) as server:
             url = server.url
             for c in conc:
-                record("vllm_server (strong alone)" + pre, c, load(url, hf, texts, c, args.duration, rows))
+                record(
+                    "vllm_server (strong alone)" + pre,
+                    c,
+                    load(url, hf, texts, c, args.duration, rows, None, server.pid),
+                )
 
     def draft_peer() -> None:
         """The second peer: vLLM serving SmolLM2 with the student as its speculative-decoding draft model
@@ -305,7 +313,7 @@ def main(argv=None) -> None:
             spec_args = (*peer_args, "--speculative-config", json.dumps(spec))
             with with_env(peer_env, vllm_server, hf, sys.executable, 512, spec_args) as server:
                 for c in conc:
-                    r = load(server.url, hf, texts, c, args.duration, rows)
+                    r = load(server.url, hf, texts, c, args.duration, rows, None, server.pid)
                     if r["errors"]:
                         report.setdefault("draft_peer_errors", r.get("error_samples", []))
                     record(name, c, r)
@@ -339,12 +347,12 @@ def main(argv=None) -> None:
                         record(
                             f"ours strong-only ({engine}){tag}",
                             c,
-                            load(url, "cascade:strong", texts, c, args.duration, rows),
+                            load(url, "cascade:strong", texts, c, args.duration, rows, None, s.pid),
                         )
                     record(
                         f"cascade {on_defer} ({engine}){tag}",
                         c,
-                        load(url, "cascade", texts, c, args.duration, rows, extra),
+                        load(url, "cascade", texts, c, args.duration, rows, extra, s.pid),
                     )
 
     variants = args.set or [""]
@@ -385,6 +393,11 @@ def table(report: dict) -> None:
                 r.get("strong_passes_per_deferred", float("nan")), r["cpu_ms_per_request"],
             )  # fmt: skip
             print(f"{name:<28} {c:>3} " + " ".join(f"{v:9.2f}" if v < 10 else f"{v:9.1f}" for v in vals))
+    print("\nCPU ms per request by process (each server's process tree):")
+    for name, by_c in runs.items():
+        for c, r in by_c.items():
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in r.get("cpu_ms_per_request_by_process", {}).items() if v >= 0.1)
+            print(f"  {name:<28} {c:>3}  {parts}")
 
 
 def plot(report: dict, path: str) -> None:

@@ -35,9 +35,11 @@ from typing import Optional
 from benchmarks.common import (
     add_config_args,
     base_config,
+    cpu_delta,
     one_replica,
     prompts,
     pyplot,
+    tree_cpu,
     use_config,
     vllm_server,
     with_env,
@@ -63,73 +65,6 @@ ROWS = {  # name: (server, client, model)
     "cascade_grpc_unary_b": ("b", "grpc_unary", "cascade"),
     "cascade_grpc_stream_b": ("b", "grpc_stream", "cascade"),
 }
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-# ---- CPU per process of a server's tree ---------------------------------------------------------------------
-def _stat(pid: int) -> Optional[tuple[int, float]]:
-    """(parent pid, CPU seconds so far) of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(rest[1]), (int(rest[11]) + int(rest[12])) / TICK
-
-
-def _label(pid: int) -> str:
-    """What a process is, from its command line (Ray sets replica titles: ``ray::ServeReplica:app:Dep``)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "gone"
-    for key, name in (
-        ("ServeReplica:", None),
-        ("ProxyActor", "Serve proxy"),
-        ("ServeController", "Serve controller"),
-        ("EngineCore", "vLLM engine core"),
-        ("vllm.entrypoints", "vLLM API server"),
-        ("serving.ops.cli", "cascade serve (driver)"),
-        ("gcs_server", "Ray system"),
-        ("raylet", "Ray system"),
-        ("dashboard", "Ray system"),
-        ("log_monitor", "Ray system"),
-        ("monitor.py", "Ray system"),
-        ("runtime_env", "Ray system"),
-    ):
-        if key in cmd:
-            return name or "replica " + cmd.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "gone"
-    return "vLLM engine core" if "EngineCore" in comm else f"other ({comm})"
-
-
-def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
-    """pid -> (label, CPU s) for ``root`` and every descendant."""
-    procs = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit() and (s := _stat(int(d))):
-            procs[int(d)] = s
-    children = defaultdict(list)
-    for pid, (ppid, _) in procs.items():
-        children[ppid].append(pid)
-    out, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs:
-            out[pid] = (_label(pid), procs[pid][1])
-            todo += children[pid]
-    return out
-
-
-def cpu_delta(before: dict, after: dict) -> dict[str, float]:
-    """CPU s per label between two snapshots (a process that died in between counts what it had by ``before``)."""
-    by = defaultdict(float)
-    for pid, (label, cpu) in after.items():
-        by[label] += cpu - (before[pid][1] if pid in before else 0.0)
-    return dict(by)
 
 
 # ---- clients --------------------------------------------------------------------------------------------------
@@ -202,6 +137,27 @@ def grpc_load(address: str, texts: list[str], args, stream: bool) -> dict:
     return out
 
 
+def peer_shape(cfg) -> tuple:
+    """(python, max_model_len, args) for the vLLM peer: where our strong tier runs on vLLM, the peer gets its
+    context length and KV block size (the toy pair's default otherwise)."""
+    import sys
+
+    eng = cfg.tiers[-1].engine
+    if eng.name != "vllm":
+        return (sys.executable,)
+    bs = (eng.engine_args or {}).get("block_size")
+    return sys.executable, eng.max_model_len or 512, ("--block-size", str(bs)) if bs else ()
+
+
+def peer_env(cfg) -> dict:
+    """The peer's OpenMP threads bound as our vLLM strong tier binds its own (``model.torch_threads``: the first N
+    cores), unless the operator set ``VLLM_CPU_OMP_THREADS_BIND`` for both."""
+    threads = cfg.tiers[-1].model.torch_threads
+    if cfg.tiers[-1].engine.name != "vllm" or not threads or os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))}
+
+
 # ---- the run --------------------------------------------------------------------------------------------------
 def run_row(name: str, servers: dict, dataset: Path, texts: list[str], args, tmp: Path) -> dict:
     server, client, model = ROWS[name]
@@ -221,6 +177,28 @@ def run_row(name: str, servers: dict, dataset: Path, texts: list[str], args, tmp
     return r
 
 
+def idle_cpu(servers: dict, seconds: float) -> dict[str, dict[str, float]]:
+    """Each server's CPU with nothing in flight, per process, in % of one core over ``seconds`` (all servers
+    sampled over the same window: what a deployment burns before its first request)."""
+    before = {name: tree_cpu(s["pid"]) for name, s in servers.items()}
+    time.sleep(seconds)
+    out = {}
+    for name, s in servers.items():
+        cpu = cpu_delta(before[name], tree_cpu(s["pid"]))
+        out[name] = {k: round(100 * v / seconds, 2) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}
+        out[name]["total"] = round(sum(cpu.values()) * 100 / seconds, 2)
+    return out
+
+
+def idle_table(idle: dict) -> None:
+    if not idle:
+        return
+    print(f"\nidle: % of one core (this box has {os.cpu_count()}), by process")
+    for name, by in idle.items():
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in by.items() if k != "total" and v >= 0.05)
+        print(f"  {name:6} total {by['total']:.2f}: {parts}")
+
+
 def profile(servers: dict, rows: list[str], dataset: Path, texts: list[str], args, tmp: Path, out: Path) -> dict:
     """py-spy flame graphs (SVG) of every process of our server's tree while each row runs again."""
     import shutil
@@ -232,7 +210,9 @@ def profile(servers: dict, rows: list[str], dataset: Path, texts: list[str], arg
         if ROWS[name][0] == "vllm":
             continue
         pids = {
-            pid: label for pid, (label, _) in tree_cpu(servers[ROWS[name][0]]["pid"]).items() if label != "Ray system"
+            pid: label
+            for pid, (label, _) in tree_cpu(servers[ROWS[name][0]]["pid"]).items()
+            if not label.startswith("Ray ")
         }
         spies = []
         for pid, label in pids.items():
@@ -280,6 +260,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="rows alternate round by round; medians reported")
     ap.add_argument("--strong", default=str(PACKAGE_DIR / "default_models" / "strong"), help="vLLM peer's model")
     ap.add_argument("--profile", metavar="DIR", help="also record py-spy flame graphs of our processes per row")
+    ap.add_argument(
+        "--idle", type=float, default=0, help="first, each server's CPU for this many s with nothing in flight"
+    )
     ap.add_argument("--answers", metavar="FILE", help="only write texts and tiers of --answers-n test questions")
     ap.add_argument("--answers-n", type=int, default=1000)
     ap.add_argument("--set", default="", help="our server's config: dotted.key=value,... (as --b-set)")
@@ -288,7 +271,11 @@ def main() -> None:
         default="server.ingress=proxy",
         help="server B's config: dotted.key=value,... (YAML values), e.g. router.colocate_with=weak",
     )
-    ap.add_argument("--b-env", default="", help="server B's extra environment: K=V,K=V (Serve's settings)")
+    ap.add_argument(
+        "--b-env",
+        default="",
+        help="server B's extra environment: K=V,K=V (Serve's settings); with --idle, B is up for it",
+    )
     ap.add_argument("--out", default="results/serving_cost.json")
     args = ap.parse_args()
     use_config(args.config)
@@ -312,9 +299,17 @@ def main() -> None:
         dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts[: args.num_prompts]))
         servers: dict = {}
         need_peer = any(ROWS[r][0] == "vllm" for r in rows)
-        peer = vllm_server(args.strong) if need_peer else contextlib.nullcontext()
+        peer = (
+            with_env(peer_env(cfg), vllm_server, args.strong, *peer_shape(cfg))
+            if need_peer
+            else contextlib.nullcontext()
+        )
         b_cfg = with_settings(cfg, args.b_set)
-        b = with_env(args.b_env, cascade_server, b_cfg, tmp / "b") if any(ROWS[r][0] == "b" for r in rows) else None
+        b = (
+            with_env(args.b_env, cascade_server, b_cfg, tmp / "b")
+            if any(ROWS[r][0] == "b" for r in rows) or (args.idle and args.b_env)
+            else None
+        )
         with cascade_server(cfg, tmp / "srv") as srv, b or contextlib.nullcontext() as bsrv, peer as vllm:
             servers["ours"] = {"pid": srv.pid, "http": srv.http_url.removesuffix("/v1"), "grpc": srv.address}
             servers["ours"]["tokenizer"] = tokenizer
@@ -323,6 +318,7 @@ def main() -> None:
                 servers["b"]["tokenizer"] = tokenizer
             if need_peer:
                 servers["vllm"] = {"pid": vllm.pid, "http": vllm.url, "model": args.strong, "tokenizer": args.strong}
+            idle = idle_cpu(servers, args.idle) if args.idle else {}
             results = defaultdict(list)
             for rnd in range(args.rounds):
                 order = rows if rnd % 2 == 0 else rows[::-1]
@@ -331,12 +327,14 @@ def main() -> None:
                     print(f"round {rnd} {name}: {r['rps']:.1f} rps, {r['cpu_ms_per_request_total']:.1f} CPU ms/req")
                     results[name].append(r)
             flames = profile(servers, rows, dataset, texts, args, tmp, Path(args.profile)) if args.profile else {}
-    report = {"args": vars(args), "rows": {k: summarize(v) for k, v in results.items()}, "runs": results}
+    report = {"args": vars(args), "idle": idle, "rows": {k: summarize(v) for k, v in results.items()}, "runs": results}
     report["flame_graphs"] = flames
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    table(report["rows"])
-    plot(report["rows"], Path(args.out).with_suffix(".png"))
+    idle_table(idle)
+    if report["rows"]:
+        table(report["rows"])
+        plot(report["rows"], Path(args.out).with_suffix(".png"))
 
 
 def summarize(runs: list[dict]) -> dict:
