@@ -202,6 +202,18 @@ def vllm_server(model: str, python: str = sys.executable, max_model_len: int = 6
         log.close()
 
 
+def peer_binding(cfg) -> dict:
+    """The vLLM peer's OpenMP threads bound as ``cfg``'s vLLM strong tier binds its own (``model.torch_threads``:
+    the first N cores; an operator's ``VLLM_CPU_OMP_THREADS_BIND`` wins, for both): vLLM's auto binding leaves a
+    core to its scheduler and server, which served 0.69x the rps on a 2-core box."""
+    strong = cfg.tiers[-1]
+    threads = strong.model.torch_threads if strong.engine.name == "vllm" else None
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or (
+        ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads])) if threads else ""
+    )
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else {}
+
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 

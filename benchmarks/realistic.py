@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import chat_load, pyplot, vllm_server, with_env, with_settings, write_json
+from benchmarks.common import chat_load, peer_binding, pyplot, vllm_server, with_env, with_settings, write_json
 from serving.config import load_config
 from serving.config.schema import TokenRule
 from serving.ops.loadgen import parse_target, run_load
@@ -285,13 +285,7 @@ def main(argv=None) -> None:
         )
 
     pre = ""  # the LD_PRELOAD variant's tag on every row, when more than one runs
-    # the peers' OpenMP threads bound as our vLLM tier binds its own (model.torch_threads: the first N cores);
-    # vLLM's auto binding leaves a core to its scheduler and server, which served 0.69x the rps on this 2-core box
-    threads = load_config(CONFIG_VLLM).tiers[1].model.torch_threads
-    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or (
-        ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads])) if threads and not args.strong else ""
-    )
-    peer_env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else {}
+    peer_env = {} if args.strong else peer_binding(load_config(CONFIG_VLLM))  # as our vLLM tier binds
     report["peer_env"] = peer_env
 
     def peer() -> None:

@@ -37,6 +37,7 @@ from benchmarks.common import (
     base_config,
     cpu_delta,
     one_replica,
+    peer_binding,
     prompts,
     pyplot,
     tree_cpu,
@@ -147,15 +148,6 @@ def peer_shape(cfg) -> tuple:
         return (sys.executable,)
     bs = (eng.engine_args or {}).get("block_size")
     return sys.executable, eng.max_model_len or 512, ("--block-size", str(bs)) if bs else ()
-
-
-def peer_env(cfg) -> dict:
-    """The peer's OpenMP threads bound as our vLLM strong tier binds its own (``model.torch_threads``: the first N
-    cores), unless the operator set ``VLLM_CPU_OMP_THREADS_BIND`` for both."""
-    threads = cfg.tiers[-1].model.torch_threads
-    if cfg.tiers[-1].engine.name != "vllm" or not threads or os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
-        return {}
-    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, sorted(os.sched_getaffinity(0))[:threads]))}
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
@@ -300,7 +292,7 @@ def main() -> None:
         servers: dict = {}
         need_peer = any(ROWS[r][0] == "vllm" for r in rows)
         peer = (
-            with_env(peer_env(cfg), vllm_server, args.strong, *peer_shape(cfg))
+            with_env(peer_binding(cfg), vllm_server, args.strong, *peer_shape(cfg))
             if need_peer
             else contextlib.nullcontext()
         )
