@@ -8,6 +8,7 @@ Loads with AutoTokenizer / AutoModelForCausalLM from a hub id, a local directory
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from serving.config import ModelSource
 
 log = logging.getLogger(__name__)
+ENCODED_KEPT = 256  # prompts whose token ids a tokenizer keeps (a tier's in-flight requests and more)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -55,6 +57,7 @@ class HFTokenizer:
             eos = getattr(self.config, "eos_token_id", None)
         self._set_eos(eos)
         self.use_chat = source.chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None))
+        self._encoded: OrderedDict[tuple, tuple[int, ...]] = OrderedDict()  # the latest prompts' ids (encode)
 
     @property
     def context_length(self) -> Optional[int]:
@@ -76,8 +79,18 @@ class HFTokenizer:
         return req.prompt or "\n".join(m["content"] for m in messages)
 
     def encode(self, req: GenerationRequest) -> list[int]:
-        # A rendered chat template already holds its special tokens (e.g. BOS).
-        return self.tokenizer(self.render(req), add_special_tokens=not self.use_chat)["input_ids"]
+        """The prompt's token ids. A tier reads them twice a request (its length check, then the engine), so the
+        latest prompts' ids are kept: the chat template and the tokenizer run once a prompt."""
+        key = (req.prompt, tuple(tuple(m.items()) for m in req.messages))
+        cache = self._encoded
+        ids = cache.get(key)
+        if ids is None:
+            # A rendered chat template already holds its special tokens (e.g. BOS).
+            ids = tuple(self.tokenizer(self.render(req), add_special_tokens=not self.use_chat)["input_ids"])
+            cache[key] = ids
+            if len(cache) > ENCODED_KEPT:
+                cache.popitem(last=False)
+        return list(ids)
 
     def count_tokens(self, req: GenerationRequest) -> int:
         return len(self.encode(req))

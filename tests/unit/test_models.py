@@ -13,7 +13,7 @@ from serving.config import ModelSource, Tier
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
 from serving.engines import ENGINES, build_engine
-from serving.engines.hf import HFModel, resolve_source
+from serving.engines.hf import ENCODED_KEPT, HFModel, resolve_source
 from tests.conftest import need_vllm
 
 PROMPTS = ["What is 1 + 2?", "What is 48213 + 377?", "Hi", "What is 99999 + 99999? Tell me."]
@@ -135,6 +135,21 @@ def test_chat_template_is_applied_when_present(engine, tiny_model_dir):
     assert engine.codec.render(GenerationRequest(prompt="What is 1 + 2?")) == "<s>What is 1 + 2?\n"
     msgs = [{"role": "user", "content": "What is 3 + 4?"}]
     assert engine.codec.render(GenerationRequest(messages=msgs)) == "<s>What is 3 + 4?\n"
+
+
+def test_a_prompts_ids_are_kept_and_never_shared(engine):
+    """A tier encodes each prompt twice (its length check, then the engine): the second is the kept ids, equal to a
+    fresh encoding, and a caller that extends its list changes nothing for the next."""
+    codec = engine.codec
+    req = GenerationRequest(prompt="What is 5 + 6?")
+    first = codec.encode(req)
+    first.append(99)
+    assert codec.encode(req) == first[:-1] == codec.tokenizer(codec.render(req), add_special_tokens=False)["input_ids"]
+    other = GenerationRequest(messages=[{"role": "user", "content": "What is 5 + 7?"}])
+    assert codec.encode(other) != codec.encode(req)
+    for i in range(300):  # bounded: the oldest prompts are dropped
+        codec.encode(GenerationRequest(prompt=f"{i} + 1"))
+    assert len(codec._encoded) <= ENCODED_KEPT
 
 
 def test_embedding_is_mean_final_hidden_state_over_the_answer(engine, ref):
