@@ -176,14 +176,15 @@ def drain_window(longest_call_s: Optional[float]) -> float:
 
 
 class RouterOptions(ServeOptions):
-    """The Router deployment's Serve options, and where the first tier's engine runs."""
+    """The Router deployment's Serve options, and which tier's engine (if any) runs inside it."""
 
     colocate_with: Optional[str] = Field(
         None,
-        description="the first tier's name: its engine runs inside each Router replica (called in-process by the "
-        "walk, later tiers through handles), so a request it answers crosses one process fewer; the Router then "
-        "takes that tier's pool (ray_actor_options), replicas or autoscaling and health checks, and keeps its own "
-        "max_ongoing_requests; the tier has no deployment of its own",
+        description="a tier's name: its engine runs inside each Router replica (called in-process by the walk, the "
+        "other tiers through handles), so its tokens cross one process fewer; the Router then takes that tier's "
+        "pool (ray_actor_options), replicas or autoscaling and health checks, and keeps its own "
+        "max_ongoing_requests; the tier has no deployment of its own. The first tier where most traffic stops "
+        "there; the strong tier where it answers most of it (a one-box deployment that defers most requests)",
     )
 
     def deployment_options(self) -> dict[str, Any]:
@@ -758,10 +759,10 @@ class CascadeConfig(_Strict):
     @model_validator(mode="after")
     def _colocation(self) -> CascadeConfig:
         name = self.router.colocate_with
-        if name is not None and name != self.tiers[0].name:
+        if name is not None and name not in self.tier_names:
             raise ValueError(
-                f"router.colocate_with: {name!r} is not the first tier ({self.tiers[0].name!r}); only the first "
-                "tier's engine can run inside the Router"
+                f"router.colocate_with: {name!r} is not a tier (tiers: {self.tier_names}); a judge's or an "
+                "unknown name cannot run inside the Router"
             )
         return self
 
@@ -770,7 +771,7 @@ class CascadeConfig(_Strict):
         if self.server.ingress == "direct" and self.router_max_replicas > 1:
             raise ValueError(
                 f"server.ingress: direct serves the configured ports from one Router replica, and the Router can "
-                f"run {self.router_max_replicas}: set router.num_replicas: 1 (with router.colocate_with, the first "
+                f"run {self.router_max_replicas}: set router.num_replicas: 1 (with router.colocate_with, that "
                 "tier's serve.num_replicas), or server.ingress: proxy (or auto)"
             )
         return self
@@ -788,14 +789,14 @@ class CascadeConfig(_Strict):
         return self.server.ingress == "direct" or (self.server.ingress == "auto" and self.router_max_replicas <= 1)
 
     def router_deployment_options(self) -> dict[str, Any]:
-        """The Router's Serve options; co-located with the first tier, that tier's placement, replicas or
-        autoscaling and health checks, with the Router's own request limits."""
+        """The Router's Serve options; co-located with a tier, that tier's placement, replicas or autoscaling
+        and health checks, with the Router's own request limits."""
         own = self.router.deployment_options()
         # a Router replica being removed drains for up to its longest request (server.request_timeout_s) + 5 s
         own.setdefault("graceful_shutdown_timeout_s", drain_window(self.server.request_timeout_s))
         if self.router.colocate_with is None:
             return own
-        opts = self.tiers[0].deployment_options()
+        opts = self.tier(self.router.colocate_with).deployment_options()
         for k in ("max_ongoing_requests", "max_queued_requests"):
             opts[k] = own[k]
         opts["graceful_shutdown_timeout_s"] = max(

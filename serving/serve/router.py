@@ -50,7 +50,7 @@ class Router:
         compat.reuseaddr_on_direct_ingress()
         compat.check_serve_request_context()
         metrics = Metrics()
-        # router.colocate_with: the first tier's engine in this process (built and warmed before the replica runs)
+        # router.colocate_with: that tier's engine in this process (built and warmed before the replica runs)
         name = cfg.router.colocate_with
         self.local = {name: await TierServer.start(cfg.tier(name).model_dump(mode="json"))} if name else {}
         self.client = ServeTierClient(cfg, tiers, metrics, self.local)
@@ -96,7 +96,7 @@ class Router:
 
     # ---- operations --------------------------------------------------------------------------
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Co-located with the first tier: its engine's load (the tier's autoscaling policy scales the Router)."""
+        """Co-located with a tier: its engine's load (the tier's autoscaling policy scales the Router)."""
         return await next(iter(self.local.values())).record_autoscaling_stats() if self.local else {}
 
     def check_health(self) -> None:

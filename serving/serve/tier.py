@@ -1,6 +1,6 @@
 """One cascade tier: an engine (which batches on its own) behind a streaming method. :class:`TierServer` is the
 tier's logic around its engine; :class:`TierDeployment` serves it as a Serve deployment, and a Router co-located
-with the first tier (``router.colocate_with``) holds one in-process."""
+with a tier (``router.colocate_with``) holds one in-process."""
 
 from __future__ import annotations
 

@@ -316,17 +316,23 @@ def test_ingress_auto_is_direct_only_with_one_router_replica():
     assert "server.ingress: direct" in str(e.value) and "router.num_replicas: 1" in str(e.value)
 
 
-def test_router_colocated_with_the_first_tier_takes_its_placement_and_scaling():
+def test_router_colocated_with_a_tier_takes_its_placement_and_scaling():
     tiers = minimal()["tiers"]
     tiers[0]["serve"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "resources": {"weak_pool": 1}}}
+    tiers[1]["serve"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1, "resources": {"strong_pool": 1}}}
     cfg = parse_config(minimal(tiers=tiers, router={"colocate_with": "weak", "max_ongoing_requests": 200}))
     opts = cfg.router_deployment_options()
     assert opts["num_replicas"] == 2 and opts["ray_actor_options"]["resources"] == {"weak_pool": 1}
     assert opts["max_ongoing_requests"] == 200 and "colocate_with" not in opts
     assert not cfg.direct_ingress  # two Router replicas now: auto keeps the proxies
+    # the strong tier (a one-box deployment that defers most traffic): the Router takes the strong pool
+    cfg = parse_config(minimal(tiers=tiers, router={"colocate_with": "strong"}))
+    opts = cfg.router_deployment_options()
+    assert opts["num_replicas"] == 1 and opts["ray_actor_options"]["resources"] == {"strong_pool": 1}
+    assert cfg.direct_ingress
     with pytest.raises(ConfigError) as e:
-        parse_config(minimal(router={"colocate_with": "strong"}))
-    assert "router.colocate_with" in str(e.value) and "first tier" in str(e.value)
+        parse_config(minimal(router={"colocate_with": "medium"}))
+    assert "router.colocate_with" in str(e.value) and "is not a tier" in str(e.value)
 
 
 # ---- validators read no files; loading reads and probes them once ---------------------------------------------
