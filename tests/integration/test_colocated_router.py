@@ -1,6 +1,7 @@
-"""``router.colocate_with``: the first tier's engine inside the Router replica (called in-process by the walk,
-the strong tier through its handle). `cascade serve` with the shipped pair, real gRPC and HTTP clients; the
-answers must be the ones the same engines give in-process, and the weak tier has no deployment of its own."""
+"""``router.colocate_with``: a tier's engine inside the Router replica (called in-process by the walk, the other
+tier through its handle), the first tier and the last. `cascade serve` with the shipped pair, real gRPC and HTTP
+clients; the answers must be the ones the same engines give in-process, and the co-located tier has no deployment
+of its own."""
 
 from __future__ import annotations
 
@@ -20,21 +21,22 @@ from serving.tasks.arithmetic import examples
 pytestmark = pytest.mark.integration
 
 
-def colocated():
+def colocated(name: str):
     raw = load_config(TOY_CONFIG).model_dump(mode="json", exclude_none=True)
-    raw["router"]["colocate_with"] = raw["tiers"][0]["name"]
+    raw["router"]["colocate_with"] = name
     for d in [t["serve"] for t in raw["tiers"]] + [raw["router"]]:  # one replica each: a 2-core box
         d.pop("autoscaling_config", None)
         d["num_replicas"] = 1
     return parse_config(raw)
 
 
-CFG = colocated()
+CFG = colocated("weak")  # the engines and rule the expected answers come from (the same for both placements)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with cascade_server(CFG, tmp_path_factory.mktemp("colocated")) as s:
+@pytest.fixture(scope="module", params=["weak", "strong"])
+def server(request, tmp_path_factory):
+    with cascade_server(colocated(request.param), tmp_path_factory.mktemp("colocated")) as s:
+        s.colocated = request.param
         yield s
 
 
@@ -54,10 +56,11 @@ def expected():
     return out
 
 
-def test_no_weak_deployment_and_answers_match_in_process(server, expected):
+def test_no_deployment_of_its_own_and_answers_match_in_process(server, expected):
     deployed = server.log.read_text()
-    assert "Deployment(name='tier-strong'" in deployed and "Deployment(name='Router'" in deployed
-    assert "Deployment(name='tier-weak'" not in deployed  # the weak engine runs inside the Router
+    inside, other = server.colocated, ({"weak", "strong"} - {server.colocated}).pop()
+    assert f"Deployment(name='tier-{other}'" in deployed and "Deployment(name='Router'" in deployed
+    assert f"Deployment(name='tier-{inside}'" not in deployed  # that engine runs inside the Router
     with CascadeClient(server.address, timeout=120) as c:
         for prompt, tier, text in expected:
             r = c.generate(make_request(prompt))
