@@ -52,6 +52,8 @@ def _resolve_paths(raw: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
         shadow["path"] = str(base / path)
     models = [t.get("model") for t in raw.get("tiers") or [] if isinstance(t, dict)]
     models += [d["judge"].get("model") for d in deferrals if isinstance(d, dict) and isinstance(d.get("judge"), dict)]
+    engines = [t.get("engine") for t in raw.get("tiers") or [] if isinstance(t, dict)]
+    models += [e.get("draft") for e in engines if isinstance(e, dict)]  # a vLLM tier's draft model
     for model in models:
         src = model.get("source") if isinstance(model, dict) else None
         if isinstance(src, str) and src.startswith("pkg:"):

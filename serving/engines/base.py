@@ -50,6 +50,8 @@ class EngineStats:
     requests: int = 0  # requests finished since start
     generated_tokens: int = 0  # tokens generated since start
     cached_tokens: int = 0  # prompt tokens read from a prefix cache since start (engines with one: vllm)
+    draft_tokens: int = 0  # tokens a draft model proposed since start (vllm with engine.draft)
+    accepted_draft_tokens: int = 0  # of those, the ones the model accepted
 
 
 class TokenRate:

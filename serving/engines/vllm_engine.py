@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.core.errors import EngineError
 from serving.core.types import Chunk, Generation, GenerationRequest
@@ -40,6 +40,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _ids = itertools.count()
 CPU_KV_CACHE_BYTES = 1 << 30  # CPU default: vLLM would otherwise reserve 90 % of the machine's memory
+
+
+class DraftModel(BaseModel):
+    """A small model vLLM speculates with (its speculative decoding, method ``draft_model``): it proposes
+    ``tokens`` tokens a step and the tier's model checks them in one forward pass, so the answers stay the tier
+    model's own (greedy: token for token) and a step yields up to ``tokens`` + 1 of them. It must share the tier
+    model's tokenizer; the cascade's weak model is the natural one."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="local directory (relative to the config file) or hub id of the draft model")
+    tokens: int = Field(4, ge=1, le=16, description="tokens the draft proposes a step (num_speculative_tokens)")
 
 
 class VLLMEngineConfig(EngineOptions):
@@ -61,10 +72,19 @@ class VLLMEngineConfig(EngineOptions):
     quantization: Optional[str] = Field(None, description="awq, gptq, fp8, ... (vLLM's names)")
     enforce_eager: Optional[bool] = Field(None, description="no CUDA graphs")
     enable_prefix_caching: Optional[bool] = None
+    draft: Optional[DraftModel] = Field(
+        None, description="speculative decoding with a draft model (vLLM's, lossless): e.g. the weak tier's model"
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="any other vLLM engine argument by name (checked when the tier loads)"
     )
     returns_embeddings: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _one_speculative_config(self):
+        if self.draft is not None and "speculative_config" in self.engine_args:
+            raise ValueError("draft and engine_args.speculative_config both set: give one")
+        return self
 
     def placement(self, opts: dict[str, Any], device: str) -> dict[str, Any]:
         """On a GPU (``model.device: cuda``) a replica takes its GPUs as Ray Serve LLM does: one for the
@@ -179,6 +199,8 @@ class VLLMEngine(Engine):
 
         opts: VLLMEngineConfig = tier.engine
         src = tier.model
+        if opts.draft is not None:  # vLLM's speculative decoding takes neither (the tier refuses them, naming them)
+            self.decoding_support = ENGINE_FIELDS - {"min_p", "logit_bias"}
         self.defaults = tier.generation
         self.codec = HFTokenizer(src)  # prompts are rendered and tokenised as for every other engine
         on_cpu = current_platform.is_cpu()
@@ -222,6 +244,12 @@ class VLLMEngine(Engine):
             args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         if opts.tensor_parallel_size > 1:
             args["distributed_executor_backend"] = "ray"  # the workers take the replica's placement group bundles
+        if opts.draft is not None:
+            args["speculative_config"] = {
+                "model": opts.draft.source,
+                "method": "draft_model",
+                "num_speculative_tokens": opts.draft.tokens,
+            }
         args = {k: v for k, v in args.items() if v is not None}
         unknown = sorted(set(opts.engine_args) - set(EngineArgs.__dataclass_fields__))
         if unknown:
@@ -231,6 +259,7 @@ class VLLMEngine(Engine):
             )
         args.update(opts.engine_args)
         self.sched = None  # the latest SchedulerStats vLLM reported
+        self.drafted = self.accepted = 0  # draft tokens proposed and accepted (engine.draft)
         engine = self
 
         class _Stats(StatLoggerBase):  # vLLM calls record() after every engine step
@@ -240,6 +269,10 @@ class VLLMEngine(Engine):
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
                 if scheduler_stats is not None:
                     engine.sched = scheduler_stats
+                    spec = scheduler_stats.spec_decoding_stats  # a draft model's step (engine.draft)
+                    if spec is not None:
+                        engine.drafted += spec.num_draft_tokens
+                        engine.accepted += spec.num_accepted_tokens
 
             def log_engine_initialized(self):
                 pass
@@ -447,6 +480,8 @@ class VLLMEngine(Engine):
             requests=self.finished,
             generated_tokens=self.rate.total,
             cached_tokens=self.cached,
+            draft_tokens=self.drafted,
+            accepted_draft_tokens=self.accepted,
         )
         if self.sched is not None:
             s.running, s.waiting = self.sched.num_running_reqs, self.sched.num_waiting_reqs

@@ -61,6 +61,11 @@ class RouterStatus:
                 f"KV cache {e['kv_cache_usage']:.0%}, {e['tokens_per_s']:.1f} tokens/s, "
                 f"{e['requests']} requests"
                 + (f", {e['cached_tokens']} prompt tokens from its prefix cache" if e.get("cached_tokens") else "")
+                + (
+                    f", draft tokens accepted {e['accepted_draft_tokens']} of {e['draft_tokens']}"
+                    if e.get("draft_tokens")
+                    else ""
+                )
                 + f" (replica {e['replica']})"
             )
         return out

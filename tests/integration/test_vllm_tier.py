@@ -122,3 +122,26 @@ def test_seeded_sampling_on_the_vllm_tier_is_reproducible(client):
             )
         )
         assert cut.text == a.text[: a.text.index(a.text[1])]
+
+
+def test_a_draft_model_speculates_and_the_answers_stay_the_models_own(cfg, strong_greedy):
+    """``engine.draft``: vLLM's speculative decoding with a draft model (here the strong model drafting for
+    itself: the toy weak model's 16-wide heads are not a head size vLLM's CPU attention takes). Drafts are
+    proposed and accepted, greedy answers and a verification pass equal the model's own, and the controls
+    vLLM's speculative decoding cannot take are refused by name, not dropped."""
+    tier = cfg.tiers[1]
+    engine = tier.engine.model_copy(update={"draft": {"source": tier.model.source, "tokens": 3}})
+    spec = build_engine(tier.model_copy(update={"engine": type(tier.engine).model_validate(engine.model_dump())}))
+    try:
+        prompts = [e.prompt for e in examples(9, 12)]
+        got = spec.generate_many([GenerationRequest(prompt=p) for p in prompts])
+        assert [g.text for g in got] == strong_greedy(prompts)
+        s = spec.stats()
+        assert s.draft_tokens > 0 and s.accepted_draft_tokens == s.draft_tokens  # its own draft: all accepted
+        req = GenerationRequest(prompt=prompts[0])
+        ids = got[0].token_ids
+        lps, greedy, _ = spec.run(spec.score(req, ids))  # greedy: a choice at every position, and one after
+        assert greedy[: len(ids)] == ids and lps == pytest.approx(got[0].logprobs, abs=2e-3)
+        assert {"min_p", "logit_bias"}.isdisjoint(spec.decoding_support) and "top_k" in spec.decoding_support
+    finally:
+        spec.close()

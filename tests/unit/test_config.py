@@ -224,6 +224,26 @@ def test_vllm_engine_options_and_what_it_cannot_do():
         parse_config(raw)
 
 
+def test_a_vllm_tiers_draft_model_is_resolved_like_a_tiers_model(tmp_path):
+    (tmp_path / "student").mkdir()
+    raw = minimal()
+    raw["tiers"][1]["engine"] = {"name": "vllm", "draft": {"source": "student", "tokens": 3}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    draft = load_config(path).tiers[1].engine.draft
+    assert (draft.source, draft.tokens) == (str((tmp_path / "student").resolve()), 3)  # relative to the file
+    raw["tiers"][1]["engine"]["draft"] = {"source": "student", "num_speculative_tokens": 3}  # vLLM's name: refused
+    with pytest.raises(ConfigError, match=r"tiers\[1\].engine.vllm.draft.num_speculative_tokens"):
+        parse_config(raw)
+    raw["tiers"][1]["engine"] = {
+        "name": "vllm",
+        "draft": {"source": "student"},
+        "engine_args": {"speculative_config": {"method": "ngram"}},
+    }
+    with pytest.raises(ConfigError, match=r"draft and engine_args.speculative_config both set"):
+        parse_config(raw)
+
+
 def test_a_vllm_tier_on_gpu_asks_serve_for_its_gpus():
     """Ray Serve LLM's placement: one GPU per replica, or with tensor parallelism a STRICT_PACK placement
     group (the replica's own bundle, with its pool, then one GPU bundle per worker)."""
