@@ -4,7 +4,7 @@ every answer position* for tens of thousands of prompts of the training pool
 or held-out prompt), generated with vLLM's engine (offline, batched) on the HF copy of SmolLM2
 (``python -m serving.smol_pair.convert``).
 
-    python -m serving.smol_pair.teacher                        # 17,500 prompts -> ~/.cache/cascade/smol_teacher/shard-*.jsonl
+    python -m serving.smol_pair.teacher                        # 20,000 prompts -> ~/.cache/cascade/smol_teacher/shard-*.jsonl
 
 Cached and resumable: prompts go in shards of ``--shard`` (default 500); a shard whose file exists is kept,
 so an interrupted run picks up at the next shard. Prompts are encoded as the server encodes a chat prompt
@@ -112,7 +112,7 @@ def generate(n: int, out: Path = CACHE, shard: int = 500, threads: int = 2, mode
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=17500)
+    ap.add_argument("--prompts", type=int, default=20000)
     ap.add_argument("--shard", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=CACHE)

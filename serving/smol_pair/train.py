@@ -1,8 +1,8 @@
 """Train the weak tier of the SmolLM2 pair: a small Llama student distilled from SmolLM2-135M-Instruct.
 
     python -m serving.smol_pair.teacher                   # once: the teacher's answers and top-k log-probs
-    python -m serving.smol_pair.train                      # the shipped student (three stages), into serving/smol_pair/student
-    python -m serving.smol_pair.train --budget 400 --stage2-steps 0 --no-soft --out /tmp/student   # an ablation
+    python -m serving.smol_pair.train                      # the shipped student (four stages), into serving/smol_pair/student
+    python -m serving.smol_pair.train --budget 400 --first-only --no-soft --out /tmp/student   # an ablation
 
 The student has SmolLM2's tokenizer and chat template (saved from the GGUF), so its token ids are SmolLM2's and
 speculative deferral hands its draft to the strong tier as ids; its heads are 32 wide, a head size vLLM's CPU
@@ -324,11 +324,23 @@ def train(
     return report
 
 
+LATER = ("1500:1.5e-3:8000", "3000:1.5e-3:17500", "7000:1e-3:20000")  # the shipped chain after stage 1
+
+
+def stage(spec: str) -> tuple[int, float, int]:
+    """``STEPS:LR:ROWS`` -> (steps, lr, rows)."""
+    try:
+        steps, lr, rows = spec.split(":")
+        return int(steps), float(lr), int(rows)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--then {spec!r}: expected STEPS:LR:ROWS, e.g. 1500:1.5e-3:8000") from None
+
+
 def main(argv=None) -> None:
-    """Defaults: the shipped student's recipe in three stages (1 thread, so the floats repeat): stage 1, 1,400 steps
-    of a 2,000-step cosine schedule at lr 3e-3 from SmolLM2's projected embedding on 8,000 teacher rows; stage 2, from
-    stage 1's kept weights, a fresh 1,500-step cosine schedule at lr 1.5e-3, early stopping on validation agreement;
-    stage 3, from stage 2's kept weights, a fresh 3,000-step schedule at lr 1.5e-3 on 17,500 teacher rows."""
+    """Defaults: the shipped student's recipe in stages (1 thread, so the floats repeat): stage 1, 1,400 steps of a
+    2,000-step cosine schedule at lr 3e-3 from SmolLM2's projected embedding on 8,000 teacher rows; then each
+    ``--then STEPS:LR:ROWS`` from the previous stage's kept weights, a fresh cosine schedule with early stopping on
+    validation agreement (the shipped chain: ``LATER``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8000, help="teacher rows (0: the shipped 2,400-answer train split)")
     ap.add_argument("--arch", choices=sorted(ARCHS), default=ARCH)
@@ -338,40 +350,39 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=2000, help="the length of the (first stage's) schedule")
     ap.add_argument("--budget", type=int, default=1400, help="stop after this many steps (the schedule spans --steps)")
     ap.add_argument(
-        "--stage2-steps", type=int, default=1500, help="a second stage from the first's kept weights (0: none)"
+        "--then",
+        type=stage,
+        action="append",
+        metavar="STEPS:LR:ROWS",
+        help="a later stage from the previous stage's kept weights (repeat; default: the shipped chain)",
     )
-    ap.add_argument("--stage2-lr", type=float, default=1.5e-3)
-    ap.add_argument("--stage3-steps", type=int, default=3000, help="a third stage from the second's (0: none)")
-    ap.add_argument("--stage3-rows", type=int, default=17500, help="teacher rows for the third stage")
+    ap.add_argument("--first-only", action="store_true", help="stage 1 only (an ablation)")
     ap.add_argument("--negatives", type=int, default=4096, help="tokens outside the teacher's drawn per step")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--stage2-eval-every", type=int, default=250)
-    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--later-eval-every", type=int, default=250)
+    ap.add_argument("--patience", type=int, default=8, help="evaluations without a gain before a stage stops")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--start-from", type=Path, help="start from the weights a previous run kept (a second stage)")
+    ap.add_argument("--start-from", type=Path, help="start from the weights a previous run kept (a later stage)")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
-    common = dict(rows=a.rows, arch=a.arch, soft=a.soft, init=a.init, negatives=a.negatives, batch=a.batch)
+    if a.first_only and a.start_from:
+        ap.error("--first-only trains stage 1, which starts from SmolLM2's embedding, not --start-from")
+    common = dict(arch=a.arch, soft=a.soft, init=a.init, negatives=a.negatives, batch=a.batch)
     common |= dict(patience=a.patience, threads=a.threads)
-    if a.stage2_steps and a.start_from is None:
-        prev = a.out.with_name(a.out.name + "-stage1")
-        r = train(prev, steps=a.steps, lr=a.lr, eval_every=a.eval_every, budget=a.budget, **common)
-        report(r, prev)
-        later = [(a.stage2_steps, common, a.out)]
-        if a.stage3_steps:  # stage 2 then goes beside the output, stage 3 into it
-            second = a.out.with_name(a.out.name + "-stage2")
-            later = [(a.stage2_steps, common, second), (a.stage3_steps, common | {"rows": a.stage3_rows}, a.out)]
-        for n, kw, out in later:
-            r = train(out, steps=n, lr=a.stage2_lr, eval_every=a.stage2_eval_every, start_from=prev, **kw)
-            report(r, out)
-            prev = out
-    else:
-        r = train(
-            a.out, steps=a.steps, lr=a.lr, eval_every=a.eval_every, budget=a.budget, start_from=a.start_from, **common
-        )
-        report(r, a.out)
+    later = [] if a.first_only else (a.then or [stage(s) for s in LATER])
+    prev = a.start_from
+    if prev is None:  # stage 1
+        first = a.out if not later else a.out.with_name(a.out.name + "-stage1")
+        r = train(first, rows=a.rows, steps=a.steps, lr=a.lr, eval_every=a.eval_every, budget=a.budget, **common)
+        report(r, first)
+        prev = first
+    for i, (steps, lr, rows) in enumerate(later):
+        out = a.out if i == len(later) - 1 else a.out.with_name(f"{a.out.name}-stage{i + 2}")
+        r = train(out, rows=rows, steps=steps, lr=lr, eval_every=a.later_eval_every, start_from=prev, **common)
+        report(r, out)
+        prev = out
 
 
 def report(r: dict, out: Path) -> None:

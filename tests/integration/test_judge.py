@@ -24,9 +24,9 @@ from serving.smol_pair import CONFIG
 pytestmark = pytest.mark.integration
 JUDGE_CONFIG = CONFIG.with_name("config_judge.yaml")
 # held-out test prompts by the student's chow_sum score (offline): in the window, above it, below it
-JUDGED = "What is the capital of Norway? Answer in a few words."  # -1.09 (the rule alone: keep, against -1.29)
-ABOVE = "What is the chemical symbol for silver? Answer in a few words."  # -0.48, the highest test score
-BELOW = "What color is a tomato?"  # -25.0: a certain DEFER early
+JUDGED = "What is the capital of Norway? Answer in a few words."  # -0.72 (the rule alone: keep, against -1.71)
+ABOVE = "What is the chemical symbol for silver? Answer in a few words."  # -0.43, above the window
+BELOW = "What color is a tomato?"  # -15.5: a certain DEFER early
 BOUNDS = [-1.5, -0.50]  # the window this test serves (fixed here, so the three prompts keep their places)
 
 KILL = r"""

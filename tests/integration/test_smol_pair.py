@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 # held-out test prompts the calibrated rule answers from the student (first two) and defers (last two)
 WEAK = ["What is the chemical symbol for silicon?", "What is the capital city of Estonia? Answer in a few words."]
-DEFERRED = ["What color does a crow have?", "Which continent is Canada in? Answer in a few words."]
+DEFERRED = ["What color does a crow have?", "What continent is Canada part of? Answer in a few words."]
 
 
 @pytest.fixture(scope="module")
